@@ -1,0 +1,79 @@
+"""Checkpoints in safetensors + JSON only: no pickle is written or read, so a checkpoint from a stranger
+cannot run code. A checkpoint holds the trainable weights, the optimizer moments, the scheduler and the
+step; it is written into a hidden directory and renamed into place, so it is either whole or absent."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import require
+
+WEIGHTS = "trainable.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+STATE = "trainer_state.json"
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters that training changes (all of them for full fine-tuning, the adapter for LoRA).
+    Tied weights appear once: named_parameters() skips duplicates."""
+    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def optimizer_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split a torch optimizer state_dict into tensors (for safetensors) and JSON-able metadata."""
+    tensors, scalars = {}, {}
+    for param_id, slots in state["state"].items():
+        for slot, value in slots.items():
+            key = f"{param_id}.{slot}"
+            if torch.is_tensor(value):
+                tensors[key] = value.detach().contiguous().cpu()
+            else:
+                scalars[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        param_id, slot = key.split(".", 1)
+        state.setdefault(int(param_id), {})[slot] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:06d}"
+    staging = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=directory))
+    try:
+        save_file(trainable_state(model), str(staging / WEIGHTS))
+        tensors, meta = optimizer_tensors(optimizer.state_dict())
+        save_file(tensors, str(staging / OPTIMIZER))
+        state = {"step": step, "optimizer": meta, "scheduler": scheduler.state_dict(), **extra}
+        (staging / STATE).write_text(json.dumps(state, indent=2, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in sorted(directory.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer and scheduler in place; returns the saved trainer state."""
+    weights = load_file(str(path / WEIGHTS))
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    require(set(weights) == expected, f"checkpoint {path} does not match this model and adapter",
+            "resume with the settings the run was started with (they are in its config.json)")
+    model.load_state_dict(weights, strict=False)
+    state = json.loads((path / STATE).read_text())
+    optimizer.load_state_dict(optimizer_state(load_file(str(path / OPTIMIZER)), state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    return state

@@ -1,0 +1,166 @@
+"""`unlearn`: the command line over the same core as the studio and the Python API.
+
+Settings come from UnlearnConfig's fields: defaults < `--config FILE` (YAML/JSON) < flags given.
+Bad input prints one `error:` line and a `fix:` line, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from .config import UnlearnConfig, cli_fields, read_config_file
+from .errors import UnlearnError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args) or 0
+    except UnlearnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unlearn", description="Make a language model forget chosen data.")
+    commands = parser.add_subparsers(title="commands")
+
+    train = commands.add_parser("train", help="unlearn a forget set from a model",
+                                description="Unlearn a forget set. Example: unlearn train --model bundled "
+                                            "--method npo_rt --forget tofu:forget01 --retain tofu:retain99 --out runs/demo")
+    train.add_argument("--config", help="YAML or JSON file of settings (flags given here override it)")
+    add_config_flags(train)
+    train.set_defaults(handler=run_train)
+
+    methods = commands.add_parser("methods", help="list the unlearning methods and their defaults")
+    methods.set_defaults(handler=run_methods)
+
+    stop = commands.add_parser("stop", help="ask a running run to stop at its next step (keeps a checkpoint)")
+    stop.add_argument("run", help="run directory")
+    stop.set_defaults(handler=run_stop)
+
+    status = commands.add_parser("status", help="show a run's status")
+    status.add_argument("run", help="run directory")
+    status.set_defaults(handler=run_status)
+
+    prepare = commands.add_parser("prepare-model", help="convert the bundled model once and print its path")
+    prepare.set_defaults(handler=run_prepare_model)
+    return parser
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per UnlearnConfig field; only flags actually given reach the config (SUPPRESS)."""
+    for f in cli_fields():
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if "bool" in kind:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            convert = int if "int" in kind else float if "float" in kind else str
+            parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+
+
+def config_from_args(args: argparse.Namespace) -> UnlearnConfig:
+    settings = read_config_file(args.config) if getattr(args, "config", None) else {}
+    settings.update({f.name: getattr(args, f.name) for f in cli_fields() if hasattr(args, f.name)})
+    return UnlearnConfig.from_dict(settings)
+
+
+# ---------------------------------------------------------------- commands
+
+def run_train(args) -> int:
+    from .trainer import train
+
+    config = config_from_args(args)
+    stop_event = threading.Event()
+    _stop_on_signals(stop_event)
+    result = train(config, stop_event=stop_event)
+    print(format_summary(result))
+    return 0
+
+
+def _stop_on_signals(stop_event: threading.Event) -> None:
+    """First Ctrl-C (or SIGTERM): stop at the next step with a checkpoint. Second: abort."""
+    def handler(signum, frame):
+        if stop_event.is_set():
+            raise KeyboardInterrupt
+        stop_event.set()
+        print("\nstopping after this step (a checkpoint is kept; Ctrl-C again to abort)", file=sys.stderr)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def format_summary(result) -> str:
+    if result.state == "stopped":
+        return (f"Stopped at step {result.step}. Checkpoint kept in {result.run_dir}/checkpoints; "
+                f"continue with: unlearn train --out {result.run_dir} --resume")
+    s = result.summary
+    lines = [f"Unlearning finished: {s['steps']} steps in {_duration(s['wall_seconds'])}."]
+    for key, label in (("forget_nll", "forget NLL"), ("retain_nll", "retain NLL")):
+        if key in s.get("before", {}) and key in s.get("after", {}):
+            lines.append(f"  {label:<11} {s['before'][key]:.3f} -> {s['after'][key]:.3f}")
+    lines.append("  (answer-token NLL: higher on forget = more forgotten; retain should stay close)")
+    kind = "LoRA adapter" if s.get("lora") else "model"
+    lines.append(f"  {kind}: {s['model']}")
+    lines.append(f"  metrics: {result.run_dir}/metrics.jsonl   config: {result.run_dir}/config.json")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def run_methods(args) -> int:
+    from .methods import METHODS
+
+    for name, method in sorted(METHODS.items()):
+        params = ", ".join(f"{k}={v}" for k, v in method.defaults.items())
+        print(f"{name:<10} {method.summary}\n{'':<10} defaults: {params}\n{'':<10} source: {method.paper}")
+    return 0
+
+
+def run_stop(args) -> int:
+    from .runs import RunDir
+
+    run = RunDir(args.run)
+    if not run.holds_run():
+        raise UnlearnError(f"{args.run} is not a run directory", "name the --out directory of a run")
+    if not run.is_active():
+        print(f"the run in {args.run} is not running ({run.status().get('state')})")
+        return 0
+    run.request_stop()
+    print(f"stop requested: the run will save a checkpoint and stop after its current step")
+    return 0
+
+
+def run_status(args) -> int:
+    import json
+
+    from .runs import RunDir
+
+    run = RunDir(args.run)
+    if not run.holds_run():
+        raise UnlearnError(f"{args.run} is not a run directory", "name the --out directory of a run")
+    print(json.dumps(run.status(), indent=2))
+    return 0
+
+
+def run_prepare_model(args) -> int:
+    from .models import bundled_model_dir
+
+    print(bundled_model_dir())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Every setting of an unlearning run, in one dataclass shared by the CLI, the studio and the Python API.
+
+The field's `help` metadata drives the CLI flags and the documentation, so the three never drift apart.
+A resolved copy (method defaults filled in) is saved as `config.json` in every run directory.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import UnlearnError, require
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+# Learning rates that move the model within a few hundred steps. LoRA needs a higher one: at 1e-5 a
+# rank-8 adapter on the 135M model barely changes its outputs.
+FULL_FINETUNE_LR = 1e-5
+LORA_LR = 1e-4
+
+
+@dataclass
+class UnlearnConfig:
+    # --- what to unlearn, from which model, into which run directory
+    model: str = _opt("bundled", "'bundled' (SmolLM2-135M-Instruct), a local Hugging Face model directory or a hub id")
+    method: str = _opt("npo_rt", "unlearning method; `unlearn methods` lists them")
+    forget: str = _opt("", "forget set: .txt/.jsonl/.json/.csv file or a TOFU split such as tofu:forget01")
+    retain: Optional[str] = _opt(None, "retain set (same formats); needed by methods with a retain term")
+    normal: Optional[str] = _opt(None, "normal set for the Yao method's mismatch and KL terms (default: the retain set)")
+    out: str = _opt("runs/unlearn", "run directory to write")
+
+    # --- schedule
+    epochs: float = _opt(5.0, "passes over the forget set (ignored when --max-steps is set)")
+    max_steps: int = _opt(0, "stop after this many optimizer steps (0: use --epochs)")
+    batch_size: int = _opt(4, "forget examples per micro-batch (the retain batch has the same size)")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step")
+    lr: Optional[float] = _opt(None, f"learning rate (default {FULL_FINETUNE_LR} full fine-tuning, {LORA_LR} LoRA)")
+    weight_decay: float = _opt(0.01, "AdamW weight decay")
+    warmup_ratio: float = _opt(0.1, "fraction of steps with linearly rising learning rate, then linear decay")
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0: off)")
+    seed: int = _opt(42, "random seed for shuffling, retain pairing and initialisation")
+    max_length: int = _opt(256, "longest tokenised example; longer ones are truncated and counted")
+
+    # --- model and adapter
+    lora: bool = _opt(False, "train a LoRA adapter instead of all weights")
+    lora_r: int = _opt(16, "LoRA rank")
+    lora_alpha: int = _opt(32, "LoRA scaling alpha")
+    lora_dropout: float = _opt(0.0, "LoRA dropout")
+    lora_targets: str = _opt("all-linear", "modules to adapt: 'all-linear' or comma-separated names (q_proj,v_proj)")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in backward to save memory")
+    device: str = _opt("auto", "auto, cpu or cuda")
+    dtype: str = _opt("auto", "auto (bf16 mixed precision on CUDA that supports it, fp32 elsewhere), float32 or bfloat16")
+    trust_remote_code: bool = _opt(False, "allow a hub/local model to run its own Python code (off: safer)")
+
+    # --- method hyper-parameters; None takes the method's published default (`unlearn methods`)
+    beta: Optional[float] = _opt(None, "inverse temperature of NPO / SimNPO / IdkDPO")
+    delta: Optional[float] = _opt(None, "SimNPO reward margin")
+    forget_weight: Optional[float] = _opt(None, "weight of the forget term")
+    retain_weight: Optional[float] = _opt(None, "weight of the retain term (NLL or KL)")
+    mismatch_weight: Optional[float] = _opt(None, "weight of the Yao random-mismatch term")
+    mismatch_k: Optional[int] = _opt(None, "random normal answers per forget prompt (Yao)")
+
+    # --- run control
+    logging_steps: int = _opt(1, "write a metrics line every N optimizer steps")
+    save_steps: int = _opt(50, "checkpoint every N optimizer steps (0: only when stopping or finishing)")
+    save_total_limit: int = _opt(2, "checkpoints kept on disk")
+    eval_examples: int = _opt(32, "forget/retain examples scored before and after for the summary")
+    resume: bool = _opt(False, "continue the run in --out from its last checkpoint")
+    overwrite: bool = _opt(False, "replace a run already in --out")
+
+    # --- filled in by resolve(), recorded in config.json
+    method_params: dict = _opt(None, "hyper-parameters the method used (resolved)", cli=False)
+
+    # ------------------------------------------------------------------
+    def resolved(self) -> "UnlearnConfig":
+        """Validate, then fill the learning rate and the method's defaults."""
+        from .methods import get_method  # late: methods import losses, which import torch
+
+        self.validate()
+        method = get_method(self.method)
+        lr = self.lr if self.lr is not None else (LORA_LR if self.lora else FULL_FINETUNE_LR)
+        params = method.resolve_params(self)
+        return replace(self, lr=lr, method_params=params)
+
+    def validate(self) -> None:
+        require(bool(self.forget), "no forget set given", "pass --forget FILE (or tofu:forget01)")
+        require(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}", "use --batch-size 4")
+        require(self.grad_accum >= 1, f"grad_accum must be at least 1, got {self.grad_accum}", "use --grad-accum 1")
+        require(self.lr is None or (self.lr > 0 and math.isfinite(self.lr)),
+                f"learning rate must be positive, got {self.lr}", "use for example --lr 1e-5")
+        require(self.max_steps >= 0, f"max_steps must be 0 or more, got {self.max_steps}", "use --max-steps 100")
+        require(self.max_steps > 0 or self.epochs > 0, f"epochs must be positive, got {self.epochs}",
+                "use --epochs 5 or --max-steps 100")
+        require(self.max_length >= 8, f"max_length {self.max_length} is too short", "use --max-length 256")
+        require(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        require(self.weight_decay >= 0, f"weight_decay must be 0 or more, got {self.weight_decay}")
+        require(self.max_grad_norm >= 0, f"max_grad_norm must be 0 or more, got {self.max_grad_norm}")
+        require(self.beta is None or self.beta > 0, f"beta must be positive, got {self.beta}",
+                "use for example --beta 0.1 (NPO's default)")
+        for name in ("forget_weight", "retain_weight", "mismatch_weight"):
+            value = getattr(self, name)
+            require(value is None or value >= 0, f"{name} must be 0 or more, got {value}")
+        require(self.mismatch_k is None or self.mismatch_k >= 1, f"mismatch_k must be at least 1, got {self.mismatch_k}")
+        require(self.lora_r >= 1, f"lora_r must be at least 1, got {self.lora_r}", "use --lora-r 16")
+        require(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        require(self.logging_steps >= 1, f"logging_steps must be at least 1, got {self.logging_steps}")
+        require(self.save_steps >= 0, f"save_steps must be 0 or more, got {self.save_steps}")
+        require(self.save_total_limit >= 1, f"save_total_limit must be at least 1, got {self.save_total_limit}")
+        require(self.eval_examples >= 0, f"eval_examples must be 0 or more, got {self.eval_examples}")
+        require(self.dtype in ("auto", "float32", "bfloat16"), f"unknown dtype {self.dtype!r}",
+                "use auto, float32 or bfloat16")
+        require(self.device in ("auto", "cpu", "cuda", "mps"), f"unknown device {self.device!r}",
+                "use auto, cpu, cuda or mps")
+        require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other",
+                "pass only one of them")
+
+    # ------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UnlearnConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        require(not unknown, f"unknown setting(s) {', '.join(unknown)}",
+                f"valid settings are: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "UnlearnConfig":
+        return cls.from_dict(read_config_file(path))
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a YAML or JSON config file into a dict (one clear error when it is not one)."""
+    path = Path(path)
+    require(path.is_file(), f"config file {path} does not exist", "check the path given to --config")
+    import yaml  # YAML is a superset of JSON: one parser reads both
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UnlearnError(f"config file {path} is not valid YAML/JSON: {exc}", "fix the syntax error it names") from None
+    require(isinstance(data, dict), f"config file {path} must hold a mapping of settings",
+            "write one `name: value` per line")
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def cli_fields() -> list:
+    """The dataclass fields exposed as CLI flags, with their defaults."""
+    return [f for f in fields(UnlearnConfig) if f.metadata.get("cli", True) and f.default is not MISSING]

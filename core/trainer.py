@@ -1,0 +1,427 @@
+"""The unlearning loop, built on `accelerate`: `accelerate launch` runs this same code on several GPUs
+(DDP, or FSDP/DeepSpeed through an accelerate config) or CPU processes, unchanged.
+
+One optimizer step = `grad_accum` micro-batches; each micro-batch holds `batch_size` forget examples and
+whatever other views the method reads. Every step updates status.json; every `logging_steps` a line
+goes to metrics.jsonl; the run stops cleanly at a step boundary when asked (STOP file, a threading
+event, SIGINT/SIGTERM in the CLI) and resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import UnlearnConfig
+from .data import make_collate
+from .errors import UnlearnError
+from .methods import StepInputs, get_method
+from .models import add_lora, load_model, load_tokenizer, mixed_precision, model_summary, pick_device, resolve_model
+from .reference import ReferenceLogits, cache_reference_nll
+from .runs import RunDir
+from .scoring import mean_token_nll
+from .views import build_dataset, read_sets
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: str                     # "finished" or "stopped"
+    step: int
+    summary: dict = field(default_factory=dict)
+
+
+def train(config: UnlearnConfig, stop_event: threading.Event | None = None, show_progress: bool = True,
+          log=print) -> TrainResult:
+    """Run (or resume) an unlearning run; raises UnlearnError with a fix for every user-fixable problem."""
+    return Trainer(config, stop_event, show_progress, log).run()
+
+
+def config_for_resume(out: str | Path) -> UnlearnConfig:
+    """The settings a run was started with, marked for resuming."""
+    run = RunDir(out)
+    if not run.holds_run():
+        raise UnlearnError(f"there is no run to resume in {run.path}", "check --out, or start a new run")
+    saved = {k: v for k, v in run.config().items() if k in UnlearnConfig.__dataclass_fields__}
+    return replace(UnlearnConfig.from_dict(saved), resume=True, overwrite=False)
+
+
+class Trainer:
+    def __init__(self, config: UnlearnConfig, stop_event=None, show_progress=True, log=print):
+        if config.resume:
+            config = config_for_resume(config.out)
+        self.cfg = config.resolved()
+        self.method = get_method(self.cfg.method)(self.cfg.method_params)
+        self.stop_event = stop_event or threading.Event()
+        self.show_progress = show_progress
+        self._log = log
+        self.device = pick_device(self.cfg.device)
+
+    # ================================================================ entry point
+    def run(self) -> TrainResult:
+        from accelerate import Accelerator, DataLoaderConfiguration
+
+        cfg = self.cfg
+        self.accelerator = Accelerator(
+            cpu=self.device.type == "cpu", mixed_precision=mixed_precision(cfg.dtype, self.device),
+            gradient_accumulation_steps=cfg.grad_accum,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+        self.is_main = self.accelerator.is_main_process
+        self.run_dir = self._open_run_dir()
+        try:
+            return self._run()
+        except UnlearnError as exc:
+            self._status("failed", error=str(exc))
+            raise
+        except Exception as exc:
+            self._status("failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _open_run_dir(self) -> RunDir:
+        cfg = self.cfg
+        RunDir.prepare(cfg.out, cfg.resume, cfg.overwrite, create=False)  # every rank checks
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            RunDir.prepare(cfg.out, cfg.resume, cfg.overwrite)
+            RunDir(cfg.out).clear_stop()
+        self.accelerator.wait_for_everyone()
+        return RunDir(cfg.out)
+
+    def _run(self) -> TrainResult:
+        from accelerate.utils import set_seed
+
+        cfg, accelerator = self.cfg, self.accelerator
+        set_seed(cfg.seed)
+        self._status("running", message="reading data")
+        raw = read_sets(cfg, self.method)
+        source = resolve_model(cfg.model)
+        self.tokenizer = load_tokenizer(source, cfg.trust_remote_code)
+        self.dataset, self.sets = build_dataset(raw, cfg, self.method, self.tokenizer)
+        for encoded in self.sets.values():
+            self.log(encoded.describe())
+        if not cfg.resume:
+            self._write_config(source)
+
+        self._status("running", message="loading model")
+        model = self._load_model(source)
+        self._status("running", message="scoring the original model")
+        self._prepare_reference(model)
+        before = self._score(model) if not cfg.resume else self.run_dir.config().get("before", {})
+        if not cfg.resume and self.is_main:
+            self.run_dir.write_config({**self.run_dir.config(), "before": before})
+
+        optimizer = self._optimizer(model)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=cfg.batch_size, shuffle=True,
+            collate_fn=make_collate(self.tokenizer.pad_token_id, self.dataset.reference_nll))
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        self.steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        scheduler = _linear_schedule(optimizer, self.total_steps, cfg.warmup_ratio)
+        start_step = self._resume(model, optimizer, scheduler) if cfg.resume else 0
+
+        outcome, step = self._loop(model, optimizer, scheduler, loader, start_step)
+        return self._finish(model, optimizer, scheduler, outcome, step, before)
+
+    # ================================================================ set-up
+    def _write_config(self, source: str) -> None:
+        if not self.is_main:
+            return
+        import accelerate
+        import peft
+        import transformers
+
+        self.run_dir.write_config({
+            **self.cfg.to_dict(),
+            "resolved_model": model_summary(source),
+            "data": {name: s.report() for name, s in self.sets.items()},
+            "method_info": {"name": self.method.name, "paper": self.method.paper, "views": self.method.views},
+            "environment": {
+                "device": str(self.device), "mixed_precision": self.accelerator.mixed_precision,
+                "num_processes": self.accelerator.num_processes, "python": platform.python_version(),
+                "torch": torch.__version__, "transformers": transformers.__version__,
+                "peft": peft.__version__, "accelerate": accelerate.__version__,
+            },
+            "created_at": time.time(),
+        })
+
+    def _load_model(self, source: str):
+        cfg = self.cfg
+        # LoRA on bf16 hardware keeps the frozen base in bf16; trained weights stay fp32 (AdamW at 1e-5
+        # would round most bf16 updates away).
+        base_dtype = torch.bfloat16 if cfg.lora and self.accelerator.mixed_precision == "bf16" else torch.float32
+        model = load_model(source, base_dtype, cfg.trust_remote_code)
+        model.config.use_cache = False
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # With a frozen embedding (LoRA) the checkpointed blocks' inputs need grad, or LoRA layers
+            # receive none (open-unlearning issue #178).
+            model.enable_input_require_grads()
+        if cfg.lora:
+            model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        self.source = source
+        return model.to(self.accelerator.device)
+
+    def _prepare_reference(self, model) -> None:
+        """Cache NLL_ref of fixed sequences once; set up the KL reference if the method has a KL term."""
+        views = {view: self.sets[view].items for view in self.method.cached_reference}
+        self.dataset.reference_nll.update(
+            cache_reference_nll(model, views, self.tokenizer.pad_token_id, self.run_dir, self.cfg,
+                                self.accelerator, is_lora=self.cfg.lora))
+        self.reference_logits = None
+        if self.method.kl_views:
+            frozen = None if self.cfg.lora else self._frozen_copy()
+            self.reference_logits = ReferenceLogits(model, frozen, self.accelerator.autocast)
+
+    def _frozen_copy(self):
+        """Full fine-tuning's KL reference: a second, frozen copy of the original (+1x weights memory)."""
+        frozen = load_model(self.source, torch.float32, self.cfg.trust_remote_code).to(self.accelerator.device)
+        frozen.eval().requires_grad_(False)
+        return frozen
+
+    def _optimizer(self, model) -> torch.optim.Optimizer:
+        # As transformers' Trainer (the reference code's): no weight decay on biases and norms.
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 else decay).append(param)
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr)
+
+    def _resume(self, model, optimizer, scheduler) -> int:
+        checkpoint = self.run_dir.latest_checkpoint()
+        if checkpoint is None:
+            self.log("no checkpoint yet: the run restarts from step 0")
+            return 0
+        state = load_checkpoint(checkpoint, self.accelerator.unwrap_model(model), optimizer, scheduler)
+        if self.is_main:
+            self.run_dir.truncate_metrics(state["step"])
+        self.log(f"resumed from {checkpoint.name}")
+        return state["step"]
+
+    # ================================================================ the loop
+    def _loop(self, model, optimizer, scheduler, loader, step: int) -> tuple[str, int]:
+        from tqdm.auto import tqdm
+
+        cfg, accelerator = self.cfg, self.accelerator
+        self.started = time.time()
+        self.start_step = step
+        bar = tqdm(total=self.total_steps, initial=step, disable=not (self.is_main and self.show_progress),
+                   desc=f"unlearning ({cfg.method})", unit="step")
+        window = _Window()
+        model.train()
+        while step < self.total_steps:
+            epoch, done_in_epoch = divmod(step, self.steps_per_epoch)
+            self.dataset.set_epoch(epoch)
+            loader.set_epoch(epoch)
+            batches = loader
+            if done_in_epoch:
+                batches = accelerator.skip_first_batches(loader, done_in_epoch * cfg.grad_accum)
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    self._micro_step(model, batch, step, window)
+                    grad_norm = self._clip(model) if accelerator.sync_gradients else None
+                    optimizer.step()
+                    optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                step += 1
+                bar.update(1)
+                window.grad_norm = grad_norm
+                if step % cfg.logging_steps == 0 or step == self.total_steps:
+                    self._log_metrics(step, epoch, scheduler, window)
+                    window = _Window()
+                self._status("running", step=step)
+                if self._should_stop():
+                    bar.close()
+                    return "stopped", step
+                if cfg.save_steps and step % cfg.save_steps == 0 and step < self.total_steps:
+                    self._checkpoint(model, optimizer, scheduler, step)
+                if step >= self.total_steps:
+                    break
+        bar.close()
+        return "finished", step
+
+    def _micro_step(self, model, batch: dict, step: int, window: "_Window") -> None:
+        inputs = StepInputs(model, batch, self.reference_logits)
+        terms = self.method.loss_terms(inputs)
+        loss = sum(terms.values())
+        self._guard_finite(loss, terms, step)
+        self.accelerator.backward(loss)
+        window.add(terms, loss, inputs, batch, self._retain_nll(model, inputs, step))
+
+    def _retain_nll(self, model, inputs: StepInputs, step: int) -> float | None:
+        """Retain NLL for the log: free when the method forwards retain, else a no-grad pass on log steps."""
+        if "retain" not in inputs.batch:
+            return None
+        if not inputs.forwarded("retain"):
+            if (step + 1) % self.cfg.logging_steps:
+                return None
+            with torch.no_grad():
+                return _token_mean(*inputs.nll("retain"))
+        return _token_mean(*inputs.nll("retain"))
+
+    def _guard_finite(self, loss: torch.Tensor, terms: dict, step: int) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+        if self.accelerator.reduce(bad, "sum").item() == 0:
+            return
+        values = ", ".join(f"{name} = {float(value):.4g}" for name, value in terms.items())
+        last = self.run_dir.latest_checkpoint()
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
+        raise UnlearnError(
+            f"the loss became non-finite at step {step + 1} ({values}); training stopped and {kept}",
+            "lower --lr (or raise --beta), then start again" + (" or --resume" if last else ""))
+
+    def _clip(self, model) -> float:
+        params = [p for p in model.parameters() if p.requires_grad]
+        max_norm = self.cfg.max_grad_norm or float("inf")
+        return float(self.accelerator.clip_grad_norm_(params, max_norm))
+
+    def _should_stop(self) -> bool:
+        wanted = self.stop_event.is_set() or self.run_dir.stop_requested()
+        flag = torch.tensor([1.0 if wanted else 0.0], device=self.accelerator.device)
+        return self.accelerator.reduce(flag, "sum").item() > 0
+
+    # ================================================================ logging, saving, finishing
+    def _log_metrics(self, step: int, epoch: int, scheduler, window: "_Window") -> None:
+        if not self.is_main:
+            return
+        row = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), **window.summary(),
+               "lr": scheduler.get_last_lr()[0], "grad_norm": window.grad_norm,
+               "wall_time": round(time.time() - self.started, 3)}
+        self.run_dir.append_metrics(row)
+
+    def _status(self, state: str, **fields) -> None:
+        if not getattr(self, "is_main", True) or not hasattr(self, "run_dir"):
+            return
+        step = fields.get("step", 0)
+        total = getattr(self, "total_steps", None)
+        extra = {}
+        if total:
+            extra = {"total_steps": total, "progress": round(step / total, 4), "eta_seconds": self._eta(step)}
+        self.run_dir.write_status(state, pid=_pid(), method=self.cfg.method, **extra, **fields)
+
+    def _eta(self, step: int) -> float | None:
+        done = step - getattr(self, "start_step", 0)
+        if done <= 0:
+            return None
+        return round((time.time() - self.started) / done * (self.total_steps - step), 1)
+
+    def _checkpoint(self, model, optimizer, scheduler, step: int) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            save_checkpoint(self.run_dir.checkpoints_dir, step, self.accelerator.unwrap_model(model), optimizer,
+                            scheduler, {"epoch": step / self.steps_per_epoch}, self.cfg.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    def _finish(self, model, optimizer, scheduler, outcome: str, step: int, before: dict) -> TrainResult:
+        summary = {}
+        if outcome == "stopped":  # a finished run needs no checkpoint: its model is in model/
+            self._status("stopping", step=step, message="saving a checkpoint")
+            self._checkpoint(model, optimizer, scheduler, step)
+        if outcome == "finished":
+            unwrapped = self.accelerator.unwrap_model(model)
+            after = self._score(unwrapped)
+            if self.is_main:
+                _save_model_atomic(unwrapped, self.tokenizer, self.run_dir.model_dir)
+            summary = {"before": before, "after": after, "steps": step,
+                       "wall_seconds": round(time.time() - self.started, 1),
+                       "model": str(self.run_dir.model_dir), "lora": self.cfg.lora}
+            if self.is_main:
+                from .runs import write_json_atomic
+
+                write_json_atomic(self.run_dir.summary_path, summary)
+        else:
+            if self.is_main:
+                self.run_dir.clear_stop()
+        self._status(outcome, step=step, message="done" if outcome == "finished" else "stopped; resume with --resume")
+        self.accelerator.wait_for_everyone()
+        return TrainResult(self.run_dir.path, outcome, step, summary)
+
+    def _score(self, model) -> dict:
+        """Mean answer-token NLL on the first `eval_examples` forget and retain examples."""
+        n = self.cfg.eval_examples
+        if n == 0:
+            return {}
+        pad, autocast = self.tokenizer.pad_token_id, self.accelerator.autocast
+        scores = {"forget_nll": mean_token_nll(model, self.sets["forget"].items[:n], pad, autocast=autocast)}
+        if "retain" in self.sets:
+            scores["retain_nll"] = mean_token_nll(model, self.sets["retain"].items[:n], pad, autocast=autocast)
+        return scores
+
+    def log(self, message: str) -> None:
+        if getattr(self, "is_main", True):
+            self._log(message)
+
+
+# ==================================================================== helpers
+
+class _Window:
+    """Running means of the loss terms over the micro-batches between two metrics lines."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.tokens = 0
+        self.started = time.time()
+        self.grad_norm = None
+
+    def _add(self, key: str, value) -> None:
+        if value is None:
+            return
+        self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def add(self, terms: dict, loss, inputs: StepInputs, batch: dict, retain_nll) -> None:
+        self._add("loss", loss.detach())
+        for name, value in terms.items():
+            self._add(name, value.detach())
+        self._add("forget_nll", _token_mean(*inputs.nll("forget")))
+        self._add("retain_nll", retain_nll)
+        self.tokens += sum(int(part["attention_mask"].sum()) for key, part in batch.items() if key != "index")
+
+    def summary(self) -> dict:
+        elapsed = max(time.time() - self.started, 1e-9)
+        row = {key: round(self.sums[key] / self.counts[key], 6) for key in self.sums}
+        row["tokens_per_second"] = round(self.tokens / elapsed, 1)
+        return row
+
+
+def _token_mean(nll: torch.Tensor, n_tokens: torch.Tensor) -> float:
+    return float(nll.detach().sum() / n_tokens.sum().clamp(min=1))
+
+
+def _linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
+    from transformers import get_linear_schedule_with_warmup
+
+    return get_linear_schedule_with_warmup(optimizer, int(total_steps * warmup_ratio), total_steps)
+
+
+def _save_model_atomic(model, tokenizer, target: Path) -> None:
+    """The final adapter (PEFT format) or full model (safetensors), with the tokenizer, swapped in whole."""
+    import os
+    import shutil
+    import tempfile
+
+    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
