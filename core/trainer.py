@@ -272,7 +272,7 @@ class Trainer:
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
         if self.accelerator.reduce(bad, "sum").item() == 0:
             return
-        values = ", ".join(f"{name} = {float(value):.4g}" for name, value in terms.items())
+        values = ", ".join(f"{name} = {float(value.detach()):.4g}" for name, value in terms.items())
         last = self.run_dir.latest_checkpoint()
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
         raise UnlearnError(
@@ -382,7 +382,7 @@ class _Window:
     def add(self, terms: dict, loss, inputs: StepInputs, batch: dict, retain_nll) -> None:
         self._add("loss", loss.detach())
         for name, value in terms.items():
-            self._add(name, value.detach())
+            self._add(f"loss_{name}", value.detach())
         self._add("forget_nll", _token_mean(*inputs.nll("forget")))
         self._add("retain_nll", retain_nll)
         self.tokens += sum(int(part["attention_mask"].sum()) for key, part in batch.items() if key != "index")

@@ -1,0 +1,61 @@
+"""Nonsensical settings, unknown methods and config files get one clear message each."""
+from dataclasses import replace
+
+import pytest
+
+from core.config import FULL_FINETUNE_LR, LORA_LR, UnlearnConfig
+from core.errors import UnlearnError
+
+BASE = UnlearnConfig(forget="tofu:forget01", retain="tofu:retain99")
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"beta": 0.0}, "beta must be positive"),
+    ({"beta": -1.0}, "beta must be positive"),
+    ({"lr": 0.0}, "learning rate must be positive"),
+    ({"lr": -1e-5}, "learning rate must be positive"),
+    ({"lr": float("nan")}, "learning rate must be positive"),
+    ({"batch_size": 0}, "batch_size must be at least 1"),
+    ({"grad_accum": 0}, "grad_accum must be at least 1"),
+    ({"epochs": 0.0}, "epochs must be positive"),
+    ({"max_steps": -3}, "max_steps must be 0 or more"),
+    ({"max_length": 2}, "too short"),
+    ({"lora_r": 0}, "lora_r must be at least 1"),
+    ({"warmup_ratio": 1.5}, "warmup_ratio"),
+    ({"retain_weight": -1.0}, "retain_weight must be 0 or more"),
+    ({"device": "tpu"}, "unknown device"),
+    ({"dtype": "float8"}, "unknown dtype"),
+    ({"forget": ""}, "no forget set"),
+    ({"method": "forget_everything"}, "unknown method"),
+    ({"method": "ga", "beta": 0.2}, "method ga has no hyper-parameter beta"),
+    ({"resume": True, "overwrite": True}, "contradict"),
+])
+def test_bad_settings(change, message):
+    with pytest.raises(UnlearnError) as info:
+        replace(BASE, **change).resolved()
+    assert message in str(info.value)
+
+
+def test_defaults_resolve_per_method_and_adapter():
+    npo = replace(BASE, method="npo_rt").resolved()
+    assert npo.method_params == {"beta": 0.1, "forget_weight": 1.0, "retain_weight": 1.0}
+    assert npo.lr == FULL_FINETUNE_LR
+    assert replace(BASE, lora=True).resolved().lr == LORA_LR
+    yao = replace(BASE, method="yao", mismatch_k=3).resolved()
+    assert yao.method_params == {"forget_weight": 0.5, "mismatch_weight": 1.0, "retain_weight": 1.0, "mismatch_k": 3}
+    assert replace(BASE, method="simnpo").resolved().method_params["beta"] == 4.5
+
+
+def test_config_file_yaml_and_unknown_keys(tmp_path):
+    good = tmp_path / "run.yaml"
+    good.write_text("method: npo\nforget: tofu:forget01\nmax-steps: 7\nbeta: 0.2\n")
+    config = UnlearnConfig.from_file(good)
+    assert (config.method, config.max_steps, config.beta) == ("npo", 7, 0.2)
+    typo = tmp_path / "typo.json"
+    typo.write_text('{"forget": "x.txt", "learning_rate": 1}')
+    with pytest.raises(UnlearnError, match="unknown setting.*learning_rate"):
+        UnlearnConfig.from_file(typo)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("method: [npo\n")
+    with pytest.raises(UnlearnError, match="not valid YAML"):
+        UnlearnConfig.from_file(broken)

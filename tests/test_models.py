@@ -1,0 +1,55 @@
+"""Model names, devices and the bundled model's one-time conversion."""
+import os
+
+import pytest
+import torch
+
+from core.errors import UnlearnError
+from core.models import bundled_model_dir, pick_device, resolve_model
+
+
+def test_a_directory_without_config_is_not_a_model(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(UnlearnError, match="not a Hugging Face model directory"):
+        resolve_model(str(tmp_path))
+
+
+def test_a_file_or_nonsense_is_not_a_model(tmp_path):
+    file = tmp_path / "model.gguf"
+    file.write_bytes(b"GGUF")
+    with pytest.raises(UnlearnError, match="is a file"):
+        resolve_model(str(file))
+    with pytest.raises(UnlearnError, match="neither a directory nor a hub id"):
+        resolve_model("not a model at all")
+
+
+def test_hub_ids_pass_through_and_local_dirs_resolve(tiny_model_dir):
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir)
+
+
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    from core.models import load_tokenizer
+
+    # The hub's offline switch is read at import time; flip the constant so the test does not wait on
+    # network time-outs.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UnlearnError, match="could not load 'nobody/no-such-model'"):
+        load_tokenizer("nobody/no-such-model")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_requested_without_cuda():
+    with pytest.raises(UnlearnError, match="no usable CUDA GPU"):
+        pick_device("cuda")
+
+
+def test_bundled_model_is_converted_once_and_reused(bundled_dir):
+    weights = bundled_dir / "model.safetensors"
+    stamp = os.stat(weights).st_mtime_ns
+    assert bundled_model_dir() == bundled_dir           # second call: no reconversion
+    assert os.stat(weights).st_mtime_ns == stamp
+    assert resolve_model("bundled") == str(bundled_dir)
+    assert not list(bundled_dir.parent.glob(".convert-*"))  # no half-written staging left behind

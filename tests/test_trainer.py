@@ -1,0 +1,159 @@
+"""Training tiny models for real: forgetting happens, stop/resume is exact, NaN stops cleanly, LoRA
+(with gradient checkpointing) trains, and every method runs."""
+import json
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import StopAfter
+from core.errors import UnlearnError
+from core.methods import METHODS, UnlearningMethod, register
+from core.runs import RunDir
+from core.trainer import train
+
+
+def quiet(**kwargs):
+    return dict(show_progress=False, log=lambda message: None, **kwargs)
+
+
+def test_npo_rt_raises_forget_nll_and_keeps_retain(tiny_config):
+    config = replace(tiny_config, max_steps=30, lr=3e-3, batch_size=8)
+    result = train(config, **quiet())
+    before, after = result.summary["before"], result.summary["after"]
+    assert result.state == "finished" and result.step == 30
+    assert after["forget_nll"] > before["forget_nll"] + 1.0
+    # retain NLL has the retain term pulling it down: it must not rise like forget NLL does
+    assert after["retain_nll"] < before["retain_nll"] + 0.25 * (after["forget_nll"] - before["forget_nll"])
+
+
+def test_run_directory_contract(tiny_config):
+    result = train(replace(tiny_config, max_steps=3, save_steps=2), **quiet())
+    run = RunDir(result.run_dir)
+    config = run.config()
+    assert config["method"] == "npo_rt" and config["method_params"]["beta"] == 0.1
+    assert config["data"]["forget"]["examples"] == 8 and "before" in config
+    rows = run.metrics()
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    for key in ("epoch", "loss", "loss_forget_npo", "loss_retain_nll", "forget_nll", "retain_nll", "lr",
+                "grad_norm", "tokens_per_second", "wall_time"):
+        assert key in rows[-1], key
+    assert rows[-1]["loss"] == pytest.approx(rows[-1]["loss_forget_npo"] + rows[-1]["loss_retain_nll"], rel=1e-4)
+    # with weight 1 the retain term is the retain NLL itself
+    assert rows[-1]["loss_retain_nll"] == pytest.approx(rows[-1]["retain_nll"], rel=1e-4)
+    status = run.status()
+    assert status["state"] == "finished" and status["progress"] == 1.0
+    assert (run.model_dir / "model.safetensors").is_file() and (run.model_dir / "tokenizer.json").is_file()
+    assert [p.name for p in run.checkpoints()] == ["step-000002"]
+    assert not list(run.path.rglob("*.bin")) and not list(run.path.rglob("*.pt"))  # no pickles anywhere
+
+
+def test_stop_then_resume_matches_an_uninterrupted_run(tiny_config, tmp_path):
+    # 12 steps cross an epoch boundary (8 forget examples, batch 4 -> 2 steps per epoch... and more)
+    base = replace(tiny_config, max_steps=12, batch_size=4, grad_accum=2, lr=2e-3, save_steps=0)
+    straight = train(replace(base, out=str(tmp_path / "straight")), **quiet())
+
+    interrupted = replace(base, out=str(tmp_path / "interrupted"))
+    stopped = train(interrupted, **quiet(stop_event=StopAfter(5)))
+    assert stopped.state == "stopped" and stopped.step == 6
+    run = RunDir(interrupted.out)
+    assert run.status()["state"] == "stopped"
+    assert [p.name for p in run.checkpoints()] == ["step-000006"]
+
+    resumed = train(replace(interrupted, resume=True), **quiet())
+    assert resumed.state == "finished" and resumed.step == 12
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "interrupted" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    assert [row["step"] for row in run.metrics()] == list(range(1, 13))  # no duplicated curve points
+
+
+def test_stop_file_stops_a_running_run(tiny_config):
+    config = replace(tiny_config, max_steps=10_000)
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=train(config, **quiet())))
+    worker.start()
+    run = RunDir(config.out)
+    deadline = time.time() + 60
+    while time.time() < deadline and run.status().get("step", 0) < 2:
+        time.sleep(0.05)
+    run.request_stop()
+    worker.join(60)
+    assert outcome["result"].state == "stopped" and 2 <= outcome["result"].step < 10_000
+    assert run.latest_checkpoint() is not None and not run.stop_requested()
+
+
+@register
+class _NanAtThirdStep(UnlearningMethod):
+    """Test-only method: a normal GA loss that turns NaN on its third call."""
+    name = "_test_nan"
+    summary = paper = "test"
+    defaults = {}
+    calls = 0
+
+    def loss_terms(self, inputs):
+        type(self).calls += 1
+        nll, n = inputs.nll("forget")
+        loss = -(nll.sum() / n.sum())
+        return {"forget_ga": loss * float("nan") if type(self).calls == 3 else loss}
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_config):
+    _NanAtThirdStep.calls = 0
+    config = replace(tiny_config, method="_test_nan", retain=None, max_steps=5, save_steps=2)
+    with pytest.raises(UnlearnError) as info:
+        train(config, **quiet())
+    message = str(info.value)
+    assert "non-finite at step 3" in message and "forget_ga = nan" in message and "step-000002" in message
+    assert "fix:" in message
+    run = RunDir(config.out)
+    assert run.status()["state"] == "failed" and "non-finite" in run.status()["error"]
+    assert [p.name for p in run.checkpoints()] == ["step-000002"]
+    weights = load_file(str(run.checkpoints()[0] / "trainable.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_existing_run_is_refused_unless_resume_or_overwrite(tiny_config):
+    train(replace(tiny_config, max_steps=1), **quiet())
+    with pytest.raises(UnlearnError, match="already holds a run"):
+        train(replace(tiny_config, max_steps=1), **quiet())
+    again = train(replace(tiny_config, max_steps=2, overwrite=True), **quiet())
+    assert again.step == 2 and [r["step"] for r in RunDir(again.run_dir).metrics()] == [1, 2]
+
+
+def test_lora_with_gradient_checkpointing_trains_only_the_adapter(tiny_config):
+    config = replace(tiny_config, lora=True, lora_r=4, gradient_checkpointing=True, max_steps=3, lr=1e-2)
+    result = train(config, **quiet())
+    model_dir = RunDir(result.run_dir).model_dir
+    adapter = load_file(str(model_dir / "adapter_model.safetensors"))
+    lora_b = [w for name, w in adapter.items() if "lora_B" in name]
+    assert lora_b and any(w.abs().sum() > 0 for w in lora_b)   # B starts at zero: it moved, so grads flowed
+    assert json.loads((model_dir / "adapter_config.json").read_text())["r"] == 4
+    assert result.summary["after"]["forget_nll"] != result.summary["before"]["forget_nll"]
+
+
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not m.startswith("_")))
+def test_every_method_trains_and_logs_its_terms(tiny_config, method):
+    result = train(replace(tiny_config, method=method, max_steps=2), **quiet())
+    row = RunDir(result.run_dir).metrics()[-1]
+    terms = [key for key in row if key.startswith("loss_")]
+    assert terms, row
+    assert all(torch.isfinite(torch.tensor(row[t])) for t in terms)
+    assert row["loss"] == pytest.approx(sum(row[t] for t in terms), rel=1e-4, abs=1e-5)
+
+
+def test_method_needing_retain_without_one(tiny_config):
+    with pytest.raises(UnlearnError, match="needs a retain set"):
+        train(replace(tiny_config, retain=None), **quiet())
+
+
+def test_empty_forget_set_is_refused_before_loading_a_model(tiny_config, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(UnlearnError, match="is empty"):
+        train(replace(tiny_config, forget=str(empty)), **quiet())
