@@ -82,7 +82,8 @@ def run_train(args) -> int:
     stop_event = threading.Event()
     _stop_on_signals(stop_event)
     result = train(config, stop_event=stop_event)
-    print(format_summary(result))
+    if result.is_main_process:
+        print(format_summary(result))
     return 0
 
 

@@ -35,6 +35,7 @@ class TrainResult:
     state: str                     # "finished" or "stopped"
     step: int
     summary: dict = field(default_factory=dict)
+    is_main_process: bool = True   # under `accelerate launch`, only rank 0 reports
 
 
 def train(config: UnlearnConfig, stop_event: threading.Event | None = None, show_progress: bool = True,
@@ -48,6 +49,12 @@ def config_for_resume(out: str | Path) -> UnlearnConfig:
     run = RunDir(out)
     if not run.holds_run():
         raise UnlearnError(f"there is no run to resume in {run.path}", "check --out, or start a new run")
+    state = run.status().get("state")
+    if state == "finished":
+        raise UnlearnError(f"the run in {run.path} already finished: there is nothing to resume",
+                           "use its model/ directory, or start again with --overwrite")
+    if run.is_active():
+        raise UnlearnError(f"the run in {run.path} is still {state}", "wait for it, or stop it with: unlearn stop DIR")
     saved = {k: v for k, v in run.config().items() if k in UnlearnConfig.__dataclass_fields__}
     return replace(UnlearnConfig.from_dict(saved), resume=True, overwrite=False)
 
@@ -343,7 +350,7 @@ class Trainer:
                 self.run_dir.clear_stop()
         self._status(outcome, step=step, message="done" if outcome == "finished" else "stopped; resume with --resume")
         self.accelerator.wait_for_everyone()
-        return TrainResult(self.run_dir.path, outcome, step, summary)
+        return TrainResult(self.run_dir.path, outcome, step, summary, self.is_main)
 
     def _score(self, model) -> dict:
         """Mean answer-token NLL on the first `eval_examples` forget and retain examples."""

@@ -1,0 +1,121 @@
+"""The `unlearn` command end to end, in a real subprocess: training, config files, stop, and errors
+that print one message with its fix and no traceback."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.runs import RunDir
+
+
+def unlearn(*args, timeout=300, env=None):
+    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "fix:" in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def test_train_end_to_end_prints_a_summary(tiny_model_dir, qa_files, tmp_path):
+    out = tmp_path / "run"
+    result = unlearn("train", "--model", tiny_model_dir, "--method", "npo_rt", "--forget", qa_files["forget"],
+                     "--retain", qa_files["retain"], "--out", out, "--max-steps", 3, "--lr", 1e-3, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "Unlearning finished: 3 steps" in result.stdout
+    assert "forget NLL" in result.stdout and "retain NLL" in result.stdout and str(out / "model") in result.stdout
+    assert "forget: 8 examples" in result.stdout
+    assert RunDir(out).status()["state"] == "finished"
+
+
+def test_config_file_with_flag_override(tiny_model_dir, qa_files, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_model_dir}\nmethod: npo\nforget: {qa_files['forget']}\n"
+                      f"max_steps: 5\nbeta: 0.3\ndevice: cpu\nlr: 0.001\n")
+    out = tmp_path / "run"
+    result = unlearn("train", "--config", config, "--max-steps", 2, "--out", out)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["method"], saved["max_steps"], saved["method_params"]["beta"]) == ("npo", 2, 0.3)
+
+
+def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tiny_model_dir, qa_files, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    common = ["--model", tiny_model_dir, "--forget", qa_files["forget"], "--retain", qa_files["retain"],
+              "--out", out, "--lr", 1e-3, "--device", "cpu", "--max-steps", 40]
+    process = subprocess.Popen([sys.executable, "-m", "core.cli", "train", *map(str, common)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and RunDir(out).status().get("step", 0) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "Stopped at step" in stdout and "--resume" in stdout
+    stopped_at = RunDir(out).status()["step"]
+    assert RunDir(out).status()["state"] == "stopped" and stopped_at < 40
+    assert RunDir(out).latest_checkpoint().name == f"step-{stopped_at:06d}"
+
+    again = unlearn("train", "--out", out, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from step-{stopped_at:06d}" in again.stdout and "Unlearning finished: 40 steps" in again.stdout
+    assert [row["step"] for row in RunDir(out).metrics()] == list(range(1, 41))
+
+    assert_clean_error(unlearn("train", "--out", out, "--resume"), "already finished")
+    assert_clean_error(unlearn("train", *common), "already holds a run", "--resume", "--overwrite")
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--method", "nope"], ["unknown method 'nope'", "npo_rt"]),
+    (["--beta", "0"], ["beta must be positive"]),
+    (["--lr", "-1"], ["learning rate must be positive"]),
+    (["--batch-size", "0"], ["batch_size must be at least 1"]),
+    (["--device", "cuda"], ["CUDA"]),
+    (["--forget", "missing.jsonl"], ["does not exist"]),
+])
+def test_bad_input_gives_one_message_and_no_traceback(tiny_model_dir, qa_files, tmp_path, args, fragments):
+    if "cuda" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA: the message under test cannot appear")
+    base = ["--model", tiny_model_dir, "--forget", qa_files["forget"], "--retain", qa_files["retain"],
+            "--out", tmp_path / "run", "--max-steps", 1]
+    assert_clean_error(unlearn("train", *base, *args), *fragments)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_not_a_model_and_binary_forget_file(tmp_path, qa_files):
+    binary = tmp_path / "forget.txt"
+    binary.write_bytes(bytes(range(256)))
+    assert_clean_error(unlearn("train", "--forget", binary, "--out", tmp_path / "a"), "is binary")
+    assert_clean_error(unlearn("train", "--model", tmp_path, "--forget", qa_files["forget"], "--retain",
+                               qa_files["retain"], "--out", tmp_path / "b"), "not a Hugging Face model directory")
+
+
+def test_methods_lists_every_method_with_its_source():
+    result = unlearn("methods")
+    assert result.returncode == 0
+    for name in ("ga", "grad_diff", "ga_kl", "npo", "npo_rt", "npo_kl", "yao", "simnpo", "idk_dpo"):
+        assert f"\n{name} " in "\n" + result.stdout
+    assert "Zhang et al. 2024" in result.stdout and "Yao et al. 2023" in result.stdout
+
+
+def test_stop_and_status_commands(tmp_path):
+    run = RunDir.prepare(tmp_path / "run")
+    run.write_config({"method": "npo"})
+    run.write_status("running", pid=os.getpid(), step=3)
+    status = unlearn("status", run.path)
+    assert json.loads(status.stdout)["step"] == 3
+    assert unlearn("stop", run.path).returncode == 0 and run.stop_requested()
+    assert_clean_error(unlearn("stop", tmp_path / "nothing"), "not a run directory")
