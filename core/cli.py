@@ -64,7 +64,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
             convert = int if "int" in kind else float if "float" in kind else str
-            parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+            metavar = {int: "N", float: "X", str: "TEXT"}[convert]
+            parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
 
 
 def config_from_args(args: argparse.Namespace) -> UnlearnConfig:

