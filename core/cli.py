@@ -6,12 +6,18 @@ Bad input prints one `error:` line and a `fix:` line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import threading
 
 from .config import UnlearnConfig, cli_fields, read_config_file
 from .errors import UnlearnError
+
+
+# Other parts of the product add their own subcommands (`add_commands(subparsers)`), so this file stays
+# the one entry point without knowing how evaluation, export or the studio work.
+COMMAND_MODULES = ("core.evaluation.cli", "export.cli", "studio.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare-model", help="convert the bundled model once and print its path")
     prepare.set_defaults(handler=run_prepare_model)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(commands)
     return parser
 
 
