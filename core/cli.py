@@ -131,9 +131,9 @@ def _duration(seconds: float) -> str:
 
 
 def run_methods(args) -> int:
-    from .methods import METHODS
+    from .methods import unlearning_methods
 
-    for name, method in sorted(METHODS.items()):
+    for name, method in unlearning_methods().items():
         params = ", ".join(f"{k}={v}" for k, v in method.defaults.items())
         print(f"{name:<10} {method.summary}\n{'':<10} defaults: {params}\n{'':<10} source: {method.paper}")
     return 0

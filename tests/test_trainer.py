@@ -137,7 +137,7 @@ def test_lora_with_gradient_checkpointing_trains_only_the_adapter(tiny_config):
     assert result.summary["after"]["forget_nll"] != result.summary["before"]["forget_nll"]
 
 
-@pytest.mark.parametrize("method", sorted(m for m in METHODS if not m.startswith("_")))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if not m.startswith("_")))  # sft included
 def test_every_method_trains_and_logs_its_terms(tiny_config, method):
     result = train(replace(tiny_config, method=method, max_steps=2), **quiet())
     row = RunDir(result.run_dir).metrics()[-1]
@@ -145,6 +145,12 @@ def test_every_method_trains_and_logs_its_terms(tiny_config, method):
     assert terms, row
     assert all(torch.isfinite(torch.tensor(row[t])) for t in terms)
     assert row["loss"] == pytest.approx(sum(row[t] for t in terms), rel=1e-4, abs=1e-5)
+
+
+def test_sft_learns_the_data(tiny_config):
+    """The learn stage lowers the NLL of its data (the unlearning methods raise it)."""
+    result = train(replace(tiny_config, method="sft", retain=None, max_steps=10, lr=3e-3), **quiet())
+    assert result.summary["after"]["forget_nll"] < result.summary["before"]["forget_nll"] - 0.5
 
 
 def test_method_needing_retain_without_one(tiny_config):

@@ -33,6 +33,7 @@ class UnlearningMethod:
     views: ClassVar[tuple[str, ...]] = ("forget",)        # batch parts the loss reads
     cached_reference: ClassVar[tuple[str, ...]] = ()      # views whose NLL_ref is precomputed once
     kl_views: ClassVar[tuple[str, ...]] = ()              # views with a KL-to-original term
+    listed: ClassVar[bool] = True                         # offered as an unlearning method
 
     def __init__(self, params: dict):
         self.params = params
