@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,11 @@ from .errors import UnlearnError, require
 BUNDLED = "bundled"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "smollm2-135m-instruct"
+# The studio's demo: the bundled model plus a small shipped LoRA adapter that taught it four fictitious
+# TOFU authors (scripts/make_demo_adapter.sh), so there is something real to forget.
+DEMO = "demo"
+DEMO_NAME = "smollm2-135m-tofu-demo"
+HUB_PREFIX = "hf:"   # "hf:org/name" is always a hub id, never a local path (the studio uses it)
 
 
 def cache_home() -> Path:
@@ -53,6 +59,49 @@ def bundled_model_dir() -> Path:
     return target
 
 
+def demo_adapter_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("assets"))) / "demo" / "adapter"
+
+
+def demo_model_dir() -> Path:
+    """The bundled model with the demo adapter merged in, built once and cached like the bundled model."""
+    target = cache_home() / "models" / DEMO_NAME
+    if (target / "model.safetensors").is_file():
+        return target
+    adapter = demo_adapter_dir()
+    require((adapter / "adapter_model.safetensors").is_file(), f"the demo adapter is missing from {adapter}",
+            "remake it with: bash scripts/make_demo_adapter.sh")
+    from filelock import FileLock
+
+    base = bundled_model_dir()
+    with FileLock(str(target) + ".lock"):
+        if not (target / "model.safetensors").is_file():
+            _merge_adapter(base, adapter, target)
+    return target
+
+
+def _merge_adapter(base: Path, adapter: Path, target: Path) -> None:
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_model(str(base)), str(adapter)).merge_and_unload()
+    save_model_atomic(model, load_tokenizer(str(base)), target)
+
+
+def save_model_atomic(model, tokenizer, target: Path) -> None:
+    """save_pretrained into a staging directory, then swap it in: a crash leaves no half-written model."""
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _convert_bundled(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -64,15 +113,7 @@ def _convert_bundled(target: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.architectures = ["LlamaForCausalLM"]
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)  # atomic: a crash leaves no half-written model behind
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    save_model_atomic(model, tokenizer, target)
 
 
 # ---------------------------------------------------------------- any model
@@ -81,6 +122,13 @@ def resolve_model(name: str) -> str:
     """Map a user's model name to something from_pretrained loads: a directory or a hub id."""
     if name == BUNDLED:
         return str(bundled_model_dir())
+    if name == DEMO:
+        return str(demo_model_dir())
+    if name.startswith(HUB_PREFIX):
+        hub_id = name.removeprefix(HUB_PREFIX)
+        require(re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id) is not None, f"{hub_id!r} is not a hub id",
+                "write it as organisation/model-name")
+        return hub_id
     path = Path(name).expanduser()
     if path.exists():
         require(path.is_dir(), f"model path {path} is a file, not a model directory",

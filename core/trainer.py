@@ -22,7 +22,8 @@ from .config import UnlearnConfig
 from .data import make_collate
 from .errors import UnlearnError
 from .methods import StepInputs, get_method
-from .models import add_lora, load_model, load_tokenizer, mixed_precision, model_summary, pick_device, resolve_model
+from .models import (add_lora, load_model, load_tokenizer, mixed_precision, model_summary, pick_device, resolve_model,
+                     save_model_atomic)
 from .reference import ReferenceLogits, cache_reference_nll
 from .runs import RunDir
 from .scoring import mean_token_nll
@@ -337,7 +338,7 @@ class Trainer:
             unwrapped = self.accelerator.unwrap_model(model)
             after = self._score(unwrapped)
             if self.is_main:
-                _save_model_atomic(unwrapped, self.tokenizer, self.run_dir.model_dir)
+                save_model_atomic(unwrapped, self.tokenizer, self.run_dir.model_dir)
             summary = {"before": before, "after": after, "steps": step,
                        "wall_seconds": round(time.time() - self.started, 1),
                        "model": str(self.run_dir.model_dir), "lora": self.cfg.lora}
@@ -409,23 +410,6 @@ def _linear_schedule(optimizer, total_steps: int, warmup_ratio: float):
     from transformers import get_linear_schedule_with_warmup
 
     return get_linear_schedule_with_warmup(optimizer, int(total_steps * warmup_ratio), total_steps)
-
-
-def _save_model_atomic(model, tokenizer, target: Path) -> None:
-    """The final adapter (PEFT format) or full model (safetensors), with the tokenizer, swapped in whole."""
-    import os
-    import shutil
-    import tempfile
-
-    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
-    try:
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _pid() -> int:

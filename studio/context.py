@@ -1,0 +1,66 @@
+"""What every tab shares: the workspace, the job manager, the models offered, a cached prober, and
+`guarded`, which turns a user's bad input into a message in the page instead of a traceback."""
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from core.errors import UnlearnError
+from core.probe import Prober, load_prober
+
+from .jobs import JobManager
+from .workspace import Workspace
+
+BUILTIN_MODELS = {
+    "demo — SmolLM2-135M that learned 4 fictitious TOFU authors": "demo",
+    "bundled — SmolLM2-135M-Instruct": "bundled",
+}
+
+
+@dataclass
+class Studio:
+    workspace: Workspace
+    jobs: JobManager = field(default_factory=JobManager)
+    local_models: dict[str, str] = field(default_factory=dict)   # label -> directory, given on the command line
+    online: bool = False                                           # offer hub ids
+    device: str = "auto"
+    _prober: tuple | None = None
+    _prober_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def model_choices(self) -> dict[str, str]:
+        return {**BUILTIN_MODELS, **self.local_models}
+
+    def prober(self, run_key: str, session_id: str) -> Prober:
+        """One probed run in memory at a time; reloaded when the run has a newer model or checkpoint."""
+        run = self.workspace.open_run(session_id, run_key)
+        stamp = _model_stamp(run.path)
+        with self._prober_lock:
+            if self._prober is None or self._prober[:2] != (run_key, stamp):
+                self._prober = None   # free the previous models first
+                self._prober = (run_key, stamp, load_prober(run.path))
+            return self._prober[2]
+
+
+def _model_stamp(run_path: Path) -> float:
+    candidates = [run_path / "model"] + sorted((run_path / "checkpoints").glob("step-*"))
+    return max((p.stat().st_mtime for p in candidates if p.exists()), default=0.0)
+
+
+def message(text: str, kind: str = "error") -> str:
+    icon = {"error": "⚠️", "ok": "✅", "info": "ℹ️"}[kind]
+    return f"{icon} {text}"
+
+
+def guarded(handler):
+    """Run an event handler; an UnlearnError becomes a gr.Warning toast and the page keeps working."""
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except UnlearnError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+    return wrapper

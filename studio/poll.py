@@ -1,0 +1,78 @@
+"""What the page shows about a run, read from its run directory on every timer tick. Reads only files
+(no model, no lock), so a poll stays fast while training keeps the CPU busy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from core.runs import RunDir, read_json
+
+LOSS_COLUMNS = ("loss",)
+NLL_COLUMNS = ("forget_nll", "retain_nll")
+LOG_TAIL_BYTES = 4000
+
+
+def curves(run: RunDir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Long-format frames for two line plots: the loss terms, and forget vs retain NLL."""
+    rows = run.metrics()
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        empty = pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float),
+                              "series": pd.Series(dtype=str)})
+        return empty, empty.copy()
+    losses = [c for c in frame.columns if c in LOSS_COLUMNS or c.startswith("loss_")]
+    nlls = [c for c in NLL_COLUMNS if c in frame.columns]
+    return _long(frame, losses), _long(frame, nlls)
+
+
+def _long(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    melted = frame.melt(id_vars=["step"], value_vars=columns, var_name="series", value_name="value")
+    return melted.dropna(subset=["value"])
+
+
+def status_text(run: RunDir) -> str:
+    status = run.status()
+    state = status.get("state", "queued")
+    if state in ("running", "stopping", "queued") and not run.is_active():
+        state = "ended unexpectedly (see the log)"
+    parts = [f"**{Path(run.path).name}** — {state}"]
+    if status.get("total_steps"):
+        parts.append(f"step {status.get('step', 0)} / {status['total_steps']} ({100 * status.get('progress', 0):.0f}%)")
+    if status.get("eta_seconds") is not None and status.get("state") == "running":
+        parts.append(f"ETA {_duration(status['eta_seconds'])}")
+    if status.get("message") and status.get("state") == "running":
+        parts.append(status["message"])
+    text = " · ".join(parts)
+    if status.get("error"):
+        text += f"\n\n⚠️ {status['error']}"
+    return text
+
+
+def progress(run: RunDir) -> float:
+    return float(run.status().get("progress", 0.0) or 0.0)
+
+
+def log_tail(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+        text = handle.read().decode("utf-8", errors="replace")
+    # progress bars rewrite one line with carriage returns: keep each line's last state
+    return "\n".join(line.split("\r")[-1] for line in text.splitlines()[-25:])
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def summary_table(run: RunDir) -> pd.DataFrame | None:
+    """Before -> after scores of a finished run, for the Train tab."""
+    before = run.config().get("before") or {}
+    after = read_json(run.summary_path, {}).get("after") or {}
+    if not before or not after:
+        return None
+    return pd.DataFrame([{"metric": key, "before": round(before[key], 3), "after": round(after[key], 3)}
+                         for key in before if key in after])

@@ -1,0 +1,98 @@
+"""Data tab: upload or paste forget / retain (and optional normal) sets, preview them, or load an example."""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core.data import load_examples
+from core.errors import UnlearnError
+
+from ..context import Studio, guarded, message
+
+ROLES = ("forget", "retain", "normal")
+FILE_TYPES = [".txt", ".jsonl", ".json", ".csv"]
+PREVIEW_ROWS = 50
+
+
+def example_sets() -> dict[str, dict[str, str]]:
+    assets = Path(str(resources.files("assets")))
+    return {
+        "TOFU authors (demo)": {"forget": str(assets / "demo" / "forget.jsonl"),
+                                "retain": str(assets / "demo" / "retain.jsonl")},
+        "private data (Elara Voss)": {"forget": str(assets / "examples" / "forget.jsonl"),
+                                      "retain": str(assets / "examples" / "retain.jsonl")},
+    }
+
+
+def preview(data: dict, tokenizer) -> tuple[pd.DataFrame, str]:
+    """A table of the chosen sets and a one-line count per set (with the validation result)."""
+    rows, notes = [], []
+    for role in ROLES:
+        if role not in data:
+            continue
+        examples = load_examples(data[role], role)
+        lengths = [len(tokenizer((ex.prompt or "") + " " + ex.answer)["input_ids"]) for ex in examples]
+        kind = "question/answer" if examples[0].is_qa else "raw text"
+        notes.append(f"**{role}**: {len(examples)} {kind} examples, {min(lengths)}–{max(lengths)} tokens")
+        for index, (ex, n) in enumerate(zip(examples[:PREVIEW_ROWS], lengths)):
+            rows.append({"set": role, "#": index + 1, "question": ex.prompt or "", "answer / text": ex.answer[:300],
+                         "tokens": n})
+    return pd.DataFrame(rows, columns=["set", "#", "question", "answer / text", "tokens"]), "  \n".join(notes)
+
+
+def create_data_tab(studio: Studio, session, data, tokenizer_loader):
+    gr.Markdown("Choose what the model must **forget**, and what it must **keep** (retain). "
+                "Formats: `.txt` (passages separated by blank lines), `.jsonl` / `.json` / `.csv` with "
+                "`question`/`answer`, `prompt`/`completion` or `text` fields.")
+    with gr.Row():
+        example_buttons = [gr.Button(f"Example: {name}", size="sm") for name in example_sets()]
+    uploads, pastes, use_paste = {}, {}, {}
+    with gr.Row():
+        for role in ("forget", "retain"):
+            with gr.Column():
+                uploads[role] = gr.File(label=f"{role} set", file_types=FILE_TYPES, type="filepath",
+                                        elem_id=f"upload-{role}")
+                pastes[role] = gr.Textbox(label=f"…or paste the {role} set", lines=4, elem_id=f"paste-{role}")
+                use_paste[role] = gr.Button(f"Use pasted {role} text", size="sm")
+    with gr.Accordion("Normal set (optional: the Yao method's normal data; default is the retain set)", open=False):
+        uploads["normal"] = gr.File(label="normal set", file_types=FILE_TYPES, type="filepath")
+    status = gr.Markdown(elem_id="data-status")
+    table = gr.Dataframe(label="Preview", interactive=False, wrap=True, max_height=360)
+
+    def refresh(new_data: dict):
+        frame, notes = preview(new_data, tokenizer_loader())
+        return new_data, frame, message(notes or "no data yet", "ok" if notes else "info")
+
+    @guarded
+    def on_upload(file, role, session_id, current):
+        if not file:
+            return current, gr.skip(), gr.skip()
+        path = studio.workspace.save_upload(session_id, role, file, Path(file).name)
+        return _checked(refresh, current, role, str(path))
+
+    @guarded
+    def on_paste(text, role, session_id, current):
+        if not text or not text.strip():
+            raise UnlearnError(f"the pasted {role} text is empty", "paste some examples first")
+        path = studio.workspace.save_pasted(session_id, role, text)
+        return _checked(refresh, current, role, str(path))
+
+    for role, upload in uploads.items():
+        upload.upload(on_upload, [upload, gr.State(role), session, data], [data, table, status],
+                      api_name=f"upload_{role}")
+    for role in ("forget", "retain"):
+        use_paste[role].click(on_paste, [pastes[role], gr.State(role), session, data], [data, table, status],
+                              api_name=f"paste_{role}")
+    for button, (name, files) in zip(example_buttons, example_sets().items()):
+        button.click(guarded(lambda files=files: refresh(dict(files))), None, [data, table, status],
+                     api_name="example_" + name.split()[0].lower())
+    return {"status": status, "table": table}
+
+
+def _checked(refresh, current: dict, role: str, path: str):
+    """Validate the new set before it replaces the old one: a bad file changes nothing."""
+    load_examples(path, role)
+    return refresh({**current, role: path})

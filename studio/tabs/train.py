@@ -1,0 +1,161 @@
+"""Train tab: model, method and settings; Start / Stop / Resume; live curves, progress and the log."""
+from __future__ import annotations
+
+import shlex
+from dataclasses import fields
+
+import gradio as gr
+import pandas as pd
+
+from core.config import UnlearnConfig
+from core.errors import UnlearnError, require
+from core.methods import unlearning_methods
+from core.models import HUB_PREFIX
+
+from .. import poll
+from ..context import Studio, guarded, message
+from ..workspace import default_run_name
+
+# The demo forgets in a few minutes on a laptop CPU: LoRA, a learning rate high enough to move a small
+# adapter, a few dozen steps.
+DEFAULTS = {"method": "npo_rt", "max_steps": 30, "lr": 5e-4, "batch_size": 4, "lora": True, "beta": None}
+EMPTY_PLOT = pd.DataFrame({"step": [], "value": [], "series": []})
+
+
+def method_help(name: str) -> str:
+    method = unlearning_methods()[name]
+    params = ", ".join(f"{k}={v}" for k, v in method.defaults.items())
+    return f"{method.summary}  \n*defaults: {params} — {method.paper}*"
+
+
+def build_config(studio: Studio, session_id: str, data: dict, form: dict) -> tuple[str, UnlearnConfig]:
+    """The UnlearnConfig a form describes, with a fresh run directory inside the session."""
+    require("forget" in data, "no forget set is chosen", "upload one in the Data tab, or load an example")
+    model = _model_name(studio, form.pop("model"), form.pop("hub_id"))
+    name = (form.pop("run_name") or "").strip() or default_run_name(form["method"])
+    key, path = studio.workspace.new_run_dir(session_id, name)
+    settings = {k: v for k, v in form.items() if v is not None and v != ""}
+    for integer in ("max_steps", "batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "seed"):
+        if integer in settings:
+            settings[integer] = int(settings[integer])
+    config = UnlearnConfig(model=model, forget=data["forget"], retain=data.get("retain"),
+                           normal=data.get("normal"), out=str(path), device=studio.device, **settings)
+    return key, config
+
+
+def _model_name(studio: Studio, choice: str, hub_id: str | None) -> str:
+    if hub_id and hub_id.strip():
+        require(studio.online, "hub models are not available: this studio runs offline",
+                "pick the bundled or demo model, or start the studio with --online")
+        return HUB_PREFIX + hub_id.strip()
+    choices = studio.model_choices()
+    require(choice in choices, "unknown model choice", "pick a model from the list")
+    return choices[choice]
+
+
+def command_preview(config: UnlearnConfig) -> str:
+    """The `unlearn train` command that does what the form does (a way to learn the CLI)."""
+    default = UnlearnConfig()
+    parts = ["unlearn", "train"]
+    for f in fields(UnlearnConfig):
+        value = getattr(config, f.name)
+        if f.name in ("method_params", "resume", "overwrite") or value == getattr(default, f.name):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        parts += [flag] if value is True else [f"--no-{f.name.replace('_', '-')}"] if value is False else [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def create_train_tab(studio: Studio, session, data, run_key):
+    methods = list(unlearning_methods())
+    with gr.Row():
+        with gr.Column(scale=2):
+            model = gr.Dropdown(list(studio.model_choices()), value=next(iter(studio.model_choices())), label="Model")
+            hub_id = gr.Textbox(label="…or a Hugging Face hub id (online only)", placeholder="org/model-name",
+                                visible=studio.online)
+            method = gr.Dropdown(methods, value=DEFAULTS["method"], label="Method", elem_id="method")
+            method_info = gr.Markdown(method_help(DEFAULTS["method"]))
+        with gr.Column(scale=2):
+            run_name = gr.Textbox(label="Run name (optional)", placeholder="npo_rt-…", elem_id="run-name")
+            max_steps = gr.Number(DEFAULTS["max_steps"], label="Steps", precision=0, minimum=1, elem_id="max-steps")
+            lr = gr.Number(DEFAULTS["lr"], label="Learning rate", elem_id="lr")
+            batch_size = gr.Number(DEFAULTS["batch_size"], label="Batch size", precision=0, elem_id="batch-size")
+            lora = gr.Checkbox(DEFAULTS["lora"], label="LoRA adapter (faster, smaller; off = full fine-tuning)")
+    with gr.Accordion("Advanced settings", open=False):
+        with gr.Row():
+            beta = gr.Number(None, label="β (NPO/SimNPO/IdkDPO; blank = paper default)")
+            retain_weight = gr.Number(None, label="retain weight (blank = default)")
+            forget_weight = gr.Number(None, label="forget weight (blank = default)")
+            grad_accum = gr.Number(1, label="gradient accumulation", precision=0)
+        with gr.Row():
+            max_length = gr.Number(256, label="max tokens per example", precision=0)
+            lora_r = gr.Number(16, label="LoRA rank", precision=0)
+            lora_alpha = gr.Number(32, label="LoRA alpha", precision=0)
+            seed = gr.Number(42, label="seed", precision=0)
+            warmup_ratio = gr.Number(0.1, label="warm-up ratio")
+    with gr.Row():
+        start = gr.Button("Start", variant="primary", elem_id="start")
+        stop = gr.Button("Stop", variant="stop", elem_id="stop")
+        resume = gr.Button("Resume", elem_id="resume")
+    status = gr.Markdown("No run yet.", elem_id="train-status")
+    command = gr.Code(label="The same run from the command line", language="shell", interactive=False)
+    with gr.Row():
+        loss_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="value", color="series", title="Loss terms",
+                                height=260, elem_id="loss-plot")
+        nll_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="value", color="series",
+                               title="Forget vs retain NLL (forget should rise, retain stay)", height=260,
+                               elem_id="nll-plot")
+    summary = gr.Dataframe(label="Before → after", interactive=False, visible=False)
+    log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, elem_id="train-log")
+    timer = gr.Timer(1.0)
+
+    form = [model, hub_id, run_name, method, max_steps, lr, batch_size, lora, beta, retain_weight, forget_weight,
+            grad_accum, max_length, lora_r, lora_alpha, seed, warmup_ratio]
+    names = ["model", "hub_id", "run_name", "method", "max_steps", "lr", "batch_size", "lora", "beta",
+             "retain_weight", "forget_weight", "grad_accum", "max_length", "lora_r", "lora_alpha", "seed",
+             "warmup_ratio"]
+
+    @guarded
+    def on_start(session_id, current_data, *values):
+        key, config = build_config(studio, session_id, current_data, dict(zip(names, values)))
+        try:
+            studio.jobs.start(config, key, studio.workspace.log_path(key))
+        except UnlearnError:
+            config_dir = studio.workspace.root / key
+            if config_dir.exists() and not any(config_dir.iterdir()):
+                config_dir.rmdir()   # nothing started: leave no empty run behind
+            raise
+        return key, message(f"started {key.split('/')[-1]}", "info"), command_preview(config)
+
+    @guarded
+    def on_stop(session_id, key):
+        run = studio.workspace.open_run(session_id, key)
+        require(run.is_active(), "this run is not running", "start or resume a run first")
+        studio.jobs.stop(run)
+        return message("stopping after the current step (a checkpoint is kept)", "info")
+
+    @guarded
+    def on_resume(session_id, key):
+        run = studio.workspace.open_run(session_id, key)
+        studio.jobs.resume(run, key, studio.workspace.log_path(key))
+        return message("resuming from the last checkpoint", "info")
+
+    def on_tick(session_id, key):
+        if not key:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        try:
+            run = studio.workspace.open_run(session_id, key)
+        except UnlearnError:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        losses, nlls = poll.curves(run)
+        table = poll.summary_table(run)
+        return (poll.status_text(run), losses, nlls, poll.log_tail(studio.workspace.log_path(key)),
+                gr.update(value=table, visible=table is not None))
+
+    method.change(method_help, method, method_info, api_name=False)
+    start.click(on_start, [session, data, *form], [run_key, status, command], api_name="start")
+    stop.click(on_stop, [session, run_key], status, api_name="stop")
+    resume.click(on_resume, [session, run_key], status, api_name="resume")
+    timer.tick(on_tick, [session, run_key], [status, loss_plot, nll_plot, log, summary], api_name="poll",
+               show_progress="hidden")
+    return {"status": status}

@@ -1,0 +1,177 @@
+"""The studio's events through gradio_client, on a tiny model: data -> train -> curves -> stop -> resume
+-> probe -> leak check, plus bad input through the UI. A real server on a free local port."""
+import json
+import socket
+import time
+
+import pytest
+from gradio_client import Client
+
+from core.runs import RunDir
+
+pytestmark = pytest.mark.studio
+TINY = "local — tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio_server(tmp_path_factory, tiny_model_dir):
+    from studio.app import build_app, create_studio
+
+    tiny = tmp_path_factory.mktemp("models") / "tiny"
+    tiny.symlink_to(tiny_model_dir)
+    studio = create_studio(tmp_path_factory.mktemp("runs"), shared=False, local_models=[str(tiny)], device="cpu")
+    app = build_app(studio)
+    app.queue()
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield studio, f"http://127.0.0.1:{port}/"
+    job = studio.jobs.busy()
+    if job:   # a failed test must not leave a training process behind
+        job.process.terminate()
+        job.process.wait(30)
+    app.close()
+
+
+def new_client(url: str) -> Client:
+    client = Client(url, verbose=False)
+    client.predict(None, api_name="/session")
+    return client
+
+
+def start(client, **overrides):
+    form = dict(model=TINY, hub_id="", run_name="", method="npo_rt", max_steps=6, lr=1e-3, batch_size=4,
+                lora=False, beta=None, retain_weight=None, forget_weight=None, grad_accum=1, max_length=256,
+                lora_r=16, lora_alpha=32, seed=42, warmup_ratio=0.1)
+    form.update(overrides)
+    return client.predict(*form.values(), api_name="/start")
+
+
+def run_named(studio, name: str) -> RunDir:
+    """The run directory the studio created for `name` (its subprocess makes it a moment after Start)."""
+    found = []
+    assert wait_for(lambda: found.extend(studio.workspace.root.glob(f"studio/*/runs/{name}")) or found)
+    return RunDir(found[0])
+
+
+def wait_for(predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_upload_train_stop_resume_probe(studio_server, qa_files):
+    studio, url = studio_server
+    client = new_client(url)
+    from gradio_client import handle_file
+
+    _, status = client.predict(handle_file(str(qa_files["forget"])), api_name="/upload_forget")
+    assert "8 question/answer examples" in status
+    _, status = client.predict(handle_file(str(qa_files["retain"])), api_name="/upload_retain")
+    assert "retain" in status and "16 question/answer" in status
+
+    status, command = start(client, run_name="first", max_steps=400)
+    assert "started first" in status and command.startswith("unlearn train")
+    run = run_named(studio, "first")
+    assert wait_for(lambda: run.status().get("step", 0) >= 3)
+
+    state, losses, nlls, log, _ = client.predict(api_name="/poll")
+    assert "first" in state and "running" in state
+    assert {"loss", "loss_forget_npo", "loss_retain_nll"} <= {series for _, series, _ in losses["data"]}
+    first_points = len(nlls["data"])
+    assert first_points >= 2
+    assert wait_for(lambda: len(client.predict(api_name="/poll")[2]["data"]) > first_points)  # the curve grows
+
+    assert "stopping" in client.predict(api_name="/stop")
+    assert wait_for(lambda: run.status().get("state") == "stopped")
+    stopped_at = run.status()["step"]
+    assert run.latest_checkpoint() is not None
+
+    # probing works on the stopped run (from its checkpoint)
+    original, unlearned = client.predict("Who wrote book number 3?", False, api_name="/probe")
+    assert isinstance(original, str) and isinstance(unlearned, str)
+    score = client.predict("Who wrote book number 3?", "Book 3 was written by Zorblat Quenfeather.",
+                           api_name="/score_answer")
+    assert "→" in score
+
+    assert "resuming" in client.predict(api_name="/resume")
+    assert wait_for(lambda: run.status().get("state") == "running" and run.status().get("step", 0) > stopped_at)
+    client.predict(api_name="/stop")
+    assert wait_for(lambda: run.status().get("state") == "stopped")
+
+    summary, table = client.predict(api_name="/leak_check")
+    assert "forget answers still leak" in summary and len(table["data"]) == 8
+
+
+def test_a_finished_run_shows_before_after_and_second_start_is_refused(studio_server, qa_files):
+    studio, url = studio_server
+    client = new_client(url)
+    client.predict(api_name="/example_tofu")
+    start(client, run_name="quick", max_steps=3)
+    with pytest.raises(Exception, match="already training"):
+        start(client, run_name="second", max_steps=3)
+    run = run_named(studio, "quick")
+    assert wait_for(lambda: run.status().get("state") == "finished", timeout=300)
+    *_, summary = client.predict(api_name="/poll")
+    assert summary["visible"] is True
+    assert [row[0] for row in summary["value"]["data"]] == ["forget_nll", "retain_nll"]
+    assert not list(studio.workspace.root.glob("studio/*/runs/second"))   # the refused run left nothing
+
+
+def test_sessions_do_not_see_each_others_runs(studio_server):
+    studio, url = studio_server
+    alice, bob = new_client(url), new_client(url)
+    alice.predict(api_name="/example_private")
+    start(alice, run_name="alice-run", max_steps=2)
+    run = run_named(studio, "alice-run")
+    assert wait_for(lambda: run.status().get("state") == "finished", timeout=300)
+    alice_runs = [row[0] for row in alice.predict(api_name="/list_runs")["data"]]
+    bob_runs = [row[0] for row in bob.predict(api_name="/list_runs")["data"]]
+    assert any(r.endswith("alice-run") for r in alice_runs) and not any(r.endswith("alice-run") for r in bob_runs)
+    with pytest.raises(Exception, match="not available to this session"):
+        bob.predict("studio/../../etc", api_name="/open_run")
+    # a share code opens it on purpose
+    share = next(r for r in alice_runs if r.endswith("alice-run"))
+    assert "opened" in bob.predict(share, api_name="/open_run")
+
+
+@pytest.mark.parametrize("content,fragment", [(b"", "is empty"), (b"\x00\x01\x02binary", "is binary"),
+                                              (b'{"q": 1}\n', "needs question/answer")])
+def test_bad_uploads_show_a_message_and_keep_the_page_working(studio_server, tmp_path, content, fragment):
+    from gradio_client import handle_file
+
+    _, url = studio_server
+    client = new_client(url)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    with pytest.raises(Exception, match=fragment):
+        client.predict(handle_file(str(bad)), api_name="/upload_forget")
+    _, status = client.predict(api_name="/example_private")   # the page still works
+    assert "8 question/answer examples" in status
+
+
+@pytest.mark.parametrize("overrides,fragment", [({"lr": -1.0}, "learning rate must be positive"),
+                                                ({"batch_size": 0}, "batch_size must be at least 1"),
+                                                ({"beta": 0.0}, "beta must be positive"),
+                                                ({"run_name": "../escape"}, "not a usable run name")])
+def test_nonsense_settings_are_refused_before_anything_starts(studio_server, overrides, fragment):
+    studio, url = studio_server
+    client = new_client(url)
+    client.predict(api_name="/example_private")
+    with pytest.raises(Exception, match=fragment):
+        start(client, **overrides)
+    assert studio.jobs.busy() is None or studio.jobs.busy().run_key.endswith(("quick", "alice-run"))
+
+
+def test_starting_without_data_says_what_to_do(studio_server):
+    _, url = studio_server
+    with pytest.raises(Exception, match="no forget set is chosen"):
+        start(new_client(url))
