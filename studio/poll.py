@@ -60,7 +60,8 @@ def log_tail(path: Path) -> str:
         handle.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
         text = handle.read().decode("utf-8", errors="replace")
     # progress bars rewrite one line with carriage returns: keep each line's last state
-    return "\n".join(line.split("\r")[-1] for line in text.splitlines()[-25:])
+    lines = [line.rstrip("\r").split("\r")[-1] for line in text.split("\n")]
+    return "\n".join(line for line in lines if line.strip())[-LOG_TAIL_BYTES:]
 
 
 def _duration(seconds: float) -> str:

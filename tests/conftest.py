@@ -77,3 +77,31 @@ def tiny_config(tiny_model_dir, qa_files, tmp_path):
     return UnlearnConfig(model=str(tiny_model_dir), method="npo_rt", forget=str(qa_files["forget"]),
                          retain=str(qa_files["retain"]), out=str(tmp_path / "run"), max_steps=4, batch_size=4,
                          lr=1e-3, save_steps=0, eval_examples=8, device="cpu")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio_server(tmp_path_factory, tiny_model_dir):
+    """The studio on a free local port, offering the tiny model as "local — tiny"; runs isolated per session."""
+    from studio.app import build_app, create_studio
+
+    tiny = tmp_path_factory.mktemp("models") / "tiny"
+    tiny.symlink_to(tiny_model_dir)
+    studio = create_studio(tmp_path_factory.mktemp("runs"), shared=False, local_models=[str(tiny)], device="cpu")
+    app = build_app(studio)
+    app.queue()
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield studio, f"http://127.0.0.1:{port}/"
+    job = studio.jobs.busy()
+    if job:   # a failed test must not leave a training process behind
+        job.process.terminate()
+        job.process.wait(30)
+    app.close()

@@ -1,7 +1,5 @@
 """The studio's events through gradio_client, on a tiny model: data -> train -> curves -> stop -> resume
 -> probe -> leak check, plus bad input through the UI. A real server on a free local port."""
-import json
-import socket
 import time
 
 import pytest
@@ -11,31 +9,6 @@ from core.runs import RunDir
 
 pytestmark = pytest.mark.studio
 TINY = "local — tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def studio_server(tmp_path_factory, tiny_model_dir):
-    from studio.app import build_app, create_studio
-
-    tiny = tmp_path_factory.mktemp("models") / "tiny"
-    tiny.symlink_to(tiny_model_dir)
-    studio = create_studio(tmp_path_factory.mktemp("runs"), shared=False, local_models=[str(tiny)], device="cpu")
-    app = build_app(studio)
-    app.queue()
-    port = free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield studio, f"http://127.0.0.1:{port}/"
-    job = studio.jobs.busy()
-    if job:   # a failed test must not leave a training process behind
-        job.process.terminate()
-        job.process.wait(30)
-    app.close()
 
 
 def new_client(url: str) -> Client:

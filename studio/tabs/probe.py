@@ -11,6 +11,7 @@ from core.probe import LEAK_ROUGE, ORIGINAL, UNLEARNED
 
 from ..context import Studio, guarded
 
+NOTHING = "(no words: the model ended its answer at once)"
 LEAK_CHECK_LIMIT = 40   # generations are the slow part: cap the check at 40 forget questions
 
 
@@ -35,8 +36,7 @@ def create_probe_tab(studio: Studio, session, data, run_key):
     @guarded
     def on_ask(session_id, key, text, sampled):
         prober = studio.prober(key, session_id)
-        return (prober.generate(text, ORIGINAL, sample=sampled).text,
-                prober.generate(text, UNLEARNED, sample=sampled).text)
+        return tuple(prober.generate(text, which, sample=sampled).text or NOTHING for which in (ORIGINAL, UNLEARNED))
 
     @guarded
     def on_score(session_id, key, text, candidate):

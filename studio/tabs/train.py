@@ -19,7 +19,10 @@ from ..workspace import default_run_name
 # The demo forgets in a few minutes on a laptop CPU: LoRA, a learning rate high enough to move a small
 # adapter, a few dozen steps.
 DEFAULTS = {"method": "npo_rt", "max_steps": 30, "lr": 5e-4, "batch_size": 4, "lora": True, "beta": None}
-EMPTY_PLOT = pd.DataFrame({"step": [], "value": [], "series": []})
+# Typed empty frame: the plot's encodings are fixed from its first value (a float "series" would turn the
+# legend into a colour gradient).
+EMPTY_PLOT = pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float),
+                           "series": pd.Series(dtype=str)})
 
 
 def method_help(name: str) -> str:

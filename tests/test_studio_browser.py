@@ -1,0 +1,110 @@
+"""The studio in a real browser (Playwright driving Debian's chromium): load, upload, train a tiny model,
+watch the curve grow, stop, probe, and bad input; screenshots are saved for inspection."""
+import os
+import re
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = os.environ.get("STUDIO_SCREENSHOTS")  # a folder to keep the screenshots in (optional)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("chromium is not installed: apt-get install chromium (.ci/run does it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # The flags keep Chromium from reaching for the network, which this machine does not have.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser, studio_server, tmp_path):
+    _, url = studio_server
+    context = browser.new_context(viewport={"width": 1300, "height": 1000})
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_text("Unlearning Studio").first.wait_for()
+    yield page
+    context.close()
+
+
+def shot(page, tmp_path, name):
+    folder = SCREENSHOTS or tmp_path
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.png")
+    page.screenshot(path=path, full_page=True)
+    assert os.path.getsize(path) > 10_000
+    return path
+
+
+def status_step(page) -> int:
+    match = re.search(r"step (\d+) /", page.locator("#train-status").inner_text())
+    return int(match.group(1)) if match else 0
+
+
+def test_upload_train_watch_stop_probe(page, qa_files, tmp_path):
+    shot(page, tmp_path, "1-data")
+    page.locator("#upload-forget input[type=file]").set_input_files(str(qa_files["forget"]))
+    page.get_by_text("8 question/answer examples").wait_for(timeout=30_000)
+    page.locator("#upload-retain input[type=file]").set_input_files(str(qa_files["retain"]))
+    page.get_by_text("16 question/answer examples").wait_for(timeout=30_000)
+    assert page.get_by_text("Zorblat Quenfeather").count() > 0           # the preview table shows the data
+    shot(page, tmp_path, "2-data-loaded")
+
+    page.get_by_role("tab", name="2 · Train").click()
+    page.get_by_label("Model").click()
+    page.get_by_role("option", name="local — tiny").click()
+    page.locator("#max-steps input").fill("400")
+    page.locator("#lr input").fill("0.001")
+    page.get_by_label("LoRA adapter (faster, smaller; off = full fine-tuning)").uncheck()
+    page.locator("#start").click()
+    page.wait_for_function("() => /step [1-9]\\d* \\//.test(document.querySelector('#train-status').innerText)",
+                           timeout=120_000)
+    first = status_step(page)
+    page.wait_for_function(f"() => {{ const m = document.querySelector('#train-status').innerText"
+                           f".match(/step (\\d+) \\//); return m && +m[1] > {first + 2}; }}", timeout=120_000)
+    assert page.locator("#nll-plot canvas, #nll-plot svg").count() > 0   # the curve is drawn
+    page.wait_for_function("() => document.querySelector('#nll-plot').innerHTML.includes('retain_nll')")
+    shot(page, tmp_path, "3-training")
+
+    page.locator("#stop").click()
+    page.get_by_text("stopped").first.wait_for(timeout=120_000)
+    assert "stopped" in page.locator("#train-status").inner_text()
+    shot(page, tmp_path, "4-stopped")
+
+    page.get_by_role("tab", name="3 · Probe").click()
+    page.locator("#probe-prompt textarea").fill("Who wrote book number 3?")
+    page.locator("#probe-ask").click()
+    page.wait_for_function("() => document.querySelector('#probe-unlearned textarea').value.length > 0",
+                           timeout=120_000)
+    assert page.locator("#probe-original textarea").input_value() != ""
+    shot(page, tmp_path, "5-probe")
+
+
+def test_bad_upload_shows_the_problem_and_the_page_keeps_working(page, tmp_path):
+    binary = tmp_path / "forget.txt"
+    binary.write_bytes(bytes(range(256)))
+    page.locator("#upload-forget input[type=file]").set_input_files(str(binary))
+    page.get_by_text("is binary, not text").first.wait_for(timeout=30_000)
+    shot(page, tmp_path, "6-bad-upload")
+    page.get_by_role("button", name="Example: private data (Elara Voss)").click()
+    page.get_by_text("8 question/answer examples").wait_for(timeout=30_000)
+
+
+def test_nonsense_settings_are_explained(page, tmp_path):
+    page.get_by_role("button", name="Example: private data (Elara Voss)").click()
+    page.get_by_text("8 question/answer examples").wait_for(timeout=30_000)
+    page.get_by_role("tab", name="2 · Train").click()
+    page.locator("#lr input").fill("-1")
+    page.locator("#start").click()
+    page.get_by_text("learning rate must be positive").first.wait_for(timeout=30_000)
+    shot(page, tmp_path, "7-bad-setting")
