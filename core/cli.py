@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run", help="run directory")
     status.set_defaults(handler=run_status)
 
-    prepare = commands.add_parser("prepare-model", help="convert the bundled model once and print its path")
+    prepare = commands.add_parser("prepare-model", help="convert the bundled (and demo) model once; print the paths")
     prepare.set_defaults(handler=run_prepare_model)
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(commands)
@@ -166,9 +166,12 @@ def run_status(args) -> int:
 
 
 def run_prepare_model(args) -> int:
-    from .models import bundled_model_dir
+    """Convert the bundled model (and build the studio's demo model) once, ahead of first use."""
+    from .models import bundled_model_dir, demo_adapter_dir, demo_model_dir
 
     print(bundled_model_dir())
+    if (demo_adapter_dir() / "adapter_model.safetensors").is_file():
+        print(demo_model_dir())
     return 0
 
 

@@ -221,7 +221,7 @@ class Trainer:
         self.started = time.time()
         self.start_step = step
         bar = tqdm(total=self.total_steps, initial=step, disable=not (self.is_main and self.show_progress),
-                   desc=f"unlearning ({cfg.method})", unit="step")
+                   desc="fine-tuning" if cfg.method == "sft" else f"unlearning ({cfg.method})", unit="step")
         window = _Window()
         model.train()
         while step < self.total_steps:

