@@ -21,6 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -64,7 +72,7 @@ def main() -> None:
                            local_models=[args.model_dir] if args.model_dir else [], device="cpu")
     app = build_app(studio)
     app.queue()
-    _, url, _ = app.launch(server_name="127.0.0.1", server_port=0 or None, prevent_thread_lock=True, quiet=True)
+    _, url, _ = app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     load = page_load_seconds(url)
 
     client = Client(url, verbose=False)

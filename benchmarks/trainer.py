@@ -2,7 +2,7 @@
 
 Run from the repository root (about 10-15 minutes on a 2-core CPU):
 
-    python benchmarks/trainer.py                       # default: 2 warm-up + 4 measured steps, 2 rounds
+    python benchmarks/trainer.py                       # default: 1 warm-up + 3 measured steps, 2 rounds
     python benchmarks/trainer.py --json bench.json     # also write every figure as JSON
     python benchmarks/trainer.py --quick               # smoke run: 1 warm-up + 1 measured step, 1 round
     python benchmarks/trainer.py --device cuda         # on a GPU (bf16 autocast, CUDA peak memory)
@@ -16,6 +16,7 @@ baseline   The NPO repository's `npo_grad_diff` as a plain loop (see /work/share
            the answer as a label; NPO on the per-sequence summed NLL of full logits + retain mean-token NLL.
 ours       `core.trainer.train` with method npo_rt, full fine-tuning.
 ours_lora  the same with `lora=True` (default rank), for the LoRA / full memory ratio.
+ours_lora_gc  (only with --variants) LoRA plus `gradient_checkpointing=True`, to show what activations cost.
 
 All use TOFU forget01 (+ retain99), the bundled SmolLM2-135M-Instruct with its chat template, batch 4,
 AdamW (lr 1e-5, weight decay 0.01 without decay on norms, linear schedule with 10 % warm-up, gradient
@@ -58,14 +59,16 @@ MAX_GRAD_NORM = 1.0
 BETA = 0.1
 BASELINE_MAX_LENGTH = 500          # the NPO code's forget.py
 SEED = 42
-VARIANTS = ("baseline", "ours", "ours_lora")
+VARIANTS = ("baseline", "ours", "ours_lora", "ours_lora_gc")
+DEFAULT_VARIANTS = ("baseline", "ours", "ours_lora")
 LABELS = {"baseline": "baseline (NPO code: 2 models, pad 500)", "ours": "ours, full fine-tuning",
-          "ours_lora": "ours, LoRA (default rank)"}
+          "ours_lora": "ours, LoRA (default rank)", "ours_lora_gc": "ours, LoRA + gradient checkpointing"}
 # (name, numerator, denominator, metric, goal, "ge"/"le")
 GOALS = (
     ("throughput ours / baseline", "ours", "baseline", "throughput", 1.6, "ge"),
     ("peak memory ours / baseline", "ours", "baseline", "memory", 0.65, "le"),
     ("peak memory LoRA / full (ours)", "ours_lora", "ours", "memory", 0.5, "le"),
+    ("peak memory LoRA+GC / full (info)", "ours_lora_gc", "ours", "memory", None, None),
 )
 
 
@@ -142,7 +145,7 @@ def _sync(device: str) -> None:
 
 # ==================================================================== variant: our trainer
 
-def run_ours(device: str, total_steps: int, lora: bool) -> dict:
+def run_ours(device: str, total_steps: int, lora: bool, checkpointing: bool = False) -> dict:
     """`core.trainer.train` as a user runs it; the loop and the reference cache are only timed/metered."""
     import core.trainer as trainer_module
     from core.config import UnlearnConfig
@@ -157,10 +160,14 @@ def run_ours(device: str, total_steps: int, lora: bool) -> dict:
         one_time["reference_nll_s"] = time.perf_counter() - started
         return cached
 
-    def metered_loop(self, *args, **kwargs):
+    def metered_loop(self, model, *args, **kwargs):
+        params = list(model.parameters())
+        one_time["params"] = sum(p.numel() for p in params)
+        one_time["trainable_params"] = sum(p.numel() for p in params if p.requires_grad)
+        one_time["loop_start_rss_mib"] = (_status_kib("VmRSS") or 0) / 1024
         meter.start_loop()
         try:
-            return original_loop(self, *args, **kwargs)
+            return original_loop(self, model, *args, **kwargs)
         finally:
             meter.end_loop()
 
@@ -171,6 +178,7 @@ def run_ours(device: str, total_steps: int, lora: bool) -> dict:
             model="bundled", method="npo_rt", forget=FORGET, retain=RETAIN, out=str(Path(tmp) / "run"),
             batch_size=BATCH_SIZE, lr=None if lora else LR, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO,
             max_grad_norm=MAX_GRAD_NORM, beta=BETA, seed=SEED, max_steps=total_steps, lora=lora,
+            gradient_checkpointing=checkpointing,
             device=device, dtype="float32" if device == "cpu" else "auto",
             logging_steps=1, save_steps=0, eval_examples=0)
         result = trainer_module.train(config, show_progress=False, log=lambda message: None)
@@ -307,6 +315,8 @@ def run_baseline(device: str, total_steps: int) -> dict:
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "cuda" else contextlib.nullcontext
 
     meter, step_s, first_loss = PeakMeter(device), [], None
+    params = list(model.parameters()) + list(oracle.parameters())
+    loop_start_rss_mib = (_status_kib("VmRSS") or 0) / 1024
     meter.start_loop()
     batches = _batches(loader)
     last = time.perf_counter()
@@ -329,7 +339,9 @@ def run_baseline(device: str, total_steps: int) -> dict:
     meter.end_loop()
     tokens = 2 * BATCH_SIZE * BASELINE_MAX_LENGTH  # padded forget + retain tokens trained on per step
     return {"step_s": step_s, "tokens_per_step": [tokens] * total_steps, "first_loss": first_loss,
-            "lr": LR, "oracle_dtype": str(oracle_dtype).removeprefix("torch."), **meter.figures}
+            "lr": LR, "oracle_dtype": str(oracle_dtype).removeprefix("torch."),
+            "params": sum(p.numel() for p in params), "trainable_params": sum(p.numel() for p in model.parameters()),
+            "loop_start_rss_mib": loop_start_rss_mib, **meter.figures}
 
 
 # ==================================================================== child entry point
@@ -341,7 +353,8 @@ def child(variant: str, device: str, total_steps: int, result_path: str) -> None
     if variant == "baseline":
         result = run_baseline(device, total_steps)
     else:
-        result = run_ours(device, total_steps, lora=variant == "ours_lora")
+        result = run_ours(device, total_steps, lora=variant.startswith("ours_lora"),
+                          checkpointing=variant.endswith("_gc"))
     result.update(variant=variant, device=device, threads=torch.get_num_threads(),
                   process_s=round(time.perf_counter() - started, 1), exit_peak_rss_mib=peak_rss_mib())
     Path(result_path).write_text(json.dumps(result))
@@ -386,6 +399,7 @@ def summarise(runs: list[dict], warmup: int, device: str) -> dict:
             "memory_mib": worst(memory_key), "peak_rss_mib": worst("peak_rss_mib"),
             "loop_peak_rss_mib": worst("loop_peak_rss_mib"), "setup_peak_rss_mib": worst("setup_peak_rss_mib"),
             "peak_cuda_mib": worst("peak_cuda_mib"), "exit_peak_rss_mib": worst("exit_peak_rss_mib"),
+            "loop_start_rss_mib": worst("loop_start_rss_mib"), "trainable_params": mine[0].get("trainable_params"),
             "reference_nll_s": statistics.fmean([r["reference_nll_s"] for r in mine]) if "reference_nll_s" in mine[0] else None,
             "first_loss": mine[0]["first_loss"],
         }
@@ -401,7 +415,7 @@ def ratios(summary: dict) -> list[dict]:
             value = summary[bottom]["median_step_s"] / summary[top]["median_step_s"]
         else:
             value = summary[top]["memory_mib"] / summary[bottom]["memory_mib"]
-        met = value >= goal if sense == "ge" else value <= goal
+        met = None if goal is None else (value >= goal if sense == "ge" else value <= goal)
         rows.append({"name": name, "value": value, "goal": goal, "sense": sense, "met": met})
     return rows
 
@@ -426,6 +440,9 @@ def report(summary: dict, ratio_rows: list[dict], device: str, warmup: int) -> s
     lines.append("")
     lines.append(f"{'ratio':<34} {'measured':>9} {'goal':>9}  met")
     for row in ratio_rows:
+        if row["goal"] is None:
+            lines.append(f"{row['name']:<34} {row['value']:>8.2f}x {'-':>9}  -")
+            continue
         goal = (">= " if row["sense"] == "ge" else "<= ") + f"{row['goal']:.2f}x"
         lines.append(f"{row['name']:<34} {row['value']:>8.2f}x {goal:>9}  {'yes' if row['met'] else 'NO'}")
     return "\n".join(lines)
@@ -450,10 +467,10 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def run_rounds(device: str, warmup: int, steps: int, rounds: int) -> list[dict]:
+def run_rounds(variants: tuple[str, ...], device: str, warmup: int, steps: int, rounds: int) -> list[dict]:
     runs = []
     for index in range(rounds):
-        order = VARIANTS if index % 2 == 0 else tuple(reversed(VARIANTS))  # alternate who goes first
+        order = variants if index % 2 == 0 else tuple(reversed(variants))  # alternate who goes first
         for variant in order:
             print(f"[round {index + 1}/{rounds}] {variant}: {warmup} warm-up + {steps} measured steps ...", flush=True)
             run = run_child(variant, device, warmup + steps)
@@ -467,11 +484,13 @@ def run_rounds(device: str, warmup: int, steps: int, rounds: int) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4, help="measured steps per variant and round (default 4)")
-    parser.add_argument("--warmup", type=int, default=2, help="steps skipped at the start of every run (default 2)")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per variant and round (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="steps skipped at the start of every run (default 1)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of all variants, order alternating (default 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up + 1 measured step, 1 round")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (default: {','.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--json", help="also write every figure to this JSON file")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--total-steps", type=int, help=argparse.SUPPRESS)
@@ -490,6 +509,10 @@ def main(argv=None) -> int:
         args.steps, args.warmup, args.rounds = 1, 1, 1
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         parser.error("--steps and --rounds must be at least 1, --warmup at least 0")
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        parser.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANTS)}")
 
     command = "python benchmarks/trainer.py " + " ".join(sys.argv[1:] if argv is None else argv)
     machine = machine_info(device)
@@ -497,7 +520,7 @@ def main(argv=None) -> int:
           f"{machine.get('memory_gib', '?')} GiB; torch {machine['torch']}"
           + (f"; GPU {machine['gpu']}" if device == "cuda" else ""), flush=True)
     started = time.time()
-    runs = run_rounds(device, args.warmup, args.steps, args.rounds)
+    runs = run_rounds(variants, device, args.warmup, args.steps, args.rounds)
     summary = summarise(runs, args.warmup, device)
     ratio_rows = ratios(summary)
     print()
@@ -507,6 +530,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({
             "command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device,
             "machine": machine, "settings": {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+                                             "variants": list(variants),
                                              "batch_size": BATCH_SIZE, "lr": LR, "forget": FORGET, "retain": RETAIN,
                                              "baseline_max_length": BASELINE_MAX_LENGTH},
             "summary": summary, "ratios": ratio_rows, "runs": runs}, indent=2))

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=runs/demo-adapter
 .venv/bin/unlearn train --method sft --model bundled --forget assets/demo/learn.jsonl --out "$out" --overwrite \
-  --lora --lora-r 16 --lora-alpha 32 --lr 1e-3 --epochs 20 --batch-size 8 --warmup-ratio 0.05 \
+  --lora --lora-r 16 --lora-alpha 32 --lr 1e-3 --epochs 15 --batch-size 8 --warmup-ratio 0.05 \
   --eval-examples 80 --save-steps 20 --device "${DEVICE:-auto}"
 .venv/bin/python - "$out" <<'PY'
 import shutil, sys

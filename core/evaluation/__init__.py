@@ -1,0 +1,10 @@
+"""Evaluation: TOFU metrics, fluency and membership inference, as plain functions (`tofu_metrics`,
+`text_metrics`, `mia`), model probes (`probes`), the two suites (`evaluator`) and the CLI (`cli`).
+
+Importing this package loads no model and no torch-heavy module beyond what the submodules need."""
+from .mia import auc, min_k_score, privacy_leakage
+from .text_metrics import fluency, repetition, rouge_recall
+from .tofu_metrics import aggregate, forget_quality, model_utility, tofu_aggregate, truth_ratio_score, truth_ratios
+
+__all__ = ["aggregate", "auc", "fluency", "forget_quality", "min_k_score", "model_utility", "privacy_leakage",
+           "repetition", "rouge_recall", "tofu_aggregate", "truth_ratio_score", "truth_ratios"]

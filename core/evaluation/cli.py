@@ -1,5 +1,165 @@
-"""Subcommands of `unlearn` for this part of the product (none yet)."""
+"""`unlearn eval`, `unlearn tofu-aggregate` and `unlearn finetune` (TOFU's learn stage)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
 
 
 def add_commands(commands) -> None:
     """Add this part's subparsers to `unlearn` (called by core.cli.build_parser)."""
+    _add_eval(commands)
+    _add_aggregate(commands)
+    _add_finetune(commands)
+
+
+# ---------------------------------------------------------------- eval
+
+def _add_eval(commands) -> None:
+    p = commands.add_parser(
+        "eval", help="measure what a model or run forgot and kept (TOFU metrics, fluency, MIA)",
+        description="Evaluate a run directory, one of its checkpoints, a model directory, a LoRA adapter or "
+                    "'bundled'. Example: unlearn eval runs/tofu01 --suite tofu --out runs/tofu01/eval")
+    p.add_argument("model", metavar="MODEL_OR_RUN")
+    p.add_argument("--suite", choices=("tofu", "quick"), default="tofu",
+                   help="tofu: TOFU's four sets and metrics; quick: your forget/retain data, before vs after")
+    p.add_argument("--out", required=True, help="directory for the logs, summary.json and summary.md")
+    p.add_argument("--forget-split", default=None,
+                   help="tofu suite: forget01, forget05 or forget10 (default: the run's tofu:forgetNN, else forget01)")
+    p.add_argument("--retain-logs", default=None,
+                   help="tofu suite: a retain model's eval directory or eval_log_aggregated.json (Forget Quality, PrivLeak)")
+    p.add_argument("--holdout", default=None,
+                   help="data never trained on (file or tofu: split) for the min-k%% membership-inference AUC")
+    p.add_argument("--forget", default=None, help="quick suite: forget data (default: the run's forget set)")
+    p.add_argument("--retain", default=None, help="quick suite: retain data (default: the run's retain set)")
+    p.add_argument("--original", default=None,
+                   help="the model before unlearning, for fluency and 'before' scores (default: a run's base model)")
+    p.add_argument("--max-samples", type=int, default=None, help="first N samples per set (tofu: 300, quick: 100)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generation length (tofu: 200, quick: 64)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(handler=run_eval)
+
+
+def run_eval(args) -> int:
+    from ..data import load_examples
+    from ..errors import require
+    from .evaluator import Settings, run_quick, run_tofu
+    from .loading import open_model
+    from .report import summary_table
+
+    tofu = args.suite == "tofu"
+    settings = Settings(max_samples=args.max_samples or (300 if tofu else 100),
+                        max_new_tokens=args.max_new_tokens or (200 if tofu else 64), batch_size=args.batch_size)
+    settings.validate()
+    holdout = load_examples(args.holdout, "holdout") if args.holdout else None
+    loaded = open_model(args.model, args.device, args.trust_remote_code)
+    run_config = loaded.run_config or {}
+    original_name = args.original or loaded.original
+    original = None
+    if original_name:
+        opened = open_model(original_name, args.device, args.trust_remote_code)
+        original = (opened.model, opened.tokenizer)
+    if tofu:
+        split = args.forget_split or _tofu_forget_split(run_config.get("forget", "")) or "forget01"
+        summary = run_tofu(loaded, Path(args.out), settings, split, original, holdout, args.retain_logs,
+                           reference_name=original_name)
+    else:
+        forget_source = args.forget or run_config.get("forget")
+        require(bool(forget_source), "the quick suite needs forget data",
+                "pass --forget FILE (and --retain FILE), or evaluate a run directory")
+        retain_source = args.retain or run_config.get("retain")
+        retain = load_examples(retain_source, "retain") if retain_source else None
+        summary = run_quick(loaded, Path(args.out), load_examples(forget_source, "forget"), retain, settings,
+                            original, original_name)
+    print(summary_table(summary))
+    print(f"\nlogs and summary.json in {args.out} ({summary['wall_seconds']} s)")
+    return 0
+
+
+def _tofu_forget_split(forget: str) -> str | None:
+    name = forget.removeprefix("tofu:") if forget.startswith("tofu:") else ""
+    return name if name in ("forget01", "forget05", "forget10") else None
+
+
+# ---------------------------------------------------------------- tofu-aggregate
+
+def _add_aggregate(commands) -> None:
+    p = commands.add_parser(
+        "tofu-aggregate", help="TOFU's Model Utility and Forget Quality from two aggregated eval logs",
+        description="Read a model's and a retain model's aggregated TOFU eval logs (eval_log_aggregated.json, "
+                    "or an `unlearn eval` output directory) and print the twelve figures, Model Utility and "
+                    "Forget Quality as JSON, as TOFU's aggregate_eval_stat.py computes them.")
+    p.add_argument("target", metavar="TARGET", help="the evaluated model's aggregated eval log")
+    p.add_argument("retain", metavar="RETAIN", help="the retain model's aggregated eval log")
+    p.set_defaults(handler=run_aggregate)
+
+
+def run_aggregate(args) -> int:
+    from .evaluator import read_eval_output
+    from .tofu_metrics import tofu_aggregate
+
+    result = tofu_aggregate(read_eval_output(args.target)["logs"], read_eval_output(args.retain)["logs"])
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------- finetune
+
+def _add_finetune(commands) -> None:
+    p = commands.add_parser(
+        "finetune", help="supervised fine-tuning on QA data (TOFU's learn stage); same run directory as train",
+        description="Plain supervised fine-tuning (answer NLL), LoRA or full. Example: unlearn finetune "
+                    "--model bundled --data tofu:full --out runs/tofu_target --epochs 5 --lr 2e-5")
+    p.add_argument("--model", default=argparse.SUPPRESS, help="'bundled', a model directory or a hub id")
+    p.add_argument("--data", dest="forget", default=argparse.SUPPRESS,
+                   help="training data: .txt/.jsonl/.json/.csv or a TOFU split such as tofu:full")
+    p.add_argument("--out", default=argparse.SUPPRESS, help="run directory to write")
+    for flag, kind in (("--epochs", float), ("--max-steps", int), ("--lr", float), ("--batch-size", int),
+                       ("--grad-accum", int), ("--max-length", int), ("--lora-r", int), ("--lora-alpha", int),
+                       ("--seed", int), ("--save-steps", int), ("--weight-decay", float)):
+        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help="as for `unlearn train`")
+    for flag in ("--lora-targets", "--device"):
+        p.add_argument(flag, default=argparse.SUPPRESS, help="as for `unlearn train`")
+    for flag in ("--lora", "--resume", "--overwrite", "--trust-remote-code"):
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                       help="as for `unlearn train`")
+    p.set_defaults(handler=run_finetune)
+
+
+FINETUNE_KEYS = ("model", "forget", "out", "epochs", "max_steps", "lr", "batch_size", "grad_accum", "max_length",
+                 "lora_r", "lora_alpha", "seed", "save_steps", "weight_decay", "lora_targets", "device", "lora",
+                 "resume", "overwrite", "trust_remote_code")
+
+
+def finetune_config(args):
+    from ..config import UnlearnConfig
+    from ..errors import require
+
+    settings = {k: getattr(args, k) for k in FINETUNE_KEYS if hasattr(args, k)}
+    require(settings.get("resume") or "forget" in settings, "no training data given",
+            "pass --data FILE (or a TOFU split such as tofu:full)")
+    return UnlearnConfig.from_dict({**settings, "method": "sft"})
+
+
+def run_finetune(args) -> int:
+    from ..cli import _duration, _stop_on_signals
+    from ..trainer import train
+    import threading
+
+    stop_event = threading.Event()
+    _stop_on_signals(stop_event)
+    result = train(finetune_config(args), stop_event=stop_event)
+    if not result.is_main_process:
+        return 0
+    if result.state == "stopped":
+        print(f"Stopped at step {result.step}; continue with: unlearn finetune --out {result.run_dir} --resume")
+        return 0
+    s = result.summary
+    print(f"Fine-tuning finished: {s['steps']} steps in {_duration(s['wall_seconds'])}.")
+    if "forget_nll" in s.get("before", {}):
+        print(f"  training-data NLL {s['before']['forget_nll']:.3f} -> {s['after']['forget_nll']:.3f}")
+    print(f"  {'LoRA adapter' if s.get('lora') else 'model'}: {s['model']}\n"
+          f"  evaluate it: unlearn eval {result.run_dir} --suite tofu --out {result.run_dir}/eval")
+    return 0
