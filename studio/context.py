@@ -31,6 +31,17 @@ class Studio:
     _prober: tuple | None = None
     _prober_lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self):
+        from importlib import resources
+
+        from core.models import cache_home
+
+        _PUBLIC_NAMES[str(self.workspace.root)] = "<runs>"
+        _PUBLIC_NAMES[str(Path(str(resources.files("assets"))))] = "assets"
+        _PUBLIC_NAMES[str(cache_home())] = "<model cache>"
+        for label, path in self.local_models.items():
+            _PUBLIC_NAMES[path] = f"<{label}>"
+
     def model_choices(self) -> dict[str, str]:
         return {**BUILTIN_MODELS, **self.local_models}
 
@@ -55,12 +66,23 @@ def message(text: str, kind: str = "error") -> str:
     return f"{icon} {text}"
 
 
+# Server folders are shown to the browser under these public names (see Studio.public_path).
+_PUBLIC_NAMES: dict[str, str] = {}
+
+
+def public_text(text: str) -> str:
+    """The text with server folders replaced by public names: the page never learns server paths."""
+    for folder, name in sorted(_PUBLIC_NAMES.items(), key=lambda item: -len(item[0])):
+        text = text.replace(folder, name)
+    return text
+
+
 def guarded(handler):
-    """Run an event handler; an UnlearnError becomes a gr.Warning toast and the page keeps working."""
+    """Run an event handler; an UnlearnError becomes an error toast and the page keeps working."""
     @functools.wraps(handler)
     def wrapper(*args, **kwargs):
         try:
             return handler(*args, **kwargs)
         except UnlearnError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise gr.Error(public_text(str(exc)), print_exception=False) from None
     return wrapper

@@ -53,11 +53,13 @@ def test_upload_train_stop_resume_probe(studio_server, qa_files):
 
     status, command = start(client, run_name="first", max_steps=400)
     assert "started first" in status and command.startswith("unlearn train")
+    assert str(studio.workspace.root) not in command and "<runs>/studio/" in command  # no server paths shown
     run = run_named(studio, "first")
     assert wait_for(lambda: run.status().get("step", 0) >= 3)
 
     state, losses, nlls, log, _ = client.predict(api_name="/poll")
     assert "first" in state and "running" in state
+    assert "forget: 8 examples" in log and str(studio.workspace.root) not in log
     assert {"loss", "loss_forget_npo", "loss_retain_nll"} <= {series for _, series, _ in losses["data"]}
     first_points = len(nlls["data"])
     assert first_points >= 2

@@ -13,7 +13,7 @@ from core.methods import unlearning_methods
 from core.models import HUB_PREFIX
 
 from .. import poll
-from ..context import Studio, guarded, message
+from ..context import Studio, guarded, message, public_text
 from ..workspace import default_run_name
 
 # The demo forgets in a few minutes on a laptop CPU: LoRA, a learning rate high enough to move a small
@@ -128,7 +128,7 @@ def create_train_tab(studio: Studio, session, data, run_key):
             if config_dir.exists() and not any(config_dir.iterdir()):
                 config_dir.rmdir()   # nothing started: leave no empty run behind
             raise
-        return key, message(f"started {key.split('/')[-1]}", "info"), command_preview(config)
+        return key, message(f"started {key.split('/')[-1]}", "info"), public_text(command_preview(config))
 
     @guarded
     def on_stop(session_id, key):
@@ -152,7 +152,8 @@ def create_train_tab(studio: Studio, session, data, run_key):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         losses, nlls = poll.curves(run)
         table = poll.summary_table(run)
-        return (poll.status_text(run), losses, nlls, poll.log_tail(studio.workspace.log_path(key)),
+        return (public_text(poll.status_text(run)), losses, nlls,
+                public_text(poll.log_tail(studio.workspace.log_path(key))),
                 gr.update(value=table, visible=table is not None))
 
     method.change(method_help, method, method_info, api_name=False)
