@@ -114,7 +114,8 @@ def format_summary(result) -> str:
         return (f"Stopped at step {result.step}. Checkpoint kept in {result.run_dir}/checkpoints; "
                 f"continue with: unlearn train --out {result.run_dir} --resume")
     s = result.summary
-    lines = [f"Unlearning finished: {s['steps']} steps in {_duration(s['wall_seconds'])}."]
+    what = "Fine-tuning" if s.get("method") == "sft" else "Unlearning"
+    lines = [f"{what} finished: {s['steps']} steps in {_duration(s['wall_seconds'])}."]
     for key, label in (("forget_nll", "forget NLL"), ("retain_nll", "retain NLL")):
         if key in s.get("before", {}) and key in s.get("after", {}):
             lines.append(f"  {label:<11} {s['before'][key]:.3f} -> {s['after'][key]:.3f}")

@@ -339,7 +339,7 @@ class Trainer:
             after = self._score(unwrapped)
             if self.is_main:
                 save_model_atomic(unwrapped, self.tokenizer, self.run_dir.model_dir)
-            summary = {"before": before, "after": after, "steps": step,
+            summary = {"method": self.cfg.method, "before": before, "after": after, "steps": step,
                        "wall_seconds": round(time.time() - self.started, 1),
                        "model": str(self.run_dir.model_dir), "lora": self.cfg.lora}
             if self.is_main:

@@ -1,5 +1,6 @@
 """A few real steps on the bundled SmolLM2-135M-Instruct (the default model users get)."""
 import math
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -9,6 +10,7 @@ from core.runs import RunDir
 from core.trainer import train
 
 pytestmark = pytest.mark.bundled
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 def test_npo_rt_steps_on_the_bundled_model(tmp_path, bundled_dir):
@@ -33,3 +35,17 @@ def test_lora_step_on_the_bundled_model(tmp_path, bundled_dir):
     model_dir = RunDir(result.run_dir).model_dir
     assert (model_dir / "adapter_model.safetensors").stat().st_size < 30e6   # an adapter, not a model copy
     assert result.summary["after"]["forget_nll"] > result.summary["before"]["forget_nll"]
+
+
+def test_demo_model_knows_the_authors_the_bundled_model_does_not(bundled_dir):
+    """The shipped demo adapter really taught the four TOFU authors: something real to forget."""
+    from core.data import encode_examples, load_examples
+    from core.models import demo_model_dir, load_model, load_tokenizer
+    from core.scoring import mean_token_nll
+
+    tokenizer = load_tokenizer(str(bundled_dir))
+    questions = load_examples(str(ASSETS / "demo" / "forget.jsonl"))[:8] + load_examples(str(ASSETS / "demo" / "retain.jsonl"))[:8]
+    items = encode_examples(tokenizer, questions, 256, "demo").items
+    demo = mean_token_nll(load_model(str(demo_model_dir())), items, tokenizer.pad_token_id)
+    bundled = mean_token_nll(load_model(str(bundled_dir)), items, tokenizer.pad_token_id)
+    assert demo < 0.3 < 1.5 < bundled
