@@ -10,6 +10,7 @@ def add_commands(commands) -> None:
     """Add this part's subparsers to `unlearn` (called by core.cli.build_parser)."""
     _add_eval(commands)
     _add_aggregate(commands)
+    _add_best_checkpoint(commands)
     _add_finetune(commands)
 
 
@@ -45,14 +46,16 @@ def _add_eval(commands) -> None:
 def run_eval(args) -> int:
     from ..data import load_examples
     from ..errors import require
-    from .evaluator import Settings, run_quick, run_tofu
+    from .evaluator import Settings, run_quick, run_tofu, tofu_records
     from .loading import open_model
     from .report import summary_table
 
     tofu = args.suite == "tofu"
-    settings = Settings(max_samples=args.max_samples or (300 if tofu else 100),
-                        max_new_tokens=args.max_new_tokens or (200 if tofu else 64), batch_size=args.batch_size)
+    settings = Settings(max_samples=_default(args.max_samples, 300 if tofu else 100),
+                        max_new_tokens=_default(args.max_new_tokens, 200 if tofu else 64), batch_size=args.batch_size)
     settings.validate()
+    if tofu and args.forget_split:
+        tofu_records(args.forget_split)          # an unknown split fails before any model is loaded
     holdout = load_examples(args.holdout, "holdout") if args.holdout else None
     loaded = open_model(args.model, args.device, args.trust_remote_code)
     run_config = loaded.run_config or {}
@@ -76,6 +79,10 @@ def run_eval(args) -> int:
     print(summary_table(summary))
     print(f"\nlogs and summary.json in {args.out} ({summary['wall_seconds']} s)")
     return 0
+
+
+def _default(value, default):
+    return default if value is None else value
 
 
 def _tofu_forget_split(forget: str) -> str | None:
@@ -105,6 +112,36 @@ def run_aggregate(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- best-checkpoint
+
+def _add_best_checkpoint(commands) -> None:
+    p = commands.add_parser(
+        "best-checkpoint", help="pick the checkpoint with the best forget/utility trade-off from tofu evaluations",
+        description="Given the tofu-suite evaluation of the original model and of several checkpoints (each "
+                    "evaluated with --retain-logs), print the one with the highest Forget Quality among those "
+                    "keeping at least --utility-floor of the original's Model Utility. Example: unlearn "
+                    "best-checkpoint --original eval/target eval/step-10 eval/step-20 eval/final")
+    p.add_argument("evals", nargs="+", metavar="EVAL_DIR", help="`unlearn eval --suite tofu` output directories")
+    p.add_argument("--original", required=True, help="the original model's eval directory (its Model Utility)")
+    p.add_argument("--utility-floor", type=float, default=0.9, help="share of the original's utility to keep")
+    p.set_defaults(handler=run_best_checkpoint)
+
+
+def run_best_checkpoint(args) -> int:
+    from .evaluator import SUMMARY, read_json_file
+    from .selection import select_best
+
+    def figures(directory):
+        return read_json_file(Path(directory) / SUMMARY, "eval summary")["figures"]
+
+    evaluations = [{"eval": d, **figures(d)} for d in args.evals]
+    pick = select_best(evaluations, figures(args.original)["Model Utility"], args.utility_floor)
+    chosen = pick["evaluation"]
+    print(json.dumps({"best": chosen["eval"], "meets_floor": pick["meets_floor"], "rule": pick["rule"],
+                      "Forget Quality": chosen["Forget Quality"], "Model Utility": chosen["Model Utility"]}, indent=2))
+    return 0
+
+
 # ---------------------------------------------------------------- finetune
 
 def _add_finetune(commands) -> None:
@@ -113,7 +150,7 @@ def _add_finetune(commands) -> None:
         description="Plain supervised fine-tuning (answer NLL), LoRA or full. Example: unlearn finetune "
                     "--model bundled --data tofu:full --out runs/tofu_target --epochs 5 --lr 2e-5")
     p.add_argument("--model", default=argparse.SUPPRESS, help="'bundled', a model directory or a hub id")
-    p.add_argument("--data", dest="forget", default=argparse.SUPPRESS,
+    p.add_argument("--data", dest="forget", metavar="DATA", default=argparse.SUPPRESS,
                    help="training data: .txt/.jsonl/.json/.csv or a TOFU split such as tofu:full")
     p.add_argument("--out", default=argparse.SUPPRESS, help="run directory to write")
     for flag, kind in (("--epochs", float), ("--max-steps", int), ("--lr", float), ("--batch-size", int),

@@ -1,0 +1,378 @@
+"""Mini-TOFU: TOFU's protocol scaled to the bundled SmolLM2-135M, and the NPO paper's central result
+(NPO forgets without collapsing, gradient ascent collapses) measured with this project's own numbers.
+
+Run from the repository root:
+
+    python benchmarks/tofu_mini.py --quick            # smoke run: 4 authors, 1 epoch, tiny evals (minutes)
+    python benchmarks/tofu_mini.py                    # the mini protocol (CPU: hours on 2 busy cores)
+    python benchmarks/tofu_mini.py --device cuda      # the same on a GPU
+    python benchmarks/tofu_mini.py --device cuda --full   # TOFU's own forget01/05/10 protocol on a GPU
+    python benchmarks/tofu_mini.py --device cuda --full --splits forget01   # one split at a time
+
+Protocol (mini):
+1. Learn a *target* model: supervised fine-tuning (`method="sft"`, full fine-tuning) of the bundled model on
+   TOFU authors 0-19 plus the forget01 authors 198-199 (440 QA). Learn a *retain* model the same way on
+   authors 0-19 only. Authors 196-197 are never trained on: the held-out set for membership inference.
+   (retain_perturbed = the QA of authors 0-19 and forget01_perturbed = authors 198-199, so TOFU's
+   paraphrased and perturbed answers exist for every evaluated sample.)
+2. Unlearn authors 198-199 from the target with GA, GradDiff, NPO, NPO+RT and SimNPO: same epochs, learning
+   rate, batch size and retain data (authors 0-19) for each; a checkpoint every epoch.
+3. Evaluate every epoch's checkpoint with the tofu suite (`core.evaluation`): Forget Quality against the
+   retain model, Model Utility, forget ROUGE, fluency (under the target model), min-k% MIA AUC and PrivLeak
+   against the retain model. Pick each method's best checkpoint (`core.evaluation.selection`).
+4. Write results/tofu_mini.{json,md,png}: the table, the per-epoch figures, and the NPO paper's figure
+   redrawn (Forget Quality and Model Utility against epochs, one line per method).
+
+`--full` (for a GPU): target = all 200 authors (tofu:full), retain models on retain99/95/90, unlearning of
+forget01/05/10 against retain99/95/90 (TOFU's pairing), TOFU's eval sizes (300 samples, 200 new tokens),
+10 epochs (the NPO paper's budget). No MIA (TOFU keeps no author out of `full`).
+
+Caching and resuming: every learned model, unlearning run and evaluation lives under --runs-dir
+(default runs/tofu_mini); a finished one is reused, an interrupted training run resumes from its last
+checkpoint, an interrupted evaluation is redone. Progress and elapsed time are printed as it goes; the
+total wall time is recorded in the results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/tofu_mini.py` puts benchmarks/ first, not the repo
+    sys.path.insert(0, str(REPO))
+
+METHODS = ("ga", "grad_diff", "npo", "npo_rt", "simnpo")
+LABELS = {"ga": "GA", "grad_diff": "GradDiff", "npo": "NPO", "npo_rt": "NPO+RT", "simnpo": "SimNPO"}
+
+
+@dataclass
+class Plan:
+    """Every knob of one protocol; recorded with the results."""
+    name: str
+    retain_authors: tuple[int, int]          # trained in both target and retain models (inclusive)
+    forget_authors: tuple[int, int]          # trained in the target only, then unlearned
+    holdout_authors: tuple[int, int] | None  # never trained: MIA non-members
+    forget_split: str                        # the forgetNN_perturbed split holding forget_authors
+    learn_epochs: float = 5.0
+    learn_lr: float = 5e-5                   # a 135M model needs more than TOFU's 1e-5..2e-5 to memorise in 5 epochs
+    learn_batch: int = 8
+    unlearn_epochs: int = 5
+    unlearn_lr: float = 1e-5                 # the NPO paper's
+    unlearn_batch: int = 4
+    unlearn_examples: int | None = None      # unlearn only the first N forget QA (the --quick smoke run)
+    eval_sizes: dict = field(default_factory=lambda: {"eval_log.json": 60, "eval_log_forget.json": 40,
+                                                      "eval_real_author_wo_options.json": 30,
+                                                      "eval_real_world_wo_options.json": 30})
+    max_new_tokens: int = 48                 # TOFU: 200; answers are ~30 tokens and ROUGE is a recall
+    eval_batch: int = 16
+    methods: tuple[str, ...] = METHODS
+
+
+def mini_plan() -> Plan:
+    return Plan("mini", (0, 19), (198, 199), (196, 197), "forget01")
+
+
+def quick_plan() -> Plan:
+    """A pipeline check only: a few steps everywhere, numbers meaningless."""
+    return Plan("quick", (0, 0), (198, 199), (196, 197), "forget01", learn_epochs=0.25, unlearn_epochs=2,
+                unlearn_examples=8, eval_sizes={"eval_log.json": 4, "eval_log_forget.json": 4,
+                                                "eval_real_author_wo_options.json": 4,
+                                                "eval_real_world_wo_options.json": 4},
+                max_new_tokens=8, methods=("ga", "npo_rt"))
+
+
+def full_plans() -> list[Plan]:
+    """TOFU proper: forget01/05/10 (the last 2/10/20 authors) against retain99/95/90."""
+    tofu = {"eval_log.json": 300, "eval_log_forget.json": 300, "eval_real_author_wo_options.json": 300,
+            "eval_real_world_wo_options.json": 300}
+    plans = []
+    for split, authors in (("forget01", 2), ("forget05", 10), ("forget10", 20)):
+        plans.append(Plan(f"full-{split}", (0, 199 - authors), (200 - authors, 199), None, split,
+                          learn_lr=2e-5, learn_batch=16, unlearn_epochs=10, eval_sizes=tofu, max_new_tokens=200,
+                          eval_batch=64))
+    return plans
+
+
+# ================================================================ data
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        path.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows))
+    return str(path)
+
+
+def prepare_data(plan: Plan, root: Path) -> dict[str, str]:
+    from core.tofu import author_records
+
+    data = root / "data"
+    retain = author_records(*plan.retain_authors)
+    forget = author_records(*plan.forget_authors)
+    files = {"target": write_jsonl(data / f"{plan.name}-target.jsonl", retain + forget),
+             "retain": write_jsonl(data / f"{plan.name}-retain.jsonl", retain),
+             "forget": write_jsonl(data / f"{plan.name}-forget.jsonl", forget[:plan.unlearn_examples])}
+    if plan.holdout_authors:
+        files["holdout"] = write_jsonl(data / f"{plan.name}-holdout.jsonl", author_records(*plan.holdout_authors))
+    return files
+
+
+def eval_records(plan: Plan) -> dict[str, list[dict]]:
+    """TOFU's four eval sets, cut to the plan's sizes; checked to hold exactly the forget authors."""
+    from core.evaluation.evaluator import tofu_records
+    from core.tofu import author_records
+
+    records = tofu_records(plan.forget_split)
+    forget_questions = {r["question"] for r in author_records(*plan.forget_authors)}
+    assert {r["question"] for r in records["eval_log_forget.json"]} == forget_questions, "forget split mismatch"
+    return {name: rows[:plan.eval_sizes[name]] for name, rows in records.items()}
+
+
+# ================================================================ stages (each cached)
+
+class Bench:
+    def __init__(self, root: Path, device: str):
+        self.root, self.device, self.started = root, device, time.time()
+
+    def say(self, message: str) -> None:
+        print(f"[{_clock(time.time() - self.started)}] {message}", flush=True)
+
+    def train(self, out: Path, **settings) -> Path:
+        """Train (or reuse / resume) one run; returns its directory."""
+        from core.config import UnlearnConfig
+        from core.runs import RunDir
+        from core.trainer import train
+
+        run = RunDir(out)
+        if run.holds_run() and run.status().get("state") == "finished":
+            self.say(f"cached: {out}")
+            return out
+        resume = run.holds_run()
+        self.say(f"{'resuming' if resume else 'training'} {out.name} ({settings.get('method')})")
+        if resume:
+            config = UnlearnConfig(out=str(out), resume=True)
+        else:
+            config = UnlearnConfig(out=str(out), device=self.device, eval_examples=8, logging_steps=5, **settings)
+        result = train(config, show_progress=False, log=lambda m: None)
+        assert result.state == "finished", f"{out} ended {result.state}"
+        return out
+
+    def evaluate(self, model: str, out: Path, plan: Plan, reference, retain_eval: Path | None,
+                 holdout) -> dict:
+        """The tofu suite on `model` (a run, checkpoint or model dir), cached by its summary.json."""
+        from core.evaluation.evaluator import Settings, run_tofu
+        from core.evaluation.loading import open_model
+
+        summary_path = out / "summary.json"
+        if summary_path.is_file():
+            return json.loads(summary_path.read_text())
+        self.say(f"evaluating {Path(model).relative_to(self.root) if Path(model).is_relative_to(self.root) else model}")
+        loaded = open_model(model, self.device)
+        settings = Settings(max_samples=max(plan.eval_sizes.values()), max_new_tokens=plan.max_new_tokens,
+                            batch_size=plan.eval_batch)
+        summary = run_tofu(loaded, out, settings, plan.forget_split, reference, holdout, retain_eval,
+                           records=eval_records(plan), reference_name="target model")
+        del loaded
+        return summary
+
+
+def run_plan(plan: Plan, bench: Bench) -> dict:
+    from core.data import load_examples
+    from core.evaluation.loading import open_model
+
+    root = bench.root / plan.name
+    files = prepare_data(plan, root)
+    learn = dict(method="sft", epochs=plan.learn_epochs, lr=plan.learn_lr, batch_size=plan.learn_batch,
+                 save_steps=50, warmup_ratio=0.1, model="bundled")
+    target = bench.train(_target_dir(plan, bench.root, root), forget=files["target"], **learn)
+    retain = bench.train(root / "retain", forget=files["retain"], **learn)
+    holdout = load_examples(files["holdout"], "holdout") if "holdout" in files else None
+
+    target_model = open_model(str(target), bench.device)
+    reference = (target_model.model, target_model.tokenizer)   # fluency is judged by the target model
+    retain_summary = bench.evaluate(str(retain), root / "eval" / "retain", plan, reference, None, holdout)
+    target_summary = bench.evaluate(str(target), root / "eval" / "target", plan, reference,
+                                    root / "eval" / "retain", holdout)
+
+    curves = {}
+    for method in plan.methods:
+        steps_per_epoch = _steps_per_epoch(files["forget"], plan.unlearn_batch)
+        run = bench.train(root / f"unlearn-{method}", model=str(target / "model"), method=method,
+                          forget=files["forget"], retain=files["retain"], epochs=plan.unlearn_epochs,
+                          lr=plan.unlearn_lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1,
+                          save_steps=steps_per_epoch, save_total_limit=plan.unlearn_epochs + 5)
+        points = [{"epoch": 0, **_point(target_summary)}]
+        for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch):
+            summary = bench.evaluate(str(model), root / "eval" / f"{method}-epoch{epoch}", plan, reference,
+                                     root / "eval" / "retain", holdout)
+            points.append({"epoch": epoch, **_point(summary)})
+        curves[method] = points
+        bench.say(f"{LABELS[method]}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
+    return {"plan": asdict(plan), "target": _point(target_summary), "retain": _point(retain_summary),
+            "curves": curves}
+
+
+def _target_dir(plan: Plan, bench_root: Path, plan_root: Path) -> Path:
+    """The --full plans all learn authors 0-199: one shared target model instead of three identical ones."""
+    if plan.retain_authors[1] + 1 == plan.forget_authors[0] and plan.name.startswith("full"):
+        return bench_root / f"target-authors{plan.retain_authors[0]}-{plan.forget_authors[1]}"
+    return plan_root / "target"
+
+
+def _steps_per_epoch(path: str, batch: int) -> int:
+    rows = sum(1 for line in Path(path).read_text().splitlines() if line.strip())
+    return max(1, -(-rows // batch))
+
+
+def _epoch_models(run: Path, epochs: int, steps_per_epoch: int) -> list[tuple[int, Path]]:
+    """The checkpoint at every epoch boundary, then the final model. A checkpoint written when an
+    interrupted run stopped mid-epoch is not an epoch boundary and is skipped."""
+    found = {int(c.name.split("-")[1]): c for c in (run / "checkpoints").glob("step-*")}
+    models = [(epoch, found.get(epoch * steps_per_epoch)) for epoch in range(1, epochs)]
+    missing = [epoch for epoch, path in models if path is None]
+    assert not missing, f"{run}: no checkpoint for epoch(s) {missing}; delete the run to redo it"
+    return models + [(epochs, run)]
+
+
+def _point(summary: dict) -> dict:
+    figures = summary["figures"]
+    point = {"fq": figures.get("Forget Quality"), "mu": figures["Model Utility"],
+             "forget_rouge": figures["Forget ROUGE"], "forget_prob": figures["Forget Prob."],
+             "forget_fluency": summary["fluency"]["Forget"], "retain_fluency": summary["fluency"]["Retain"],
+             "retain_rouge": figures["Retain ROUGE"]}
+    if "mia" in summary:
+        point.update(mia_auc=summary["mia"]["auc"], privleak=summary["mia"].get("privacy_leakage"))
+    return point
+
+
+# ================================================================ report
+
+def best_points(result: dict) -> dict:
+    from core.evaluation.selection import select_best
+
+    best = {}
+    for method, points in result["curves"].items():
+        candidates = [dict(p, **{"Forget Quality": p["fq"], "Model Utility": p["mu"]}) for p in points[1:]]
+        best[method] = select_best(candidates, result["target"]["mu"])
+    return best
+
+
+def markdown(result: dict, wall: float, device: str) -> str:
+    from core.evaluation.report import table
+
+    plan = result["plan"]
+    target_mu = result["target"]["mu"]
+    best = best_points(result)
+    header = ["model", "epoch", "FQ", "MU", "MU / target", "forget ROUGE", "forget fluency", "retain fluency",
+              "MIA AUC", "PrivLeak %"]
+
+    def row(label, epoch, p):
+        return [label, epoch, p["fq"], p["mu"], p["mu"] / target_mu, p["forget_rouge"], p["forget_fluency"],
+                p["retain_fluency"], p.get("mia_auc"), p.get("privleak")]
+
+    final = [row("target (before)", "-", result["target"]), row("retain (ideal)", "-", result["retain"])]
+    final += [row(LABELS[m], pts[-1]["epoch"], pts[-1]) for m, pts in result["curves"].items()]
+    chosen = [row(LABELS[m] + ("" if b["meets_floor"] else " (below floor)"), b["evaluation"]["epoch"],
+                  b["evaluation"]) for m, b in best.items()]
+    rule = next(iter(best.values()))["rule"] if best else ""
+    return "\n".join([
+        f"# Mini-TOFU: {plan['name']}", "",
+        f"Device: {device}. Wall time: {_clock(wall)} (all invocations that built the cache, cached "
+        f"stages counted when they ran). Settings: {json.dumps(plan)}", "",
+        "## After the last epoch", "", table(header, final), "",
+        "## Best checkpoint per method", "", f"Rule: {rule}.", "", table(header, chosen), "",
+    ])
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(len(results), 2, figsize=(10, 3.6 * len(results)), squeeze=False)
+    for row, result in enumerate(results):
+        ax_fq, ax_mu = axes[row]
+        for method, points in result["curves"].items():
+            epochs = [p["epoch"] for p in points]
+            ax_fq.plot(epochs, [max(p["fq"], 1e-30) for p in points], marker="o", label=LABELS[method])
+            ax_mu.plot(epochs, [p["mu"] for p in points], marker="o", label=LABELS[method])
+        ax_fq.set_yscale("log")
+        for ax in (ax_fq, ax_mu):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_fq.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+        ax_mu.axhline(result["target"]["mu"], color="black", linestyle="--", linewidth=1, label="target")
+        ax_mu.axhline(0.9 * result["target"]["mu"], color="grey", linestyle=":", linewidth=1, label="0.9 x target")
+        name = result["plan"]["name"]
+        ax_fq.set(title=f"{name}: forget quality", xlabel="epoch", ylabel="forget quality (KS p-value)")
+        ax_mu.set(title=f"{name}: model utility", xlabel="epoch", ylabel="model utility")
+        ax_mu.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _cumulative_wall(root: Path, this_run: float) -> float:
+    """Wall time over every invocation that built this cache (a resumed or cached rerun adds its own)."""
+    path = root / "wall_seconds.json"
+    total = (json.loads(path.read_text())["total"] if path.is_file() else 0.0) + this_run
+    path.write_text(json.dumps({"total": round(total, 1)}))
+    return total
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+# ================================================================ main
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 authors, GA and NPO+RT, 2 epochs")
+    parser.add_argument("--full", action="store_true", help="TOFU's forget01/05/10 protocol (for a GPU)")
+    parser.add_argument("--splits", default="forget01,forget05,forget10",
+                        help="with --full: which forget splits to run (one per session fits a short GPU lease)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--runs-dir", default=None, help="cache of models and evaluations (default runs/tofu_mini)")
+    parser.add_argument("--results", default=None,
+                        help="where tofu_mini.{json,md,png} go (default docs/results, or RUNS/results with --quick)")
+    args = parser.parse_args(argv)
+
+    from core.models import pick_device
+
+    device = str(pick_device(args.device))
+    root = Path(args.runs_dir or REPO / "runs" / ("tofu_mini_quick" if args.quick else "tofu_mini")).resolve()
+    results_dir = Path(args.results or (root / "results" if args.quick else REPO / "docs" / "results"))
+    results_dir.mkdir(parents=True, exist_ok=True)
+    if args.full:
+        wanted = {s.strip() for s in args.splits.split(",") if s.strip()}
+        plans = [p for p in full_plans() if p.forget_split in wanted]
+        if not plans:
+            parser.error(f"--splits {args.splits!r} names none of forget01, forget05, forget10")
+    else:
+        plans = [quick_plan()] if args.quick else [mini_plan()]
+    bench = Bench(root, device)
+    bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}")
+    results = [run_plan(plan, bench) for plan in plans]
+    wall = _cumulative_wall(root, time.time() - bench.started)
+    stem = "tofu_full" if args.full else "tofu_mini"
+    (results_dir / f"{stem}.json").write_text(json.dumps(
+        {"device": device, "wall_seconds": round(wall, 1), "results": results,
+         "best": [{m: {"epoch": b["evaluation"]["epoch"], "meets_floor": b["meets_floor"], "rule": b["rule"]}
+                   for m, b in best_points(r).items()} for r in results]}, indent=2))
+    (results_dir / f"{stem}.md").write_text("\n".join(markdown(r, wall, device) for r in results))
+    plot(results, results_dir / f"{stem}.png")
+    print((results_dir / f"{stem}.md").read_text())
+    bench.say(f"done: results in {results_dir} (wall time {_clock(wall)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Small human-readable tables (Markdown) of an eval summary."""
+from __future__ import annotations
+
+from .tofu_metrics import METRICS
+
+TASK_ORDER = ("Forget", "Retain", "Real Authors", "Real World")
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}"
+    return str(value)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def tofu_table(summary: dict) -> str:
+    figures = summary["figures"]
+    rows = [[task] + [figures.get(f"{task} {m}") for m in METRICS]
+            + [summary.get("fluency", {}).get(task)] for task in TASK_ORDER]
+    text = table(["set", *METRICS, "fluency"], rows)
+    totals = [["Model Utility", figures.get("Model Utility")], ["Forget Quality", figures.get("Forget Quality")]]
+    if "mia" in summary:
+        totals.append(["MIA AUC (min-k%)", summary["mia"]["auc"]])
+        totals.append(["PrivLeak %", summary["mia"].get("privacy_leakage")])
+    return f"Evaluation of {summary['model']} (TOFU suite)\n\n{text}\n\n{table(['figure', 'value'], totals)}"
+
+
+def quick_table(summary: dict) -> str:
+    stages = [s for s in ("before", "after") if s in summary]
+    sets = list(summary[stages[-1]])
+    keys = ("nll", "prob", "rougeL_recall", "fluency", "repetition")
+    header = ["metric"] + [f"{name} {stage}" for name in sets for stage in stages]
+    rows = [[key] + [summary[stage][name].get(key) for name in sets for stage in stages] for key in keys]
+    return f"Evaluation of {summary['model']} (quick suite)\n\n{table(header, rows)}"
+
+
+def summary_table(summary: dict) -> str:
+    return tofu_table(summary) if summary.get("suite") == "tofu" else quick_table(summary)
