@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,17 @@ def public_text(text: str) -> str:
 
 
 def guarded(handler):
-    """Run an event handler; an UnlearnError becomes an error toast and the page keeps working."""
+    """Run an event handler; an UnlearnError becomes an error toast and the page keeps working.
+    Generator handlers (streamed progress) stay generators, so Gradio still streams them."""
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def streaming(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except UnlearnError as exc:
+                raise gr.Error(public_text(str(exc)), print_exception=False) from None
+        return streaming
+
     @functools.wraps(handler)
     def wrapper(*args, **kwargs):
         try:

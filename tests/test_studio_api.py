@@ -150,3 +150,23 @@ def test_starting_without_data_says_what_to_do(studio_server):
     _, url = studio_server
     with pytest.raises(Exception, match="no forget set is chosen"):
         start(new_client(url))
+
+
+def test_evaluate_and_export_tabs_on_a_finished_run(studio_server):
+    studio, url = studio_server
+    client = new_client(url)
+    client.predict(api_name="/example_private")
+    start(client, run_name="to-export", max_steps=2, lora=True, lr=1e-2)
+    run = run_named(studio, "to-export")
+    assert wait_for(lambda: run.status().get("state") == "finished", timeout=300)
+
+    table, chart = client.predict(4, 8, api_name="/evaluate")
+    rows = {(row[0], row[1].split(" ")[0]) for row in table["data"]}
+    assert {("forget", "answer"), ("retain", "answer"), ("forget", "ROUGE-L")} <= rows
+    assert {value for row in chart["data"] for value in row} >= {"before", "after"}
+
+    progress, warnings, report, files = client.predict(["hf"], [], [], api_name="/export")
+    assert "bundle written" in progress and str(studio.workspace.root) not in progress
+    assert report["data"] and any(str(name).startswith("hf") for name, *_ in report["data"])
+    assert any(path.endswith("manifest.json") for path in files)
+    assert (run.path / "export" / "manifest.json").is_file()

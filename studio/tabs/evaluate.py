@@ -7,7 +7,7 @@ import gradio as gr
 
 
 def evaluation_available() -> bool:
-    return all(importlib.util.find_spec(m) for m in ("core.evaluation.quick", "studio.tabs.evaluate_view"))
+    return all(importlib.util.find_spec(m) for m in ("core.evaluation.evaluator", "studio.tabs.evaluate_view"))
 
 
 def create_evaluate_tab(studio, session, data, run_key):

@@ -1,0 +1,68 @@
+"""The Evaluate tab's content: the quick suite (NLL, probability, ROUGE-L recall, fluency) on the run's
+forget and retain sets, before (the original model) vs after, as a table and a bar chart."""
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from core.data import load_examples
+from core.errors import require
+
+from ..context import Studio, guarded, public_text
+from ..gpu import on_gpu
+
+METRICS = ("nll", "prob", "rougeL_recall", "fluency")
+HELP = {"nll": "answer NLL (forget: higher = forgotten)", "prob": "answer probability",
+        "rougeL_recall": "ROUGE-L recall of greedy answers", "fluency": "fluency (gibberish scores low)"}
+
+
+def quick_table(summary: dict) -> pd.DataFrame:
+    rows = []
+    for name in ("forget", "retain"):
+        for metric in METRICS:
+            before = summary.get("before", {}).get(name, {}).get(metric)
+            after = summary.get("after", {}).get(name, {}).get(metric)
+            if after is not None:
+                rows.append({"set": name, "metric": HELP[metric], "before": before, "after": after})
+    return pd.DataFrame(rows).round(3)
+
+
+def chart_frame(table: pd.DataFrame) -> pd.DataFrame:
+    long = table.melt(id_vars=["set", "metric"], value_vars=["before", "after"], var_name="model")
+    long["bar"] = long["set"] + " · " + long["metric"].str.split(" ").str[0]
+    return long.dropna(subset=["value"])
+
+
+def create_view(studio: Studio, session, data, run_key):
+    gr.Markdown("The quick suite on this run's data: the original model (**before**) vs the unlearned one "
+                "(**after**). Forget answers should become unlikely and stop appearing in generations; retain "
+                "scores and fluency should stay.")
+    with gr.Row():
+        samples = gr.Number(20, label="examples per set", precision=0, minimum=1, maximum=300)
+        tokens = gr.Number(48, label="generated tokens per answer", precision=0, minimum=1, maximum=200)
+    run = gr.Button("Evaluate this run", variant="primary", elem_id="evaluate")
+    table = gr.Dataframe(interactive=False, label="Before → after", elem_id="evaluate-table")
+    chart = gr.BarPlot(pd.DataFrame({"bar": pd.Series(dtype=str), "value": pd.Series(dtype=float),
+                                     "model": pd.Series(dtype=str)}),
+                       x="bar", y="value", color="model", title="Before vs after", height=300)
+
+    @guarded
+    @on_gpu
+    def on_evaluate(session_id, key, max_samples, max_new_tokens):
+        from core.evaluation.evaluator import Settings, run_quick
+        from core.evaluation.loading import open_model
+
+        run_dir = studio.workspace.open_run(session_id, key)
+        config = run_dir.config()
+        require(bool(config.get("forget")), "this run has no forget set recorded", "start a run from the Train tab")
+        loaded = open_model(str(run_dir.path), device="cpu")
+        original = open_model(loaded.original, device="cpu")
+        summary = run_quick(loaded, run_dir.path / "eval" / "quick", load_examples(config["forget"], "forget"),
+                            load_examples(config["retain"], "retain") if config.get("retain") else None,
+                            Settings(max_samples=int(max_samples), max_new_tokens=int(max_new_tokens)),
+                            original=(original.model, original.tokenizer), original_name=public_text(loaded.original))
+        frame = quick_table(summary)
+        return frame, chart_frame(frame)
+
+    run.click(on_evaluate, [session, run_key, samples, tokens], [table, chart], api_name="evaluate")
+    return {"table": table}
