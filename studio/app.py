@@ -40,8 +40,8 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("1 · Data", id="data"):
                 create_data_tab(studio, session, data, preview_tokenizer)
-            with gr.Tab("2 · Train", id="train"):
-                create_train_tab(studio, session, data, run_key)
+            with gr.Tab("2 · Train", id="train") as train_tab:
+                train = create_train_tab(studio, session, data, run_key)
             with gr.Tab("3 · Probe", id="probe"):
                 create_probe_tab(studio, session, data, run_key)
             with gr.Tab("Evaluate", id="evaluate"):
@@ -50,6 +50,9 @@ def build_app(studio: Studio) -> gr.Blocks:
                 create_export_tab(studio, session, run_key)
             with gr.Tab("Runs", id="runs"):
                 runs = create_runs_tab(studio, session, run_key)
+
+        redraw, inputs, outputs = train["redraw"]
+        train_tab.select(redraw, inputs, outputs, api_name=False, show_progress="hidden")
 
         def on_load(stored_session):
             """Restore this browser's session (localStorage) and pick up its latest run, if any."""

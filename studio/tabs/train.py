@@ -143,23 +143,30 @@ def create_train_tab(studio: Studio, session, data, run_key):
         studio.jobs.resume(run, key, studio.workspace.log_path(key))
         return message("resuming from the last checkpoint", "info")
 
-    def on_tick(session_id, key):
+    def on_tick(session_id, key, drawn, force=False):
+        """Status, log and table every tick; the plots only when the metrics changed (or `force`), since
+        a plot that receives data while its tab is being switched stays blank until it is redrawn."""
         if not key:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return (gr.skip(),) * 6
         try:
             run = studio.workspace.open_run(session_id, key)
         except UnlearnError:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        losses, nlls = poll.curves(run)
+            return (gr.skip(),) * 6
+        stamp = f"{key}:{run.metrics_path.stat().st_size if run.metrics_path.is_file() else 0}"
+        losses, nlls = poll.curves(run) if force or stamp != drawn else (gr.skip(), gr.skip())
         table = poll.summary_table(run)
         return (public_text(poll.status_text(run)), losses, nlls,
                 public_text(poll.log_tail(studio.workspace.log_path(key))),
-                gr.update(value=table, visible=table is not None))
+                gr.update(value=table, visible=table is not None), stamp)
+
+    def on_show(session_id, key, drawn):
+        return on_tick(session_id, key, drawn, force=True)
 
     method.change(method_help, method, method_info, api_name=False)
     start.click(on_start, [session, data, *form], [run_key, status, command], api_name="start")
     stop.click(on_stop, [session, run_key], status, api_name="stop")
     resume.click(on_resume, [session, run_key], status, api_name="resume")
-    timer.tick(on_tick, [session, run_key], [status, loss_plot, nll_plot, log, summary], api_name="poll",
-               show_progress="hidden")
-    return {"status": status}
+    drawn = gr.State("")   # which run and metrics size the plots show
+    outputs = [status, loss_plot, nll_plot, log, summary, drawn]
+    timer.tick(on_tick, [session, run_key, drawn], outputs, api_name="poll", show_progress="hidden")
+    return {"status": status, "redraw": (on_show, [session, run_key, drawn], outputs)}
