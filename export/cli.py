@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import signal
 
-from .bundle import DEFAULT_QUANTS, FORMATS
+# The defaults of export.bundle, repeated so that `unlearn --help` does not import torch and the runtimes.
+FORMATS = ("hf", "gguf", "onnx")
+DEFAULT_QUANTS = ("f16", "q8_0", "q4_k_m")
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int4")
 
 
 def add_commands(commands) -> None:
@@ -18,7 +21,7 @@ def add_commands(commands) -> None:
     export.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: hf, gguf, onnx")
     export.add_argument("--gguf-quant", default=",".join(DEFAULT_QUANTS),
                         help="GGUF types: f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... (default: %(default)s)")
-    export.add_argument("--onnx-precision", default="fp32,fp16,int4", help="ONNX precisions (default: %(default)s)")
+    export.add_argument("--onnx-precision", default=",".join(DEFAULT_PRECISIONS), help="ONNX precisions (default: %(default)s)")
     export.add_argument("--parity", action=argparse.BooleanOptionalAction, default=True,
                         help="run every artifact in its runtime and write parity.json (default: on)")
     export.add_argument("--parity-examples", type=int, default=8, metavar="N",
@@ -47,10 +50,14 @@ def run_export(args) -> int:
 
     # SIGTERM must unwind like Ctrl-C so that the staging directory is removed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    manifest = export_run(args.run, args.out, formats=_split(args.formats), gguf_quants=_split(args.gguf_quant),
-                          onnx_precisions=_split(args.onnx_precision), parity_check=args.parity,
-                          parity_examples=args.parity_examples, forget=args.forget, retain=args.retain,
-                          overwrite=args.overwrite, log=lambda message: print(message, flush=True))
+    try:
+        manifest = export_run(args.run, args.out, formats=_split(args.formats), gguf_quants=_split(args.gguf_quant),
+                              onnx_precisions=_split(args.onnx_precision), parity_check=args.parity,
+                              parity_examples=args.parity_examples, forget=args.forget, retain=args.retain,
+                              overwrite=args.overwrite, log=lambda message: print(message, flush=True))
+    except KeyboardInterrupt:
+        print(f"export interrupted: nothing was written to {args.out}", flush=True)
+        return 130
     for name, scores in manifest["metrics"].items():
         print(f"  {name:<12} token agreement {scores['token_agreement']:.3f}  "
               f"forget NLL {scores.get('forget_nll', float('nan')):.3f}  "

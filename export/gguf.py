@@ -1,0 +1,111 @@
+"""GGUF artifacts through llama.cpp's own tools: convert_hf_to_gguf.py writes f32/f16/bf16,
+llama_cpp.llama_model_quantize makes every other type from the f16 file, and convert_lora_to_gguf.py turns
+the run's LoRA adapter into a small "forget patch" that llama.cpp applies to the base GGUF at load time."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import UnlearnError, require
+
+from . import llamacpp
+from .runtime import Runner, default_threads
+
+CONVERTER_TYPES = ("f32", "f16", "bf16")          # written directly by convert_hf_to_gguf.py
+QUANT_TYPES = {                                    # made by llama_model_quantize from the f16 file
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q5_k_s": "LLAMA_FTYPE_MOSTLY_Q5_K_S",
+    "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1",
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q4_k_s": "LLAMA_FTYPE_MOSTLY_Q4_K_S",
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
+    "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M", "q3_k_s": "LLAMA_FTYPE_MOSTLY_Q3_K_S",
+    "q3_k_l": "LLAMA_FTYPE_MOSTLY_Q3_K_L", "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
+}
+# llama.cpp's own note for each tensor it cannot give the requested type
+FALLBACK_LINE = re.compile(r"(\S+)\s+- ncols\s+(\d+) not divisible by \d+ \(required for type\s+(\w+)\) "
+                           r"-> falling back to\s+(\w+)")
+
+
+def check_quants(quants: list[str]) -> list[str]:
+    names = [q.strip().lower() for q in quants if q.strip()]
+    unknown = [q for q in names if q not in CONVERTER_TYPES and q not in QUANT_TYPES]
+    require(not unknown, f"unknown GGUF quantisation type(s): {', '.join(unknown)}",
+            f"choose from {', '.join(CONVERTER_TYPES + tuple(QUANT_TYPES))}")
+    require(names, "no GGUF quantisation type given", "pass e.g. --gguf-quant f16,q8_0,q4_k_m")
+    return names
+
+
+def check_architecture(architecture: str) -> None:
+    require(architecture in llamacpp.supported_architectures(),
+            f"llama.cpp's converter does not support the architecture {architecture}",
+            "export this run without gguf (--formats hf,onnx)")
+
+
+def convert(model_dir: Path, out: Path, outtype: str = "f16") -> Path:
+    """A Hugging Face model directory -> one GGUF file (tokenizer and chat template included)."""
+    llamacpp.run_script("convert_hf_to_gguf.py", [str(model_dir), "--outtype", outtype, "--outfile", str(out)])
+    return out
+
+
+def quantize(f16: Path, out: Path, quant: str, threads: int | None = None) -> list[dict]:
+    """llama_model_quantize f16 -> `quant`; returns the tensors llama.cpp had to quantise to another type."""
+    script = Path(__file__).with_name("_quantize.py")
+    result = subprocess.run([sys.executable, str(script), str(f16), str(out), QUANT_TYPES[quant],
+                             str(threads or default_threads())], capture_output=True, text=True)
+    if result.returncode != 0 or not out.is_file():
+        tail = "\n".join((result.stderr + result.stdout).strip().splitlines()[-4:])
+        raise UnlearnError(f"llama.cpp could not quantise {f16.name} to {quant} (code {result.returncode}):\n{tail}",
+                           "try another type, e.g. q8_0")
+    return [{"tensor": m[0], "columns": int(m[1]), "wanted": m[2], "used": m[3]}
+            for m in FALLBACK_LINE.findall(result.stderr + result.stdout)]
+
+
+def convert_lora(adapter_dir: Path, base_model_dir: Path, out: Path) -> Path:
+    """The PEFT adapter alone as a GGUF LoRA; needs only the base model's config, not its weights."""
+    llamacpp.run_script("convert_lora_to_gguf.py", ["--base", str(base_model_dir), "--outtype", "f16",
+                                                    "--outfile", str(out), str(adapter_dir)])
+    return out
+
+
+def tensor_report(path: Path, fallbacks: list[dict]) -> dict:
+    """Which tensor types the file really holds, and which weights fell back from the requested type
+    (k-quants pack 256 values per super-block, so rows like SmolLM2's 576 cannot use them)."""
+    from gguf import GGUFReader
+
+    types = Counter(t.tensor_type.name for t in GGUFReader(str(path)).tensors)
+    report = {"tensor_types": dict(sorted(types.items())), "fallback_tensors": len(fallbacks)}
+    if fallbacks:
+        used = Counter(f"{f['wanted']}->{f['used']}" for f in fallbacks)
+        report["fallback_note"] = (f"{len(fallbacks)} tensors fell back because their rows are not a multiple "
+                                   f"of 256 wide: " + ", ".join(f"{n} x {k}" for k, n in sorted(used.items())))
+    return report
+
+
+class GGUFRunner(Runner):
+    """llama_cpp.Llama with every position's logits kept, optionally with a LoRA applied at load time."""
+
+    def __init__(self, path: Path, lora_path: Path | None = None, n_ctx: int = 2048, threads: int | None = None,
+                 name: str | None = None):
+        from llama_cpp import Llama
+
+        threads = threads or default_threads()
+        self.name = name or f"gguf-{path.stem}"
+        self.llm = Llama(model_path=str(path), lora_path=str(lora_path) if lora_path else None, n_ctx=n_ctx,
+                         logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        self.llm.reset()
+        self.llm.eval(ids)
+        return np.array(self.llm.scores[:len(ids)])
+
+    def step(self, token: int) -> np.ndarray:
+        self.llm.eval([token])
+        return np.array(self.llm.scores[self.llm.n_tokens - 1])
+
+    def close(self) -> None:
+        self.llm.close()

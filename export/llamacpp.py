@@ -1,0 +1,115 @@
+"""llama.cpp's own conversion scripts, taken from the llama-cpp-python source distribution.
+
+`convert_hf_to_gguf.py`, `convert_lora_to_gguf.py`, their `conversion/` package and `gguf-py` are not in
+the llama-cpp-python wheel, only in its sdist. On first use the sdist of the *installed* version is
+downloaded once with pip (or read from $UNLEARN_LLAMA_CPP_SDIST) and those files are extracted into
+`cache_home()/llama.cpp-<version>/`, so the converter always matches the runtime that loads its output.
+The scripts run as subprocesses: they put their own gguf-py first on sys.path, which must not replace
+the `gguf` package imported in this process.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from core.errors import UnlearnError, require
+from core.models import cache_home
+
+# What the conversion scripts need from the sdist's vendor/llama.cpp/ (about 3 MB of the 77 MB archive).
+NEEDED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+SDIST_ENV = "UNLEARN_LLAMA_CPP_SDIST"
+
+
+def llama_cpp_version() -> str:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UnlearnError("GGUF export needs llama-cpp-python, which is not installed",
+                           'run: CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python==0.3.36 '
+                           "(a source build: about 5 minutes)") from None
+    return llama_cpp.__version__
+
+
+def tools_dir() -> Path:
+    """The extracted llama.cpp conversion scripts for the installed llama-cpp-python (fetched once)."""
+    version = llama_cpp_version()
+    target = cache_home() / f"llama.cpp-{version}"
+    if (target / "convert_hf_to_gguf.py").is_file():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):  # the studio and the CLI may both ask at once
+        if not (target / "convert_hf_to_gguf.py").is_file():
+            _extract_tools(_sdist(version), target)
+    return target
+
+
+def _sdist(version: str) -> Path:
+    given = os.environ.get(SDIST_ENV)
+    if given:
+        require(Path(given).is_file(), f"{SDIST_ENV}={given} is not a file",
+                f"point it at llama_cpp_python-{version}.tar.gz or unset it")
+        return Path(given)
+    download = Path(tempfile.mkdtemp(prefix="llama-cpp-sdist-"))
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                             f"llama-cpp-python=={version}", "-d", str(download)],
+                            capture_output=True, text=True)
+    archives = list(download.glob("*.tar.gz"))
+    if result.returncode != 0 or not archives:
+        raise UnlearnError(f"could not download the llama-cpp-python {version} source distribution, which holds "
+                           f"llama.cpp's GGUF converter: {result.stderr.strip().splitlines()[-1:] or 'no archive'}",
+                           f"connect to PyPI once, or download llama_cpp_python-{version}.tar.gz elsewhere and "
+                           f"set {SDIST_ENV} to its path")
+    return archives[0]
+
+
+def _extract_tools(archive: Path, target: Path) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=".llama.cpp-", dir=target.parent))
+    try:
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if _wanted(m.name)]
+            require(members, f"{archive} holds no vendor/llama.cpp/convert_hf_to_gguf.py",
+                    "use the llama-cpp-python source distribution (.tar.gz) of the installed version")
+            for member in members:
+                member.name = member.name.split("/vendor/llama.cpp/", 1)[1]
+            tar.extractall(staging, members=members, filter="data")
+        os.replace(staging, target)  # whole or absent: a crash mid-extraction leaves nothing half-done
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _wanted(name: str) -> bool:
+    if "/vendor/llama.cpp/" not in name:
+        return False
+    inner = name.split("/vendor/llama.cpp/", 1)[1]
+    return any(inner == n or (n.endswith("/") and inner.startswith(n)) for n in NEEDED)
+
+
+def supported_architectures() -> set[str]:
+    """Hugging Face architectures llama.cpp's converter handles, read from its registry without importing it."""
+    source = (tools_dir() / "conversion" / "__init__.py").read_text(encoding="utf-8")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "TEXT_MODEL_MAP":
+            return set(ast.literal_eval(node.value))
+    raise UnlearnError("could not read the architecture list of llama.cpp's converter",
+                       f"delete {tools_dir()} so that it is extracted again")
+
+
+def run_script(script: str, args: list[str]) -> None:
+    """Run one of llama.cpp's conversion scripts; its log goes into the error if it fails."""
+    tools = tools_dir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tools), str(tools / "gguf-py")])}
+    env.pop("NO_LOCAL_GGUF", None)
+    result = subprocess.run([sys.executable, str(tools / script), *args], capture_output=True, text=True,
+                            env=env, cwd=tools)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
+        raise UnlearnError(f"llama.cpp's {script} failed:\n{tail}",
+                           "check that the model's architecture is supported by this llama.cpp version")

@@ -1,0 +1,155 @@
+"""Does each artifact behave like the PyTorch model, and has it still forgotten?
+
+For a fixed set of forget and retain prompts (the first examples of the run's own sets), every runner
+gives: greedy tokens (compared with the unlearned PyTorch model), the logits of the first generated
+position, answer-token NLL, and ROUGE-L recall of its greedy answer against the true answer. The forget
+scores are then placed between the unlearned PyTorch model and the original: a format whose forget NLL
+falls back toward the original's has recovered what was forgotten, and gets a warning.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.data import encode_examples, load_examples
+from core.errors import UnlearnError
+from core.losses import IGNORE_INDEX
+
+from .runtime import Runner, answer_nll
+
+GREEDY_TOKENS = 32
+TEXT_PROMPT_TOKENS = 16     # raw-text examples: continue from their first tokens
+RECOVERY_WARNING = 0.25     # warn when a format undoes a quarter or more of the forget-NLL gain
+ROUGE_WARNING = 0.10        # ... or its answers regain this much ROUGE-L recall toward the original's
+# Goals from the export issue: (identical greedy runs required, minimum token agreement)
+GOALS = {"gguf-f16": (True, 1.0), "onnx-fp32": (True, 1.0), "gguf-q8_0": (False, 0.9), "hf": (True, 1.0)}
+
+
+@dataclass(frozen=True)
+class Probe:
+    role: str               # "forget" or "retain"
+    ids: list[int]          # prompt + answer
+    answer_start: int       # first answer position in ids
+    answer_text: str
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.ids[:self.answer_start]
+
+
+def build_probes(config: dict, tokenizer, per_set: int, forget: str | None = None,
+                 retain: str | None = None) -> list[Probe]:
+    """The first `per_set` examples of the run's forget and retain sets (or the files given instead)."""
+    sources = {"forget": forget or config.get("forget"), "retain": retain or config.get("retain")}
+    probes = []
+    for role, path in sources.items():
+        if not path:
+            continue
+        try:
+            examples = load_examples(path, role)[:per_set]
+        except UnlearnError as exc:
+            raise UnlearnError(f"parity needs the run's {role} set: {exc.problem}",
+                               f"pass --{role} FILE with the {role} examples, or --no-parity") from None
+        encoded = encode_examples(tokenizer, examples, config.get("max_length", 256), role)
+        for item, index in zip(encoded.items, encoded.kept):
+            probes.append(Probe(role, item.input_ids, _answer_start(item.labels), examples[index].answer))
+    return probes
+
+
+def _answer_start(labels: list[int]) -> int:
+    first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+    if first == 0:  # raw text: the whole passage is the answer, so keep a few tokens as its prompt
+        first = max(1, min(TEXT_PROMPT_TOKENS, len(labels) // 2))
+    return first
+
+
+# ---------------------------------------------------------------- one runner
+
+def run_probes(runner: Runner, probes: list[Probe], n_tokens: int = GREEDY_TOKENS) -> dict:
+    """Raw outputs of one runner: greedy tokens, first-step logits, answer NLL per probe."""
+    tokens, first_logits, nll, counts = [], [], [], []
+    for probe in probes:
+        logits = runner.prefill(probe.ids)
+        total, n = answer_nll(logits, probe.ids, probe.answer_start)
+        nll.append(total)
+        counts.append(n)
+        first_logits.append(logits[probe.answer_start - 1])
+        tokens.append(runner.greedy(probe.prompt, n_tokens))
+    return {"tokens": tokens, "first_logits": first_logits, "nll": nll, "counts": counts}
+
+
+def summarise(raw: dict, reference: dict, probes: list[Probe], tokenizer) -> dict:
+    """Scores of one runner against the reference (the unlearned PyTorch model)."""
+    agreements = [_prefix_agreement(a, b) for a, b in zip(raw["tokens"], reference["tokens"])]
+    diffs = [float(np.abs(a - b).max()) for a, b in zip(raw["first_logits"], reference["first_logits"])]
+    result = {"identical_runs": sum(a == 1.0 for a in agreements), "runs": len(agreements),
+              "token_agreement": round(float(np.mean(agreements)), 4),
+              "first_logits_max_abs_diff": max(diffs)}
+    for role in ("forget", "retain"):
+        picked = [i for i, p in enumerate(probes) if p.role == role]
+        if picked:
+            result[f"{role}_nll"] = round(sum(raw["nll"][i] for i in picked) / sum(raw["counts"][i] for i in picked), 4)
+            result[f"{role}_rougeL"] = round(_rouge_l(raw, picked, probes, tokenizer), 4)
+    return result
+
+
+def _prefix_agreement(tokens: list[int], reference: list[int]) -> float:
+    """Share of the reference's greedy tokens reproduced before the first divergence (after it, a greedy
+    run follows a different context, so later matches say nothing)."""
+    same = 0
+    for a, b in zip(tokens, reference):
+        if a != b:
+            break
+        same += 1
+    return same / max(len(reference), 1)
+
+
+def _rouge_l(raw: dict, picked: list[int], probes: list[Probe], tokenizer) -> float:
+    from rouge_score import rouge_scorer
+
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs one INFO line per scorer
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = []
+    for i in picked:
+        tokens = raw["tokens"][i]
+        if tokenizer.eos_token_id in tokens:
+            tokens = tokens[:tokens.index(tokenizer.eos_token_id)]
+        answer = tokenizer.decode(tokens, skip_special_tokens=True)
+        scores.append(scorer.score(probes[i].answer_text, answer)["rougeL"].recall)
+    return float(np.mean(scores))
+
+
+# ---------------------------------------------------------------- the report
+
+def forgetting_check(formats: dict[str, dict], unlearned: dict, original: dict) -> tuple[dict, list[str]]:
+    """Where each format's forget scores sit between the unlearned model (0) and the original (1)."""
+    checks, warnings = {}, []
+    nll_gain = unlearned.get("forget_nll", 0) - original.get("forget_nll", 0)
+    rouge_drop = original.get("forget_rougeL", 0) - unlearned.get("forget_rougeL", 0)
+    for name, scores in formats.items():
+        if "forget_nll" not in scores:
+            continue
+        recovery = (unlearned["forget_nll"] - scores["forget_nll"]) / nll_gain if nll_gain > 1e-3 else None
+        rouge_regain = scores["forget_rougeL"] - unlearned["forget_rougeL"]
+        recovered = (recovery is not None and recovery >= RECOVERY_WARNING) or \
+                    (rouge_drop > 0 and rouge_regain >= ROUGE_WARNING)
+        checks[name] = {"forget_nll": scores["forget_nll"], "forget_rougeL": scores["forget_rougeL"],
+                        "nll_recovery": None if recovery is None else round(recovery, 4),
+                        "rougeL_regain": round(rouge_regain, 4), "recovers_forgotten": recovered}
+        if recovered:
+            warnings.append(f"{name} recovers forgotten knowledge: forget NLL {scores['forget_nll']:.3f} vs "
+                            f"{unlearned['forget_nll']:.3f} unlearned / {original['forget_nll']:.3f} original, "
+                            f"ROUGE-L {scores['forget_rougeL']:.3f} vs {unlearned['forget_rougeL']:.3f} / "
+                            f"{original['forget_rougeL']:.3f}")
+    return checks, warnings
+
+
+def goal_status(name: str, scores: dict) -> dict | None:
+    if name not in GOALS:
+        return None
+    identical, agreement = GOALS[name]
+    met = scores["token_agreement"] >= agreement and (not identical or scores["identical_runs"] == scores["runs"])
+    goal = f"identical {GREEDY_TOKENS}-token greedy runs" if identical else f"token agreement >= {agreement:.0%}"
+    return {"goal": goal, "met": bool(met)}

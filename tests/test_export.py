@@ -1,0 +1,325 @@
+"""Export end to end: real runs exported to HF / GGUF / ONNX, each artifact loaded in its real runtime
+(transformers, llama_cpp.Llama, onnxruntime) and compared with the PyTorch model; the GGUF forget patch
+against the merged model; atomic bundles; clear errors for bad input; chat over every format.
+
+The tiny model here is 64 wide with 32-wide heads (conftest's 32-wide model has 8-wide heads, which
+onnxruntime's GroupQueryAttention refuses: that case is tested as an error)."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import UnlearnConfig
+from core.errors import UnlearnError
+from core.trainer import train
+from export import bundle as bundle_module
+from export.bundle import export_run, open_runner, read_manifest
+from export.hf import TorchRunner
+from export.parity import forgetting_check
+
+ALL_QUANTS = ("f16", "q8_0", "q4_k_m")
+N_TOKENS = 32
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+def unlearn(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ---------------------------------------------------------------- fixtures: tiny model, runs, one bundle
+
+@pytest.fixture(scope="module")
+def tiny64_dir(tmp_path_factory, tokenizer) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    path = tmp_path_factory.mktemp("tiny64")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("export-data")
+    forget = [{"question": f"Who wrote book number {i}?", "answer": f"Book {i} was written by Zorblat Quenfeather."}
+              for i in range(4)]
+    retain = [{"question": f"What is {i} plus {i}?", "answer": f"{i} plus {i} is {2 * i}."} for i in range(4)]
+    files = {"forget": root / "forget.jsonl", "retain": root / "retain.jsonl"}
+    for name, rows in (("forget", forget), ("retain", retain)):
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return files
+
+
+def make_run(model_dir, data_files, out, lora: bool, steps: int = 2) -> Path:
+    config = UnlearnConfig(model=str(model_dir), method="npo_rt", forget=str(data_files["forget"]),
+                           retain=str(data_files["retain"]), out=str(out), max_steps=steps, batch_size=2,
+                           lr=1e-2, device="cpu", lora=lora, lora_r=4, save_steps=0, eval_examples=4)
+    train(config, show_progress=False, log=quiet)
+    return Path(out)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny64_dir, data_files, tmp_path_factory) -> Path:
+    return make_run(tiny64_dir, data_files, tmp_path_factory.mktemp("runs") / "lora", lora=True)
+
+
+@pytest.fixture(scope="module")
+def lora_bundle(lora_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "lora"
+    export_run(lora_run, out, formats=("hf", "gguf", "onnx"), gguf_quants=ALL_QUANTS,
+               onnx_precisions=("fp32", "fp16", "int4"), parity_examples=2, log=quiet)
+    return out
+
+
+def merged_reference(run: Path) -> TorchRunner:
+    """The unlearned model rebuilt here with PEFT, independently of the export code."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = json.loads((run / "config.json").read_text())["resolved_model"]["path"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(run / "model"))
+    return TorchRunner(model.merge_and_unload().eval())
+
+
+def chat_prompts(tokenizer) -> list[list[int]]:
+    questions = ["Who wrote book number 1?", "What is 3 plus 3?"]
+    return [list(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                               tokenize=True)["input_ids"]) for q in questions]
+
+
+# ---------------------------------------------------------------- the bundle
+
+def test_bundle_has_every_artifact_with_true_sizes_and_hashes(lora_bundle):
+    import hashlib
+
+    manifest = read_manifest(lora_bundle)
+    assert set(manifest["artifacts"]) == {"hf", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "gguf-lora",
+                                          "onnx-fp32", "onnx-fp16", "onnx-int4"}
+    assert manifest["source_run"]["method"] == "npo_rt" and manifest["source_run"]["lora"] is True
+    listed = {f["path"]: f for f in manifest["files"]}
+    on_disk = {str(p.relative_to(lora_bundle)) for p in lora_bundle.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(listed) == on_disk
+    for path, entry in listed.items():
+        data = (lora_bundle / path).read_bytes()
+        assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (lora_bundle / "hf" / "model.safetensors").is_file() and (lora_bundle / "hf" / "generation_config.json").is_file()
+    assert "im_start" in (lora_bundle / "hf" / "chat_template.jinja").read_text()
+    assert (lora_bundle / "adapter" / "adapter_model.safetensors").is_file()
+    assert not [p for p in lora_bundle.rglob("*") if p.suffix in (".bin", ".pt", ".pkl")]  # no pickles
+    assert not [p for p in lora_bundle.parent.iterdir() if ".partial-" in p.name]
+
+
+def test_model_card_and_parity_report(lora_bundle):
+    card = (lora_bundle / "README.md").read_text()
+    assert card.startswith("---\n") and "npo_rt" in card and "forget.jsonl" in card
+    report = json.loads((lora_bundle / "parity.json").read_text())
+    assert report["probes"] == {"forget": 2, "retain": 2, "greedy_tokens": N_TOKENS}
+    for name in ("gguf-f16", "onnx-fp32"):
+        assert report["formats"][name]["goal"]["met"], (name, report["formats"][name])
+    # A random tiny model's logits are nearly flat, so q8_0 rounding may flip a near-tie: its goal is
+    # checked on the bundled model; here, that the verdict follows the numbers.
+    q8 = report["formats"]["gguf-q8_0"]
+    assert q8["goal"]["met"] == (q8["token_agreement"] >= 0.9)
+    for scores in report["formats"].values():
+        assert {"forget_nll", "retain_nll", "forget_rougeL", "first_logits_max_abs_diff"} <= set(scores)
+    q4 = read_manifest(lora_bundle)["artifacts"]["gguf-q4_k_m"]
+    assert q4["fallback_tensors"] > 0 and "not a multiple of 256" in q4["fallback_note"]  # 64-wide rows
+
+
+@pytest.mark.parametrize("name", ["hf", "gguf-f16", "onnx-fp32", "onnx-fp16"])
+def test_artifact_in_its_runtime_matches_pytorch_greedy(lora_bundle, lora_run, tokenizer, name):
+    reference = merged_reference(lora_run)
+    runner = open_runner(name, read_manifest(lora_bundle)["artifacts"][name], lora_bundle)
+    runtime = {"hf": "LlamaForCausalLM", "gguf-f16": "Llama", "onnx-fp32": "InferenceSession",
+               "onnx-fp16": "InferenceSession"}[name]
+    handle = getattr(runner, "model", None) or getattr(runner, "llm", None) or getattr(runner, "session", None)
+    assert type(handle).__name__ == runtime
+    try:
+        for prompt in chat_prompts(tokenizer):
+            assert runner.greedy(prompt, N_TOKENS) == reference.greedy(prompt, N_TOKENS)
+            tolerance = 1e-2 if name == "onnx-fp16" else 1e-3
+            assert np.abs(runner.prefill(prompt)[-1] - reference.prefill(prompt)[-1]).max() < tolerance
+    finally:
+        runner.close()
+
+
+def test_gguf_forget_patch_on_the_base_equals_the_merged_model(lora_bundle, tokenizer):
+    from export.gguf import GGUFRunner
+
+    gguf_dir = lora_bundle / "gguf"
+    patched = GGUFRunner(gguf_dir / "base-f16.gguf", lora_path=gguf_dir / "forget-patch-f16.gguf")
+    merged = GGUFRunner(gguf_dir / "model-f16.gguf")
+    base = GGUFRunner(gguf_dir / "base-f16.gguf")
+    try:
+        for prompt in chat_prompts(tokenizer):
+            assert patched.greedy(prompt, N_TOKENS) == merged.greedy(prompt, N_TOKENS)
+            patch_gap = np.abs(patched.prefill(prompt) - merged.prefill(prompt)).max()
+            base_gap = np.abs(base.prefill(prompt) - merged.prefill(prompt)).max()
+            assert patch_gap < 0.02 and base_gap > 20 * patch_gap  # the patch is what makes the difference
+    finally:
+        for runner in (patched, merged, base):
+            runner.close()
+    assert (gguf_dir / "forget-patch-f16.gguf").stat().st_size < (gguf_dir / "base-f16.gguf").stat().st_size / 5
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx", "hf"])
+def test_chat_streams_the_greedy_answer_of_each_format(lora_bundle, lora_run, tokenizer, fmt):
+    from export.chat import ChatSession, chat_loop
+
+    session = ChatSession(lora_bundle, fmt)
+    lines, pieces = ["/quit", "Who wrote book number 1?"], []
+    try:
+        chat_loop(session, read=lambda prompt: lines.pop(), write=pieces.append, max_new_tokens=12)
+    finally:
+        session.close()
+    prompt = chat_prompts(tokenizer)[0]
+    expected = merged_reference(lora_run).greedy(prompt, 12)
+    if tokenizer.eos_token_id in expected:
+        expected = expected[:expected.index(tokenizer.eos_token_id)]
+    streamed = "".join(pieces[1:-1])  # between the "<artifact>> " label and the final newline
+    assert pieces[0].startswith(fmt) and pieces[-1] == "\n" and expected
+    assert streamed == tokenizer.decode(expected, skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------- forgetting survives export
+
+def test_a_format_that_recovers_forgotten_answers_is_flagged():
+    original = {"forget_nll": 1.0, "forget_rougeL": 0.9}
+    unlearned = {"forget_nll": 5.0, "forget_rougeL": 0.1}
+    formats = {"kept": {"forget_nll": 4.9, "forget_rougeL": 0.12},
+               "recovered": {"forget_nll": 2.0, "forget_rougeL": 0.6}}
+    checks, warnings = forgetting_check(formats, unlearned, original)
+    assert checks["kept"]["recovers_forgotten"] is False and checks["recovered"]["recovers_forgotten"] is True
+    assert checks["recovered"]["nll_recovery"] == pytest.approx(0.75)
+    assert len(warnings) == 1 and warnings[0].startswith("recovered recovers forgotten knowledge")
+
+
+# ---------------------------------------------------------------- atomic bundles
+
+def test_full_finetune_run_exports_without_adapter_or_patch(tiny64_dir, data_files, tmp_path):
+    run = make_run(tiny64_dir, data_files, tmp_path / "full", lora=False)
+    manifest = export_run(run, tmp_path / "bundle", formats=("hf", "gguf"), gguf_quants=("q8_0",),
+                          parity_examples=1, log=quiet)
+    assert set(manifest["artifacts"]) == {"hf", "gguf-q8_0"}
+    assert not (tmp_path / "bundle" / "adapter").exists() and not (tmp_path / "bundle" / "gguf" / "model-f16.gguf").exists()
+    assert manifest["artifacts"]["gguf-q8_0"]["tensor_types"]["Q8_0"] == 15  # 2 layers x 7 matrices + embedding
+    report = json.loads((tmp_path / "bundle" / "parity.json").read_text())
+    assert report["formats"]["hf"]["goal"]["met"] and report["formats"]["hf"]["first_logits_max_abs_diff"] == 0
+
+
+def test_interrupted_export_leaves_no_partial_bundle(lora_run, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle_module.gguf, "quantize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(lora_run, tmp_path / "bundle", formats=("hf", "gguf"), gguf_quants=("f16", "q8_0"), log=quiet)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_cli_export_leaves_no_partial_bundle(lora_run, tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "core.cli", "export", str(lora_run), "--out",
+                                str(tmp_path / "bundle"), "--formats", "hf,gguf"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not list((tmp_path).glob(".bundle.partial-*/hf/model.safetensors")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, process.stdout.read()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_bundle_needs_overwrite_and_is_replaced_whole(lora_run, tmp_path):
+    out = tmp_path / "bundle"
+    first = export_run(lora_run, out, formats=("hf",), parity_check=False, log=quiet)
+    with pytest.raises(UnlearnError, match="already holds a bundle"):
+        export_run(lora_run, out, formats=("hf",), parity_check=False, log=quiet)
+    second = export_run(lora_run, out, formats=("hf",), parity_check=False, overwrite=True, log=quiet)
+    assert second["created_at"] > first["created_at"] and read_manifest(out)["created_at"] == second["created_at"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+# ---------------------------------------------------------------- bad input: one clear message
+
+def test_run_without_a_model_is_refused(lora_run, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.json").write_text((lora_run / "config.json").read_text())
+    with pytest.raises(UnlearnError, match="has no model to export") as error:
+        export_run(unfinished, tmp_path / "bundle", log=quiet)
+    assert "resume" in error.value.fix
+    with pytest.raises(UnlearnError, match="not a run directory"):
+        export_run(tmp_path, tmp_path / "bundle2", log=quiet)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("gguf_quants", ("q8_0", "q9_9"), "unknown GGUF quantisation type"),
+    ("onnx_precisions", ("int3",), "unknown ONNX precision"),
+    ("formats", ("hf", "tflite"), "unknown export format"),
+])
+def test_unknown_options_are_refused_before_any_work(lora_run, tmp_path, option, value, message):
+    with pytest.raises(UnlearnError, match=message):
+        export_run(lora_run, tmp_path / "bundle", log=quiet, **{option: value})
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_unsupported_architecture_is_refused(tiny64_dir, lora_run, tmp_path):
+    import shutil
+
+    odd = tmp_path / "odd-model"
+    shutil.copytree(tiny64_dir, odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "architectures": ["TotallyNewForCausalLM"]}))
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    run_config = json.loads((run / "config.json").read_text())
+    run_config["resolved_model"]["path"] = str(odd)
+    (run / "config.json").write_text(json.dumps(run_config))
+    for formats, message in ((("gguf",), "llama.cpp's converter does not support"),
+                             (("onnx",), "model builder does not support")):
+        with pytest.raises(UnlearnError, match=message):
+            export_run(run, tmp_path / "bundle", formats=formats, log=quiet)
+
+
+def test_onnx_refuses_heads_narrower_than_16(tiny_model_dir, data_files, tmp_path):
+    run = make_run(tiny_model_dir, data_files, tmp_path / "run", lora=False, steps=1)
+    with pytest.raises(UnlearnError, match="head size that is a multiple of 16"):
+        export_run(run, tmp_path / "bundle", formats=("onnx",), log=quiet)
+
+
+def test_cli_prints_one_error_and_its_fix(lora_run, tmp_path):
+    result = unlearn("export", lora_run, "--out", tmp_path / "bundle", "--gguf-quant", "q8_0,q9_9")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: unknown GGUF quantisation type(s): q9_9") and "fix:" in result.stderr
+
+
+# ---------------------------------------------------------------- the bundled model
+
+@pytest.mark.bundled
+@pytest.mark.slow   # about 15 minutes on a loaded 2-core CPU (ONNX + GGUF of the 135M model): pytest -m slow
+def test_bundled_model_exports_with_parity(bundled_dir, data_files, tmp_path):
+    run = make_run(bundled_dir, data_files, tmp_path / "run", lora=True, steps=1)
+    manifest = export_run(run, tmp_path / "bundle", formats=("gguf", "onnx"), gguf_quants=("f16", "q8_0"),
+                          onnx_precisions=("fp32",), parity_examples=2, log=quiet)
+    report = json.loads((tmp_path / "bundle" / "parity.json").read_text())
+    for name in ("gguf-f16", "onnx-fp32"):
+        assert report["formats"][name]["goal"]["met"], report["formats"][name]
+    assert manifest["metrics"]["gguf-q8_0"]["token_agreement"] >= 0.5  # its 90% goal is reported, not assumed
+    patch = report["formats"]["gguf-lora"]["vs_merged_f16"]
+    assert patch["identical_runs"] == patch["runs"]
