@@ -1,13 +1,14 @@
 """Benchmark: our NPO+RT trainer against a faithful two-model baseline of the NPO paper's code.
 
-Run from the repository root (about 10-15 minutes on a 2-core CPU):
+Run from the repository root (about 10-15 minutes on an idle 2-core CPU; 43 minutes when the 2 cores
+were shared with other jobs, see docs/benchmarks.md):
 
     python benchmarks/trainer.py                       # default: 1 warm-up + 3 measured steps, 2 rounds
     python benchmarks/trainer.py --json bench.json     # also write every figure as JSON
     python benchmarks/trainer.py --quick               # smoke run: 1 warm-up + 1 measured step, 1 round
     python benchmarks/trainer.py --device cuda         # on a GPU (bf16 autocast, CUDA peak memory)
 
-Three variants, each in its own fresh subprocess (`sys.executable`) so that peak memory is per variant;
+Three variants (a fourth on request), each in its own fresh subprocess (`sys.executable`) so that peak memory is per variant;
 the rounds alternate their order so that other load on the machine hits every variant alike:
 
 baseline   The NPO repository's `npo_grad_diff` as a plain loop (see /work/shared/ANCHORS.md): a policy
@@ -27,6 +28,7 @@ Measured:
 - seconds per optimizer step, steady state: the first `--warmup` steps of every run are dropped, the
   median of the remaining steps (all rounds pooled) is reported; ours comes from metrics.jsonl
   (`wall_time`), the baseline from a clock around the same work (batch fetch to optimizer step);
+  the process CPU seconds per step are reported beside them (less sensitive to other load on a CPU);
 - peak memory: on CPU the process's peak RSS (VmHWM) up to the end of the training loop, and the
   training-loop-only peak (VmHWM reset with /proc/self/clear_refs when the loop starts); on CUDA
   torch.cuda.max_memory_allocated (the peak RSS is recorded too);
@@ -66,6 +68,7 @@ LABELS = {"baseline": "baseline (NPO code: 2 models, pad 500)", "ours": "ours, f
 # (name, numerator, denominator, metric, goal, "ge"/"le")
 GOALS = (
     ("throughput ours / baseline", "ours", "baseline", "throughput", 1.6, "ge"),
+    ("throughput by CPU time (info)", "ours", "baseline", "throughput_cpu", None, None),
     ("peak memory ours / baseline", "ours", "baseline", "memory", 0.65, "le"),
     ("peak memory LoRA / full (ours)", "ours_lora", "ours", "memory", 0.5, "le"),
     ("peak memory LoRA+GC / full (info)", "ours_lora_gc", "ours", "memory", None, None),
@@ -150,8 +153,9 @@ def run_ours(device: str, total_steps: int, lora: bool, checkpointing: bool = Fa
     import core.trainer as trainer_module
     from core.config import UnlearnConfig
 
-    meter, one_time = PeakMeter(device), {}
+    meter, one_time, cpu_marks = PeakMeter(device), {}, []
     original_cache, original_loop = trainer_module.cache_reference_nll, trainer_module.Trainer._loop
+    original_log = trainer_module.Trainer._log_metrics
 
     def timed_cache(*args, **kwargs):
         started = time.perf_counter()
@@ -166,13 +170,19 @@ def run_ours(device: str, total_steps: int, lora: bool, checkpointing: bool = Fa
         one_time["trainable_params"] = sum(p.numel() for p in params if p.requires_grad)
         one_time["loop_start_rss_mib"] = (_status_kib("VmRSS") or 0) / 1024
         meter.start_loop()
+        cpu_marks.append(time.process_time())
         try:
             return original_loop(self, model, *args, **kwargs)
         finally:
             meter.end_loop()
 
+    def clocked_log(self, *args, **kwargs):  # once per step (logging_steps=1): the step's CPU time so far
+        cpu_marks.append(time.process_time())
+        return original_log(self, *args, **kwargs)
+
     trainer_module.cache_reference_nll = timed_cache
     trainer_module.Trainer._loop = metered_loop
+    trainer_module.Trainer._log_metrics = clocked_log
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as tmp:
         config = UnlearnConfig(
             model="bundled", method="npo_rt", forget=FORGET, retain=RETAIN, out=str(Path(tmp) / "run"),
@@ -188,6 +198,7 @@ def run_ours(device: str, total_steps: int, lora: bool, checkpointing: bool = Fa
     step_s = [later - earlier for earlier, later in zip([0.0] + walls[:-1], walls)]
     return {
         "step_s": step_s,
+        "step_cpu_s": [later - earlier for earlier, later in zip(cpu_marks, cpu_marks[1:])],
         "tokens_per_step": [round(row["tokens_per_second"] * s) for row, s in zip(rows, step_s)],
         "first_loss": {k: v for k, v in rows[0].items() if k.startswith("loss")},
         "lr": resolved["lr"], "lora_r": resolved["lora_r"] if lora else None,
@@ -319,7 +330,7 @@ def run_baseline(device: str, total_steps: int) -> dict:
     loop_start_rss_mib = (_status_kib("VmRSS") or 0) / 1024
     meter.start_loop()
     batches = _batches(loader)
-    last = time.perf_counter()
+    last, last_cpu, step_cpu_s = time.perf_counter(), time.process_time(), []
     for _ in range(total_steps):
         forget, retain = (tuple(t.to(device) for t in part) for part in next(batches))
         with autocast():
@@ -335,10 +346,11 @@ def run_baseline(device: str, total_steps: int) -> dict:
         _sync(device)
         now = time.perf_counter()
         step_s.append(now - last)
-        last = now
+        step_cpu_s.append(time.process_time() - last_cpu)
+        last, last_cpu = now, time.process_time()
     meter.end_loop()
     tokens = 2 * BATCH_SIZE * BASELINE_MAX_LENGTH  # padded forget + retain tokens trained on per step
-    return {"step_s": step_s, "tokens_per_step": [tokens] * total_steps, "first_loss": first_loss,
+    return {"step_s": step_s, "step_cpu_s": step_cpu_s, "tokens_per_step": [tokens] * total_steps, "first_loss": first_loss,
             "lr": LR, "oracle_dtype": str(oracle_dtype).removeprefix("torch."),
             "params": sum(p.numel() for p in params), "trainable_params": sum(p.numel() for p in model.parameters()),
             "loop_start_rss_mib": loop_start_rss_mib, **meter.figures}
@@ -385,6 +397,7 @@ def summarise(runs: list[dict], warmup: int, device: str) -> dict:
         if not mine:
             continue
         steady = [s for run in mine for s in run["step_s"][warmup:]]
+        steady_cpu = [s for run in mine for s in run.get("step_cpu_s", [])[warmup:]]
         tokens = [t for run in mine for t in run["tokens_per_step"][warmup:]]
 
         def worst(key):
@@ -395,6 +408,7 @@ def summarise(runs: list[dict], warmup: int, device: str) -> dict:
             "runs": len(mine), "measured_steps": len(steady),
             "median_step_s": statistics.median(steady), "mean_step_s": statistics.fmean(steady),
             "min_step_s": min(steady), "max_step_s": max(steady),
+            "median_cpu_step_s": statistics.median(steady_cpu) if steady_cpu else None,
             "mean_tokens_per_step": statistics.fmean(tokens),
             "memory_mib": worst(memory_key), "peak_rss_mib": worst("peak_rss_mib"),
             "loop_peak_rss_mib": worst("loop_peak_rss_mib"), "setup_peak_rss_mib": worst("setup_peak_rss_mib"),
@@ -411,8 +425,11 @@ def ratios(summary: dict) -> list[dict]:
     for name, top, bottom, metric, goal, sense in GOALS:
         if top not in summary or bottom not in summary:
             continue
-        if metric == "throughput":  # steps per second: the inverse ratio of seconds per step
-            value = summary[bottom]["median_step_s"] / summary[top]["median_step_s"]
+        if metric.startswith("throughput"):  # steps per second: the inverse ratio of seconds per step
+            key = "median_cpu_step_s" if metric == "throughput_cpu" else "median_step_s"
+            if summary[top][key] is None or summary[bottom][key] is None:
+                continue
+            value = summary[bottom][key] / summary[top][key]
         else:
             value = summary[top]["memory_mib"] / summary[bottom]["memory_mib"]
         met = None if goal is None else (value >= goal if sense == "ge" else value <= goal)
@@ -426,17 +443,20 @@ def _fmt(value, spec: str, none: str = "-") -> str:
 
 def report(summary: dict, ratio_rows: list[dict], device: str, warmup: int) -> str:
     memory_name = "CUDA peak MiB" if device == "cuda" else "peak RSS MiB"
-    lines = [f"{'variant':<40} {'s/step':>7} {'min-max':>13} {'n':>3} {'tok/step':>8} "
+    lines = [f"{'variant':<40} {'s/step':>7} {'min-max':>13} {'CPU s':>6} {'n':>3} {'tok/step':>8} "
              f"{memory_name:>13} {'loop-only':>9}  one-time"]
     for variant, row in summary.items():
         one_time = f"reference NLL cache {row['reference_nll_s']:.1f} s" if row["reference_nll_s"] is not None else ""
         lines.append(
             f"{LABELS[variant]:<40} {row['median_step_s']:>7.2f} "
-            f"{row['min_step_s']:>6.2f}-{row['max_step_s']:<6.2f} {row['measured_steps']:>3} "
+            f"{row['min_step_s']:>6.2f}-{row['max_step_s']:<6.2f} {_fmt(row['median_cpu_step_s'], '>6.1f'):>6} "
+            f"{row['measured_steps']:>3} "
             f"{row['mean_tokens_per_step']:>8.0f} {_fmt(row['memory_mib'], '>13.0f'):>13} "
             f"{_fmt(row['loop_peak_rss_mib'] if device == 'cpu' else None, '>9.0f'):>9}  {one_time}")
-    lines.append(f"(s/step: median of steady-state steps, first {warmup} of every run skipped; n: steps measured; "
-                 "tok/step: tokens fed per step with a gradient, padding included)")
+    lines.append(f"(s/step: median wall seconds of steady-state steps, the first {warmup} of every run skipped; "
+                 "CPU s: median process CPU seconds per step, all threads;\n n: steps measured; tok/step: tokens "
+                 "trained on per step: ours counts non-padding tokens, the baseline its 500-token padded rows;\n "
+                 "peak: max over runs, up to the end of the training loop; loop-only: peak RSS within the loop)")
     lines.append("")
     lines.append(f"{'ratio':<34} {'measured':>9} {'goal':>9}  met")
     for row in ratio_rows:
@@ -475,7 +495,9 @@ def run_rounds(variants: tuple[str, ...], device: str, warmup: int, steps: int, 
             print(f"[round {index + 1}/{rounds}] {variant}: {warmup} warm-up + {steps} measured steps ...", flush=True)
             run = run_child(variant, device, warmup + steps)
             steady = run["step_s"][warmup:]
-            print(f"    {statistics.median(steady):.2f} s/step (steps: {', '.join(f'{s:.2f}' for s in run['step_s'])}), "
+            cpu = statistics.median(run["step_cpu_s"][warmup:])
+            print(f"    {statistics.median(steady):.2f} s/step, {cpu:.1f} CPU s/step "
+                  f"(steps: {', '.join(f'{s:.2f}' for s in run['step_s'])}), "
                   f"peak RSS {run['peak_rss_mib']:.0f} MiB, process {run['process_s']:.0f} s", flush=True)
             runs.append(run)
     return runs
