@@ -320,6 +320,9 @@ def test_bundled_model_exports_with_parity(bundled_dir, data_files, tmp_path):
     report = json.loads((tmp_path / "bundle" / "parity.json").read_text())
     for name in ("gguf-f16", "onnx-fp32"):
         assert report["formats"][name]["goal"]["met"], report["formats"][name]
-    assert manifest["metrics"]["gguf-q8_0"]["token_agreement"] >= 0.5  # its 90% goal is reported, not assumed
+    # q8_0's 90% goal is measured and reported, not assumed (on this 135M model it is often missed)
+    q8 = report["formats"]["gguf-q8_0"]
+    assert q8["goal"]["met"] == (q8["token_agreement"] >= 0.9) and manifest["metrics"]["gguf-q8_0"] == {
+        k: q8[k] for k in manifest["metrics"]["gguf-q8_0"]}
     patch = report["formats"]["gguf-lora"]["vs_merged_f16"]
     assert patch["identical_runs"] == patch["runs"]
