@@ -37,11 +37,12 @@ class Studio:
 
         from core.models import cache_home
 
-        _PUBLIC_NAMES[str(self.workspace.root)] = "<runs>"
+        # plain words, no angle brackets: the page renders messages as Markdown/HTML
+        _PUBLIC_NAMES[str(self.workspace.root)] = "RUNS"
         _PUBLIC_NAMES[str(Path(str(resources.files("assets"))))] = "assets"
-        _PUBLIC_NAMES[str(cache_home())] = "<model cache>"
+        _PUBLIC_NAMES[str(cache_home())] = "MODEL_CACHE"
         for label, path in self.local_models.items():
-            _PUBLIC_NAMES[path] = f"<{label}>"
+            _PUBLIC_NAMES[path] = label.split(" — ")[-1]
 
     def model_choices(self) -> dict[str, str]:
         return {**BUILTIN_MODELS, **self.local_models}

@@ -53,7 +53,7 @@ def test_upload_train_stop_resume_probe(studio_server, qa_files):
 
     status, command = start(client, run_name="first", max_steps=400)
     assert "started first" in status and command.startswith("unlearn train")
-    assert str(studio.workspace.root) not in command and "<runs>/studio/" in command  # no server paths shown
+    assert str(studio.workspace.root) not in command and "RUNS/studio/" in command  # no server paths shown
     run = run_named(studio, "first")
     assert wait_for(lambda: run.status().get("step", 0) >= 3)
 
