@@ -49,10 +49,6 @@ def status_text(run: RunDir) -> str:
     return text
 
 
-def progress(run: RunDir) -> float:
-    return float(run.status().get("progress", 0.0) or 0.0)
-
-
 def log_tail(path: Path) -> str:
     if not path.is_file():
         return ""
