@@ -222,14 +222,16 @@ def _check(source: RunSource, model, tokenizer, bundle: Path, artifacts: dict, p
            forget: str | None, retain: str | None) -> dict:
     probes = parity.build_probes(source.config, tokenizer, parity_examples, forget, retain)
     reference = parity.run_probes(hf.TorchRunner(model), probes)
-    original_raw = parity.run_probes(hf.TorchRunner(load_original(source), name="original"), probes)
+    forced = reference["tokens"]
+    original_raw = parity.run_probes(hf.TorchRunner(load_original(source), name="original"), probes,
+                                     forced=forced)
     unlearned = parity.summarise(reference, reference, probes, tokenizer)
     original = parity.summarise(original_raw, reference, probes, tokenizer)
     formats, raws = {}, {}
     for name, artifact in artifacts.items():
         runner = open_runner(name, artifact, bundle)
         try:
-            raws[name] = parity.run_probes(runner, probes)
+            raws[name] = parity.run_probes(runner, probes, forced=forced)
         finally:
             runner.close()
         formats[name] = parity.summarise(raws[name], reference, probes, tokenizer)

@@ -54,14 +54,16 @@ def _parity_table(report: dict) -> str:
     lines = ["## Parity and forgetting per format", "",
              f"{report['probes']['forget']} forget and {report['probes']['retain']} retain prompts, "
              f"{report['probes']['greedy_tokens']} greedy tokens each, against the unlearned PyTorch fp32 model.", "",
-             "| format | identical runs | token agreement | first-step max abs logit diff | forget NLL | "
-             "retain NLL | forget ROUGE-L | recovers forgotten |", "|---|---|---|---|---|---|---|---|"]
+             "Token agreement is teacher-forced (same next token on PyTorch's greedy run); greedy prefix is the "
+             "share of PyTorch's greedy run reproduced before the first divergence.", "",
+             "| format | identical runs | token agreement | greedy prefix | first-step max abs logit diff | "
+             "forget NLL | retain NLL | forget ROUGE-L | recovers forgotten |", "|---|---|---|---|---|---|---|---|---|"]
     rows = {"pytorch (unlearned)": report["pytorch"], "original (before unlearning)": report["original"],
             **report["formats"]}
     for name, s in rows.items():
         recovered = report["forgetting"].get(name, {}).get("recovers_forgotten", "")
         lines.append(f"| {name} | {s['identical_runs']}/{s['runs']} | {s['token_agreement']:.3f} | "
-                     f"{s['first_logits_max_abs_diff']:.2e} | {s.get('forget_nll', float('nan')):.3f} | "
+                     f"{s['greedy_prefix_agreement']:.3f} | {s['first_logits_max_abs_diff']:.2e} | {s.get('forget_nll', float('nan')):.3f} | "
                      f"{s.get('retain_nll', float('nan')):.3f} | {s.get('forget_rougeL', float('nan')):.3f} | "
                      f"{'YES' if recovered is True else 'no' if recovered is False else ''} |")
     return "\n".join(lines)

@@ -67,25 +67,41 @@ def _answer_start(labels: list[int]) -> int:
 
 # ---------------------------------------------------------------- one runner
 
-def run_probes(runner: Runner, probes: list[Probe], n_tokens: int = GREEDY_TOKENS) -> dict:
-    """Raw outputs of one runner: greedy tokens, first-step logits, answer NLL per probe."""
-    tokens, first_logits, nll, counts = [], [], [], []
-    for probe in probes:
+def run_probes(runner: Runner, probes: list[Probe], n_tokens: int = GREEDY_TOKENS,
+               forced: list[list[int]] | None = None) -> dict:
+    """Raw outputs of one runner: greedy tokens, first-step logits, answer NLL per probe; with `forced`
+    (the reference's greedy tokens per probe) also the runner's argmax at each of those positions when
+    fed the reference's own prefix."""
+    tokens, first_logits, nll, counts, forced_argmax = [], [], [], [], []
+    for i, probe in enumerate(probes):
         logits = runner.prefill(probe.ids)
         total, n = answer_nll(logits, probe.ids, probe.answer_start)
         nll.append(total)
         counts.append(n)
         first_logits.append(logits[probe.answer_start - 1])
         tokens.append(runner.greedy(probe.prompt, n_tokens))
-    return {"tokens": tokens, "first_logits": first_logits, "nll": nll, "counts": counts}
+        if forced is not None:
+            forced_argmax.append(_teacher_forced_argmax(runner, probe.prompt, forced[i]))
+    raw = {"tokens": tokens, "first_logits": first_logits, "nll": nll, "counts": counts}
+    if forced is not None:
+        raw["forced_argmax"] = forced_argmax
+    return raw
+
+
+def _teacher_forced_argmax(runner: Runner, prompt: list[int], continuation: list[int]) -> list[int]:
+    """The runner's next-token argmax at every position of `continuation`, given the prompt and the
+    continuation's own earlier tokens (one prefill, no sampling)."""
+    logits = runner.prefill(prompt + continuation[:-1])
+    return [int(t) for t in np.argmax(logits[len(prompt) - 1:], axis=-1)]
 
 
 def summarise(raw: dict, reference: dict, probes: list[Probe], tokenizer) -> dict:
     """Scores of one runner against the reference (the unlearned PyTorch model)."""
-    agreements = [_prefix_agreement(a, b) for a, b in zip(raw["tokens"], reference["tokens"])]
+    prefixes = [_prefix_agreement(a, b) for a, b in zip(raw["tokens"], reference["tokens"])]
     diffs = [float(np.abs(a - b).max()) for a, b in zip(raw["first_logits"], reference["first_logits"])]
-    result = {"identical_runs": sum(a == 1.0 for a in agreements), "runs": len(agreements),
-              "token_agreement": round(float(np.mean(agreements)), 4),
+    result = {"identical_runs": sum(a == 1.0 for a in prefixes), "runs": len(prefixes),
+              "token_agreement": round(_forced_agreement(raw, reference), 4),
+              "greedy_prefix_agreement": round(float(np.mean(prefixes)), 4),
               "first_logits_max_abs_diff": max(diffs)}
     for role in ("forget", "retain"):
         picked = [i for i, p in enumerate(probes) if p.role == role]
@@ -93,6 +109,16 @@ def summarise(raw: dict, reference: dict, probes: list[Probe], tokenizer) -> dic
             result[f"{role}_nll"] = round(sum(raw["nll"][i] for i in picked) / sum(raw["counts"][i] for i in picked), 4)
             result[f"{role}_rougeL"] = round(_rouge_l(raw, picked, probes, tokenizer), 4)
     return result
+
+
+def _forced_agreement(raw: dict, reference: dict) -> float:
+    """Share of positions where both pick the same next token on the same context (the reference's greedy
+    run), as llama.cpp's `perplexity --kl-divergence` reports "Same top p". A runner scored without
+    `forced` is the reference itself: its greedy tokens are its forced argmax."""
+    ours = raw.get("forced_argmax", raw["tokens"])
+    theirs = reference.get("forced_argmax", reference["tokens"])
+    pairs = [(a, b) for run_a, run_b in zip(ours, theirs) for a, b in zip(run_a, run_b)]
+    return sum(a == b for a, b in pairs) / max(len(pairs), 1)
 
 
 def _prefix_agreement(tokens: list[int], reference: list[int]) -> float:
@@ -150,6 +176,6 @@ def goal_status(name: str, scores: dict) -> dict | None:
     if name not in GOALS:
         return None
     identical, agreement = GOALS[name]
-    met = scores["token_agreement"] >= agreement and (not identical or scores["identical_runs"] == scores["runs"])
+    met = scores["identical_runs"] == scores["runs"] if identical else scores["token_agreement"] >= agreement
     goal = f"identical {GREEDY_TOKENS}-token greedy runs" if identical else f"token agreement >= {agreement:.0%}"
     return {"goal": goal, "met": bool(met)}

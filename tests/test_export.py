@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ from core.trainer import train
 from export import bundle as bundle_module
 from export.bundle import export_run, open_runner, read_manifest
 from export.hf import TorchRunner
-from export.parity import forgetting_check
+from export.parity import Probe, forgetting_check, run_probes, summarise
+from export.runtime import Runner
 
 ALL_QUANTS = ("f16", "q8_0", "q4_k_m")
 N_TOKENS = 32
@@ -207,6 +209,42 @@ def test_a_format_that_recovers_forgotten_answers_is_flagged():
     assert checks["kept"]["recovers_forgotten"] is False and checks["recovered"]["recovers_forgotten"] is True
     assert checks["recovered"]["nll_recovery"] == pytest.approx(0.75)
     assert len(warnings) == 1 and warnings[0].startswith("recovered recovers forgotten knowledge")
+
+
+class ScriptedRunner(Runner):
+    """Next token = a table lookup on the last token (vocabulary 8), so every agreement is hand-computable."""
+
+    def __init__(self, table: dict[int, int]):
+        self.table, self.last = table, None
+
+    def _logits(self, token: int) -> np.ndarray:
+        logits = np.zeros(8, dtype=np.float32)
+        logits[self.table.get(token, 0)] = 1.0
+        return logits
+
+    def prefill(self, ids):
+        self.last = ids[-1]
+        return np.stack([self._logits(t) for t in ids])
+
+    def step(self, token):
+        return self._logits(token)
+
+
+def test_token_agreement_is_teacher_forced_and_the_greedy_prefix_is_reported_beside_it():
+    probes = [Probe("forget", [1, 2, 3], answer_start=1, answer_text="x")]
+    reference_runner = ScriptedRunner({1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7, 7: 1})  # 1 -> 2 -> 3 -> 4 ...
+    # differs only after token 1: its own greedy run leaves the reference's at once, yet on the
+    # reference's context it picks the same next token 3 times out of 4
+    near_tie = ScriptedRunner({1: 5, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7, 7: 1})
+    reference = run_probes(reference_runner, probes, n_tokens=4)
+    assert reference["tokens"] == [[2, 3, 4, 5]]
+    raw = run_probes(near_tie, probes, n_tokens=4, forced=reference["tokens"])
+    assert raw["tokens"] == [[5, 6, 7, 1]] and raw["forced_argmax"] == [[5, 3, 4, 5]]
+    words = SimpleNamespace(eos_token_id=0, decode=lambda ids, skip_special_tokens: " ".join(map(str, ids)))
+    scores = summarise(raw, reference, probes, words)
+    assert (scores["token_agreement"], scores["greedy_prefix_agreement"], scores["identical_runs"]) == (0.75, 0.0, 0)
+    itself = summarise(reference, reference, probes, words)
+    assert (itself["token_agreement"], itself["greedy_prefix_agreement"], itself["identical_runs"]) == (1.0, 1.0, 1)
 
 
 # ---------------------------------------------------------------- atomic bundles
