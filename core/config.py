@@ -63,6 +63,7 @@ class UnlearnConfig:
     retain_weight: Optional[float] = _opt(None, "weight of the retain term (NLL or KL)")
     mismatch_weight: Optional[float] = _opt(None, "weight of the Yao random-mismatch term")
     mismatch_k: Optional[int] = _opt(None, "random normal answers per forget prompt (Yao)")
+    max_forget_loss: Optional[float] = _opt(None, "stop early once a step's forget NLL exceeds this (Yao's max_bad_loss)")
 
     # --- run control
     logging_steps: int = _opt(1, "write a metrics line every N optimizer steps")
@@ -105,6 +106,8 @@ class UnlearnConfig:
             value = getattr(self, name)
             require(value is None or value >= 0, f"{name} must be 0 or more, got {value}")
         require(self.mismatch_k is None or self.mismatch_k >= 1, f"mismatch_k must be at least 1, got {self.mismatch_k}")
+        require(self.max_forget_loss is None or self.max_forget_loss > 0,
+                f"max_forget_loss must be positive, got {self.max_forget_loss}", "use for example --max-forget-loss 100")
         require(self.lora_r >= 1, f"lora_r must be at least 1, got {self.lora_r}", "use --lora-r 16")
         require(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         require(self.logging_steps >= 1, f"logging_steps must be at least 1, got {self.logging_steps}")

@@ -221,6 +221,8 @@ class Trainer:
         cfg, accelerator = self.cfg, self.accelerator
         self.started = time.time()
         self.start_step = step
+        self.step_forget_nlls: list[float] = []
+        self.early_stop_reason: str | None = None
         bar = tqdm(total=self.total_steps, initial=step, disable=not (self.is_main and self.show_progress),
                    desc="fine-tuning" if cfg.method == "sft" else f"unlearning ({cfg.method})", unit="step")
         window = _Window()
@@ -244,17 +246,20 @@ class Trainer:
                 step += 1
                 bar.update(1)
                 window.grad_norm = grad_norm
-                if step % cfg.logging_steps == 0 or step == self.total_steps:
+                early = self._stopped_early(step)
+                if step % cfg.logging_steps == 0 or step == self.total_steps or early:
                     self._log_metrics(step, epoch, scheduler, window)
                     window = _Window()
                 self._status("running", step=step)
                 if self._should_stop():
                     bar.close()
                     return "stopped", step
-                if cfg.save_steps and step % cfg.save_steps == 0 and step < self.total_steps:
-                    self._checkpoint(model, optimizer, scheduler, step)
-                if step >= self.total_steps:
+                if early or step >= self.total_steps:
                     break
+                if cfg.save_steps and step % cfg.save_steps == 0:
+                    self._checkpoint(model, optimizer, scheduler, step)
+            if self.early_stop_reason:
+                break
         bar.close()
         return "finished", step
 
@@ -265,6 +270,7 @@ class Trainer:
         self._guard_finite(loss, terms, step)
         self.accelerator.backward(loss)
         window.add(terms, loss, inputs, batch, self._retain_nll(model, inputs, step))
+        self.step_forget_nlls.append(_token_mean(*inputs.nll("forget")))
 
     def _retain_nll(self, model, inputs: StepInputs, step: int) -> float | None:
         """Retain NLL for the log: free when the method forwards retain, else a no-grad pass on log steps."""
@@ -292,6 +298,16 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         max_norm = self.cfg.max_grad_norm or float("inf")
         return float(self.accelerator.clip_grad_norm_(params, max_norm))
+
+    def _stopped_early(self, step: int) -> bool:
+        """The method's own stopping rule on this step's forget NLL; any process asking stops all."""
+        nlls, self.step_forget_nlls = self.step_forget_nlls, []
+        reason = self.method.early_stop(sum(nlls) / len(nlls)) if nlls else None
+        flag = torch.tensor([1.0 if reason else 0.0], device=self.accelerator.device)
+        if self.accelerator.reduce(flag, "sum").item() > 0:
+            self.early_stop_reason = reason or "another process met the method's early-stop rule"
+            self.log(f"stopped early at step {step}: {self.early_stop_reason}")
+        return bool(self.early_stop_reason)
 
     def _should_stop(self) -> bool:
         wanted = self.stop_event.is_set() or self.run_dir.stop_requested()
@@ -341,6 +357,7 @@ class Trainer:
             if self.is_main:
                 save_model_atomic(unwrapped, self.tokenizer, self.run_dir.model_dir)
             summary = {"method": self.cfg.method, "before": before, "after": after, "steps": step,
+                       "stopped_early": self.early_stop_reason,
                        "wall_seconds": round(time.time() - self.started, 1),
                        "model": str(self.run_dir.model_dir), "lora": self.cfg.lora}
             if self.is_main:
@@ -350,7 +367,8 @@ class Trainer:
         else:
             if self.is_main:
                 self.run_dir.clear_stop()
-        self._status(outcome, step=step, message="done" if outcome == "finished" else "stopped; resume with --resume")
+        done = f"done early: {self.early_stop_reason}" if self.early_stop_reason else "done"
+        self._status(outcome, step=step, message=done if outcome == "finished" else "stopped; resume with --resume")
         self.accelerator.wait_for_everyone()
         return TrainResult(self.run_dir.path, outcome, step, summary, self.is_main)
 

@@ -153,6 +153,24 @@ def test_sft_learns_the_data(tiny_config):
     assert result.summary["after"]["forget_nll"] < result.summary["before"]["forget_nll"] - 0.5
 
 
+def test_yao_stops_early_once_the_forget_answers_are_unlikely_enough(tiny_config):
+    # Yao et al.'s max_bad_loss: a tiny random model's forget NLL (~ln(vocab)) is far above 2 from step 1
+    result = train(replace(tiny_config, method="yao", max_steps=6, max_forget_loss=2.0), **quiet())
+    run = RunDir(result.run_dir)
+    assert result.state == "finished" and result.step == 1
+    assert "max_forget_loss 2" in result.summary["stopped_early"] and "done early" in run.status()["message"]
+    assert [row["step"] for row in run.metrics()] == [1] and run.metrics()[0]["forget_nll"] > 2.0
+    assert (run.model_dir / "model.safetensors").is_file()
+    # Yao's default limit (100) is far away: the run goes the distance
+    full = train(replace(tiny_config, method="yao", max_steps=3, out=tiny_config.out + "-default"), **quiet())
+    assert full.step == 3 and full.summary["stopped_early"] is None
+
+
+def test_max_forget_loss_belongs_to_yao_only(tiny_config):
+    with pytest.raises(UnlearnError, match="has no hyper-parameter max_forget_loss"):
+        train(replace(tiny_config, method="npo", max_forget_loss=5.0), **quiet())
+
+
 def test_method_needing_retain_without_one(tiny_config):
     with pytest.raises(UnlearnError, match="needs a retain set"):
         train(replace(tiny_config, retain=None), **quiet())

@@ -11,7 +11,8 @@ from ..losses import kl_to_reference, sequence_nll
 from ..scoring import forward_logits
 
 METHODS: dict[str, type["UnlearningMethod"]] = {}
-HYPER_PARAMETERS = ("beta", "delta", "forget_weight", "retain_weight", "mismatch_weight", "mismatch_k")
+HYPER_PARAMETERS = ("beta", "delta", "forget_weight", "retain_weight", "mismatch_weight", "mismatch_k",
+                    "max_forget_loss")
 
 
 def register(cls: type["UnlearningMethod"]) -> type["UnlearningMethod"]:
@@ -49,6 +50,10 @@ class UnlearningMethod:
     def loss_terms(self, inputs: "StepInputs") -> dict[str, torch.Tensor]:
         """Weighted loss terms; the total is their sum."""
         raise NotImplementedError
+
+    def early_stop(self, forget_nll: float) -> str | None:
+        """Why training should end now, given this step's mean forget-answer NLL; None to go on."""
+        return None
 
 
 class StepInputs:

@@ -2,7 +2,9 @@
 
 Per step: 0.5·gradient ascent on the harmful (forget) answers + 1·NLL of K=5 random normal answers
 placed after the forget prompts ("random mismatch", so the model answers something harmless) +
-1·KL(original ‖ current) on normal data. The normal set defaults to the retain set.
+1·KL(original ‖ current) on normal data. The normal set defaults to the retain set. As in the paper's
+code (`unlearn_harm.py`), training ends early once the harmful answers' NLL exceeds `max_bad_loss` (100):
+past that point the forget answers are already unlikely and further ascent only costs utility.
 """
 from ..losses import gradient_ascent_loss, token_mean
 from .base import UnlearningMethod, register
@@ -13,7 +15,8 @@ class Yao(UnlearningMethod):
     name = "yao"
     summary = "Yao et al. 2023: gradient ascent + random mismatched answers + KL to the original on normal data"
     paper = "Yao et al. 2023, Large Language Model Unlearning (weights 0.5/1/1, K=5)"
-    defaults = {"forget_weight": 0.5, "mismatch_weight": 1.0, "retain_weight": 1.0, "mismatch_k": 5}
+    defaults = {"forget_weight": 0.5, "mismatch_weight": 1.0, "retain_weight": 1.0, "mismatch_k": 5,
+                "max_forget_loss": 100.0}
     views = ("forget", "mismatch", "normal")
     kl_views = ("normal",)
 
@@ -23,3 +26,9 @@ class Yao(UnlearningMethod):
             "mismatch_nll": self.params["mismatch_weight"] * token_mean(*inputs.nll("mismatch")),
             "normal_kl": self.params["retain_weight"] * inputs.kl("normal"),
         }
+
+    def early_stop(self, forget_nll):
+        limit = self.params["max_forget_loss"]
+        if forget_nll > limit:
+            return f"forget NLL {forget_nll:.1f} passed max_forget_loss {limit:g} (Yao et al.'s early stop)"
+        return None
