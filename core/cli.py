@@ -150,7 +150,7 @@ def run_stop(args) -> int:
         print(f"the run in {args.run} is not running ({run.status().get('state')})")
         return 0
     run.request_stop()
-    print(f"stop requested: the run will save a checkpoint and stop after its current step")
+    print("stop requested: the run will save a checkpoint and stop after its current step")
     return 0
 
 

@@ -14,7 +14,8 @@ import torch
 
 from .data import Example, encode_example, prompt_text
 from .errors import UnlearnError, require
-from .models import add_lora, load_model, load_tokenizer
+from .models import load_model, load_tokenizer
+from .run_model import has_final_model, load_run_model
 from .runs import RunDir
 from .scoring import score_nll
 
@@ -39,27 +40,10 @@ class Prober:
         self.is_lora = bool(config.get("lora"))
         self.tokenizer = load_tokenizer(self.base_path)
         self.device = torch.device(device)
-        self.unlearned = self._load_unlearned(config).to(self.device).eval()
+        # a LoRA run stays a PEFT model: its original is the same model with the adapter switched off
+        self.unlearned = load_run_model(self.run.path, merge=False).to(self.device).eval()
         self.original = None if self.is_lora else load_model(self.base_path).to(self.device).eval()
-        self.source = "model" if self.run.model_dir.is_dir() else self.run.latest_checkpoint().name
-
-    def _load_unlearned(self, config: dict):
-        if (self.run.model_dir / "adapter_config.json").is_file():
-            from peft import PeftModel
-
-            return PeftModel.from_pretrained(load_model(self.base_path), str(self.run.model_dir))
-        if (self.run.model_dir / "config.json").is_file():
-            return load_model(str(self.run.model_dir))
-        checkpoint = self.run.latest_checkpoint()
-        require(checkpoint is not None, f"the run in {self.run.path} has no model or checkpoint yet",
-                "wait for its first checkpoint or for it to finish")
-        from safetensors.torch import load_file
-
-        model = load_model(self.base_path)
-        if self.is_lora:
-            model = add_lora(model, config["lora_r"], config["lora_alpha"], 0.0, config["lora_targets"])
-        model.load_state_dict(load_file(str(checkpoint / "trainable.safetensors")), strict=False)
-        return model
+        self.source = "model" if has_final_model(self.run) else self.run.latest_checkpoint().name
 
     def _model(self, which: str):
         """(model, context) for 'original' or 'unlearned'."""

@@ -28,7 +28,7 @@ def read_sets(config, method) -> RawSets:
     forget = load_examples(config.forget, "forget")
     needs_retain = "retain" in method.views
     require(config.retain or not needs_retain, f"method {method.name} needs a retain set",
-            f"pass --retain FILE (e.g. tofu:retain99), or pick a forget-only method such as npo or ga")
+            "pass --retain FILE (e.g. tofu:retain99), or pick a forget-only method such as npo or ga")
     retain = load_examples(config.retain, "retain") if config.retain else None
     normal = None
     if "normal" in method.views:
