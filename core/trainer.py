@@ -167,7 +167,7 @@ class Trainer:
         model = load_model(source, base_dtype, cfg.trust_remote_code)
         model.config.use_cache = False
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
             # With a frozen embedding (LoRA) the checkpointed blocks' inputs need grad, or LoRA layers
             # receive none (open-unlearning issue #178).
             model.enable_input_require_grads()
@@ -423,6 +423,14 @@ class _Window:
 
 def _token_mean(nll: torch.Tensor, n_tokens: torch.Tensor) -> float:
     return float(nll.detach().sum() / n_tokens.sum().clamp(min=1))
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each block's activations in backward (transformers 5 renamed gradient checkpointing)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _linear_schedule(optimizer, total_steps: int, warmup_ratio: float):

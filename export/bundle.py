@@ -250,11 +250,14 @@ def _check(source: RunSource, model, tokenizer, bundle: Path, artifacts: dict, p
 
 # ---------------------------------------------------------------- manifest
 
+MANIFEST_METRICS = ("token_agreement", "greedy_prefix_agreement", "forget_nll", "retain_nll", "forget_rougeL",
+                    "first_logits_max_abs_diff")
+
+
 def _manifest(source: RunSource, plan: dict, artifacts: dict, report: dict | None, timings: dict) -> dict:
     metrics = {}
     if report:
-        metrics = {name: {k: v for k, v in scores.items() if k in ("token_agreement", "forget_nll", "retain_nll",
-                                                                     "forget_rougeL", "first_logits_max_abs_diff")}
+        metrics = {name: {k: v for k, v in scores.items() if k in MANIFEST_METRICS}
                    for name, scores in report["formats"].items()}
     return {"manifest_version": MANIFEST_VERSION, "created_at": time.time(),
             "source_run": {"path": str(source.run_dir.absolute()), "method": source.method, "lora": source.is_lora,

@@ -44,7 +44,9 @@ class Workspace:
         return new_session_id()
 
     def session_dir(self, session_id: str) -> Path:
-        require(SESSION_ID.fullmatch(session_id or "") is not None, "invalid session", "reload the page")
+        # an empty id means a click arrived before the page's load event gave this tab its session
+        require(bool(session_id), "the page is still loading", "wait a moment and try again")
+        require(SESSION_ID.fullmatch(session_id) is not None, "invalid session", "reload the page")
         return self.root / "studio" / session_id
 
     # ---------------------------------------------------------- uploads

@@ -57,8 +57,8 @@ def test_upload_train_stop_resume_probe(studio_server, qa_files):
     run = run_named(studio, "first")
     assert wait_for(lambda: run.status().get("step", 0) >= 3)
 
-    state, losses, nlls, log, _ = client.predict(api_name="/poll")
-    assert "first" in state and "running" in state
+    state, losses, nlls, log, _, command = client.predict(api_name="/poll")
+    assert "first" in state and "running" in state and "--max-steps 400" in command
     assert "forget: 8 examples" in log and str(studio.workspace.root) not in log
     assert {"loss", "loss_forget_npo", "loss_retain_nll"} <= {series for _, series, _ in losses["data"]}
     first_points = len(nlls["data"])
@@ -96,7 +96,7 @@ def test_a_finished_run_shows_before_after_and_second_start_is_refused(studio_se
         start(client, run_name="second", max_steps=3)
     run = run_named(studio, "quick")
     assert wait_for(lambda: run.status().get("state") == "finished", timeout=300)
-    *_, summary = client.predict(api_name="/poll")
+    *_, summary, _ = client.predict(api_name="/poll")
     assert summary["visible"] is True
     assert [row[0] for row in summary["value"]["data"]] == ["forget_nll", "retain_nll"]
     assert not list(studio.workspace.root.glob("studio/*/runs/second"))   # the refused run left nothing
@@ -117,6 +117,16 @@ def test_sessions_do_not_see_each_others_runs(studio_server):
     # a share code opens it on purpose
     share = next(r for r in alice_runs if r.endswith("alice-run"))
     assert "opened" in bob.predict(share, api_name="/open_run")
+    *_, command = bob.predict(api_name="/poll")   # the reopened run shows the command that made it
+    assert command.startswith("unlearn train") and "--max-steps 2" in command and "alice-run" in command
+
+
+def test_a_click_before_the_page_has_its_session_asks_to_wait(studio_server):
+    _, url = studio_server
+    early = Client(url, verbose=False)   # no /session call yet: the load event has not run
+    for api_name, args in (("/open_run", ("some-run",)), ("/list_runs", ())):
+        with pytest.raises(Exception, match="the page is still loading"):
+            early.predict(*args, api_name=api_name)
 
 
 @pytest.mark.parametrize("content,fragment", [(b"", "is empty"), (b"\x00\x01\x02binary", "is binary"),

@@ -108,3 +108,33 @@ def test_nonsense_settings_are_explained(page, tmp_path):
     page.locator("#start").click()
     page.get_by_text("learning rate must be positive").first.wait_for(timeout=90_000)
     shot(page, tmp_path, "7-bad-setting")
+
+
+@pytest.fixture()
+def finished_run_code(studio_server, tiny_config):
+    """A finished run placed in another session's folder: this page opens it by its share code."""
+    from dataclasses import replace
+
+    from core.trainer import train
+
+    studio, _ = studio_server
+    key = f"studio/{'ab' * 16}/runs/reopen-me"
+    train(replace(tiny_config, out=str(studio.workspace.root / key), max_steps=4), show_progress=False,
+          log=lambda message: None)
+    return key
+
+
+def test_reopened_run_draws_its_curves_in_the_train_tab(page, finished_run_code, tmp_path):
+    page.get_by_role("tab", name="2 · Train").click()      # the plots exist (empty) before the run is opened
+    page.get_by_role("tab", name="Runs").click()
+    page.locator("#run-code textarea, #run-code input").first.fill(finished_run_code)
+    page.get_by_role("button", name="Open", exact=True).click()
+    page.get_by_text("opened").first.wait_for(timeout=90_000)
+    page.get_by_role("tab", name="2 · Train").click()
+    page.wait_for_function("() => document.querySelector('#nll-plot').innerHTML.includes('retain_nll')",
+                           timeout=90_000)
+    box = page.locator("#nll-plot canvas, #nll-plot svg").first.bounding_box()
+    assert box and box["width"] > 100 and box["height"] > 100      # drawn at its size, not collapsed
+    assert "finished" in page.locator("#train-status").inner_text()
+    assert "unlearn train" in page.locator("#train-command").inner_text()   # how it was made
+    shot(page, tmp_path, "8-reopened-run")

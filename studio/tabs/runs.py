@@ -29,6 +29,7 @@ def create_runs_tab(studio: Studio, session, run_key):
         open_button = gr.Button("Open", scale=1)
     current = gr.Markdown()
 
+    @guarded
     def on_refresh(session_id):
         return runs_table(studio, session_id)
 

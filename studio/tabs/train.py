@@ -69,6 +69,16 @@ def command_preview(config: UnlearnConfig) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def run_command(run) -> str:
+    """The command line of a run read back from its config.json (a reopened run shows how it was made)."""
+    known = {f.name for f in fields(UnlearnConfig)} - {"method_params", "resume"}
+    try:
+        config = UnlearnConfig(**{k: v for k, v in run.config().items() if k in known})
+    except (TypeError, UnlearnError):
+        return ""
+    return public_text(command_preview(config))
+
+
 def create_train_tab(studio: Studio, session, data, run_key):
     methods = list(unlearning_methods())
     with gr.Row():
@@ -101,7 +111,8 @@ def create_train_tab(studio: Studio, session, data, run_key):
         stop = gr.Button("Stop", variant="stop", elem_id="stop")
         resume = gr.Button("Resume", elem_id="resume")
     status = gr.Markdown("No run yet.", elem_id="train-status")
-    command = gr.Code(label="The same run from the command line", language="shell", interactive=False)
+    command = gr.Code(label="The same run from the command line", language="shell", interactive=False,
+                      elem_id="train-command")
     with gr.Row():
         loss_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="value", color="series", title="Loss terms",
                                 height=260, elem_id="loss-plot")
@@ -147,17 +158,19 @@ def create_train_tab(studio: Studio, session, data, run_key):
         """Status, log and table every tick; the plots only when the metrics changed (or `force`), since
         a plot that receives data while its tab is being switched stays blank until it is redrawn."""
         if not key:
-            return (gr.skip(),) * 6
+            return (gr.skip(),) * 7
         try:
             run = studio.workspace.open_run(session_id, key)
         except UnlearnError:
-            return (gr.skip(),) * 6
+            return (gr.skip(),) * 7
         stamp = f"{key}:{run.metrics_path.stat().st_size if run.metrics_path.is_file() else 0}"
-        losses, nlls = poll.curves(run) if force or stamp != drawn else (gr.skip(), gr.skip())
+        redraw = force or stamp != drawn
+        losses, nlls = poll.curves(run) if redraw else (gr.skip(), gr.skip())
         table = poll.summary_table(run)
         return (public_text(poll.status_text(run)), losses, nlls,
                 public_text(poll.log_tail(studio.workspace.log_path(key))),
-                gr.update(value=table, visible=table is not None), stamp)
+                gr.update(value=table, visible=table is not None), stamp,
+                run_command(run) if redraw else gr.skip())
 
     def on_show(session_id, key, drawn):
         return on_tick(session_id, key, drawn, force=True)
@@ -167,6 +180,6 @@ def create_train_tab(studio: Studio, session, data, run_key):
     stop.click(on_stop, [session, run_key], status, api_name="stop")
     resume.click(on_resume, [session, run_key], status, api_name="resume")
     drawn = gr.State("")   # which run and metrics size the plots show
-    outputs = [status, loss_plot, nll_plot, log, summary, drawn]
+    outputs = [status, loss_plot, nll_plot, log, summary, drawn, command]
     timer.tick(on_tick, [session, run_key, drawn], outputs, api_name="poll", show_progress="hidden")
     return {"status": status, "redraw": (on_show, [session, run_key, drawn], outputs)}
