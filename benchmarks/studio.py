@@ -49,10 +49,27 @@ def page_load_seconds(url: str) -> dict:
         page = browser.new_page()
         start = time.perf_counter()
         page.goto(url)
-        page.locator("#train-status").wait_for(state="attached")
+        page.locator("#upload-forget").wait_for()   # the first tab is usable
         browser_load = time.perf_counter() - start
         browser.close()
     return {"http_seconds": round(http, 3), "browser_seconds": round(browser_load, 3)}
+
+
+def wait_for_steps(studio, name: str, steps: int, timeout: float = 600):
+    """The studio's run `name` once it has done `steps` optimizer steps (its subprocess makes the folder)."""
+    from core.runs import RunDir
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = next(studio.workspace.root.glob(f"studio/*/runs/{name}"), None)
+        if found is not None:
+            run = RunDir(found)
+            if run.status().get("step", 0) >= steps:
+                return run
+            if run.status().get("state") == "failed":
+                raise SystemExit(f"the benchmark's training run failed: {run.status().get('error')}")
+        time.sleep(0.5)
+    raise SystemExit(f"the benchmark's training run did not reach step {steps} in {timeout:.0f} s")
 
 
 def main() -> None:
@@ -65,7 +82,6 @@ def main() -> None:
 
     from gradio_client import Client
 
-    from core.runs import RunDir
     from studio.app import build_app, create_studio
 
     studio = create_studio(tempfile.mkdtemp(prefix="studio-bench-"), shared=False,
@@ -82,10 +98,7 @@ def main() -> None:
                  if path == (str(Path(args.model_dir).resolve()) if args.model_dir else "bundled"))
     client.predict(model, "", "bench", "npo_rt", 10_000, 1e-5, 4, False, None, None, None, 1, 256, 16, 32, 42, 0.1,
                    api_name="/start")
-    run = RunDir(next(studio.workspace.root.glob("studio/*/runs/bench"), studio.workspace.root))
-    while run.status().get("step", 0) < 2:     # measure while the trainer is really stepping
-        time.sleep(0.5)
-        run = RunDir(next(studio.workspace.root.glob("studio/*/runs/bench")))
+    run = wait_for_steps(studio, "bench", steps=2)   # measure while the trainer is really stepping
 
     latencies = []
     for _ in range(args.polls):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Unlearn a forget set. Example: unlearn train --model bundled "
                                             "--method npo_rt --forget tofu:forget01 --retain tofu:retain99 --out runs/demo")
     train.add_argument("--config", help="YAML or JSON file of settings (flags given here override it)")
+    train.add_argument("--nice", type=int, default=0, metavar="N",
+                       help="lower this process's CPU priority by N (the studio uses 10 so its page stays "
+                            "responsive while training)")
     add_config_flags(train)
     train.set_defaults(handler=run_train)
 
@@ -88,6 +92,8 @@ def run_train(args) -> int:
     from .trainer import train
 
     config = config_from_args(args)
+    if args.nice and hasattr(os, "nice"):
+        os.nice(args.nice)
     stop_event = threading.Event()
     _stop_on_signals(stop_event)
     result = train(config, stop_event=stop_event)

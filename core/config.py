@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from .errors import UnlearnError, require
 
@@ -131,11 +131,35 @@ class UnlearnConfig:
         unknown = sorted(set(data) - known)
         require(not unknown, f"unknown setting(s) {', '.join(unknown)}",
                 f"valid settings are: {', '.join(sorted(known))}")
-        return cls(**data)
+        hints = get_type_hints(cls)
+        return cls(**{name: _coerce(name, value, hints[name]) for name, value in data.items()})
 
     @classmethod
     def from_file(cls, path: str | Path) -> "UnlearnConfig":
         return cls.from_dict(read_config_file(path))
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """A config file's value as the setting's type. YAML reads 1e-5 (no dot) as a string, so numbers
+    written as text are parsed; anything else that does not fit gets one clear message."""
+    optional = get_origin(hint) is Union and type(None) in get_args(hint)
+    kind = next((a for a in get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None and optional or kind not in (int, float, bool):
+        return value
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is not bool and not isinstance(value, bool):
+        try:
+            number = float(value)
+            if kind is float:
+                return number
+            if number.is_integer():
+                return int(number)
+        except (TypeError, ValueError):
+            pass
+    expected = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+    raise UnlearnError(f"setting {name} must be {expected}, got {value!r}", f"write for example {name}: "
+                       + {bool: "true", int: "4", float: "0.0001"}[kind])
 
 
 def read_config_file(path: str | Path) -> dict:

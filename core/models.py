@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -208,7 +209,9 @@ def add_lora(model, r: int, alpha: int, dropout: float, targets: str):
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():   # peft 0.21 still asks for transformers' renamed checkpointing flag
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as exc:
         raise UnlearnError(f"LoRA could not be attached: {exc}",
                            "pass --lora-targets with module names this model has (e.g. q_proj,v_proj)") from None

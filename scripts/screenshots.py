@@ -31,11 +31,6 @@ with sync_playwright() as playwright:
     page.get_by_role("button", name="Open", exact=True).click()
     page.get_by_text("opened").first.wait_for()
     page.get_by_role("tab", name="2 · Train").click()
-    # Known bug (see the studio issue notes): a reopened finished run's plots stay blank until the Train tab
-    # is shown a second time.
-    page.wait_for_timeout(2000)
-    page.get_by_role("tab", name="Runs").click()
-    page.get_by_role("tab", name="2 · Train").click()
     page.wait_for_function("() => document.querySelector('#nll-plot').innerHTML.includes('retain_nll')")
     page.wait_for_timeout(3000)   # let Vega finish drawing
     page.screenshot(path=str(out / "train.png"), full_page=True)

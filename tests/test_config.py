@@ -42,7 +42,8 @@ def test_defaults_resolve_per_method_and_adapter():
     assert npo.lr == FULL_FINETUNE_LR
     assert replace(BASE, lora=True).resolved().lr == LORA_LR
     yao = replace(BASE, method="yao", mismatch_k=3).resolved()
-    assert yao.method_params == {"forget_weight": 0.5, "mismatch_weight": 1.0, "retain_weight": 1.0, "mismatch_k": 3}
+    assert yao.method_params == {"forget_weight": 0.5, "mismatch_weight": 1.0, "retain_weight": 1.0, "mismatch_k": 3,
+                                 "max_forget_loss": 100.0}
     assert replace(BASE, method="simnpo").resolved().method_params["beta"] == 4.5
 
 
@@ -59,3 +60,22 @@ def test_config_file_yaml_and_unknown_keys(tmp_path):
     broken.write_text("method: [npo\n")
     with pytest.raises(UnlearnError, match="not valid YAML"):
         UnlearnConfig.from_file(broken)
+
+
+def test_config_file_numbers_in_any_notation_and_wrong_types(tmp_path):
+    # YAML 1.1 reads 1e-5 (no dot) as text; JSON writes 1e-05 that way too (the studio's run requests)
+    for name, text in (("run.yaml", "lr: 1e-5\nmax_steps: 10.0\nlora: true\n"),
+                       ("run.json", '{"lr": 1e-05, "max_steps": 10, "lora": true}')):
+        path = tmp_path / name
+        path.write_text(text)
+        config = UnlearnConfig.from_file(path)
+        assert (config.lr, config.max_steps, config.lora) == (1e-5, 10, True)
+        assert type(config.lr) is float and type(config.max_steps) is int
+    for text, message in (("lr: fast\n", "setting lr must be a number, got 'fast'"),
+                          ("max_steps: 2.5\n", "setting max_steps must be a whole number"),
+                          ("lora: 1\n", "setting lora must be true or false"),
+                          ("beta: [1]\n", "setting beta must be a number")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        with pytest.raises(UnlearnError, match=message):
+            UnlearnConfig.from_file(path)

@@ -1,5 +1,6 @@
 """The studio's events through gradio_client, on a tiny model: data -> train -> curves -> stop -> resume
 -> probe -> leak check, plus bad input through the UI. A real server on a free local port."""
+import os
 import time
 
 import pytest
@@ -56,6 +57,9 @@ def test_upload_train_stop_resume_probe(studio_server, qa_files):
     assert str(studio.workspace.root) not in command and "RUNS/studio/" in command  # no server paths shown
     run = run_named(studio, "first")
     assert wait_for(lambda: run.status().get("step", 0) >= 3)
+    # training runs at a lower CPU priority than the page's server, so polls stay fast
+    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+    assert os.getpriority(os.PRIO_PROCESS, studio.jobs.busy().process.pid) == expected
 
     state, losses, nlls, log, _, command = client.predict(api_name="/poll")
     assert "first" in state and "running" in state and "--max-steps 400" in command
@@ -84,7 +88,7 @@ def test_upload_train_stop_resume_probe(studio_server, qa_files):
     assert wait_for(lambda: run.status().get("state") == "stopped")
 
     summary, table = client.predict(api_name="/leak_check")
-    assert "forget answers still leak" in summary and len(table["data"]) == 8
+    assert "forget answers still leak" in summary and table["visible"] and len(table["value"]["data"]) == 8
 
 
 def test_a_finished_run_shows_before_after_and_second_start_is_refused(studio_server, qa_files):

@@ -110,6 +110,18 @@ def test_nonsense_settings_are_explained(page, tmp_path):
     shot(page, tmp_path, "7-bad-setting")
 
 
+def test_advanced_settings_follow_the_method(page):
+    page.get_by_role("tab", name="2 · Train").click()
+    page.get_by_text("Advanced settings").click()
+    weight = page.locator("#retain-weight input")
+    weight.wait_for(timeout=30_000)
+    assert weight.input_value() == "2"                      # npo_rt: the studio's demo setting
+    page.get_by_label("Method").click()
+    page.get_by_role("option", name="npo", exact=True).click()
+    page.locator("#retain-weight").wait_for(state="hidden", timeout=30_000)   # NPO has no retain term
+    assert page.locator("#beta input").is_visible()
+
+
 @pytest.fixture()
 def finished_run_code(studio_server, tiny_config):
     """A finished run placed in another session's folder: this page opens it by its share code."""

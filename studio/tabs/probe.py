@@ -32,7 +32,7 @@ def create_probe_tab(studio: Studio, session, data, run_key):
     score_out = gr.Markdown()
     leak = gr.Button(f"Check which forget answers still leak (up to {LEAK_CHECK_LIMIT})")
     leak_summary = gr.Markdown()
-    leak_table = gr.Dataframe(interactive=False, wrap=True, max_height=400)
+    leak_table = gr.Dataframe(interactive=False, wrap=True, max_height=400, visible=False)  # shown once filled
 
     @guarded
     @on_gpu
@@ -60,7 +60,7 @@ def create_probe_tab(studio: Studio, session, data, run_key):
         text = (f"**{leaks} of {len(frame)}** forget answers still leak (ROUGE-L recall ≥ {LEAK_ROUGE} of the "
                 f"true answer in the unlearned model's greedy answer); the original leaked "
                 f"{int((frame['rouge_before'] >= LEAK_ROUGE).sum())}.")
-        return text, frame.round(3)
+        return text, gr.update(value=frame.round(3), visible=True)
 
     ask.click(on_ask, [session, run_key, prompt, sample], [original, unlearned], api_name="probe")
     score.click(on_score, [session, run_key, prompt, answer], score_out, api_name="score_answer")
