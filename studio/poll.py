@@ -26,6 +26,18 @@ def curves(run: RunDir) -> tuple[pd.DataFrame, pd.DataFrame]:
     return _long(frame, losses), _long(frame, nlls)
 
 
+def line_chart(frame: pd.DataFrame, title: str):
+    """An Altair line chart (one line per series) for gr.Plot. A whole chart is sent on each change, so
+    it is always drawn with its data; Gradio's LinePlot kept the colour legend of the data it was built
+    with and drew a reopened run's lines invisible."""
+    import altair as alt
+
+    color = alt.Color("series:N", legend=alt.Legend(orient="bottom", title=None))
+    return (alt.Chart(frame).mark_line().encode(x=alt.X("step:Q"), y=alt.Y("value:Q", title=None), color=color,
+                                                tooltip=["step", "series", alt.Tooltip("value:Q", format=".4f")])
+            .properties(title=title, height=200, width=500))   # a fixed width: "container" measures 0 in a hidden tab
+
+
 def _long(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     melted = frame.melt(id_vars=["step"], value_vars=columns, var_name="series", value_name="value")
     return melted.dropna(subset=["value"])

@@ -1,5 +1,6 @@
 """The studio's events through gradio_client, on a tiny model: data -> train -> curves -> stop -> resume
 -> probe -> leak check, plus bad input through the UI. A real server on a free local port."""
+import json
 import os
 import time
 
@@ -33,6 +34,14 @@ def run_named(studio, name: str) -> RunDir:
     return RunDir(found[0])
 
 
+def chart_rows(plot) -> list[dict]:
+    """The data rows of a gr.Plot (Altair) payload as the client receives it; [] for none or a skip."""
+    if not isinstance(plot, dict) or not plot.get("plot"):
+        return []
+    spec = json.loads(plot["plot"])
+    return [row for rows in spec.get("datasets", {}).values() for row in rows]
+
+
 def wait_for(predicate, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -64,11 +73,11 @@ def test_upload_train_stop_resume_probe(studio_server, qa_files):
     state, losses, nlls, log, _, command = client.predict(api_name="/poll")
     assert "first" in state and "running" in state and "--max-steps 400" in command
     assert "forget: 8 examples" in log and str(studio.workspace.root) not in log
-    assert {"loss", "loss_forget_npo", "loss_retain_nll"} <= {series for _, series, _ in losses["data"]}
-    first_points = len(nlls["data"])
+    assert {"loss", "loss_forget_npo", "loss_retain_nll"} <= {row["series"] for row in chart_rows(losses)}
+    first_points = len(chart_rows(nlls))
     assert first_points >= 2
     # the curve grows (a poll sends the plots only when the metrics changed since the last one)
-    assert wait_for(lambda: len(client.predict(api_name="/poll")[2].get("data", [])) > first_points)
+    assert wait_for(lambda: len(chart_rows(client.predict(api_name="/poll")[2])) > first_points)
 
     assert "stopping" in client.predict(api_name="/stop")
     assert wait_for(lambda: run.status().get("state") == "stopped")

@@ -25,8 +25,8 @@ from ..workspace import default_run_name
 DEFAULTS = {"method": "npo_rt", "max_steps": 60, "lr": 3e-4, "batch_size": 4, "lora": True}
 METHOD_DEFAULTS = {"npo_rt": {"retain_weight": 2.0}}   # studio settings that differ from the paper's
 TUNABLE = ("beta", "retain_weight", "forget_weight")    # advanced fields shown only for methods that take them
-# Typed empty frame: the plot's encodings are fixed from its first value (a float "series" would turn the
-# legend into a colour gradient).
+LOSS_TITLE = "Loss terms"
+NLL_TITLE = "Forget vs retain NLL (forget should rise, retain stay)"
 EMPTY_PLOT = pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float),
                            "series": pd.Series(dtype=str)})
 
@@ -131,11 +131,8 @@ def create_train_tab(studio: Studio, session, data, run_key):
     command = gr.Code(label="The same run from the command line", language="shell", interactive=False,
                       elem_id="train-command")
     with gr.Row():
-        loss_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="value", color="series", title="Loss terms",
-                                height=260, elem_id="loss-plot")
-        nll_plot = gr.LinePlot(EMPTY_PLOT, x="step", y="value", color="series",
-                               title="Forget vs retain NLL (forget should rise, retain stay)", height=260,
-                               elem_id="nll-plot")
+        loss_plot = gr.Plot(poll.line_chart(EMPTY_PLOT, LOSS_TITLE), show_label=False, elem_id="loss-plot")
+        nll_plot = gr.Plot(poll.line_chart(EMPTY_PLOT, NLL_TITLE), show_label=False, elem_id="nll-plot")
     summary = gr.Dataframe(label="Before → after", interactive=False, visible=False)
     log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(1.0)
@@ -182,7 +179,10 @@ def create_train_tab(studio: Studio, session, data, run_key):
             return (gr.skip(),) * 7
         stamp = f"{key}:{run.metrics_path.stat().st_size if run.metrics_path.is_file() else 0}"
         redraw = force or stamp != drawn
-        losses, nlls = poll.curves(run) if redraw else (gr.skip(), gr.skip())
+        if redraw:
+            losses, nlls = (poll.line_chart(frame, title) for frame, title in zip(poll.curves(run), (LOSS_TITLE, NLL_TITLE)))
+        else:
+            losses, nlls = gr.skip(), gr.skip()
         table = poll.summary_table(run)
         return (public_text(poll.status_text(run)), losses, nlls,
                 public_text(poll.log_tail(studio.workspace.log_path(key))),
