@@ -31,7 +31,7 @@ with sync_playwright() as playwright:
     page.get_by_role("button", name="Open", exact=True).click()
     page.get_by_text("opened").first.wait_for()
     page.get_by_role("tab", name="2 · Train").click()
-    page.wait_for_function("() => document.querySelector('#nll-plot').innerHTML.includes('retain_nll')")
+    page.locator("#nll-plot canvas").wait_for()
     page.wait_for_timeout(3000)   # let Vega finish drawing
     page.screenshot(path=str(out / "train.png"), full_page=True)
     page.get_by_role("tab", name="3 · Probe").click()

@@ -128,7 +128,7 @@ def create_train_tab(studio: Studio, session, data, run_key):
         stop = gr.Button("Stop", variant="stop", elem_id="stop")
         resume = gr.Button("Resume", elem_id="resume")
     status = gr.Markdown("No run yet.", elem_id="train-status")
-    command = gr.Code(label="The same run from the command line", language="shell", interactive=False,
+    command = gr.Code(label="The same run from the command line", language="shell", interactive=False, lines=2,
                       elem_id="train-command")
     with gr.Row():
         loss_plot = gr.Plot(poll.line_chart(EMPTY_PLOT, LOSS_TITLE), show_label=False, elem_id="loss-plot")
