@@ -140,9 +140,19 @@ def eval_records(plan: Plan) -> dict[str, list[dict]]:
 class Bench:
     def __init__(self, root: Path, device: str):
         self.root, self.device, self.started = root, device, time.time()
+        self.counted = self.started   # wall time up to here is already in wall_seconds.json
 
     def say(self, message: str) -> None:
         print(f"[{_clock(time.time() - self.started)}] {message}", flush=True)
+        self.count_wall()
+
+    def count_wall(self) -> float:
+        """Add the time since the last call to the cache's running total (an interrupted invocation
+        keeps what it spent up to its last stage), and return the total."""
+        now = time.time()
+        total = _cumulative_wall(self.root, now - self.counted)
+        self.counted = now
+        return total
 
     def train(self, out: Path, **settings) -> Path:
         """Train (or reuse / resume) one run; returns its directory."""
@@ -323,6 +333,7 @@ def plot(results: list[dict], path: Path) -> None:
 def _cumulative_wall(root: Path, this_run: float) -> float:
     """Wall time over every invocation that built this cache (a resumed or cached rerun adds its own)."""
     path = root / "wall_seconds.json"
+    root.mkdir(parents=True, exist_ok=True)
     total = (json.loads(path.read_text())["total"] if path.is_file() else 0.0) + this_run
     path.write_text(json.dumps({"total": round(total, 1)}))
     return total
@@ -365,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(root, device)
     bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}")
     results = [run_plan(plan, bench) for plan in plans]
-    wall = _cumulative_wall(root, time.time() - bench.started)
+    wall = bench.count_wall()
     stem = "tofu_full" if args.full else "tofu_mini"
     (results_dir / f"{stem}.json").write_text(json.dumps(
         {"device": device, "wall_seconds": round(wall, 1), "results": results,
