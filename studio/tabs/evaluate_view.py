@@ -33,6 +33,18 @@ def chart_frame(table: pd.DataFrame) -> pd.DataFrame:
     return long.dropna(subset=["value"])
 
 
+def bar_chart(long: pd.DataFrame):
+    """Grouped bars, before vs after per figure (Altair through gr.Plot: the whole chart is sent each time,
+    so its colours always match its data)."""
+    import altair as alt
+
+    return (alt.Chart(long).mark_bar().encode(
+        x=alt.X("bar:N", title=None, axis=alt.Axis(labelAngle=-30)), xOffset=alt.XOffset("model:N", sort=["before", "after"]),
+        y=alt.Y("value:Q", title=None), color=alt.Color("model:N", sort=["before", "after"], title=None),
+        tooltip=["bar", "model", alt.Tooltip("value:Q", format=".4f")])
+        .properties(title="Before vs after", height=260, width=700))
+
+
 def create_view(studio: Studio, session, data, run_key):
     gr.Markdown("The quick suite on this run's data: the original model (**before**) vs the unlearned one "
                 "(**after**). Forget answers should become unlikely and stop appearing in generations; retain "
@@ -42,9 +54,7 @@ def create_view(studio: Studio, session, data, run_key):
         tokens = gr.Number(48, label="generated tokens per answer", precision=0, minimum=1, maximum=200)
     run = gr.Button("Evaluate this run", variant="primary", elem_id="evaluate")
     table = gr.Dataframe(interactive=False, label="Before → after", elem_id="evaluate-table")
-    chart = gr.BarPlot(pd.DataFrame({"bar": pd.Series(dtype=str), "value": pd.Series(dtype=float),
-                                     "model": pd.Series(dtype=str)}),
-                       x="bar", y="value", color="model", title="Before vs after", height=300)
+    chart = gr.Plot(show_label=False, elem_id="evaluate-chart")
 
     @guarded
     @on_gpu
@@ -62,7 +72,7 @@ def create_view(studio: Studio, session, data, run_key):
                             Settings(max_samples=int(max_samples), max_new_tokens=int(max_new_tokens)),
                             original=(original.model, original.tokenizer), original_name=public_text(loaded.original))
         frame = quick_table(summary)
-        return frame, chart_frame(frame)
+        return frame, bar_chart(chart_frame(frame))
 
     run.click(on_evaluate, [session, run_key, samples, tokens], [table, chart], api_name="evaluate")
     return {"table": table}
