@@ -187,7 +187,9 @@ def test_evaluate_and_export_tabs_on_a_finished_run(studio_server):
     table, chart = client.predict(4, 8, api_name="/evaluate")
     rows = {(row[0], row[1].split(" ")[0]) for row in table["data"]}
     assert {("forget", "answer"), ("retain", "answer"), ("forget", "ROUGE-L")} <= rows
-    assert {row["model"] for row in chart_rows(chart)} == {"before", "after"}
+    bars = chart_rows(chart)
+    assert {row["model"] for row in bars} == {"before", "after"}
+    assert len({(row["bar"], row["model"]) for row in bars}) == len(bars) == 2 * len(table["data"])  # one bar each
 
     progress, warnings, report, files = client.predict(["hf"], [], [], api_name="/export")
     assert "bundle written" in progress and str(studio.workspace.root) not in progress

@@ -27,9 +27,13 @@ def quick_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).round(3)
 
 
+SHORT_NAMES = {"ROUGE-L recall of greedy answers": "ROUGE-L"}   # bar labels; the table keeps the full names
+
+
 def chart_frame(table: pd.DataFrame) -> pd.DataFrame:
     long = table.melt(id_vars=["set", "metric"], value_vars=["before", "after"], var_name="model")
-    long["bar"] = long["set"] + " · " + long["metric"].str.split(" ").str[0]
+    short = long["metric"].str.split(" (", regex=False).str[0].replace(SHORT_NAMES)
+    long["bar"] = long["set"] + " · " + short
     return long.dropna(subset=["value"])
 
 
