@@ -40,9 +40,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("1 · Data", id="data"):
                 create_data_tab(studio, session, data, preview_tokenizer)
-            # render_children: the plots exist before the tab is first shown. A plot first mounted after its
-            # data arrived (a run reopened from the Runs tab) drew its axes but invisible lines.
-            with gr.Tab("2 · Train", id="train", render_children=True) as train_tab:
+            with gr.Tab("2 · Train", id="train") as train_tab:
                 train = create_train_tab(studio, session, data, run_key)
             with gr.Tab("3 · Probe", id="probe"):
                 create_probe_tab(studio, session, data, run_key)

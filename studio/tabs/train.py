@@ -169,8 +169,8 @@ def create_train_tab(studio: Studio, session, data, run_key):
         return message("resuming from the last checkpoint", "info")
 
     def on_tick(session_id, key, drawn, force=False):
-        """Status, log and table every tick; the plots only when the metrics changed (or `force`), since
-        a plot that receives data while its tab is being switched stays blank until it is redrawn."""
+        """Status, log and table every tick; the charts and the command only when the metrics changed (or
+        `force`, when the Train tab is shown): a chart is sent whole, so unchanged ones are skipped."""
         if not key:
             return (gr.skip(),) * 7
         try:
@@ -179,10 +179,10 @@ def create_train_tab(studio: Studio, session, data, run_key):
             return (gr.skip(),) * 7
         stamp = f"{key}:{run.metrics_path.stat().st_size if run.metrics_path.is_file() else 0}"
         redraw = force or stamp != drawn
+        losses, nlls = gr.skip(), gr.skip()
         if redraw:
-            losses, nlls = (poll.line_chart(frame, title) for frame, title in zip(poll.curves(run), (LOSS_TITLE, NLL_TITLE)))
-        else:
-            losses, nlls = gr.skip(), gr.skip()
+            loss_frame, nll_frame = poll.curves(run)
+            losses, nlls = poll.line_chart(loss_frame, LOSS_TITLE), poll.line_chart(nll_frame, NLL_TITLE)
         table = poll.summary_table(run)
         return (public_text(poll.status_text(run)), losses, nlls,
                 public_text(poll.log_tail(studio.workspace.log_path(key))),
