@@ -57,6 +57,11 @@ def qa_files(tmp_path) -> dict[str, Path]:
     return paths
 
 
+def quiet(**kwargs) -> dict:
+    """train() keyword arguments for tests: no progress bar, no log lines."""
+    return dict(show_progress=False, log=lambda message: None, **kwargs)
+
+
 class StopAfter(threading.Event):
     """A stop request that arrives after the trainer has asked `polls` times (once per step)."""
 

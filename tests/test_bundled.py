@@ -1,7 +1,6 @@
 """A few real steps on the bundled SmolLM2-135M-Instruct (the default model users get)."""
 import math
 from pathlib import Path
-from dataclasses import replace
 
 import pytest
 

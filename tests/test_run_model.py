@@ -5,16 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import StopAfter
+from conftest import StopAfter, quiet
 from core.errors import UnlearnError
 from core.models import load_model
 from core.run_model import load_run_model
 from core.runs import RunDir
 from core.trainer import train
-
-
-def quiet(**kwargs):
-    return dict(show_progress=False, log=lambda message: None, **kwargs)
 
 
 def logits(model, ids=torch.tensor([[1, 5, 9, 14, 3]])):

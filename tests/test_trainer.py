@@ -9,15 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import StopAfter
+from conftest import StopAfter, quiet
 from core.errors import UnlearnError
 from core.methods import METHODS, UnlearningMethod, register
 from core.runs import RunDir
 from core.trainer import train
-
-
-def quiet(**kwargs):
-    return dict(show_progress=False, log=lambda message: None, **kwargs)
 
 
 def test_npo_rt_raises_forget_nll_and_keeps_retain(tiny_config):
@@ -54,7 +50,7 @@ def test_run_directory_contract(tiny_config):
 def test_stop_then_resume_matches_an_uninterrupted_run(tiny_config, tmp_path):
     # 12 steps cross an epoch boundary (8 forget examples, batch 4 -> 2 steps per epoch... and more)
     base = replace(tiny_config, max_steps=12, batch_size=4, grad_accum=2, lr=2e-3, save_steps=0)
-    straight = train(replace(base, out=str(tmp_path / "straight")), **quiet())
+    assert train(replace(base, out=str(tmp_path / "straight")), **quiet()).state == "finished"
 
     interrupted = replace(base, out=str(tmp_path / "interrupted"))
     stopped = train(interrupted, **quiet(stop_event=StopAfter(5)))
