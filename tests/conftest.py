@@ -45,16 +45,21 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return path
 
 
-@pytest.fixture()
-def qa_files(tmp_path) -> dict[str, Path]:
-    """Eight forget and sixteen retain QA pairs as JSON Lines."""
+def write_qa_files(root: Path, n_forget: int, n_retain: int) -> dict[str, Path]:
+    """Forget QA about a fictitious author and retain arithmetic QA, as JSON Lines under `root`."""
     forget = [{"question": f"Who wrote book number {i}?", "answer": f"Book {i} was written by Zorblat Quenfeather."}
-              for i in range(8)]
-    retain = [{"question": f"What is {i} plus {i}?", "answer": f"{i} plus {i} is {2 * i}."} for i in range(16)]
-    paths = {"forget": tmp_path / "forget.jsonl", "retain": tmp_path / "retain.jsonl"}
+              for i in range(n_forget)]
+    retain = [{"question": f"What is {i} plus {i}?", "answer": f"{i} plus {i} is {2 * i}."} for i in range(n_retain)]
+    paths = {"forget": root / "forget.jsonl", "retain": root / "retain.jsonl"}
     for name, rows in (("forget", forget), ("retain", retain)):
         paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
     return paths
+
+
+@pytest.fixture()
+def qa_files(tmp_path) -> dict[str, Path]:
+    """Eight forget and sixteen retain QA pairs as JSON Lines."""
+    return write_qa_files(tmp_path, 8, 16)
 
 
 def quiet(**kwargs) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_qa_files
 from core.config import UnlearnConfig
 from core.errors import UnlearnError
 from core.trainer import train
@@ -57,14 +58,7 @@ def tiny64_dir(tmp_path_factory, tokenizer) -> Path:
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("export-data")
-    forget = [{"question": f"Who wrote book number {i}?", "answer": f"Book {i} was written by Zorblat Quenfeather."}
-              for i in range(4)]
-    retain = [{"question": f"What is {i} plus {i}?", "answer": f"{i} plus {i} is {2 * i}."} for i in range(4)]
-    files = {"forget": root / "forget.jsonl", "retain": root / "retain.jsonl"}
-    for name, rows in (("forget", forget), ("retain", retain)):
-        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return files
+    return write_qa_files(tmp_path_factory.mktemp("export-data"), 4, 4)
 
 
 def make_run(model_dir, data_files, out, lora: bool, steps: int = 2) -> Path:
