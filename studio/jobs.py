@@ -62,7 +62,7 @@ class JobManager:
             request = log_path.parent / f"{Path(config.out).name}.request.json"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             request.write_text(json.dumps({k: v for k, v in config.to_dict().items() if k != "method_params"}))
-            self.current = Job(run_key, Path(config.out), _launch(["train", "--config", str(request)], log_path))
+            self.current = Job(run_key, Path(config.out), _launch_training(["--config", str(request)], log_path))
             return self.current
 
     def resume(self, run: RunDir, run_key: str, log_path: Path) -> Job:
@@ -70,7 +70,7 @@ class JobManager:
             require(self._running() is None, "a run is already training here", "wait for it or stop it first")
             require(run.status().get("state") in ("stopped", "failed"),
                     f"this run is {run.status().get('state')}, not stopped", "only a stopped run can resume")
-            self.current = Job(run_key, run.path, _launch(["train", "--out", str(run.path), "--resume"], log_path))
+            self.current = Job(run_key, run.path, _launch_training(["--out", str(run.path), "--resume"], log_path))
             return self.current
 
     def stop(self, run: RunDir) -> None:
@@ -87,8 +87,9 @@ class JobManager:
 TRAINING_NICENESS = 10
 
 
-def _launch(args: list[str], log_path: Path) -> subprocess.Popen:
+def _launch_training(args: list[str], log_path: Path) -> subprocess.Popen:
+    """`unlearn train ARGS` in a subprocess at lower CPU priority, its output appended to `log_path`."""
     log = open(log_path, "ab")
-    command = [sys.executable, "-m", "core.cli", args[0], "--nice", str(TRAINING_NICENESS), *args[1:]]
+    command = [sys.executable, "-m", "core.cli", "train", "--nice", str(TRAINING_NICENESS), *args]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)

@@ -13,14 +13,18 @@ NLL_COLUMNS = ("forget_nll", "retain_nll")
 LOG_TAIL_BYTES = 4000
 
 
+def empty_curves() -> pd.DataFrame:
+    """A typed long-format frame with no rows: the charts before a run has logged anything."""
+    return pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float),
+                         "series": pd.Series(dtype=str)})
+
+
 def curves(run: RunDir) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Long-format frames for two line plots: the loss terms, and forget vs retain NLL."""
     rows = run.metrics()
     frame = pd.DataFrame(rows)
     if frame.empty:
-        empty = pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float),
-                              "series": pd.Series(dtype=str)})
-        return empty, empty.copy()
+        return empty_curves(), empty_curves()
     losses = [c for c in frame.columns if c in LOSS_COLUMNS or c.startswith("loss_")]
     nlls = [c for c in NLL_COLUMNS if c in frame.columns]
     return _long(frame, losses), _long(frame, nlls)

@@ -5,7 +5,6 @@ import shlex
 from dataclasses import fields
 
 import gradio as gr
-import pandas as pd
 
 from core.config import UnlearnConfig
 from core.errors import UnlearnError, require
@@ -27,8 +26,6 @@ METHOD_DEFAULTS = {"npo_rt": {"retain_weight": 2.0}}   # studio settings that di
 TUNABLE = ("beta", "retain_weight", "forget_weight")    # advanced fields shown only for methods that take them
 LOSS_TITLE = "Loss terms"
 NLL_TITLE = "Forget vs retain NLL (forget should rise, retain stay)"
-EMPTY_PLOT = pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float),
-                           "series": pd.Series(dtype=str)})
 
 
 def method_help(name: str) -> str:
@@ -131,8 +128,8 @@ def create_train_tab(studio: Studio, session, data, run_key):
     command = gr.Code(label="The same run from the command line", language="shell", interactive=False, lines=2,
                       elem_id="train-command")
     with gr.Row():
-        loss_plot = gr.Plot(poll.line_chart(EMPTY_PLOT, LOSS_TITLE), show_label=False, elem_id="loss-plot")
-        nll_plot = gr.Plot(poll.line_chart(EMPTY_PLOT, NLL_TITLE), show_label=False, elem_id="nll-plot")
+        loss_plot = gr.Plot(poll.line_chart(poll.empty_curves(), LOSS_TITLE), show_label=False, elem_id="loss-plot")
+        nll_plot = gr.Plot(poll.line_chart(poll.empty_curves(), NLL_TITLE), show_label=False, elem_id="nll-plot")
     summary = gr.Dataframe(label="Before → after", interactive=False, visible=False)
     log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(1.0)
