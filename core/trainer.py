@@ -246,12 +246,12 @@ class Trainer:
                 step += 1
                 bar.update(1)
                 window.grad_norm = grad_norm
-                early = self._stopped_early(step)
+                stop, early = self._step_control(step)
                 if step % cfg.logging_steps == 0 or step == self.total_steps or early:
                     self._log_metrics(step, epoch, scheduler, window)
                     window = _Window()
                 self._status("running", step=step)
-                if self._should_stop():
+                if stop:
                     bar.close()
                     return "stopped", step
                 if early or step >= self.total_steps:
@@ -269,8 +269,9 @@ class Trainer:
         loss = sum(terms.values())
         self._guard_finite(loss, terms, step)
         self.accelerator.backward(loss)
-        window.add(terms, loss, inputs, batch, self._retain_nll(model, inputs, step))
-        self.step_forget_nlls.append(_token_mean(*inputs.nll("forget")))
+        forget_nll = _token_mean(*inputs.nll("forget"))
+        window.add(terms, loss, batch, forget_nll, self._retain_nll(model, inputs, step))
+        self.step_forget_nlls.append(forget_nll)
 
     def _retain_nll(self, model, inputs: StepInputs, step: int) -> float | None:
         """Retain NLL for the log: free when the method forwards retain, else a no-grad pass on log steps."""
@@ -299,20 +300,18 @@ class Trainer:
         max_norm = self.cfg.max_grad_norm or float("inf")
         return float(self.accelerator.clip_grad_norm_(params, max_norm))
 
-    def _stopped_early(self, step: int) -> bool:
-        """The method's own stopping rule on this step's forget NLL; any process asking stops all."""
+    def _step_control(self, step: int) -> tuple[bool, bool]:
+        """(stop requested, method's early-stop rule met) after an optimizer step, agreed by every process
+        in one reduce: a stop event or STOP file anywhere, or the rule on any process's forget NLL."""
         nlls, self.step_forget_nlls = self.step_forget_nlls, []
         reason = self.method.early_stop(sum(nlls) / len(nlls)) if nlls else None
-        flag = torch.tensor([1.0 if reason else 0.0], device=self.accelerator.device)
-        if self.accelerator.reduce(flag, "sum").item() > 0:
+        wanted = self.stop_event.is_set() or self.run_dir.stop_requested()
+        flags = torch.tensor([float(wanted), float(reason is not None)], device=self.accelerator.device)
+        stop, early = (self.accelerator.reduce(flags, "sum") > 0).tolist()
+        if early:
             self.early_stop_reason = reason or "another process met the method's early-stop rule"
             self.log(f"stopped early at step {step}: {self.early_stop_reason}")
-        return bool(self.early_stop_reason)
-
-    def _should_stop(self) -> bool:
-        wanted = self.stop_event.is_set() or self.run_dir.stop_requested()
-        flag = torch.tensor([1.0 if wanted else 0.0], device=self.accelerator.device)
-        return self.accelerator.reduce(flag, "sum").item() > 0
+        return stop, early
 
     # ================================================================ logging, saving, finishing
     def _log_metrics(self, step: int, epoch: int, scheduler, window: "_Window") -> None:
@@ -406,11 +405,11 @@ class _Window:
         self.sums[key] = self.sums.get(key, 0.0) + float(value)
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    def add(self, terms: dict, loss, inputs: StepInputs, batch: dict, retain_nll) -> None:
+    def add(self, terms: dict, loss, batch: dict, forget_nll: float, retain_nll) -> None:
         self._add("loss", loss.detach())
         for name, value in terms.items():
             self._add(f"loss_{name}", value.detach())
-        self._add("forget_nll", _token_mean(*inputs.nll("forget")))
+        self._add("forget_nll", forget_nll)
         self._add("retain_nll", retain_nll)
         self.tokens += sum(int(part["attention_mask"].sum()) for key, part in batch.items() if key != "index")
 
