@@ -17,7 +17,8 @@ from ..workspace import default_run_name
 
 # The demo forgets in a few minutes on a laptop CPU: LoRA, a learning rate high enough to move a small
 # adapter, 60 steps, and the retain term weighted 2 (the NPO paper uses 1). Measured on the demo model and
-# the "TOFU authors (demo)" example (greedy ROUGE-L recall of the true answers, 10 forget / 10 retain QA):
+# the "TOFU authors (demo)" example with benchmarks/demo_defaults.py, 2026-11-23 (greedy ROUGE-L recall of
+# the true answers, original -> unlearned, 10 forget / 10 retain QA):
 #   lr 5e-4, 30 steps, weight 1: forget 0.86 -> 0.33, retain 0.73 -> 0.32 (retain lost with it)
 #   lr 2e-4, 30 steps, weight 1: forget 0.86 -> 0.73, retain 0.73 -> 0.73 (too little forgotten)
 #   lr 3e-4, 60 steps, weight 2: forget 0.86 -> 0.39, retain 0.73 -> 0.69 (chosen)
