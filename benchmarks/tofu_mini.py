@@ -17,7 +17,9 @@ Protocol (mini):
    forget01_perturbed = authors 198-199, so TOFU's paraphrased and perturbed answers exist for every
    evaluated sample.)
 2. Unlearn authors 198-199 from the target with GA, GradDiff, NPO, NPO+RT and SimNPO: same epochs, learning
-   rate, batch size and retain data (authors 0-9) for each; a checkpoint every epoch.
+   rate, batch size and retain data (authors 0-9) for each; a checkpoint every epoch. Twice, on the same
+   learned models: at the NPO paper's learning rate 1e-5 (plan "mini") and at 5e-5 ("mini-lr5e-5"), since
+   1e-5 for 50 steps hardly moves a 135M model.
 3. Evaluate every epoch's checkpoint with the tofu suite (`core.evaluation`): Forget Quality against the
    retain model, Model Utility, forget ROUGE, fluency (under the target model), min-k% MIA AUC and PrivLeak
    against the retain model. Pick each method's best checkpoint (`core.evaluation.selection`).
@@ -72,12 +74,17 @@ class Plan:
     max_new_tokens: int = 48                 # TOFU: 200; answers are ~30 tokens and ROUGE is a recall
     eval_batch: int = 16
     methods: tuple[str, ...] = METHODS
+    learned_in: str | None = None            # reuse the target/retain models (and their evals) of this plan
 
 
-def mini_plan() -> Plan:
+def mini_plans() -> list[Plan]:
     # Authors 0-9 (200 QA) keep the two learn stages near 20 min each on 2 CPU cores; the retain eval set
     # (its first 60 QA = authors 0-2) lies inside them.
-    return Plan("mini", (0, 9), (198, 199), (196, 197), "forget01")
+    paper = Plan("mini", (0, 9), (198, 199), (196, 197), "forget01")
+    # At the paper's 1e-5, 50 steps barely move a 135M model (GA's forget NLL 0.17 -> 0.46 per token), so
+    # nothing can collapse; 5x that rate, on the same learned models, shows what a budget that forgets does.
+    hot = Plan("mini-lr5e-5", (0, 9), (198, 199), (196, 197), "forget01", unlearn_lr=5e-5, learned_in="mini")
+    return [paper, hot]
 
 
 def quick_plan() -> Plan:
@@ -198,18 +205,19 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
     from core.evaluation.loading import open_model
 
     root = bench.root / plan.name
+    learned = bench.root / (plan.learned_in or plan.name)
     files = prepare_data(plan, root)
     learn = dict(method="sft", epochs=plan.learn_epochs, lr=plan.learn_lr, batch_size=plan.learn_batch,
                  save_steps=50, warmup_ratio=0.1, model="bundled")
-    target = bench.train(_target_dir(plan, bench.root, root), forget=files["target"], **learn)
-    retain = bench.train(root / "retain", forget=files["retain"], **learn)
+    target = bench.train(_target_dir(plan, bench.root, learned), forget=files["target"], **learn)
+    retain = bench.train(learned / "retain", forget=files["retain"], **learn)
     holdout = load_examples(files["holdout"], "holdout") if "holdout" in files else None
 
     target_model = open_model(str(target), bench.device)
     reference = (target_model.model, target_model.tokenizer)   # fluency is judged by the target model
-    retain_summary = bench.evaluate(str(retain), root / "eval" / "retain", plan, reference, None, holdout)
-    target_summary = bench.evaluate(str(target), root / "eval" / "target", plan, reference,
-                                    root / "eval" / "retain", holdout)
+    retain_eval = learned / "eval" / "retain"
+    retain_summary = bench.evaluate(str(retain), retain_eval, plan, reference, None, holdout)
+    target_summary = bench.evaluate(str(target), learned / "eval" / "target", plan, reference, retain_eval, holdout)
 
     curves = {}
     for method in plan.methods:
@@ -221,7 +229,7 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
         points = [{"epoch": 0, **_point(target_summary)}]
         for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch):
             summary = bench.evaluate(str(model), root / "eval" / f"{method}-epoch{epoch}", plan, reference,
-                                     root / "eval" / "retain", holdout)
+                                     retain_eval, holdout)
             points.append({"epoch": epoch, **_point(summary)})
         curves[method] = points
         bench.say(f"{LABELS[method]}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
@@ -372,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         if not plans:
             parser.error(f"--splits {args.splits!r} names none of forget01, forget05, forget10")
     else:
-        plans = [quick_plan()] if args.quick else [mini_plan()]
+        plans = [quick_plan()] if args.quick else mini_plans()
     bench = Bench(root, device)
     bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}")
     results = [run_plan(plan, bench) for plan in plans]

@@ -5,6 +5,7 @@ about 30 s, so it is converted once into a safetensors checkpoint under the cach
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -86,7 +87,8 @@ def demo_model_dir() -> Path:
 def _merge_adapter(base: Path, adapter: Path, target: Path) -> None:
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_model(str(base)), str(adapter)).merge_and_unload()
+    with peft_quietly():
+        model = PeftModel.from_pretrained(load_model(str(base)), str(adapter)).merge_and_unload()
     save_model_atomic(model, load_tokenizer(str(base)), target)
 
 
@@ -202,6 +204,14 @@ def mixed_precision(requested: str, device: torch.device) -> str:
     return "no"
 
 
+@contextlib.contextmanager
+def peft_quietly():
+    """peft 0.21 still reads transformers' renamed `is_gradient_checkpointing`: hide that FutureWarning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def add_lora(model, r: int, alpha: int, dropout: float, targets: str):
     from peft import LoraConfig, get_peft_model
 
@@ -209,8 +219,7 @@ def add_lora(model, r: int, alpha: int, dropout: float, targets: str):
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM")
     try:
-        with warnings.catch_warnings():   # peft 0.21 still asks for transformers' renamed checkpointing flag
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with peft_quietly():
             return get_peft_model(model, config)
     except ValueError as exc:
         raise UnlearnError(f"LoRA could not be attached: {exc}",

@@ -9,7 +9,7 @@ import torch
 
 from .checkpoint import WEIGHTS as CHECKPOINT_WEIGHTS
 from .errors import UnlearnError, require
-from .models import add_lora, load_model, resolve_model
+from .models import add_lora, load_model, peft_quietly, resolve_model
 from .runs import RunDir
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -48,7 +48,8 @@ def attach_adapter(adapter_dir: Path, base: str, dtype: torch.dtype = torch.floa
 
     model = load_model(resolve_model(base), dtype, trust_remote_code)
     try:
-        return PeftModel.from_pretrained(model, str(adapter_dir))
+        with peft_quietly():
+            return PeftModel.from_pretrained(model, str(adapter_dir))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UnlearnError(f"the LoRA adapter in {adapter_dir} does not fit its base model {base}: {exc}",
                            "use the base model the adapter was trained on") from None
