@@ -282,6 +282,35 @@ def best_points(result: dict) -> dict:
     return best
 
 
+COLLAPSE = 0.5   # "collapse": Model Utility below half the target's, or mean forget fluency below 0.5
+
+
+def expectations(result: dict) -> list[str]:
+    """The NPO paper's two claims, checked on this result's numbers (the rules are stated in the lines)."""
+    target_mu, lines = result["target"]["mu"], []
+    npo_rt = result["curves"].get("npo_rt", [])[1:]
+    good = [p for p in npo_rt if (p["fq"] or 0) >= 0.1 and p["mu"] >= 0.9 * target_mu]
+    if good:
+        p = max(good, key=lambda p: p["fq"])
+        lines.append(f"- NPO+RT reaches Forget Quality >= 0.1 with Model Utility >= 0.9 x the target's: **yes**, "
+                     f"epoch {p['epoch']} (FQ {p['fq']:.3g}, MU {p['mu']:.3f} = {p['mu'] / target_mu:.2f} x target).")
+    elif npo_rt:
+        p = max(npo_rt, key=lambda p: (p["fq"] or 0, p["mu"]))
+        lines.append(f"- NPO+RT reaches Forget Quality >= 0.1 with Model Utility >= 0.9 x the target's: **no**; its "
+                     f"highest FQ is {p['fq']:.3g} at epoch {p['epoch']} (MU {p['mu']:.3f} = "
+                     f"{p['mu'] / target_mu:.2f} x target).")
+    ga = result["curves"].get("ga", [])
+    if ga:
+        last = ga[-1]
+        collapsed = last["mu"] < COLLAPSE * target_mu or last["forget_fluency"] < COLLAPSE
+        lines.append(f"- GA's utility and fluency collapse (MU < {COLLAPSE:g} x target or forget fluency < "
+                     f"{COLLAPSE:g}): **{'yes' if collapsed else 'no'}**; after epoch {last['epoch']} MU is "
+                     f"{last['mu']:.3f} = {last['mu'] / target_mu:.2f} x target, forget fluency "
+                     f"{last['forget_fluency']:.2f} (target {result['target']['forget_fluency']:.2f}), retain "
+                     f"fluency {last['retain_fluency']:.2f}.")
+    return lines
+
+
 def markdown(result: dict, wall: float, device: str) -> str:
     from core.evaluation.report import table
 
@@ -304,6 +333,7 @@ def markdown(result: dict, wall: float, device: str) -> str:
         f"# Mini-TOFU: {plan['name']}", "",
         f"Device: {device}. Wall time: {_clock(wall)} (all invocations that built the cache, cached "
         f"stages counted when they ran). Settings: {json.dumps(plan)}", "",
+        "## The NPO paper's claims, measured", "", *expectations(result), "",
         "## After the last epoch", "", table(header, final), "",
         "## Best checkpoint per method", "", f"Rule: {rule}.", "", table(header, chosen), "",
     ])
