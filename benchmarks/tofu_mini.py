@@ -164,12 +164,13 @@ class Bench:
     def train(self, out: Path, **settings) -> Path:
         """Train (or reuse / resume) one run; returns its directory."""
         from core.config import UnlearnConfig
+        from core.errors import UnlearnError
         from core.runs import RunDir
         from core.trainer import train
 
         run = RunDir(out)
-        if run.holds_run() and run.status().get("state") == "finished":
-            self.say(f"cached: {out}")
+        if run.holds_run() and (run.status().get("state") == "finished" or diverged(out)):
+            self.say(f"cached: {out}" + (" (diverged)" if diverged(out) else ""))
             return out
         resume = run.holds_run()
         self.say(f"{'resuming' if resume else 'training'} {out.name} ({settings.get('method')})")
@@ -177,7 +178,13 @@ class Bench:
             config = UnlearnConfig(out=str(out), resume=True)
         else:
             config = UnlearnConfig(out=str(out), device=self.device, eval_examples=8, logging_steps=5, **settings)
-        result = train(config, show_progress=False, log=lambda m: None)
+        try:
+            result = train(config, show_progress=False, log=lambda m: None)
+        except UnlearnError:
+            if not diverged(out):
+                raise
+            self.say(f"{out.name} diverged: {diverged(out)}")   # a result too: evaluate the epochs it reached
+            return out
         assert result.state == "finished", f"{out} ended {result.state}"
         return out
 
@@ -219,7 +226,7 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
     retain_summary = bench.evaluate(str(retain), retain_eval, plan, reference, None, holdout)
     target_summary = bench.evaluate(str(target), learned / "eval" / "target", plan, reference, retain_eval, holdout)
 
-    curves = {}
+    curves, divergences = {}, {}
     for method in plan.methods:
         steps_per_epoch = _steps_per_epoch(files["forget"], plan.unlearn_batch)
         run = bench.train(root / f"unlearn-{method}", model=str(target / "model"), method=method,
@@ -232,9 +239,11 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
                                      retain_eval, holdout)
             points.append({"epoch": epoch, **_point(summary)})
         curves[method] = points
+        if diverged(run):
+            divergences[method] = diverged(run)
         bench.say(f"{LABELS[method]}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
     return {"plan": asdict(plan), "target": _point(target_summary), "retain": _point(retain_summary),
-            "curves": curves}
+            "curves": curves, "diverged": divergences}
 
 
 def _target_dir(plan: Plan, bench_root: Path, plan_root: Path) -> Path:
@@ -242,6 +251,15 @@ def _target_dir(plan: Plan, bench_root: Path, plan_root: Path) -> Path:
     if plan.retain_authors[1] + 1 == plan.forget_authors[0] and plan.name.startswith("full"):
         return bench_root / f"target-authors{plan.retain_authors[0]}-{plan.forget_authors[1]}"
     return plan_root / "target"
+
+
+def diverged(run: Path) -> str | None:
+    """The trainer's message when the run stopped on a non-finite loss (gradient ascent's blow-up)."""
+    from core.runs import RunDir
+
+    status = RunDir(run).status()
+    error = status.get("error") or ""
+    return error if status.get("state") == "failed" and "non-finite" in error else None
 
 
 def _steps_per_epoch(path: str, batch: int) -> int:
@@ -254,6 +272,8 @@ def _epoch_models(run: Path, epochs: int, steps_per_epoch: int) -> list[tuple[in
     interrupted run stopped mid-epoch is not an epoch boundary and is skipped."""
     found = {int(c.name.split("-")[1]): c for c in (run / "checkpoints").glob("step-*")}
     models = [(epoch, found.get(epoch * steps_per_epoch)) for epoch in range(1, epochs)]
+    if diverged(run):   # only the epochs finished before the loss blew up
+        return [(epoch, path) for epoch, path in models if path is not None]
     missing = [epoch for epoch, path in models if path is None]
     assert not missing, f"{run}: no checkpoint for epoch(s) {missing}; delete the run to redo it"
     return models + [(epochs, run)]
@@ -299,15 +319,16 @@ def expectations(result: dict) -> list[str]:
         lines.append(f"- NPO+RT reaches Forget Quality >= 0.1 with Model Utility >= 0.9 x the target's: **no**; its "
                      f"highest FQ is {p['fq']:.3g} at epoch {p['epoch']} (MU {p['mu']:.3f} = "
                      f"{p['mu'] / target_mu:.2f} x target).")
-    ga = result["curves"].get("ga", [])
+    ga, blown_up = result["curves"].get("ga", []), result.get("diverged", {})
     if ga:
         last = ga[-1]
-        collapsed = last["mu"] < COLLAPSE * target_mu or last["forget_fluency"] < COLLAPSE
+        collapsed = last["mu"] < COLLAPSE * target_mu or last["forget_fluency"] < COLLAPSE or "ga" in blown_up
         lines.append(f"- GA's utility and fluency collapse (MU < {COLLAPSE:g} x target or forget fluency < "
                      f"{COLLAPSE:g}): **{'yes' if collapsed else 'no'}**; after epoch {last['epoch']} MU is "
                      f"{last['mu']:.3f} = {last['mu'] / target_mu:.2f} x target, forget fluency "
                      f"{last['forget_fluency']:.2f} (target {result['target']['forget_fluency']:.2f}), retain "
                      f"fluency {last['retain_fluency']:.2f}.")
+    lines += [f"- {LABELS[m]} stopped early: {message}" for m, message in blown_up.items()]
     return lines
 
 
