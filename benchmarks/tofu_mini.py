@@ -241,6 +241,7 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
                                      retain_eval, holdout)
             points.append({"epoch": epoch, **_point(summary)})
         curves[method] = points
+        _drop_optimizer_states(run)
         if diverged(run):
             divergences[method] = diverged(run)
         bench.say(f"{LABELS[method]}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
@@ -262,6 +263,15 @@ def diverged(run: Path) -> str | None:
     status = RunDir(run).status()
     error = status.get("error") or ""
     return error if status.get("state") == "failed" and "non-finite" in error else None
+
+
+def _drop_optimizer_states(run: Path) -> None:
+    """Once every epoch is evaluated, a checkpoint's AdamW moments (twice the weights) are dead weight:
+    without them a full fine-tuning run of the 135M model takes 2.2 GB instead of 6.6 GB."""
+    from core.checkpoint import OPTIMIZER
+
+    for state in (run / "checkpoints").glob(f"step-*/{OPTIMIZER}"):
+        state.unlink()
 
 
 def _steps_per_epoch(path: str, batch: int) -> int:
