@@ -323,7 +323,7 @@ def expectations(result: dict) -> list[str]:
     npo_rt = result["curves"].get("npo_rt", [])[1:]
     good = [p for p in npo_rt if (p["fq"] or 0) >= 0.1 and p["mu"] >= 0.9 * target_mu]
     if good:
-        p = max(good, key=lambda p: p["fq"])
+        p = max(good, key=lambda p: (p["fq"], p["mu"]))
         lines.append(f"- NPO+RT reaches Forget Quality >= 0.1 with Model Utility >= 0.9 x the target's: **yes**, "
                      f"epoch {p['epoch']} (FQ {p['fq']:.3g}, MU {p['mu']:.3f} = {p['mu'] / target_mu:.2f} x target).")
     elif npo_rt:
