@@ -81,7 +81,7 @@ def mini_plans() -> list[Plan]:
     # Authors 0-9 (200 QA) keep the two learn stages near 20 min each on 2 CPU cores; the retain eval set
     # (its first 60 QA = authors 0-2) lies inside them.
     paper = Plan("mini", (0, 9), (198, 199), (196, 197), "forget01")
-    # At the paper's 1e-5, 50 steps barely move a 135M model (GA's forget NLL 0.17 -> 0.46 per token), so
+    # At the paper's 1e-5, 50 steps barely move a 135M model (GA's forget NLL 0.17 -> 0.95 per token), so
     # nothing can collapse; 5x that rate, on the same learned models, shows what a budget that forgets does.
     # The NPO paper's four methods only: each costs ~15 min of CPU, mostly its six evaluations.
     hot = Plan("mini-lr5e-5", (0, 9), (198, 199), (196, 197), "forget01", unlearn_lr=5e-5, learned_in="mini",
@@ -171,8 +171,9 @@ class Bench:
         from core.trainer import train
 
         run = RunDir(out)
-        if run.holds_run() and (run.status().get("state") == "finished" or diverged(out)):
-            self.say(f"cached: {out}" + (" (diverged)" if diverged(out) else ""))
+        blown_up = diverged(out)
+        if run.holds_run() and (blown_up or run.status().get("state") == "finished"):
+            self.say(f"cached: {out}" + (" (diverged)" if blown_up else ""))
             return out
         resume = run.holds_run()
         self.say(f"{'resuming' if resume else 'training'} {out.name} ({settings.get('method')})")
@@ -183,9 +184,10 @@ class Bench:
         try:
             result = train(config, show_progress=False, log=lambda m: None)
         except UnlearnError:
-            if not diverged(out):
+            blown_up = diverged(out)
+            if not blown_up:
                 raise
-            self.say(f"{out.name} diverged: {diverged(out)}")   # a result too: evaluate the epochs it reached
+            self.say(f"{out.name} diverged: {blown_up}")   # a result too: evaluate the epochs it reached
             return out
         assert result.state == "finished", f"{out} ended {result.state}"
         return out
@@ -235,15 +237,16 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
                           forget=files["forget"], retain=files["retain"], epochs=plan.unlearn_epochs,
                           lr=plan.unlearn_lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1,
                           save_steps=steps_per_epoch, save_total_limit=plan.unlearn_epochs + 5)
+        blown_up = diverged(run)
         points = [{"epoch": 0, **_point(target_summary)}]
-        for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch):
+        for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None):
             summary = bench.evaluate(str(model), root / "eval" / f"{method}-epoch{epoch}", plan, reference,
                                      retain_eval, holdout)
             points.append({"epoch": epoch, **_point(summary)})
         curves[method] = points
         _drop_optimizer_states(run)
-        if diverged(run):
-            divergences[method] = diverged(run)
+        if blown_up:
+            divergences[method] = blown_up
         bench.say(f"{LABELS[method]}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
     return {"plan": asdict(plan), "target": _point(target_summary), "retain": _point(retain_summary),
             "curves": curves, "diverged": divergences}
@@ -279,12 +282,12 @@ def _steps_per_epoch(path: str, batch: int) -> int:
     return max(1, -(-rows // batch))
 
 
-def _epoch_models(run: Path, epochs: int, steps_per_epoch: int) -> list[tuple[int, Path]]:
+def _epoch_models(run: Path, epochs: int, steps_per_epoch: int, blew_up: bool) -> list[tuple[int, Path]]:
     """The checkpoint at every epoch boundary, then the final model. A checkpoint written when an
     interrupted run stopped mid-epoch is not an epoch boundary and is skipped."""
     found = {int(c.name.split("-")[1]): c for c in (run / "checkpoints").glob("step-*")}
     models = [(epoch, found.get(epoch * steps_per_epoch)) for epoch in range(1, epochs)]
-    if diverged(run):   # only the epochs finished before the loss blew up
+    if blew_up:   # only the epochs finished before the loss became non-finite
         return [(epoch, path) for epoch, path in models if path is not None]
     missing = [epoch for epoch, path in models if path is None]
     assert not missing, f"{run}: no checkpoint for epoch(s) {missing}; delete the run to redo it"
@@ -319,16 +322,19 @@ COLLAPSE = 0.5   # "collapse": Model Utility below half the target's, or mean fo
 
 def expectations(result: dict) -> list[str]:
     """The NPO paper's two claims, checked on this result's numbers (the rules are stated in the lines)."""
+    from core.evaluation.selection import UTILITY_FLOOR
+
     target_mu, lines = result["target"]["mu"], []
     npo_rt = result["curves"].get("npo_rt", [])[1:]
-    good = [p for p in npo_rt if (p["fq"] or 0) >= 0.1 and p["mu"] >= 0.9 * target_mu]
+    claim = f"- NPO+RT reaches Forget Quality >= 0.1 with Model Utility >= {UTILITY_FLOOR:g} x the target's:"
+    good = [p for p in npo_rt if (p["fq"] or 0) >= 0.1 and p["mu"] >= UTILITY_FLOOR * target_mu]
     if good:
         p = max(good, key=lambda p: (p["fq"], p["mu"]))
-        lines.append(f"- NPO+RT reaches Forget Quality >= 0.1 with Model Utility >= 0.9 x the target's: **yes**, "
+        lines.append(f"{claim} **yes**, "
                      f"epoch {p['epoch']} (FQ {p['fq']:.3g}, MU {p['mu']:.3f} = {p['mu'] / target_mu:.2f} x target).")
     elif npo_rt:
         p = max(npo_rt, key=lambda p: (p["fq"] or 0, p["mu"]))
-        lines.append(f"- NPO+RT reaches Forget Quality >= 0.1 with Model Utility >= 0.9 x the target's: **no**; its "
+        lines.append(f"{claim} **no**; its "
                      f"highest FQ is {p['fq']:.3g} at epoch {p['epoch']} (MU {p['mu']:.3f} = "
                      f"{p['mu'] / target_mu:.2f} x target).")
     ga, blown_up = result["curves"].get("ga", []), result.get("diverged", {})
