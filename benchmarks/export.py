@@ -8,7 +8,7 @@ Run from the repository root (about 10 minutes on a 2-core CPU, most of it train
 
 1. One unlearning run on the bundled SmolLM2-135M-Instruct: npo_rt, LoRA, assets/examples forget/retain.
 2. Export timed twice: the goal's set (hf + gguf q8_0 + onnx fp32, no parity checks), then the full bundle
-   (hf, gguf f16/q8_0/q4_k_m, onnx fp32/int4, with parity checks) whose artifacts are measured.
+   (hf, gguf f16/q8_0/q4_k_m/q4_0, onnx fp32/int4, with parity checks) whose artifacts are measured.
 3. Greedy decode tokens/s of each artifact in its runtime through the same loop (export.runtime.Runner:
    one token in, logits out, prefill excluded), all with the same CPU thread count, 64 tokens after a
    chat-templated prompt; every runner is measured `--rounds` times in alternating order and the median
@@ -33,7 +33,9 @@ if str(REPO) not in sys.path:  # `python benchmarks/export.py` puts benchmarks/ 
 
 GOALS = {"gguf-q4_k_m": 7.0, "onnx-fp32": 2.5, "onnx-int4": 6.0}   # decode speed vs PyTorch fp32 on CPU
 EXPORT_GOAL_S = 90.0
-RUNNERS = ("pytorch-fp32", "onnx-fp32", "onnx-int4", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m")
+# gguf-q4_0 is no goal of the issue: it is measured because on 576-wide models (SmolLM2) Q4_K_M falls back to
+# q5_0 for most tensors, and plain q4_0 (repacked for AVX2 by llama.cpp) is then the fastest 4-bit GGUF.
+RUNNERS = ("pytorch-fp32", "onnx-fp32", "onnx-int4", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "gguf-q4_0")
 
 
 def train_run(out: Path, steps: int) -> Path:
@@ -101,7 +103,7 @@ def report(speeds: dict, sizes: dict, goal_export_s: float, full_export_s: float
                      f"{scores.get('forget_nll', float('nan')):.3f} |")
     lines += ["", f"export hf + gguf q8_0 + onnx fp32 (no checks): {goal_export_s:.1f} s "
                   f"(goal <= {EXPORT_GOAL_S:g} s: {'met' if goal_export_s <= EXPORT_GOAL_S else 'NOT met'})",
-              f"full export (hf, gguf f16/q8_0/q4_k_m + LoRA patch, onnx fp32/int4, parity checks): {full_export_s:.1f} s"]
+              f"full export (hf, gguf f16/q8_0/q4_k_m/q4_0 + LoRA patch, onnx fp32/int4, parity checks): {full_export_s:.1f} s"]
     return "\n".join(lines)
 
 
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
     _, goal_export_s = timed_export(run, work / "goal-bundle", formats=("hf", "gguf", "onnx"), gguf_quants=("q8_0",),
                                     onnx_precisions=("fp32",), parity_check=False)
     print("full export with parity checks ...", flush=True)
-    manifest, full_export_s = timed_export(run, work / "bundle", gguf_quants=("f16", "q8_0", "q4_k_m"),
+    manifest, full_export_s = timed_export(run, work / "bundle", gguf_quants=("f16", "q8_0", "q4_k_m", "q4_0"),
                                            onnx_precisions=("fp32", "int4"))
     parity = json.loads((work / "bundle" / "parity.json").read_text())
     runners = open_runners(work / "bundle")
