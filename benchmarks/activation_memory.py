@@ -7,7 +7,8 @@ checkpointing. Explains the LoRA / full peak-memory ratio that benchmarks/traine
 
 Activations are counted with torch.autograd.graph.saved_tensors_hooks: every tensor saved for backward,
 each storage once, parameters excluded. A training step of NPO+RT forwards two such batches (forget and
-retain) before its backward, so its activation peak is about twice the figure printed per batch.
+retain); the trainer backpropagates each loss term before the next forward, so its activation peak is
+about one batch's figure (under DDP, where one backward of the sum is kept, about twice).
 """
 from __future__ import annotations
 

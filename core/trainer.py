@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -265,12 +266,16 @@ class Trainer:
 
     def _micro_step(self, model, batch: dict, step: int, window: "_Window") -> None:
         inputs = StepInputs(model, batch, self.reference_logits)
-        terms = self.method.loss_terms(inputs)
-        loss = sum(terms.values())
-        self._guard_finite(loss, terms, step)
-        self.accelerator.backward(loss)
+        if self.accelerator.num_processes == 1:
+            terms = backward_each_term(self.method.loss_terms(inputs), inputs, self.accelerator.backward,
+                                       lambda term, terms: self._guard_finite(term, terms, step))
+        else:  # DDP syncs gradients on every backward: one backward of the sum per micro-batch
+            terms = dict(self.method.loss_terms(inputs))
+            loss = sum(terms.values())
+            self._guard_finite(loss, terms, step)
+            self.accelerator.backward(loss)
         forget_nll = _token_mean(*inputs.nll("forget"))
-        window.add(terms, loss, batch, forget_nll, self._retain_nll(model, inputs, step))
+        window.add(terms, sum(terms.values()), batch, forget_nll, self._retain_nll(model, inputs, step))
         self.step_forget_nlls.append(forget_nll)
 
     def _retain_nll(self, model, inputs: StepInputs, step: int) -> float | None:
@@ -418,6 +423,23 @@ class _Window:
         row = {key: round(self.sums[key] / self.counts[key], 6) for key in self.sums}
         row["tokens_per_second"] = round(self.tokens / elapsed, 1)
         return row
+
+
+def backward_each_term(terms: Iterator[tuple[str, torch.Tensor]], inputs: StepInputs,
+                       backward: Callable[[torch.Tensor], None],
+                       check: Callable[[torch.Tensor, dict], None] = lambda term, terms: None,
+                       ) -> dict[str, torch.Tensor]:
+    """Backpropagate each loss term before the next one is built. The gradients add up to those of the
+    sum, and the forget and retain graphs (each holding [batch, answer, vocab] logits) never coexist.
+    `check(term, terms so far)` runs before each backward. Returns the detached terms."""
+    done = {}
+    for name, term in terms:
+        done[name] = term
+        check(term, done)
+        backward(term)
+        done[name] = term.detach()
+        inputs.release_graphs()
+    return done
 
 
 def _token_mean(nll: torch.Tensor, n_tokens: torch.Tensor) -> float:

@@ -96,7 +96,7 @@ class _NanAtThirdStep(UnlearningMethod):
         type(self).calls += 1
         nll, n = inputs.nll("forget")
         loss = -(nll.sum() / n.sum())
-        return {"forget_ga": loss * float("nan") if type(self).calls == 3 else loss}
+        yield "forget_ga", loss * float("nan") if type(self).calls == 3 else loss
 
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(tiny_config):
@@ -177,3 +177,47 @@ def test_empty_forget_set_is_refused_before_loading_a_model(tiny_config, tmp_pat
     empty.write_text("\n")
     with pytest.raises(UnlearnError, match="is empty"):
         train(replace(tiny_config, forget=str(empty)), **quiet())
+
+
+@pytest.mark.parametrize("method_name", ["grad_diff", "ga_kl"])
+def test_backward_per_term_gives_the_gradients_of_the_summed_loss(tokenizer, method_name):
+    from conftest import build_tiny_model
+    from core.data import Encoded, pad_batch
+    from core.methods import StepInputs, get_method
+    from core.reference import ReferenceLogits
+    from core.trainer import backward_each_term
+
+    def part(texts: list[str]) -> dict:
+        items = []
+        for text in texts:
+            ids = tokenizer(text)["input_ids"]
+            items.append(Encoded(ids, [-100] * 3 + ids[3:]))   # first tokens are the "question"
+        return pad_batch(items, tokenizer.pad_token_id)
+
+    model, original = build_tiny_model(tokenizer, seed=0).eval(), build_tiny_model(tokenizer, seed=1).eval()
+    batch = {"forget": part(["The secret code of the vault is 4417.", "Alice was born in Lyon in 1950."]),
+             "retain": part(["Paris is the capital of France.", "Water boils at 100 degrees.", "Two plus two."])}
+    method_cls = get_method(method_name)
+    method = method_cls(dict(method_cls.defaults))
+    reference = ReferenceLogits(model, frozen_copy=original)
+
+    def gradients(backward_terms) -> tuple[dict, dict]:
+        model.zero_grad()
+        terms = backward_terms(StepInputs(model, batch, reference))
+        return ({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                {name: float(value.detach()) for name, value in terms.items()})
+
+    def summed(inputs):
+        terms = dict(method.loss_terms(inputs))
+        sum(terms.values()).backward()
+        return terms
+
+    summed_grads, summed_terms = gradients(summed)
+    each_grads, each_terms = gradients(lambda inputs: backward_each_term(method.loss_terms(inputs), inputs,
+                                                                          torch.Tensor.backward))
+    assert list(each_terms) == list(summed_terms) and len(each_terms) == 2
+    assert each_terms == pytest.approx(summed_terms, rel=1e-6)
+    assert all(abs(v) > 0 for v in each_terms.values())      # both terms contribute (KL: two different models)
+    assert summed_grads.keys() == each_grads.keys() and summed_grads
+    for name, grad in summed_grads.items():
+        torch.testing.assert_close(each_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)

@@ -2,7 +2,7 @@
 the one place that runs the model on a view of the batch (forget, retain, ...) and slices its outputs."""
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterator
 
 import torch
 
@@ -47,8 +47,11 @@ class UnlearningMethod:
         return {key: (getattr(config, key) if getattr(config, key) is not None else default)
                 for key, default in cls.defaults.items()}
 
-    def loss_terms(self, inputs: "StepInputs") -> dict[str, torch.Tensor]:
-        """Weighted loss terms; the total is their sum."""
+    def loss_terms(self, inputs: "StepInputs") -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield the weighted loss terms as (name, scalar), one at a time; the total loss is their sum.
+
+        The trainer backpropagates each term before asking for the next, so the graphs of different views
+        (forget, retain, ...) never sit in memory together: run a term's forward passes inside its yield."""
         raise NotImplementedError
 
     def early_stop(self, forget_nll: float) -> str | None:
@@ -94,4 +97,10 @@ class StepInputs:
 
     def forwarded(self, view: str) -> bool:
         return view in self._nll
+
+    def release_graphs(self) -> None:
+        """After a backward: drop the logits, keep the NLL values for the log. A view asked for again would
+        be forwarded again, never backpropagated through a freed graph."""
+        self._outputs.clear()
+        self._nll = {view: (nll.detach(), count) for view, (nll, count) in self._nll.items()}
 

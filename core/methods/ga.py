@@ -14,4 +14,4 @@ class GradientAscent(UnlearningMethod):
     defaults = {"forget_weight": 1.0}
 
     def loss_terms(self, inputs):
-        return {"forget_ga": self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget"))}
+        yield "forget_ga", self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget"))

@@ -13,7 +13,5 @@ class GradientAscentKL(UnlearningMethod):
     kl_views = ("retain",)
 
     def loss_terms(self, inputs):
-        return {
-            "forget_ga": self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget")),
-            "retain_kl": self.params["retain_weight"] * inputs.kl("retain"),
-        }
+        yield "forget_ga", self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget"))
+        yield "retain_kl", self.params["retain_weight"] * inputs.kl("retain")

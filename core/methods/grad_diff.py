@@ -15,7 +15,5 @@ class GradDiff(UnlearningMethod):
     views = ("forget", "retain")
 
     def loss_terms(self, inputs):
-        return {
-            "forget_ga": self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget")),
-            "retain_nll": self.params["retain_weight"] * token_mean(*inputs.nll("retain")),
-        }
+        yield "forget_ga", self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget"))
+        yield "retain_nll", self.params["retain_weight"] * token_mean(*inputs.nll("retain"))

@@ -18,7 +18,5 @@ class IdkDPO(UnlearningMethod):
         nll_idk, _ = inputs.nll("idk")
         nll_true, _ = inputs.nll("forget")
         forget = dpo_loss(nll_idk, inputs.ref_nll("idk"), nll_true, inputs.ref_nll("forget"), self.params["beta"])
-        return {
-            "forget_dpo": self.params["forget_weight"] * forget,
-            "retain_nll": self.params["retain_weight"] * token_mean(*inputs.nll("retain")),
-        }
+        yield "forget_dpo", self.params["forget_weight"] * forget
+        yield "retain_nll", self.params["retain_weight"] * token_mean(*inputs.nll("retain"))

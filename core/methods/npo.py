@@ -21,4 +21,4 @@ class NPO(UnlearningMethod):
         return self.params["forget_weight"] * npo_loss(nll, inputs.ref_nll("forget"), self.params["beta"])
 
     def loss_terms(self, inputs):
-        return {"forget_npo": self.forget_term(inputs)}
+        yield "forget_npo", self.forget_term(inputs)

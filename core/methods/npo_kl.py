@@ -13,7 +13,5 @@ class NPOKL(NPO):
     kl_views = ("retain",)
 
     def loss_terms(self, inputs):
-        return {
-            "forget_npo": self.forget_term(inputs),
-            "retain_kl": self.params["retain_weight"] * inputs.kl("retain"),
-        }
+        yield "forget_npo", self.forget_term(inputs)
+        yield "retain_kl", self.params["retain_weight"] * inputs.kl("retain")

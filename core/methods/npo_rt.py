@@ -13,7 +13,5 @@ class NPORetain(NPO):
     views = ("forget", "retain")
 
     def loss_terms(self, inputs):
-        return {
-            "forget_npo": self.forget_term(inputs),
-            "retain_nll": self.params["retain_weight"] * token_mean(*inputs.nll("retain")),
-        }
+        yield "forget_npo", self.forget_term(inputs)
+        yield "retain_nll", self.params["retain_weight"] * token_mean(*inputs.nll("retain"))

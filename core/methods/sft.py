@@ -14,4 +14,4 @@ class SupervisedFinetune(UnlearningMethod):
     listed = False   # not offered as an unlearning method
 
     def loss_terms(self, inputs):
-        return {"train_nll": token_mean(*inputs.nll("forget"))}
+        yield "train_nll", token_mean(*inputs.nll("forget"))

@@ -16,7 +16,5 @@ class SimNPO(UnlearningMethod):
     def loss_terms(self, inputs):
         nll, n_tokens = inputs.nll("forget")
         forget = simnpo_loss(nll, n_tokens, self.params["beta"], self.params["delta"])
-        return {
-            "forget_simnpo": self.params["forget_weight"] * forget,
-            "retain_nll": self.params["retain_weight"] * token_mean(*inputs.nll("retain")),
-        }
+        yield "forget_simnpo", self.params["forget_weight"] * forget
+        yield "retain_nll", self.params["retain_weight"] * token_mean(*inputs.nll("retain"))

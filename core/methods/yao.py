@@ -21,11 +21,9 @@ class Yao(UnlearningMethod):
     kl_views = ("normal",)
 
     def loss_terms(self, inputs):
-        return {
-            "forget_ga": self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget")),
-            "mismatch_nll": self.params["mismatch_weight"] * token_mean(*inputs.nll("mismatch")),
-            "normal_kl": self.params["retain_weight"] * inputs.kl("normal"),
-        }
+        yield "forget_ga", self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget"))
+        yield "mismatch_nll", self.params["mismatch_weight"] * token_mean(*inputs.nll("mismatch"))
+        yield "normal_kl", self.params["retain_weight"] * inputs.kl("normal")
 
     def early_stop(self, forget_nll):
         limit = self.params["max_forget_loss"]
