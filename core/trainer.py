@@ -275,7 +275,7 @@ class Trainer:
             self._guard_finite(loss, terms, step)
             self.accelerator.backward(loss)
         forget_nll = _token_mean(*inputs.nll("forget"))
-        window.add(terms, sum(terms.values()), batch, forget_nll, self._retain_nll(model, inputs, step))
+        window.add(terms, batch, forget_nll, self._retain_nll(model, inputs, step))
         self.step_forget_nlls.append(forget_nll)
 
     def _retain_nll(self, model, inputs: StepInputs, step: int) -> float | None:
@@ -410,10 +410,11 @@ class _Window:
         self.sums[key] = self.sums.get(key, 0.0) + float(value)
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    def add(self, terms: dict, loss, batch: dict, forget_nll: float, retain_nll) -> None:
-        self._add("loss", loss.detach())
-        for name, value in terms.items():
-            self._add(f"loss_{name}", value.detach())
+    def add(self, terms: dict, batch: dict, forget_nll: float, retain_nll) -> None:
+        values = {name: float(value.detach()) for name, value in terms.items()}
+        self._add("loss", sum(values.values()))
+        for name, value in values.items():
+            self._add(f"loss_{name}", value)
         self._add("forget_nll", forget_nll)
         self._add("retain_nll", retain_nll)
         self.tokens += sum(int(part["attention_mask"].sum()) for key, part in batch.items() if key != "index")

@@ -182,21 +182,19 @@ def test_empty_forget_set_is_refused_before_loading_a_model(tiny_config, tmp_pat
 @pytest.mark.parametrize("method_name", ["grad_diff", "ga_kl"])
 def test_backward_per_term_gives_the_gradients_of_the_summed_loss(tokenizer, method_name):
     from conftest import build_tiny_model
-    from core.data import Encoded, pad_batch
+    from core.data import Example, encode_example, pad_batch
     from core.methods import StepInputs, get_method
     from core.reference import ReferenceLogits
     from core.trainer import backward_each_term
 
-    def part(texts: list[str]) -> dict:
-        items = []
-        for text in texts:
-            ids = tokenizer(text)["input_ids"]
-            items.append(Encoded(ids, [-100] * 3 + ids[3:]))   # first tokens are the "question"
+    def part(pairs: list[tuple[str, str]]) -> dict:
+        items = [encode_example(tokenizer, Example(answer, prompt), 64)[0] for prompt, answer in pairs]
         return pad_batch(items, tokenizer.pad_token_id)
 
     model, original = build_tiny_model(tokenizer, seed=0).eval(), build_tiny_model(tokenizer, seed=1).eval()
-    batch = {"forget": part(["The secret code of the vault is 4417.", "Alice was born in Lyon in 1950."]),
-             "retain": part(["Paris is the capital of France.", "Water boils at 100 degrees.", "Two plus two."])}
+    batch = {"forget": part([("What opens the vault?", "The code 4417."), ("Where was Alice born?", "In Lyon, 1950.")]),
+             "retain": part([("Capital of France?", "Paris."), ("When does water boil?", "At 100 degrees."),
+                             ("Two plus two?", "Four.")])}
     method_cls = get_method(method_name)
     method = method_cls(dict(method_cls.defaults))
     reference = ReferenceLogits(model, frozen_copy=original)
