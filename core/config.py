@@ -6,6 +6,7 @@ A resolved copy (method defaults filled in) is saved as `config.json` in every r
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
@@ -16,6 +17,10 @@ from .errors import UnlearnError, require
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
+
+# Settings that name files: recorded as absolute paths (config.json keeps what was typed in `as_given`),
+# and `model` too when it is a local directory.
+PATH_FIELDS = ("model", "forget", "retain", "normal", "out")
 
 # Learning rates that move the model within a few hundred steps. LoRA needs a higher one: at 1e-5 a
 # rank-8 adapter on the 135M model barely changes its outputs.
@@ -85,7 +90,19 @@ class UnlearnConfig:
         method = get_method(self.method)
         lr = self.lr if self.lr is not None else (LORA_LR if self.lora else FULL_FINETUNE_LR)
         params = method.resolve_params(self)
-        return replace(self, lr=lr, method_params=params)
+        return replace(self, lr=lr, method_params=params, **self.absolute_paths())
+
+    def absolute_paths(self) -> dict:
+        """--out and the data files as absolute paths: a run is read later from any folder (resume,
+        export, the studio), and must not depend on the one it was started in. `tofu:` splits stay."""
+        def absolute(value: str | None) -> str | None:
+            if not value or value.startswith("tofu:"):
+                return value
+            return os.path.abspath(Path(value).expanduser())
+        paths = {name: absolute(getattr(self, name)) for name in PATH_FIELDS if name != "model"}
+        if Path(self.model).expanduser().exists():   # a local model directory, not 'bundled' or a hub id
+            paths["model"] = absolute(self.model)
+        return paths
 
     def validate(self) -> None:
         require(bool(self.forget), "no forget set given", "pass --forget FILE (or tofu:forget01)")

@@ -139,7 +139,7 @@ def resolve_model(name: str) -> str:
         require((path / "config.json").is_file(),
                 f"{path} is not a Hugging Face model directory (no config.json in it)",
                 "name a directory saved with save_pretrained, 'bundled', or a hub id like org/name")
-        return str(path)
+        return os.path.abspath(path)   # the run, its adapter and export read it from other folders
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     require(looks_like_hub_id, f"model {name!r} is neither a directory nor a hub id",
             "use 'bundled', a local model directory, or a hub id like HuggingFaceTB/SmolLM2-135M-Instruct")

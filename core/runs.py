@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
 
 from .errors import require
 
-STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
+# "interrupted": the status said running, but the process that wrote it is gone (SIGKILL, a reboot).
+STATES = ("queued", "running", "stopping", "stopped", "interrupted", "finished", "failed")
 ACTIVE_STATES = ("queued", "running", "stopping")
+RESUMABLE_STATES = ("stopped", "interrupted", "failed")
 STOP_FILE = "STOP"
 
 
@@ -93,18 +96,27 @@ class RunDir:
 
     def write_status(self, state: str, **fields) -> None:
         assert state in STATES, state
+        if "pid" in fields:   # with the host and start time, a reused pid is not mistaken for the trainer
+            fields.update(host=socket.gethostname(), pid_started=process_start_time(fields["pid"]))
         write_json_atomic(self.status_path, {"state": state, "updated_at": time.time(), **fields})
 
     def status(self) -> dict:
-        return read_json(self.status_path, {"state": "queued"})
+        """status.json; a run whose trainer died without a word (SIGKILL, a reboot) is reported, and
+        recorded, as interrupted, with the command that resumes it."""
+        status = read_json(self.status_path, {"state": "queued"})
+        if status.get("state") in ACTIVE_STATES and not _writer_alive(status):
+            status = {**status, "state": "interrupted", "interrupted_from": status["state"],
+                      "message": f"the training process ({status.get('pid')}) is gone; resume with: "
+                                 f"unlearn train --out {self.path.resolve()} --resume"}
+            try:
+                write_json_atomic(self.status_path, status)
+            except OSError:   # a read-only copy of a run still reads as interrupted
+                pass
+        return status
 
     def is_active(self) -> bool:
         """Running or about to: its status says so and the process that wrote it is alive."""
-        status = self.status()
-        if status.get("state") not in ACTIVE_STATES:
-            return False
-        pid = status.get("pid")
-        return pid is None or _process_alive(pid)
+        return self.status().get("state") in ACTIVE_STATES
 
     def append_metrics(self, line: dict) -> None:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
@@ -153,9 +165,23 @@ class RunDir:
         return found[-1] if found else None
 
 
-def _process_alive(pid: int) -> bool:
+def process_start_time(pid: int) -> float | None:
+    import psutil
+
     try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
+        return psutil.Process(int(pid)).create_time()
+    except (psutil.Error, ValueError):
+        return None
+
+
+def _writer_alive(status: dict) -> bool:
+    """Is the process that wrote `status` still running? Only this machine's processes can be checked:
+    a run written on another host (a shared disk) is taken at its word."""
+    pid = status.get("pid")
+    if pid is None or status.get("host", socket.gethostname()) != socket.gethostname():
+        return True
+    started = process_start_time(pid)
+    if started is None:
         return False
-    return True
+    recorded = status.get("pid_started")
+    return recorded is None or abs(started - recorded) < 1.0

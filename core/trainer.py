@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import UnlearnConfig
+from .config import PATH_FIELDS, UnlearnConfig
 from .data import make_collate
 from .errors import UnlearnError
 from .methods import StepInputs, get_method
@@ -58,7 +58,8 @@ def config_for_resume(out: str | Path) -> UnlearnConfig:
     if run.is_active():
         raise UnlearnError(f"the run in {run.path} is still {state}", "wait for it, or stop it with: unlearn stop DIR")
     saved = {k: v for k, v in run.config().items() if k in UnlearnConfig.__dataclass_fields__}
-    return replace(UnlearnConfig.from_dict(saved), resume=True, overwrite=False)
+    # The run is where it was found now, whatever --out it was started with (and from which folder).
+    return replace(UnlearnConfig.from_dict(saved), out=str(run.path.resolve()), resume=True, overwrite=False)
 
 
 class Trainer:
@@ -66,6 +67,8 @@ class Trainer:
         if config.resume:
             config = config_for_resume(config.out)
         self.cfg = config.resolved()
+        self.as_given = {name: getattr(config, name) for name in PATH_FIELDS
+                         if getattr(config, name) != getattr(self.cfg, name)}
         self.method = get_method(self.cfg.method)(self.cfg.method_params)
         self.stop_event = stop_event or threading.Event()
         self.show_progress = show_progress
@@ -148,6 +151,7 @@ class Trainer:
 
         self.run_dir.write_config({
             **self.cfg.to_dict(),
+            "as_given": self.as_given,   # the paths as typed, for display; the fields above are absolute
             "resolved_model": model_summary(source),
             "data": {name: s.report() for name, s in self.sets.items()},
             "method_info": {"name": self.method.name, "paper": self.method.paper, "views": self.method.views},
@@ -208,6 +212,8 @@ class Trainer:
         checkpoint = self.run_dir.latest_checkpoint()
         if checkpoint is None:
             self.log("no checkpoint yet: the run restarts from step 0")
+            if self.is_main:   # the lost attempt's lines would be drawn beside the new ones
+                self.run_dir.truncate_metrics(0)
             return 0
         state = load_checkpoint(checkpoint, self.accelerator.unwrap_model(model), optimizer, scheduler)
         if self.is_main:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from core.config import UnlearnConfig
 from core.errors import require
-from core.runs import RunDir
+from core.runs import RESUMABLE_STATES, RunDir
 
 EXIT_GRACE_SECONDS = 20   # a run that wrote "stopped" is saving and exiting; don't call it busy
 
@@ -68,7 +68,7 @@ class JobManager:
     def resume(self, run: RunDir, run_key: str, log_path: Path) -> Job:
         with self._lock:
             require(self._running() is None, "a run is already training here", "wait for it or stop it first")
-            require(run.status().get("state") in ("stopped", "failed"),
+            require(run.status().get("state") in RESUMABLE_STATES,
                     f"this run is {run.status().get('state')}, not stopped", "only a stopped run can resume")
             self.current = Job(run_key, run.path, _launch_training(["--out", str(run.path), "--resume"], log_path))
             return self.current

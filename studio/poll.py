@@ -50,8 +50,8 @@ def _long(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 def status_text(run: RunDir) -> str:
     status = run.status()
     state = status.get("state", "queued")
-    if state in ("running", "stopping", "queued") and not run.is_active():
-        state = "ended unexpectedly (see the log)"
+    if state == "interrupted":
+        state = "interrupted: its training process is gone (Resume continues it)"
     parts = [f"**{Path(run.path).name}** — {state}"]
     if status.get("total_steps"):
         parts.append(f"step {status.get('step', 0)} / {status['total_steps']} ({100 * status.get('progress', 0):.0f}%)")

@@ -1,0 +1,88 @@
+"""Runs outside the happy path: started from one folder and used from another, killed without a word,
+resumed before their first checkpoint."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import StopAfter, quiet
+from core.config import UnlearnConfig
+from core.runs import RunDir
+from core.trainer import train
+
+
+def unlearn(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+
+
+def test_a_run_started_with_relative_paths_resumes_from_another_folder(tiny_model_dir, qa_files, tmp_path,
+                                                                       monkeypatch):
+    start, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    start.mkdir(), elsewhere.mkdir()
+    (start / "tiny").symlink_to(tiny_model_dir)
+    (start / "forget.jsonl").write_text(qa_files["forget"].read_text())
+    monkeypatch.chdir(start)
+    config = UnlearnConfig(model="tiny", method="npo", forget="forget.jsonl", out="runs/k", max_steps=6,
+                           batch_size=4, lr=1e-3, save_steps=1, eval_examples=2, device="cpu", lora=True, lora_r=4)
+    assert train(config, stop_event=StopAfter(2), **quiet()).state == "stopped"
+
+    saved = json.loads((start / "runs/k/config.json").read_text())
+    assert saved["out"] == str(start / "runs/k") and saved["forget"] == str(start / "forget.jsonl")
+    assert saved["resolved_model"]["path"] == str(start / "tiny")
+    assert saved["as_given"] == {"model": "tiny", "forget": "forget.jsonl", "out": "runs/k"}
+    assert not (start / "runs/k/model").exists()   # stopped: no final model yet
+
+    monkeypatch.chdir(elsewhere)
+    result = train(UnlearnConfig(out=str(start / "runs/k"), resume=True), **quiet())
+    assert result.state == "finished" and result.step == 6
+    adapter = json.loads((start / "runs/k/model/adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(start / "tiny")
+
+    # llama.cpp's converter runs in a folder of its own: the run's base must be found from there too
+    exported = unlearn("export", start / "runs/k", "--formats", "gguf", "--gguf-quant", "q8_0",
+                       "--out", elsewhere / "bundle", cwd=elsewhere, timeout=600)
+    assert exported.returncode == 0, exported.stderr
+    assert list((elsewhere / "bundle").rglob("*.gguf"))
+
+
+def test_a_sigkilled_run_is_interrupted_and_resumes_with_one_line_per_step(tiny_model_dir, qa_files, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", tiny_model_dir, "--method", "npo_rt", "--forget", qa_files["forget"],
+            "--retain", qa_files["retain"], "--out", out, "--max-steps", 60, "--save-steps", 1000,
+            "--lr", 1e-4, "--device", "cpu", "--eval-examples", 2]
+    process = subprocess.Popen([sys.executable, "-m", "core.cli", *map(str, args)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = RunDir(out)
+    deadline = time.time() + 120
+    while time.time() < deadline and json.loads(run.status_path.read_text() if run.status_path.is_file()
+                                                else "{}").get("step", 0) < 5:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    killed_at = max(row["step"] for row in run.metrics())
+    assert killed_at >= 5 and run.latest_checkpoint() is None
+
+    status = unlearn("status", out)
+    assert status.returncode == 0, status.stderr
+    reported = json.loads(status.stdout)
+    assert reported["state"] == "interrupted" and f"unlearn train --out {out} --resume" in reported["message"]
+    assert json.loads(run.status_path.read_text())["state"] == "interrupted"   # recorded for every reader
+
+    result = train(UnlearnConfig(out=str(out), resume=True), **quiet())
+    assert result.state == "finished"
+    assert [row["step"] for row in run.metrics()] == list(range(1, 61))
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_running(tmp_path):
+    run = RunDir.prepare(tmp_path / "run")
+    run.write_config({"method": "npo"})
+    run.write_status("running", pid=os.getpid(), step=3)
+    assert run.status()["state"] == "running" and run.is_active()
+    status = json.loads(run.status_path.read_text())
+    status["pid_started"] -= 3600   # the recorded trainer started an hour before this process
+    run.status_path.write_text(json.dumps(status))
+    assert run.status()["state"] == "interrupted" and not run.is_active()
