@@ -204,6 +204,39 @@ def mixed_precision(requested: str, device: torch.device) -> str:
     return "no"
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_bf16_units() -> bool:
+    """AVX512-BF16 or AMX: matrix instructions that make bf16 matmuls several times faster than fp32
+    (without them torch emulates bf16 and gains nothing). Read from the kernel's CPU flags."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:   # not Linux: no cheap way to tell, so no bf16 by default
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16_units()
+
+
+def inference_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """Weights dtype for scoring and generating: `auto` is bf16 where the hardware runs it fast (a CUDA GPU
+    with bf16, a CPU with AVX512-BF16/AMX; docs/benchmarks.md shows the figures it changes and by how much),
+    fp32 elsewhere."""
+    require(requested in DTYPES, f"unknown dtype {requested!r}", "use auto, float32 or bfloat16")
+    if requested == "auto":
+        return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+    return getattr(torch, requested)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 @contextlib.contextmanager
 def peft_quietly():
     """peft 0.21 still reads transformers' renamed `is_gradient_checkpointing`: hide that FutureWarning."""

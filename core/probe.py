@@ -14,7 +14,7 @@ import torch
 
 from .data import Example, encode_example, prompt_text
 from .errors import UnlearnError, require
-from .models import load_model, load_tokenizer
+from .models import inference_dtype, load_model, load_tokenizer
 from .run_model import has_final_model, load_run_model
 from .runs import RunDir
 from .scoring import score_nll
@@ -32,7 +32,7 @@ class Generation:
 class Prober:
     """The original and the unlearned model of one run, ready for side-by-side questions."""
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu"):
+    def __init__(self, run_dir: str | Path, device: str = "cpu", dtype: str = "auto"):
         self.run = RunDir(run_dir)
         require(self.run.holds_run(), f"{run_dir} is not a run directory", "pick a run from the Runs tab")
         config = self.run.config()
@@ -40,9 +40,10 @@ class Prober:
         self.is_lora = bool(config.get("lora"))
         self.tokenizer = load_tokenizer(self.base_path)
         self.device = torch.device(device)
+        weights = inference_dtype(dtype, self.device)
         # a LoRA run stays a PEFT model: its original is the same model with the adapter switched off
-        self.unlearned = load_run_model(self.run.path, merge=False).to(self.device).eval()
-        self.original = None if self.is_lora else load_model(self.base_path).to(self.device).eval()
+        self.unlearned = load_run_model(self.run.path, merge=False, dtype=weights).to(self.device).eval()
+        self.original = None if self.is_lora else load_model(self.base_path, weights).to(self.device).eval()
         self.source = "model" if has_final_model(self.run) else self.run.latest_checkpoint().name
 
     def _model(self, which: str):
@@ -102,9 +103,9 @@ def rouge_l_recall(reference: str, generated: str) -> float:
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference, generated)["rougeL"].recall
 
 
-def load_prober(run_dir: str | Path, device: str = "cpu") -> Prober:
+def load_prober(run_dir: str | Path, device: str = "cpu", dtype: str = "auto") -> Prober:
     try:
-        return Prober(run_dir, device)
+        return Prober(run_dir, device, dtype)
     except (OSError, KeyError) as exc:
         raise UnlearnError(f"the run in {run_dir} could not be loaded for probing: {exc}",
                            "check that the run finished or has a checkpoint") from None

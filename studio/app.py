@@ -65,12 +65,12 @@ def build_app(studio: Studio) -> gr.Blocks:
 
 
 def create_studio(runs_dir: str | Path = "runs", shared: bool | None = None, local_models: list[str] = (),
-                  online: bool = False, device: str = "auto") -> Studio:
+                  online: bool = False, device: str = "auto", dtype: str = "auto") -> Studio:
     """shared=None: every run in the folder is listed on a desktop, only a session's own on a Space."""
     on_space = bool(os.environ.get("SPACE_ID"))
     workspace = Workspace(runs_dir, shared=(not on_space) if shared is None else shared)
     models = {f"local — {Path(p).name}": str(Path(p).resolve()) for p in local_models}
-    return Studio(workspace=workspace, local_models=models, online=online, device=device)
+    return Studio(workspace=workspace, local_models=models, online=online, device=device, dtype=dtype)
 
 
 def launch(studio: Studio, host: str = "127.0.0.1", port: int = 7860, share: bool = False,

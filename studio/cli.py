@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from core.errors import require
+from core.evaluation.cli import add_dtype_flag
 from core.models import resolve_model
 
 
@@ -17,6 +18,7 @@ def add_commands(commands) -> None:
     studio.add_argument("--model-dir", action="append", default=[], help="a local HF model directory to offer")
     studio.add_argument("--online", action="store_true", help="offer Hugging Face hub ids (needs a network)")
     studio.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_dtype_flag(studio)
     studio.add_argument("--no-browser", action="store_true", help="do not open a browser window")
     studio.set_defaults(handler=run_studio)
 
@@ -30,6 +32,7 @@ def run_studio(args) -> int:
         auth = tuple(auth.split(":", 1))
     for path in args.model_dir:
         resolve_model(path)   # a directory that is not a model fails here, not in the page
-    studio = create_studio(args.runs_dir, local_models=args.model_dir, online=args.online, device=args.device)
+    studio = create_studio(args.runs_dir, local_models=args.model_dir, online=args.online, device=args.device,
+                           dtype=args.dtype)
     launch(studio, host=args.host, port=args.port, share=args.share, auth=auth, inbrowser=not args.no_browser)
     return 0

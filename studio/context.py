@@ -29,6 +29,7 @@ class Studio:
     local_models: dict[str, str] = field(default_factory=dict)   # label -> directory, given on the command line
     online: bool = False                                           # offer hub ids
     device: str = "auto"
+    dtype: str = "auto"                                            # probe and evaluate weights (training: its own)
     _prober: tuple | None = None
     _prober_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -54,7 +55,7 @@ class Studio:
         with self._prober_lock:
             if self._prober is None or self._prober[:2] != (run_key, stamp):
                 self._prober = None   # free the previous models first
-                self._prober = (run_key, stamp, load_prober(run.path))
+                self._prober = (run_key, stamp, load_prober(run.path, dtype=self.dtype))
             return self._prober[2]
 
 

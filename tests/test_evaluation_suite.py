@@ -140,7 +140,7 @@ def test_lora_run_loads_merged_and_equal_to_the_adapter(lora_run, tiny_model_dir
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    merged = open_model(str(lora_run), "cpu")
+    merged = open_model(str(lora_run), "cpu", dtype="float32")   # compared at fp32 precision
     assert merged.original == str(tiny_model_dir) and merged.run_config["method"] == "sft"
     adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                                         str(lora_run / "model")).eval()
@@ -176,6 +176,19 @@ def test_quick_suite_on_a_run_reports_before_and_after(lora_run, tmp_path, capsy
     assert summary["after"]["forget"]["prob"] == pytest.approx(sum(math.exp(-x) for x in avg) / len(avg))
     assert "forget after" in capsys.readouterr().out
 
+
+
+def test_the_dtype_is_chosen_and_written_into_every_result(lora_run, tmp_path):
+    summaries = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        assert main(["eval", str(lora_run), "--suite", "quick", "--out", str(out), "--dtype", dtype, *FAST]) == 0
+        summaries[dtype] = json.loads((out / "summary.json").read_text())
+        assert summaries[dtype]["dtype"] == dtype
+        assert json.loads((out / "quick_log.json").read_text())["dtype"] == dtype
+        assert f"{dtype} weights" in (out / "summary.md").read_text()
+    fp32, bf16 = (summaries[d]["after"]["forget"]["nll"] for d in ("float32", "bfloat16"))
+    assert fp32 != bf16 and bf16 == pytest.approx(fp32, rel=0.02)   # bf16 rounding, nothing more
 
 def test_full_finetune_run_evaluates(tiny_model_dir, qa_files, tmp_path):
     out = tmp_path / "sft_full"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.errors import UnlearnError
-from core.models import bundled_model_dir, pick_device, resolve_model
+from core.models import bundled_model_dir, inference_dtype, pick_device, resolve_model
 
 
 def test_a_directory_without_config_is_not_a_model(tmp_path):
@@ -53,3 +53,16 @@ def test_bundled_model_is_converted_once_and_reused(bundled_dir):
     assert os.stat(weights).st_mtime_ns == stamp
     assert resolve_model("bundled") == str(bundled_dir)
     assert not list(bundled_dir.parent.glob(".convert-*"))  # no half-written staging left behind
+
+
+@pytest.mark.parametrize("has_units,expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_dtype_is_bf16_only_on_a_cpu_with_bf16_units(monkeypatch, has_units, expected):
+    import core.models
+
+    monkeypatch.setattr(core.models, "cpu_has_bf16_units", lambda: has_units)
+    assert inference_dtype("auto", torch.device("cpu")) == expected
+    assert inference_dtype("float32", torch.device("cpu")) == torch.float32
+    assert inference_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(UnlearnError, match="unknown dtype 'half'"):
+        inference_dtype("half", torch.device("cpu"))
+

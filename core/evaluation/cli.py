@@ -39,8 +39,17 @@ def _add_eval(commands) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation length (tofu: 200, quick: 64)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_dtype_flag(p)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(handler=run_eval)
+
+
+def add_dtype_flag(parser) -> None:
+    from ..models import DTYPES
+
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="weights for scoring and generating; auto: bf16 on a GPU or CPU with fast bf16 "
+                             "(AVX512-BF16/AMX), fp32 elsewhere; the dtype used is written into every result")
 
 
 def run_eval(args) -> int:
@@ -57,12 +66,12 @@ def run_eval(args) -> int:
     if tofu and args.forget_split:
         tofu_records(args.forget_split)          # an unknown split fails before any model is loaded
     holdout = load_examples(args.holdout, "holdout") if args.holdout else None
-    loaded = open_model(args.model, args.device, args.trust_remote_code)
+    loaded = open_model(args.model, args.device, args.trust_remote_code, args.dtype)
     run_config = loaded.run_config or {}
     original_name = args.original or loaded.original
     original = None
     if original_name:
-        opened = open_model(original_name, args.device, args.trust_remote_code)
+        opened = open_model(original_name, args.device, args.trust_remote_code, args.dtype)
         original = (opened.model, opened.tokenizer)
     if tofu:
         split = args.forget_split or _tofu_forget_split(run_config.get("forget", "")) or "forget01"

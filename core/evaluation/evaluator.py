@@ -156,7 +156,7 @@ def run_tofu(loaded, out: Path, settings: Settings, forget_split: str = "forget0
     retain = read_eval_output(retain_logs) if retain_logs else None   # fail before the slow part
     records = records or tofu_records(forget_split)
     reference = reference or (loaded.model, loaded.tokenizer)
-    logs, extra = {}, {"fluency": {}}
+    logs, extra = {}, {"dtype": loaded.dtype, "fluency": {}}
     for eval_file, (_, base_key) in TOFU_FILES.items():
         subset = records[eval_file][:settings.max_samples]
         normalise = eval_file in tofu_metrics.NORMALISED_FILES
@@ -173,7 +173,8 @@ def run_tofu(loaded, out: Path, settings: Settings, forget_split: str = "forget0
     if retain:
         figures.update(tofu_metrics.forget_quality(tofu_metrics.forget_ratios(logs),
                                                    tofu_metrics.forget_ratios(retain["logs"], "retain model's log")))
-    summary = {"suite": "tofu", "model": loaded.source, "forget_split": forget_split, "figures": figures,
+    summary = {"suite": "tofu", "model": loaded.source, "dtype": loaded.dtype, "forget_split": forget_split,
+               "figures": figures,
                "fluency": {tofu_metrics.TASKS[f]: _mean(v["fluency"]) for f, v in extra["fluency"].items()},
                "repetition": {tofu_metrics.TASKS[f]: _mean(v["repetition"]) for f, v in extra["fluency"].items()}}
     if holdout is not None:
@@ -234,7 +235,7 @@ def run_quick(loaded, out: Path, forget: list[Example], retain: list[Example] | 
         models = {"before": original, **models}
     reference = original or models["after"]
     sets = {"forget": forget, **({"retain": retain} if retain else {})}
-    summary, per_sample = {"suite": "quick", "model": loaded.source}, {}
+    summary, per_sample = {"suite": "quick", "model": loaded.source, "dtype": loaded.dtype}, {}
     for stage, (model, tokenizer) in models.items():
         summary[stage], per_sample[stage] = {}, {}
         for name, examples in sets.items():
@@ -243,7 +244,7 @@ def run_quick(loaded, out: Path, forget: list[Example], retain: list[Example] | 
     summary["settings"] = {**asdict(settings), "original": original_name,
                            "fluency_reference": original_name or "the evaluated model itself"}
     summary["wall_seconds"] = round(time.time() - started, 1)
-    write_json_atomic(out / "quick_log.json", per_sample)
+    write_json_atomic(out / "quick_log.json", {"dtype": loaded.dtype, **per_sample})
     _write_summary(out, summary)
     return summary
 

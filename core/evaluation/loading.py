@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import require
-from ..models import load_model, load_tokenizer, pick_device, resolve_model
+from ..models import dtype_name, inference_dtype, load_model, load_tokenizer, pick_device, resolve_model
 from ..run_model import ADAPTER_CONFIG, CHECKPOINT_WEIGHTS, attach_adapter, load_run_model, run_base
 
 
@@ -23,17 +23,17 @@ class LoadedModel:
     run_config: dict | None  # the run's config.json when a run (or its checkpoint) was opened
 
 
-def eval_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on a CUDA GPU that has it (as TOFU evaluates), fp32 elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    @property
+    def dtype(self) -> str:
+        """The weights' dtype, written into every result file."""
+        return dtype_name(next(self.model.parameters()).dtype)
 
 
-def open_model(spec: str, device: str = "auto", trust_remote_code: bool = False) -> LoadedModel:
-    """Load `spec` for evaluation on `device`, in eval mode."""
+def open_model(spec: str, device: str = "auto", trust_remote_code: bool = False, dtype: str = "auto") -> LoadedModel:
+    """Load `spec` for evaluation on `device` with `dtype` weights (auto: bf16 where the hardware runs it
+    fast, as TOFU evaluates on GPUs), in eval mode."""
     target = pick_device(device)
-    dtype = eval_dtype(target)
+    dtype = inference_dtype(dtype, target)
     path = Path(spec).expanduser()
     if _is_run_dir(path):
         loaded = _open_run(path, dtype, trust_remote_code)

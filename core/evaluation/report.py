@@ -29,7 +29,7 @@ def tofu_table(summary: dict) -> str:
     if "mia" in summary:
         totals.append(["MIA AUC (min-k%)", summary["mia"]["auc"]])
         totals.append(["PrivLeak %", summary["mia"].get("privacy_leakage")])
-    return f"Evaluation of {summary['model']} (TOFU suite)\n\n{text}\n\n{table(['figure', 'value'], totals)}"
+    return f"{_title(summary, 'TOFU')}\n\n{text}\n\n{table(['figure', 'value'], totals)}"
 
 
 def quick_table(summary: dict) -> str:
@@ -38,7 +38,12 @@ def quick_table(summary: dict) -> str:
     keys = ("nll", "prob", "rougeL_recall", "fluency", "repetition")
     header = ["metric"] + [f"{name} {stage}" for name in sets for stage in stages]
     rows = [[key] + [summary[stage][name].get(key) for name in sets for stage in stages] for key in keys]
-    return f"Evaluation of {summary['model']} (quick suite)\n\n{table(header, rows)}"
+    return f"{_title(summary, 'quick')}\n\n{table(header, rows)}"
+
+
+def _title(summary: dict, suite: str) -> str:
+    dtype = f", {summary['dtype']} weights" if summary.get("dtype") else ""   # older summaries lack it
+    return f"Evaluation of {summary['model']} ({suite} suite{dtype})"
 
 
 def summary_table(summary: dict) -> str:

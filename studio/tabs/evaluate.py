@@ -69,8 +69,8 @@ def create_evaluate_tab(studio: Studio, session, data, run_key):
         run_dir = studio.workspace.open_run(session_id, key)
         config = run_dir.config()
         require(bool(config.get("forget")), "this run has no forget set recorded", "start a run from the Train tab")
-        loaded = open_model(str(run_dir.path), device="cpu")
-        original = open_model(loaded.original, device="cpu")
+        loaded = open_model(str(run_dir.path), device="cpu", dtype=studio.dtype)
+        original = open_model(loaded.original, device="cpu", dtype=studio.dtype)
         summary = run_quick(loaded, run_dir.path / "eval" / "quick", load_examples(config["forget"], "forget"),
                             load_examples(config["retain"], "retain") if config.get("retain") else None,
                             Settings(max_samples=int(max_samples), max_new_tokens=int(max_new_tokens)),
