@@ -41,7 +41,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +73,7 @@ class Plan:
                                                       "eval_real_world_wo_options.json": 30})
     max_new_tokens: int = 48                 # TOFU: 200; answers are ~30 tokens and ROUGE is a recall
     eval_batch: int = 16
+    eval_dtype: str = "float32"              # weights for every evaluation (benchmarks/eval_precision.py compares)
     methods: tuple[str, ...] = METHODS
     learned_in: str | None = None            # reuse the target/retain models (and their evals) of this plan
 
@@ -201,8 +202,9 @@ class Bench:
         summary_path = out / "summary.json"
         if summary_path.is_file():
             return json.loads(summary_path.read_text())
-        self.say(f"evaluating {Path(model).relative_to(self.root) if Path(model).is_relative_to(self.root) else model}")
-        loaded = open_model(model, self.device)
+        self.say(f"evaluating {Path(model).relative_to(self.root) if Path(model).is_relative_to(self.root) else model}"
+                 f" ({plan.eval_dtype})")
+        loaded = open_model(model, self.device, dtype=plan.eval_dtype)
         settings = Settings(max_samples=max(plan.eval_sizes.values()), max_new_tokens=plan.max_new_tokens,
                             batch_size=plan.eval_batch)
         summary = run_tofu(loaded, out, settings, plan.forget_split, reference, holdout, retain_eval,
@@ -224,11 +226,12 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
     retain = bench.train(learned / "retain", forget=files["retain"], **learn)
     holdout = load_examples(files["holdout"], "holdout") if "holdout" in files else None
 
-    target_model = open_model(str(target), bench.device)
+    target_model = open_model(str(target), bench.device, dtype=plan.eval_dtype)
     reference = (target_model.model, target_model.tokenizer)   # fluency is judged by the target model
-    retain_eval = learned / "eval" / "retain"
+    retain_eval = eval_dir(learned, plan) / "retain"
     retain_summary = bench.evaluate(str(retain), retain_eval, plan, reference, None, holdout)
-    target_summary = bench.evaluate(str(target), learned / "eval" / "target", plan, reference, retain_eval, holdout)
+    target_summary = bench.evaluate(str(target), eval_dir(learned, plan) / "target", plan, reference, retain_eval,
+                                    holdout)
 
     curves, divergences = {}, {}
     for method in plan.methods:
@@ -240,7 +243,7 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
         blown_up = diverged(run)
         points = [{"epoch": 0, **_point(target_summary)}]
         for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None):
-            summary = bench.evaluate(str(model), root / "eval" / f"{method}-epoch{epoch}", plan, reference,
+            summary = bench.evaluate(str(model), eval_dir(root, plan) / f"{method}-epoch{epoch}", plan, reference,
                                      retain_eval, holdout)
             points.append({"epoch": epoch, **_point(summary)})
         curves[method] = points
@@ -250,6 +253,11 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
         bench.say(f"{LABELS[method]}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
     return {"plan": asdict(plan), "target": _point(target_summary), "retain": _point(retain_summary),
             "curves": curves, "diverged": divergences}
+
+
+def eval_dir(root: Path, plan: Plan) -> Path:
+    """Evaluations are cached per weights dtype (fp32 keeps the plain name of the caches made before)."""
+    return root / ("eval" if plan.eval_dtype == "float32" else f"eval-{plan.eval_dtype}")
 
 
 def _target_dir(plan: Plan, bench_root: Path, plan_root: Path) -> Path:
@@ -299,7 +307,9 @@ def _point(summary: dict) -> dict:
     point = {"fq": figures.get("Forget Quality"), "mu": figures["Model Utility"],
              "forget_rouge": figures["Forget ROUGE"], "forget_prob": figures["Forget Prob."],
              "forget_fluency": summary["fluency"]["Forget"], "retain_fluency": summary["fluency"]["Retain"],
-             "retain_rouge": figures["Retain ROUGE"]}
+             "retain_rouge": figures["Retain ROUGE"], "forget_truth_ratio": figures["Forget Truth Ratio"],
+             "retain_prob": figures["Retain Prob."], "retain_truth_ratio": figures["Retain Truth Ratio"],
+             "eval_seconds": summary.get("wall_seconds")}
     if "mia" in summary:
         point.update(mia_auc=summary["mia"]["auc"], privleak=summary["mia"].get("privacy_leakage"))
     return point
@@ -432,14 +442,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", default="forget01,forget05,forget10",
                         help="with --full: which forget splits to run (one per session fits a short GPU lease)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--eval-dtype", default="float32", choices=("auto", "float32", "bfloat16"),
+                        help="weights for the evaluations (default float32, as the published results)")
     parser.add_argument("--runs-dir", default=None, help="cache of models and evaluations (default runs/tofu_mini)")
     parser.add_argument("--results", default=None,
                         help="where tofu_mini.{json,md,png} go (default docs/results, or RUNS/results with --quick)")
     args = parser.parse_args(argv)
 
-    from core.models import pick_device
+    from core.models import dtype_name, inference_dtype, pick_device
 
     device = str(pick_device(args.device))
+    eval_dtype = dtype_name(inference_dtype(args.eval_dtype, pick_device(device)))
     root = Path(args.runs_dir or REPO / "runs" / ("tofu_mini_quick" if args.quick else "tofu_mini")).resolve()
     results_dir = Path(args.results or (root / "results" if args.quick else REPO / "docs" / "results"))
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -450,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--splits {args.splits!r} names none of forget01, forget05, forget10")
     else:
         plans = [quick_plan()] if args.quick else mini_plans()
+    plans = [replace(plan, eval_dtype=eval_dtype) for plan in plans]
     bench = Bench(root, device)
     bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}")
     results = [run_plan(plan, bench) for plan in plans]

@@ -126,6 +126,9 @@ def format_summary(result) -> str:
         if key in s.get("before", {}) and key in s.get("after", {}):
             lines.append(f"  {label:<11} {s['before'][key]:.3f} -> {s['after'][key]:.3f}")
     lines.append("  (answer-token NLL: higher on forget = more forgotten; retain should stay close)")
+    if s.get("mfu") is not None:
+        lines.append(f"  speed: {s['tokens_per_second']:.0f} tokens/s, MFU {100 * s['mfu']:.1f}% of this machine's "
+                     f"measured {s['mfu_dtype']} matmul peak")
     kind = "LoRA adapter" if s.get("lora") else "model"
     lines.append(f"  {kind}: {s['model']}")
     lines.append(f"  metrics: {result.run_dir}/metrics.jsonl   config: {result.run_dir}/config.json")

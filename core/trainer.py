@@ -228,6 +228,7 @@ class Trainer:
         cfg, accelerator = self.cfg, self.accelerator
         self.started = time.time()
         self.start_step = step
+        self.loop_tokens = 0
         self.step_forget_nlls: list[float] = []
         self.early_stop_reason: str | None = None
         bar = tqdm(total=self.total_steps, initial=step, disable=not (self.is_main and self.show_progress),
@@ -281,7 +282,9 @@ class Trainer:
             self._guard_finite(loss, terms, step)
             self.accelerator.backward(loss)
         forget_nll = _token_mean(*inputs.nll("forget"))
-        window.add(terms, batch, forget_nll, self._retain_nll(model, inputs, step))
+        tokens = _batch_tokens(batch)
+        self.loop_tokens += tokens
+        window.add(terms, tokens, forget_nll, self._retain_nll(model, inputs, step))
         self.step_forget_nlls.append(forget_nll)
 
     def _retain_nll(self, model, inputs: StepInputs, step: int) -> float | None:
@@ -369,6 +372,7 @@ class Trainer:
             summary = {"method": self.cfg.method, "before": before, "after": after, "steps": step,
                        "stopped_early": self.early_stop_reason,
                        "wall_seconds": round(time.time() - self.started, 1),
+                       **self._throughput(unwrapped),
                        "model": str(self.run_dir.model_dir), "lora": self.cfg.lora}
             if self.is_main:
                 from .runs import write_json_atomic
@@ -381,6 +385,19 @@ class Trainer:
         self._status(outcome, step=step, message=done if outcome == "finished" else "stopped; resume with --resume")
         self.accelerator.wait_for_everyone()
         return TrainResult(self.run_dir.path, outcome, step, summary, self.is_main)
+
+    def _throughput(self, model) -> dict:
+        """Tokens per second over this invocation's loop, and the model FLOPs utilisation they mean."""
+        from .flops import mfu, training_flops_per_token
+
+        seconds = time.time() - self.started
+        if not self.loop_tokens or seconds <= 0:
+            return {}
+        per_second = self.loop_tokens / seconds * self.accelerator.num_processes
+        dtype = torch.bfloat16 if self.accelerator.mixed_precision == "bf16" else torch.float32
+        utilisation = mfu(per_second, training_flops_per_token(model), dtype, self.device.type)
+        return {"tokens_per_second": round(per_second, 1), "mfu": round(utilisation, 4),
+                "mfu_dtype": str(dtype).removeprefix("torch.")}
 
     def _score(self, model) -> dict:
         """Mean answer-token NLL on the first `eval_examples` forget and retain examples."""
@@ -416,14 +433,14 @@ class _Window:
         self.sums[key] = self.sums.get(key, 0.0) + float(value)
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    def add(self, terms: dict, batch: dict, forget_nll: float, retain_nll) -> None:
+    def add(self, terms: dict, tokens: int, forget_nll: float, retain_nll) -> None:
         values = {name: float(value.detach()) for name, value in terms.items()}
         self._add("loss", sum(values.values()))
         for name, value in values.items():
             self._add(f"loss_{name}", value)
         self._add("forget_nll", forget_nll)
         self._add("retain_nll", retain_nll)
-        self.tokens += sum(int(part["attention_mask"].sum()) for key, part in batch.items() if key != "index")
+        self.tokens += tokens
 
     def summary(self) -> dict:
         elapsed = max(time.time() - self.started, 1e-9)
@@ -447,6 +464,11 @@ def backward_each_term(terms: Iterator[tuple[str, torch.Tensor]], inputs: StepIn
         done[name] = term.detach()
         inputs.release_graphs()
     return done
+
+
+def _batch_tokens(batch: dict) -> int:
+    """Non-padding tokens through the model, every view of the batch."""
+    return sum(int(part["attention_mask"].sum()) for key, part in batch.items() if key != "index")
 
 
 def _token_mean(nll: torch.Tensor, n_tokens: torch.Tensor) -> float:
