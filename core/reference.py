@@ -19,6 +19,9 @@ def cache_reference_nll(model, views: dict, pad_id: int, run_dir, config, accele
     """{view: NLL_ref [N]} for each view, loaded from the run directory or computed now and saved there."""
     if not views:
         return {}
+    # Every process looks for the cache at the same moment: one that looked after rank 0 wrote it would
+    # skip the barrier below, and the others would wait for it forever.
+    accelerator.wait_for_everyone()
     if run_dir.reference_path.is_file():
         cached = load_file(str(run_dir.reference_path))
         if set(cached) == set(views) and all(len(cached[v]) == len(views[v]) for v in views):
