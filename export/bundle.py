@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from core.errors import require
+from core.errors import UnlearnError, require
 from core.runs import read_json, write_json_atomic
 
 from . import card, gguf, hf, onnx, parity
@@ -68,11 +68,20 @@ def _plan(source: RunSource, formats, gguf_quants, onnx_precisions) -> dict:
     plan = {"formats": formats, "gguf": [], "onnx": []}
     if "gguf" in formats:
         plan["gguf"] = gguf.check_quants(list(gguf_quants))
-        gguf.check_architecture(source.architecture)
     if "onnx" in formats:
         plan["onnx"] = onnx.check_precisions(list(onnx_precisions))
-        onnx.check_model(source.model_config)
+    refused = {fmt: why for fmt, why in refusals(source).items() if fmt in formats}
+    if refused:   # every format that cannot be made, in one message, before any work
+        possible = [fmt for fmt in formats if fmt not in refused] or ["hf"]
+        raise UnlearnError("this run cannot be exported to " + "; ".join(f"{fmt}: {why}" for fmt, why in refused.items()),
+                           f"export the formats that work for it: --formats {','.join(possible)}")
     return plan
+
+
+def refusals(source: RunSource) -> dict[str, str]:
+    """Each format this run's model cannot be exported to, with the reason (hf always works)."""
+    reasons = {"gguf": gguf.refusal(source.architecture), "onnx": onnx.refusal(source.model_config)}
+    return {fmt: why for fmt, why in reasons.items() if why}
 
 
 def _check_target(target: Path, overwrite: bool) -> Path:

@@ -40,10 +40,11 @@ def check_quants(quants: list[str]) -> list[str]:
     return names
 
 
-def check_architecture(architecture: str) -> None:
-    require(architecture in llamacpp.supported_architectures(),
-            f"llama.cpp's converter does not support the architecture {architecture}",
-            "export this run without gguf (--formats hf,onnx)")
+def refusal(architecture: str) -> str | None:
+    """Why this model cannot become a GGUF, or None."""
+    if architecture not in llamacpp.supported_architectures():
+        return f"llama.cpp's converter does not support the architecture {architecture}"
+    return None
 
 
 def convert(model_dir: Path, out: Path, outtype: str = "f16") -> Path:

@@ -57,14 +57,15 @@ def supported_architectures() -> set[str]:
     return set(re.findall(r'config\.architectures\[0\] == "(\w+)"', text))
 
 
-def check_model(config: dict) -> None:
+def refusal(config: dict) -> str | None:
+    """Why this model cannot become an ONNX model, or None."""
     architecture = (config.get("architectures") or ["unknown"])[0]
-    require(architecture in supported_architectures(),
-            f"onnxruntime-genai's model builder does not support the architecture {architecture}",
-            "export this run without onnx (--formats hf,gguf)")
+    if architecture not in supported_architectures():
+        return f"onnxruntime-genai's model builder does not support the architecture {architecture}"
     head_size = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    require(head_size % 16 == 0, f"onnxruntime's GroupQueryAttention needs a head size that is a multiple of 16; "
-            f"this model's is {head_size}", "export this run without onnx (--formats hf,gguf)")
+    if head_size % 16:
+        return f"onnxruntime's GroupQueryAttention needs a head size that is a multiple of 16; this model's is {head_size}"
+    return None
 
 
 def build(model_dir: Path, target: Path, precision: str, cache_dir: Path, execution_provider: str = "cpu") -> Path:

@@ -323,10 +323,13 @@ def test_unsupported_architecture_is_refused(tiny64_dir, lora_run, tmp_path):
     run_config = json.loads((run / "config.json").read_text())
     run_config["resolved_model"]["path"] = str(odd)
     (run / "config.json").write_text(json.dumps(run_config))
-    for formats, message in ((("gguf",), "llama.cpp's converter does not support"),
-                             (("onnx",), "model builder does not support")):
-        with pytest.raises(UnlearnError, match=message):
-            export_run(run, tmp_path / "bundle", formats=formats, log=quiet)
+    with pytest.raises(UnlearnError) as refused:   # both refusals at once, and what would work
+        export_run(run, tmp_path / "bundle", formats=("hf", "gguf", "onnx"), log=quiet)
+    message = str(refused.value)
+    assert "gguf: llama.cpp's converter does not support the architecture TotallyNewForCausalLM" in message
+    assert "onnx: onnxruntime-genai's model builder does not support" in message
+    assert message.endswith("fix: export the formats that work for it: --formats hf")
+    assert not (tmp_path / "bundle").exists()
 
 
 def test_onnx_refuses_heads_narrower_than_16(tiny_model_dir, data_files, tmp_path):
