@@ -74,6 +74,7 @@ class Plan:
     max_new_tokens: int = 48                 # TOFU: 200; answers are ~30 tokens and ROUGE is a recall
     eval_batch: int = 16
     eval_dtype: str = "float32"              # weights for every evaluation (benchmarks/eval_precision.py compares)
+    train_dtype: str = "float32"             # learning and unlearning: fp32 (the published results) or auto/bfloat16
     methods: tuple[str, ...] = METHODS
     learned_in: str | None = None            # reuse the target/retain models (and their evals) of this plan
 
@@ -221,7 +222,7 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
     learned = bench.root / (plan.learned_in or plan.name)
     files = prepare_data(plan, root)
     learn = dict(method="sft", epochs=plan.learn_epochs, lr=plan.learn_lr, batch_size=plan.learn_batch,
-                 save_steps=50, warmup_ratio=0.1, model="bundled")
+                 save_steps=50, warmup_ratio=0.1, model="bundled", dtype=plan.train_dtype)
     target = bench.train(_target_dir(plan, bench.root, learned), forget=files["target"], **learn)
     retain = bench.train(learned / "retain", forget=files["retain"], **learn)
     holdout = load_examples(files["holdout"], "holdout") if "holdout" in files else None
@@ -238,7 +239,7 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
         steps_per_epoch = _steps_per_epoch(files["forget"], plan.unlearn_batch)
         run = bench.train(root / f"unlearn-{method}", model=str(target / "model"), method=method,
                           forget=files["forget"], retain=files["retain"], epochs=plan.unlearn_epochs,
-                          lr=plan.unlearn_lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1,
+                          lr=plan.unlearn_lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype,
                           save_steps=steps_per_epoch, save_total_limit=plan.unlearn_epochs + 5)
         blown_up = diverged(run)
         points = [{"epoch": 0, **_point(target_summary)}]
@@ -444,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--eval-dtype", default="float32", choices=("auto", "float32", "bfloat16"),
                         help="weights for the evaluations (default float32, as the published results)")
+    parser.add_argument("--train-dtype", default="float32", choices=("auto", "float32", "bfloat16"),
+                        help="learning and unlearning (default float32, as the published results; its runs are "
+                             "cached apart only by the run directory: use another --runs-dir for auto)")
     parser.add_argument("--runs-dir", default=None, help="cache of models and evaluations (default runs/tofu_mini)")
     parser.add_argument("--results", default=None,
                         help="where tofu_mini.{json,md,png} go (default docs/results, or RUNS/results with --quick)")
@@ -463,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--splits {args.splits!r} names none of forget01, forget05, forget10")
     else:
         plans = [quick_plan()] if args.quick else mini_plans()
-    plans = [replace(plan, eval_dtype=eval_dtype) for plan in plans]
+    plans = [replace(plan, eval_dtype=eval_dtype, train_dtype=args.train_dtype) for plan in plans]
     bench = Bench(root, device)
     bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}")
     results = [run_plan(plan, bench) for plan in plans]

@@ -58,7 +58,7 @@ class UnlearnConfig:
     lora_targets: str = _opt("all-linear", "modules to adapt: 'all-linear' or comma-separated names (q_proj,v_proj)")
     gradient_checkpointing: bool = _opt(False, "recompute activations in backward to save memory")
     device: str = _opt("auto", "auto, cpu or cuda")
-    dtype: str = _opt("auto", "auto (bf16 mixed precision on CUDA that supports it, fp32 elsewhere), float32 or bfloat16")
+    dtype: str = _opt("auto", "auto (bf16 mixed precision on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX, fp32 elsewhere), float32 or bfloat16")
     trust_remote_code: bool = _opt(False, "allow a hub/local model to run its own Python code (off: safer)")
 
     # --- method hyper-parameters; None takes the method's published default (`unlearn methods`)
@@ -90,7 +90,13 @@ class UnlearnConfig:
         method = get_method(self.method)
         lr = self.lr if self.lr is not None else (LORA_LR if self.lora else FULL_FINETUNE_LR)
         params = method.resolve_params(self)
-        return replace(self, lr=lr, method_params=params, **self.absolute_paths())
+        return replace(self, lr=lr, method_params=params, dtype=self.training_dtype(), **self.absolute_paths())
+
+    def training_dtype(self) -> str:
+        """`auto` decided once, when the run starts, and recorded: a resumed run keeps its precision."""
+        from .models import mixed_precision, pick_device
+
+        return "bfloat16" if mixed_precision(self.dtype, pick_device(self.device)) == "bf16" else "float32"
 
     def absolute_paths(self) -> dict:
         """--out and the data files as absolute paths: a run is read later from any folder (resume,

@@ -23,8 +23,8 @@ from .config import PATH_FIELDS, UnlearnConfig
 from .data import make_collate
 from .errors import UnlearnError
 from .methods import StepInputs, get_method
-from .models import (add_lora, load_model, load_tokenizer, mixed_precision, model_summary, pick_device, resolve_model,
-                     save_model_atomic)
+from .models import (add_lora, frozen_linears_in_bf16, load_model, load_tokenizer, mixed_precision, model_summary,
+                     pick_device, resolve_model, save_model_atomic)
 from .reference import ReferenceLogits, cache_reference_nll
 from .runs import RunDir
 from .scoring import mean_token_nll
@@ -78,8 +78,12 @@ class Trainer:
     # ================================================================ entry point
     def run(self) -> TrainResult:
         from accelerate import Accelerator, DataLoaderConfiguration
+        from accelerate.state import AcceleratorState
 
         cfg = self.cfg
+        # accelerate keeps one precision per process; a second run in the same process (the Python API, a
+        # benchmark) may want another. The distributed set-up (PartialState) is kept.
+        AcceleratorState._reset_state()
         self.accelerator = Accelerator(
             cpu=self.device.type == "cpu", mixed_precision=mixed_precision(cfg.dtype, self.device),
             gradient_accumulation_steps=cfg.grad_accum,
@@ -166,10 +170,11 @@ class Trainer:
 
     def _load_model(self, source: str):
         cfg = self.cfg
-        # LoRA on bf16 hardware keeps the frozen base in bf16; trained weights stay fp32 (AdamW at 1e-5
-        # would round most bf16 updates away).
-        base_dtype = torch.bfloat16 if cfg.lora and self.accelerator.mixed_precision == "bf16" else torch.float32
-        model = load_model(source, base_dtype, cfg.trust_remote_code)
+        model = load_model(source, torch.float32, cfg.trust_remote_code)
+        if cfg.lora and self.accelerator.mixed_precision == "bf16":
+            # the frozen base's linear weights in bf16; trained weights stay fp32 (AdamW at 1e-5 would round
+            # most bf16 updates away)
+            frozen_linears_in_bf16(model)
         model.config.use_cache = False
         if cfg.gradient_checkpointing:
             enable_activation_checkpointing(model)

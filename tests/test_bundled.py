@@ -12,15 +12,18 @@ pytestmark = pytest.mark.bundled
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
-def test_npo_rt_steps_on_the_bundled_model(tmp_path, bundled_dir):
+# bf16 rounds a batch's summed answer NLL differently with another batch shape (the cache is scored in other
+# batches than training sees): ~0.07 nats of ~50 summed, which moves (2/β)·log 2 by about as much.
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-3), ("bfloat16", 0.2)])
+def test_npo_rt_steps_on_the_bundled_model(tmp_path, bundled_dir, dtype, tolerance):
     config = UnlearnConfig(model="bundled", method="npo_rt", forget="tofu:forget01", retain="tofu:retain99",
                            out=str(tmp_path / "run"), max_steps=3, batch_size=2, max_length=160, lr=1e-5,
-                           eval_examples=4, save_steps=0, device="cpu")
+                           eval_examples=4, save_steps=0, device="cpu", dtype=dtype)
     result = train(config, show_progress=False, log=lambda m: None)
     rows = RunDir(result.run_dir).metrics()
     # At step 1 the model is the original, so NPO's term is exactly (2/β)·log 2: the cached reference NLL
     # agrees with the live model on every forget example in the batch.
-    assert rows[0]["loss_forget_npo"] == pytest.approx(2 / 0.1 * math.log(2), abs=1e-3)
+    assert rows[0]["loss_forget_npo"] == pytest.approx(2 / 0.1 * math.log(2), abs=tolerance)
     before = result.summary["before"]
     assert 0.5 < before["forget_nll"] < 6 and 0.5 < before["retain_nll"] < 6   # a real LM, not noise
     assert result.summary["after"]["forget_nll"] > before["forget_nll"]

@@ -1,4 +1,6 @@
 """Model FLOPs utilisation: the FLOPs count by hand on a small module, and a run's summary carries it."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -23,6 +25,7 @@ def test_measured_peak_is_a_real_rate():
     assert 1e9 < fp32 < 1e15   # between a slow core and a GPU: a timing, not a constant
 
 
-def test_a_finished_run_reports_tokens_per_second_and_mfu(tiny_config):
-    summary = train(tiny_config, **quiet()).summary
-    assert summary["tokens_per_second"] > 0 and 0 < summary["mfu"] < 1 and summary["mfu_dtype"] == "float32"
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_finished_run_reports_tokens_per_second_and_mfu(tiny_config, dtype):
+    summary = train(replace(tiny_config, dtype=dtype), **quiet()).summary
+    assert summary["tokens_per_second"] > 0 and 0 < summary["mfu"] < 1 and summary["mfu_dtype"] == dtype

@@ -66,3 +66,27 @@ def test_auto_dtype_is_bf16_only_on_a_cpu_with_bf16_units(monkeypatch, has_units
     with pytest.raises(UnlearnError, match="unknown dtype 'half'"):
         inference_dtype("half", torch.device("cpu"))
 
+
+
+
+def test_a_bf16_lora_base_keeps_the_adapters_small_delta(tokenizer):
+    """bf16 mixed precision with LoRA: the frozen linears hold bf16 weights, and a small adapter delta is
+    still added in fp32 to their (upcast) output; added in bf16 it would round away."""
+    from conftest import build_tiny_model
+    from core.models import add_lora, frozen_linears_in_bf16
+
+    model = build_tiny_model(tokenizer)
+    assert frozen_linears_in_bf16(model) == 2 * 7   # q, k, v, o, gate, up, down in each of 2 layers
+    assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+    assert model.model.embed_tokens.weight.dtype == torch.float32 and model.lm_head.weight.dtype == torch.float32
+    model = add_lora(model, r=4, alpha=4, dropout=0.0, targets="all-linear")
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    torch.nn.init.constant_(layer.lora_B["default"].weight, 1e-4)   # a few small steps into training
+    x = torch.randn(3, 32) * 4
+    expected = layer.lora_B["default"](layer.lora_A["default"](x))   # the delta in fp32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        adapted = layer(x)
+        with model.disable_adapter():
+            base = layer(x)
+    assert adapted.dtype == torch.float32
+    torch.testing.assert_close(adapted - base, expected.detach(), rtol=0.02, atol=1e-7)
