@@ -179,13 +179,14 @@ class _timed:
 def _write_gguf(source: RunSource, merged_dir: Path, target: Path, quants: list[str], timings: dict) -> dict:
     target.mkdir(parents=True)
     artifacts = {}
-    f16 = gguf.convert(merged_dir, target / "model-f16.gguf", "f16")
+    source_dir = Path(source.base_model)
+    f16 = gguf.convert(merged_dir, target / "model-f16.gguf", "f16", source_dir)
     for quant in quants:
         path = target / f"model-{quant}.gguf"
         fallbacks = []
         with _timed(timings, f"gguf_{quant}"):
             if quant in gguf.CONVERTER_TYPES and quant != "f16":
-                gguf.convert(merged_dir, path, quant)
+                gguf.convert(merged_dir, path, quant, source_dir)
             elif quant != "f16":
                 fallbacks = gguf.quantize(f16, path, quant)
         artifacts[f"gguf-{quant}"] = {"path": str(path.relative_to(target.parent)),

@@ -3,9 +3,12 @@ llama_cpp.llama_model_quantize makes every other type from the f16 file, and con
 the run's LoRA adapter into a small "forget patch" that llama.cpp applies to the base GGUF at load time."""
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -47,10 +50,52 @@ def refusal(architecture: str) -> str | None:
     return None
 
 
-def convert(model_dir: Path, out: Path, outtype: str = "f16") -> Path:
-    """A Hugging Face model directory -> one GGUF file (tokenizer and chat template included)."""
-    llamacpp.run_script("convert_hf_to_gguf.py", [str(model_dir), "--outtype", outtype, "--outfile", str(out)])
+def convert(model_dir: Path, out: Path, outtype: str = "f16", source_dir: Path | None = None) -> Path:
+    """A Hugging Face model directory -> one GGUF file (tokenizer and chat template included). `source_dir`:
+    the model it came from, whose files transformers may not have written again (see converter_view)."""
+    with converter_view(model_dir, source_dir) as readable:
+        llamacpp.run_script("convert_hf_to_gguf.py", [str(readable), "--outtype", outtype, "--outfile", str(out)])
     return out
+
+
+# Settings llama.cpp's converters read under their old names, which transformers 5 writes elsewhere (or not
+# at all): GPT-NeoX's rotary_pct now lives in rope_parameters; GPT-2 configs it builds lack n_ctx.
+LEGACY_SETTINGS = {
+    "rotary_pct": lambda config: (config.get("rope_parameters") or {}).get("partial_rotary_factor"),
+    "n_ctx": lambda config: config.get("n_positions"),
+}
+# Files a converter needs that a transformers 5 save_pretrained does not write, even when its source had
+# them: the SentencePiece model of Gemma, Gemma 2, Phi-3 (their converters read it, not tokenizer.json).
+SOURCE_ONLY_FILES = ("tokenizer.model",)
+
+
+@contextlib.contextmanager
+def converter_view(model_dir: Path, source_dir: Path | None = None):
+    """`model_dir` as llama.cpp's converters can read it: a temporary folder of links to its files, with the
+    source's SentencePiece model and a config.json that also holds the settings under their old names. The
+    model directory itself is left as it is."""
+    model_dir = Path(model_dir)
+    source_dir = Path(source_dir) if source_dir and Path(source_dir).is_dir() else None
+    with tempfile.TemporaryDirectory(prefix="gguf-input-") as tmp:
+        view = Path(tmp)
+        for path in model_dir.iterdir():
+            if path.is_file() and path.name != "config.json":
+                (view / path.name).symlink_to(path.resolve())
+        for name in SOURCE_ONLY_FILES:
+            if source_dir and not (view / name).exists() and (source_dir / name).is_file():
+                (view / name).symlink_to((source_dir / name).resolve())
+        (view / "config.json").write_text(json.dumps(_readable_config(model_dir, source_dir), indent=2))
+        yield view
+
+
+def _readable_config(model_dir: Path, source_dir: Path | None) -> dict:
+    config = json.loads((model_dir / "config.json").read_text())
+    source = json.loads((source_dir / "config.json").read_text()) if source_dir and (source_dir / "config.json").is_file() else {}
+    for key, derive in LEGACY_SETTINGS.items():
+        value = source.get(key, derive(config))
+        if key not in config and value is not None:
+            config[key] = value
+    return config
 
 
 def quantize(f16: Path, out: Path, quant: str, threads: int | None = None) -> list[dict]:
@@ -68,8 +113,9 @@ def quantize(f16: Path, out: Path, quant: str, threads: int | None = None) -> li
 
 def convert_lora(adapter_dir: Path, base_model_dir: Path, out: Path) -> Path:
     """The PEFT adapter alone as a GGUF LoRA; needs only the base model's config, not its weights."""
-    llamacpp.run_script("convert_lora_to_gguf.py", ["--base", str(base_model_dir), "--outtype", "f16",
-                                                    "--outfile", str(out), str(adapter_dir)])
+    with converter_view(base_model_dir) as base:
+        llamacpp.run_script("convert_lora_to_gguf.py", ["--base", str(base), "--outtype", "f16",
+                                                        "--outfile", str(out), str(adapter_dir)])
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,9 +108,28 @@ def run_script(script: str, args: list[str]) -> None:
     tools = tools_dir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tools), str(tools / "gguf-py")])}
     env.pop("NO_LOCAL_GGUF", None)
-    result = subprocess.run([sys.executable, str(tools / script), *args], capture_output=True, text=True,
-                            env=env, cwd=tools)
+    launcher = Path(__file__).with_name("_llamacpp_script.py")
+    result = subprocess.run([sys.executable, str(launcher), str(tools / script), *args], capture_output=True,
+                            text=True, env=env, cwd=tools)
     if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-8:])
-        raise UnlearnError(f"llama.cpp's {script} failed:\n{tail}",
-                           "check that the model's architecture is supported by this llama.cpp version")
+        reason, fix = converter_failure(result.stderr or result.stdout)
+        raise UnlearnError(f"llama.cpp's {script} could not convert this model: {reason}", fix)
+
+
+# What a converter's last exception means, and the fix that fits it (its stack lines are left out).
+FAILURES = (
+    (re.compile(r"File not found: .*tokenizer\.model|tokenizer\.model"),
+     "put the model's tokenizer.model (SentencePiece) beside its config.json"),
+    (re.compile(r"KeyError"), "add the named setting to the model's config.json (the original model's config has it)"),
+    (re.compile(r"not supported|NotImplementedError"), "export this run without gguf"),
+)
+
+
+def converter_failure(output: str) -> tuple[str, str]:
+    """(reason, fix) from a failed converter's output: its final exception line in plain words."""
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    reason = errors[-1] if errors else (lines[-1] if lines else "no output")
+    fix = next((fix for pattern, fix in FAILURES if pattern.search(reason)),
+               "check that this llama.cpp version supports the model (unlearn export --formats hf works for any)")
+    return reason, fix

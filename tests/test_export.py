@@ -254,6 +254,32 @@ def test_full_finetune_run_exports_without_adapter_or_patch(tiny64_dir, data_fil
     assert report["formats"]["hf"]["goal"]["met"] and report["formats"]["hf"]["first_logits_max_abs_diff"] == 0
 
 
+
+def test_gpt_neox_converts_although_transformers_5_renames_rotary_pct(tokenizer, data_files, tmp_path):
+    """llama.cpp's GPT-NeoX converter reads `rotary_pct`, which transformers 5 folds into rope_parameters
+    when it saves (or reads) a config: the export must still convert it, the LoRA patch's base too."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    source = tmp_path / "neox"
+    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                     num_hidden_layers=2, num_attention_heads=2, rotary_pct=0.25,
+                                     max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id)
+                       ).save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    assert "rotary_pct" not in json.loads((source / "config.json").read_text())
+    run = make_run(source, data_files, tmp_path / "run", lora=True)
+    manifest = export_run(run, tmp_path / "bundle", formats=("gguf",), gguf_quants=("f16",), parity_examples=1,
+                          log=quiet)
+    assert {"gguf-f16", "gguf-lora"} <= set(manifest["artifacts"])
+    reference = merged_reference(run)
+    runner = open_runner("gguf-f16", manifest["artifacts"]["gguf-f16"], tmp_path / "bundle")
+    try:
+        prompt = chat_prompts(tokenizer)[0]
+        assert runner.greedy(prompt, 8) == reference.greedy(prompt, 8)
+    finally:
+        runner.close()
+
 def test_interrupted_export_leaves_no_partial_bundle(lora_run, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -361,3 +387,17 @@ def test_bundled_model_exports_with_parity(bundled_dir, data_files, tmp_path):
         k: q8[k] for k in manifest["metrics"]["gguf-q8_0"]}
     patch = report["formats"]["gguf-lora"]["vs_merged_f16"]
     assert patch["identical_runs"] == patch["runs"]
+
+
+def test_a_converter_failure_is_its_reason_in_one_line_with_a_fix_that_fits():
+    from export.llamacpp import converter_failure
+
+    output = ('INFO:hf-to-gguf:Loading model: neox\nTraceback (most recent call last):\n'
+              '  File "convert_hf_to_gguf.py", line 311, in <module>\n    main()\n'
+              '  File "conversion/gptneox.py", line 26, in set_gguf_parameters\n'
+              '    int(self.hparams["rotary_pct"] * (self.hparams["hidden_size"] // 2)),\n'
+              "KeyError: 'rotary_pct'\n")
+    reason, fix = converter_failure(output)
+    assert reason == "KeyError: 'rotary_pct'" and "config.json" in fix
+    reason, fix = converter_failure("Traceback ...\nFileNotFoundError: File not found: /m/tokenizer.model\n")
+    assert reason.startswith("FileNotFoundError") and "tokenizer.model" in fix
