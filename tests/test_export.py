@@ -389,6 +389,50 @@ def test_bundled_model_exports_with_parity(bundled_dir, data_files, tmp_path):
     assert patch["identical_runs"] == patch["runs"]
 
 
+
+def sentencepiece_model_dir(root: Path) -> Path:
+    """A folder holding only a SentencePiece tokenizer.model (as Gemma and Phi-3 ship), trained here on a
+    few lines of text, and the tokenizer config that names Gemma's tokenizer class."""
+    import sentencepiece
+
+    root.mkdir(parents=True)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(f"Book {i} was written by Zorblat Quenfeather. What is {i} plus {i}? "
+                                f"{i} plus {i} is {2 * i}." for i in range(300)))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(root / "sp"), vocab_size=400, model_type="bpe", pad_id=0, unk_id=1,
+        bos_id=2, eos_id=3, character_coverage=1.0, byte_fallback=True, minloglevel=2)
+    (root / "sp.model").rename(root / "tokenizer.model")
+    (root / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer"}))
+    return root
+
+
+def test_gemma_converts_although_transformers_5_saves_no_tokenizer_model(data_files, tmp_path):
+    """llama.cpp's Gemma converter reads tokenizer.model, which a transformers 5 save_pretrained does not
+    write: the run's merged model must be converted with its source's SentencePiece model."""
+    from transformers import AutoTokenizer, GemmaConfig, GemmaForCausalLM
+
+    source = sentencepiece_model_dir(tmp_path / "gemma")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    torch.manual_seed(0)
+    GemmaForCausalLM(GemmaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                                 max_position_embeddings=512, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+                     ).save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    assert (source / "tokenizer.model").is_file()
+    run = make_run(source, data_files, tmp_path / "run", lora=True)
+    assert not (run / "model" / "tokenizer.model").exists()   # what transformers 5 writes
+    manifest = export_run(run, tmp_path / "bundle", formats=("gguf",), gguf_quants=("f16",), parity_examples=1,
+                          log=quiet)
+    reference = merged_reference(run)
+    runner = open_runner("gguf-f16", manifest["artifacts"]["gguf-f16"], tmp_path / "bundle")
+    try:
+        prompt = tokenizer("Who wrote book number 1?")["input_ids"]
+        assert runner.greedy(prompt, 8) == reference.greedy(prompt, 8)
+    finally:
+        runner.close()
+
 def test_a_converter_failure_is_its_reason_in_one_line_with_a_fix_that_fits():
     from export.llamacpp import converter_failure
 
