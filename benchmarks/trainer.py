@@ -203,6 +203,7 @@ def run_ours(device: str, total_steps: int, lora: bool, checkpointing: bool = Fa
         "first_loss": {k: v for k, v in rows[0].items() if k.startswith("loss")},
         "lr": resolved["lr"], "lora_r": resolved["lora_r"] if lora else None,
         "mixed_precision": resolved["environment"]["mixed_precision"],
+        "mfu": result.summary.get("mfu"),   # over the whole loop, warm-up step included
         **one_time, **meter.figures,
     }
 
@@ -416,6 +417,7 @@ def summarise(runs: list[dict], warmup: int, device: str) -> dict:
             "loop_start_rss_mib": worst("loop_start_rss_mib"), "trainable_params": mine[0].get("trainable_params"),
             "reference_nll_s": statistics.fmean([r["reference_nll_s"] for r in mine]) if "reference_nll_s" in mine[0] else None,
             "first_loss": mine[0]["first_loss"],
+            "mfu": statistics.fmean(mfus) if (mfus := [r["mfu"] for r in mine if r.get("mfu")]) else None,
         }
     return summary
 
@@ -444,7 +446,7 @@ def _fmt(value, spec: str, none: str = "-") -> str:
 def report(summary: dict, ratio_rows: list[dict], device: str, warmup: int) -> str:
     memory_name = "CUDA peak MiB" if device == "cuda" else "peak RSS MiB"
     lines = [f"{'variant':<40} {'s/step':>7} {'min-max':>13} {'CPU s':>6} {'n':>3} {'tok/step':>8} "
-             f"{memory_name:>13} {'loop-only':>9}  one-time"]
+             f"{memory_name:>13} {'loop-only':>9} {'MFU':>6}  one-time"]
     for variant, row in summary.items():
         one_time = f"reference NLL cache {row['reference_nll_s']:.1f} s" if row["reference_nll_s"] is not None else ""
         lines.append(
@@ -452,11 +454,13 @@ def report(summary: dict, ratio_rows: list[dict], device: str, warmup: int) -> s
             f"{row['min_step_s']:>6.2f}-{row['max_step_s']:<6.2f} {_fmt(row['median_cpu_step_s'], '>6.1f'):>6} "
             f"{row['measured_steps']:>3} "
             f"{row['mean_tokens_per_step']:>8.0f} {_fmt(row['memory_mib'], '>13.0f'):>13} "
-            f"{_fmt(row['loop_peak_rss_mib'] if device == 'cpu' else None, '>9.0f'):>9}  {one_time}")
+            f"{_fmt(row['loop_peak_rss_mib'] if device == 'cpu' else None, '>9.0f'):>9} "
+            f"{_fmt(row['mfu'], '>6.1%'):>6}  {one_time}")
     lines.append(f"(s/step: median wall seconds of steady-state steps, the first {warmup} of every run skipped; "
                  "CPU s: median process CPU seconds per step, all threads;\n n: steps measured; tok/step: tokens "
                  "trained on per step: ours counts non-padding tokens, the baseline its 500-token padded rows;\n "
-                 "peak: max over runs, up to the end of the training loop; loop-only: peak RSS within the loop)")
+                 "peak: max over runs, up to the end of the training loop; loop-only: peak RSS within the loop;\n "
+                 "MFU: ours' training FLOPs per second over this machine's measured matmul peak, core/flops.py)")
     lines.append("")
     lines.append(f"{'ratio':<34} {'measured':>9} {'goal':>9}  met")
     for row in ratio_rows:
