@@ -3,6 +3,7 @@ evaluated twice, with fp32 and with bf16 weights, side by side: every figure, th
 each method's best checkpoint, the NPO paper's claims, and the evaluation time of each checkpoint.
 
     python benchmarks/eval_precision.py              # the mini-lr5e-5 plan, GA and NPO+RT (CPU: ~1.5 h cold)
+    python benchmarks/eval_precision.py --methods npo_rt   # NPO+RT alone (~45 min once the models are learned)
     python benchmarks/eval_precision.py --quick      # pipeline check on tofu_mini's quick plan
 
 It shares tofu_mini's cache (runs/tofu_mini): the learned target and retain models and the unlearning
@@ -95,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="pipeline check: tofu_mini's quick plan")
     parser.add_argument("--runs-dir", default=None, help="tofu_mini's cache (default runs/tofu_mini)")
+    parser.add_argument("--methods", default="ga,npo_rt", help="comma-separated (default ga,npo_rt)")
     args = parser.parse_args(argv)
 
-    plan = quick_plan() if args.quick else replace(mini_plans()[1], methods=("ga", "npo_rt"))
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    plan = replace(quick_plan() if args.quick else mini_plans()[1], methods=methods)
     root = Path(args.runs_dir or REPO / "runs" / ("tofu_mini_quick" if args.quick else "tofu_mini")).resolve()
     bench = Bench(root, "cpu")
     results = {dtype: run_plan(replace(plan, eval_dtype=dtype), bench) for dtype in DTYPES}
