@@ -23,8 +23,8 @@ from .config import PATH_FIELDS, UnlearnConfig
 from .data import make_collate
 from .errors import UnlearnError
 from .methods import StepInputs, get_method
-from .models import (add_lora, frozen_linears_in_bf16, load_model, load_tokenizer, mixed_precision, model_summary,
-                     pick_device, resolve_model, save_model_atomic)
+from .models import (add_lora, dtype_name, frozen_linears_in_bf16, load_model, load_tokenizer, mixed_precision,
+                     model_summary, pick_device, resolve_model, save_model_atomic)
 from .reference import ReferenceLogits, cache_reference_nll
 from .runs import RunDir
 from .scoring import mean_token_nll
@@ -401,8 +401,7 @@ class Trainer:
         per_second = self.loop_tokens / seconds * self.accelerator.num_processes
         dtype = torch.bfloat16 if self.accelerator.mixed_precision == "bf16" else torch.float32
         utilisation = mfu(per_second, training_flops_per_token(model), dtype, self.device.type)
-        return {"tokens_per_second": round(per_second, 1), "mfu": round(utilisation, 4),
-                "mfu_dtype": str(dtype).removeprefix("torch.")}
+        return {"tokens_per_second": round(per_second, 1), "mfu": round(utilisation, 4), "mfu_dtype": dtype_name(dtype)}
 
     def _score(self, model) -> dict:
         """Mean answer-token NLL on the first `eval_examples` forget and retain examples."""
