@@ -106,7 +106,10 @@ class UnlearnConfig:
                 return value
             return os.path.abspath(Path(value).expanduser())
         paths = {name: absolute(getattr(self, name)) for name in PATH_FIELDS if name != "model"}
-        if Path(self.model).expanduser().exists():   # a local model directory, not 'bundled' or a hub id
+        from .models import BUNDLED, DEMO, HUB_PREFIX
+
+        named = self.model in (BUNDLED, DEMO) or self.model.startswith(HUB_PREFIX)   # resolve_model's names first
+        if not named and Path(self.model).expanduser().exists():   # a local model directory, not a hub id
             paths["model"] = absolute(self.model)
         return paths
 
