@@ -21,6 +21,7 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 # Settings that name files: recorded as absolute paths (config.json keeps what was typed in `as_given`),
 # and `model` too when it is a local directory.
 PATH_FIELDS = ("model", "forget", "retain", "normal", "out")
+DTYPES = ("auto", "float32", "bfloat16")   # --dtype; core.models.inference_dtype resolves `auto`
 
 # Learning rates that move the model within a few hundred steps. LoRA needs a higher one: at 1e-5 a
 # rank-8 adapter on the 135M model barely changes its outputs.
@@ -101,13 +102,13 @@ class UnlearnConfig:
     def absolute_paths(self) -> dict:
         """--out and the data files as absolute paths: a run is read later from any folder (resume,
         export, the studio), and must not depend on the one it was started in. `tofu:` splits stay."""
+        from .models import BUNDLED, DEMO, HUB_PREFIX
+
         def absolute(value: str | None) -> str | None:
             if not value or value.startswith("tofu:"):
                 return value
             return os.path.abspath(Path(value).expanduser())
         paths = {name: absolute(getattr(self, name)) for name in PATH_FIELDS if name != "model"}
-        from .models import BUNDLED, DEMO, HUB_PREFIX
-
         named = self.model in (BUNDLED, DEMO) or self.model.startswith(HUB_PREFIX)   # resolve_model's names first
         if not named and Path(self.model).expanduser().exists():   # a local model directory, not a hub id
             paths["model"] = absolute(self.model)
@@ -140,8 +141,7 @@ class UnlearnConfig:
         require(self.save_steps >= 0, f"save_steps must be 0 or more, got {self.save_steps}")
         require(self.save_total_limit >= 1, f"save_total_limit must be at least 1, got {self.save_total_limit}")
         require(self.eval_examples >= 0, f"eval_examples must be 0 or more, got {self.eval_examples}")
-        require(self.dtype in ("auto", "float32", "bfloat16"), f"unknown dtype {self.dtype!r}",
-                "use auto, float32 or bfloat16")
+        require(self.dtype in DTYPES, f"unknown dtype {self.dtype!r}", "use auto, float32 or bfloat16")
         require(self.device in ("auto", "cpu", "cuda", "mps"), f"unknown device {self.device!r}",
                 "use auto, cpu, cuda or mps")
         require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other",

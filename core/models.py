@@ -6,6 +6,7 @@ about 30 s, so it is converted once into a safetensors checkpoint under the cach
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .config import DTYPES
 from .errors import UnlearnError, require
 
 BUNDLED = "bundled"
@@ -201,9 +203,7 @@ def mixed_precision(requested: str, device: torch.device) -> str:
     return "bf16" if inference_dtype(requested, device) == torch.bfloat16 else "no"
 
 
-DTYPES = ("auto", "float32", "bfloat16")
-
-
+@functools.lru_cache(maxsize=None)   # asked at every model load; the CPU does not change
 def cpu_has_bf16_units() -> bool:
     """AVX512-BF16 or AMX: matrix instructions that make bf16 matmuls several times faster than fp32
     (without them torch emulates bf16 and gains nothing). Read from the kernel's CPU flags."""

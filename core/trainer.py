@@ -23,7 +23,7 @@ from .config import PATH_FIELDS, UnlearnConfig
 from .data import make_collate
 from .errors import UnlearnError
 from .methods import StepInputs, get_method
-from .models import (add_lora, dtype_name, frozen_linears_in_bf16, load_model, load_tokenizer, mixed_precision,
+from .models import (add_lora, frozen_linears_in_bf16, load_model, load_tokenizer, mixed_precision,
                      model_summary, pick_device, resolve_model, save_model_atomic)
 from .reference import ReferenceLogits, cache_reference_nll
 from .runs import RunDir
@@ -399,9 +399,9 @@ class Trainer:
         if not self.loop_tokens or seconds <= 0:
             return {}
         per_second = self.loop_tokens / seconds * self.accelerator.num_processes
-        dtype = torch.bfloat16 if self.accelerator.mixed_precision == "bf16" else torch.float32
+        dtype = getattr(torch, self.cfg.dtype)   # resolved when the run started: float32 or bfloat16
         utilisation = mfu(per_second, training_flops_per_token(model), dtype, self.device.type)
-        return {"tokens_per_second": round(per_second, 1), "mfu": round(utilisation, 4), "mfu_dtype": dtype_name(dtype)}
+        return {"tokens_per_second": round(per_second, 1), "mfu": round(utilisation, 4), "mfu_dtype": self.cfg.dtype}
 
     def _score(self, model) -> dict:
         """Mean answer-token NLL on the first `eval_examples` forget and retain examples."""
