@@ -56,7 +56,8 @@ LABELS = {"ga": "GA", "grad_diff": "GradDiff", "npo": "NPO", "npo_rt": "NPO+RT",
 class Plan:
     """Every knob of one protocol; recorded with the results."""
     name: str
-    retain_authors: tuple[int, int]          # trained in both target and retain models (inclusive)
+    retain_authors: tuple[tuple[int, int], ...]  # author ranges (inclusive) trained in both target and retain
+                                             # models; the retain data of unlearning
     forget_authors: tuple[int, int]          # trained in the target only, then unlearned
     holdout_authors: tuple[int, int] | None  # never trained: MIA non-members
     forget_split: str                        # the forgetNN_perturbed split holding forget_authors
@@ -77,23 +78,25 @@ class Plan:
     train_dtype: str = "float32"             # learning and unlearning: fp32 (the published results) or auto/bfloat16
     methods: tuple[str, ...] = METHODS
     learned_in: str | None = None            # reuse the target/retain models (and their evals) of this plan
+    shared_target: str | None = None         # a target model shared by plans that learn the same authors
+    forget_eval_every: int = 1               # evaluate every n-th forget QA (a large forget set, sampled evenly)
 
 
 def mini_plans() -> list[Plan]:
     # Authors 0-9 (200 QA) keep the two learn stages near 20 min each on 2 CPU cores; the retain eval set
     # (its first 60 QA = authors 0-2) lies inside them.
-    paper = Plan("mini", (0, 9), (198, 199), (196, 197), "forget01")
+    paper = Plan("mini", ((0, 9),), (198, 199), (196, 197), "forget01")
     # At the paper's 1e-5, 50 steps barely move a 135M model (GA's forget NLL 0.17 -> 0.95 per token), so
     # nothing can collapse; 5x that rate, on the same learned models, shows what a budget that forgets does.
     # The NPO paper's four methods only: each costs ~15 min of CPU, mostly its six evaluations.
-    hot = Plan("mini-lr5e-5", (0, 9), (198, 199), (196, 197), "forget01", unlearn_lr=5e-5, learned_in="mini",
+    hot = Plan("mini-lr5e-5", ((0, 9),), (198, 199), (196, 197), "forget01", unlearn_lr=5e-5, learned_in="mini",
                methods=("ga", "grad_diff", "npo", "npo_rt"))
     return [paper, hot]
 
 
 def quick_plan() -> Plan:
     """A pipeline check only: a few steps everywhere, numbers meaningless."""
-    return Plan("quick", (0, 0), (198, 199), (196, 197), "forget01", learn_epochs=0.25, unlearn_epochs=2,
+    return Plan("quick", ((0, 0),), (198, 199), (196, 197), "forget01", learn_epochs=0.25, unlearn_epochs=2,
                 unlearn_examples=8, eval_sizes={"eval_log.json": 4, "eval_log_forget.json": 4,
                                                 "eval_real_author_wo_options.json": 4,
                                                 "eval_real_world_wo_options.json": 4},
@@ -106,10 +109,26 @@ def full_plans() -> list[Plan]:
             "eval_real_world_wo_options.json": 300}
     plans = []
     for split, authors in (("forget01", 2), ("forget05", 10), ("forget10", 20)):
-        plans.append(Plan(f"full-{split}", (0, 199 - authors), (200 - authors, 199), None, split,
+        plans.append(Plan(f"full-{split}", ((0, 199 - authors),), (200 - authors, 199), None, split,
                           learn_lr=2e-5, learn_batch=16, unlearn_epochs=10, eval_sizes=tofu, max_new_tokens=200,
-                          eval_batch=64))
+                          eval_batch=64, shared_target="target-authors0-199"))
     return plans
+
+
+def forget50_plans() -> list[Plan]:
+    """The NPO paper's headline at mini scale: one target learns 20 authors (0-9 and forget05's 190-199);
+    10 % of them (forget01's 198-199) or 50 % (all of forget05) are unlearned. Each size has the retain model
+    that never saw its forget authors: authors 0-9 plus 190-197 for 10 %, authors 0-9 for 50 %, and unlearns
+    with that model's authors as retain data. Authors 188-189 are never trained: the MIA's non-members.
+    Unlearning at 5e-5 (the rate that reproduced the paper's central result in "mini-lr5e-5"). The 200
+    forget05 QA are evaluated every second one (100 QA, ten per author) to keep one evaluation near two
+    minutes; FQ compares the same 100 under the unlearned and the retain model."""
+    shared = dict(holdout_authors=(188, 189), unlearn_lr=5e-5, shared_target="forget50-target")
+    return [Plan("forget50-10pct", ((0, 9), (190, 197)), (198, 199), forget_split="forget01", **shared),
+            Plan("forget50-50pct", ((0, 9),), (190, 199), forget_split="forget05", forget_eval_every=2,
+                 eval_sizes={"eval_log.json": 60, "eval_log_forget.json": 100,
+                             "eval_real_author_wo_options.json": 30, "eval_real_world_wo_options.json": 30},
+                 **shared)]
 
 
 # ================================================================ data
@@ -125,7 +144,7 @@ def prepare_data(plan: Plan, root: Path) -> dict[str, str]:
     from core.tofu import author_records
 
     data = root / "data"
-    retain = author_records(*plan.retain_authors)
+    retain = [row for authors in plan.retain_authors for row in author_records(*authors)]
     forget = author_records(*plan.forget_authors)
     files = {"target": write_jsonl(data / f"{plan.name}-target.jsonl", retain + forget),
              "retain": write_jsonl(data / f"{plan.name}-retain.jsonl", retain),
@@ -143,6 +162,7 @@ def eval_records(plan: Plan) -> dict[str, list[dict]]:
     records = tofu_records(plan.forget_split)
     forget_questions = {r["question"] for r in author_records(*plan.forget_authors)}
     assert {r["question"] for r in records["eval_log_forget.json"]} == forget_questions, "forget split mismatch"
+    records["eval_log_forget.json"] = records["eval_log_forget.json"][::plan.forget_eval_every]
     return {name: rows[:plan.eval_sizes[name]] for name, rows in records.items()}
 
 
@@ -179,6 +199,7 @@ class Bench:
             return out
         resume = run.holds_run()
         self.say(f"{'resuming' if resume else 'training'} {out.name} ({settings.get('method')})")
+        started = time.time()
         if resume:
             config = UnlearnConfig(out=str(out), resume=True)
         else:
@@ -191,8 +212,18 @@ class Bench:
                 raise
             self.say(f"{out.name} diverged: {blown_up}")   # a result too: evaluate the epochs it reached
             return out
+        finally:
+            self.record_stage(out, time.time() - started)
         assert result.state == "finished", f"{out} ended {result.state}"
         return out
+
+    def record_stage(self, path: Path, seconds: float) -> None:
+        """Wall seconds per stage (a run or an evaluation), summed over invocations (a resumed run's parts)."""
+        stages_file = self.root / STAGES_FILE
+        stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
+        key = str(path.relative_to(self.root))
+        stages[key] = round(stages.get(key, 0.0) + seconds, 1)
+        stages_file.write_text(json.dumps(stages, indent=1))
 
     def evaluate(self, model: str, out: Path, plan: Plan, reference, retain_eval: Path | None,
                  holdout) -> dict:
@@ -205,12 +236,14 @@ class Bench:
             return json.loads(summary_path.read_text())
         self.say(f"evaluating {Path(model).relative_to(self.root) if Path(model).is_relative_to(self.root) else model}"
                  f" ({plan.eval_dtype})")
+        started = time.time()
         loaded = open_model(model, self.device, dtype=plan.eval_dtype)
         settings = Settings(max_samples=max(plan.eval_sizes.values()), max_new_tokens=plan.max_new_tokens,
                             batch_size=plan.eval_batch)
         summary = run_tofu(loaded, out, settings, plan.forget_split, reference, holdout, retain_eval,
                            records=eval_records(plan), reference_name="target model")
         del loaded
+        self.record_stage(out, time.time() - started)
         return summary
 
 
@@ -262,10 +295,8 @@ def eval_dir(root: Path, plan: Plan) -> Path:
 
 
 def _target_dir(plan: Plan, bench_root: Path, plan_root: Path) -> Path:
-    """The --full plans all learn authors 0-199: one shared target model instead of three identical ones."""
-    if plan.retain_authors[1] + 1 == plan.forget_authors[0] and plan.name.startswith("full"):
-        return bench_root / f"target-authors{plan.retain_authors[0]}-{plan.forget_authors[1]}"
-    return plan_root / "target"
+    """Plans that learn the same authors (--full's three, --forget50's two) share one target model."""
+    return bench_root / plan.shared_target if plan.shared_target else plan_root / "target"
 
 
 def diverged(run: Path) -> str | None:
@@ -361,6 +392,41 @@ def expectations(result: dict) -> list[str]:
     return lines
 
 
+HEADLINE_UTILITY = 0.8      # the NPO paper's forget-50 % claim: utility kept at 0.8 x the target's ...
+FAILED_UTILITY, FAILED_FQ = 0.5, 1e-3   # ... where GA-style methods already fail at 10 %
+
+
+def headline_claims(results: list[dict]) -> list[str]:
+    """The NPO paper's headline, checked on the --forget50 results (the rules are stated in the lines)."""
+    by_size = {r["plan"]["name"]: r for r in results}
+    small, large = by_size.get("forget50-10pct"), by_size.get("forget50-50pct")
+    if not (small and large):
+        return []
+    lines = []
+    ga_small = small["curves"].get("ga", [])[1:]
+    npo_rt_large = large["curves"].get("npo_rt", [])[1:]
+    if ga_small and npo_rt_large:
+        ga_best = max(p["fq"] or 0 for p in ga_small)
+        floor = HEADLINE_UTILITY * large["target"]["mu"]
+        good = [p for p in npo_rt_large if p["mu"] >= floor and (p["fq"] or 0) > ga_best]
+        p = max(good or npo_rt_large, key=lambda p: ((p["fq"] or 0) > ga_best and p["mu"] >= floor, p["fq"] or 0))
+        lines.append(f"- At 50 %, NPO+RT keeps Model Utility >= {HEADLINE_UTILITY:g} x the target's with a Forget "
+                     f"Quality above GA's best at 10 % ({ga_best:.3g}) at some epoch: **{'yes' if good else 'no'}**; "
+                     f"epoch {p['epoch']}: FQ {p['fq']:.3g}, MU {p['mu']:.3f} = {p['mu'] / large['target']['mu']:.2f} x target.")
+    for method in ("ga", "grad_diff"):
+        points = small["curves"].get(method, [])[1:]
+        if not points:
+            continue
+        last, target_mu = points[-1], small["target"]["mu"]
+        failed = last["mu"] < FAILED_UTILITY * target_mu or (last["fq"] or 0) < FAILED_FQ
+        fine = [p["epoch"] for p in points if p["mu"] >= FAILED_UTILITY * target_mu and (p["fq"] or 0) >= FAILED_FQ]
+        lines.append(f"- {LABELS[method]} already fails at 10 % (after the last epoch MU < {FAILED_UTILITY:g} x target "
+                     f"or FQ < {FAILED_FQ:g}): **{'yes' if failed else 'no'}**; epoch {last['epoch']}: FQ "
+                     f"{last['fq']:.3g}, MU {last['mu']:.3f} = {last['mu'] / target_mu:.2f} x target; epochs with "
+                     f"both above those bounds: {fine or 'none'}.")
+    return lines
+
+
 def markdown(result: dict, wall: float, device: str) -> str:
     from core.evaluation.report import table
 
@@ -418,6 +484,21 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+STAGES_FILE = "stage_seconds.json"
+
+
+def stage_table(root: Path) -> str:
+    """Each stage's wall time (stages measured before stage timing existed are missing)."""
+    from core.evaluation.report import table
+
+    stages_file = root / STAGES_FILE
+    if not stages_file.is_file():
+        return ""
+    stages = json.loads(stages_file.read_text())
+    rows = [[name, _clock(seconds)] for name, seconds in stages.items()]
+    return "\n".join(["## Wall time per stage", "", table(["stage (under the runs folder)", "wall time"], rows), ""])
+
+
 def _cumulative_wall(root: Path, this_run: float) -> float:
     """Wall time over every invocation that built this cache (a resumed or cached rerun adds its own)."""
     path = root / "wall_seconds.json"
@@ -440,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 authors, GA and NPO+RT, 2 epochs")
     parser.add_argument("--full", action="store_true", help="TOFU's forget01/05/10 protocol (for a GPU)")
+    parser.add_argument("--forget50", action="store_true",
+                        help="the NPO paper's headline: forget 10 %% and 50 %% of a 20-author target")
     parser.add_argument("--splits", default="forget01,forget05,forget10",
                         help="with --full: which forget splits to run (one per session fits a short GPU lease)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -465,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         plans = [p for p in full_plans() if p.forget_split in wanted]
         if not plans:
             parser.error(f"--splits {args.splits!r} names none of forget01, forget05, forget10")
+    elif args.forget50:
+        plans = forget50_plans()
     else:
         plans = [quick_plan()] if args.quick else mini_plans()
     plans = [replace(plan, eval_dtype=eval_dtype, train_dtype=args.train_dtype) for plan in plans]
@@ -472,12 +557,15 @@ def main(argv: list[str] | None = None) -> int:
     bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}")
     results = [run_plan(plan, bench) for plan in plans]
     wall = bench.count_wall()
-    stem = "tofu_full" if args.full else "tofu_mini"
+    stem = "tofu_full" if args.full else "tofu_forget50" if args.forget50 else "tofu_mini"
     (results_dir / f"{stem}.json").write_text(json.dumps(
         {"device": device, "wall_seconds": round(wall, 1), "results": results,
          "best": [{m: {"epoch": b["evaluation"]["epoch"], "meets_floor": b["meets_floor"], "rule": b["rule"]}
                    for m, b in best_points(r).items()} for r in results]}, indent=2))
-    (results_dir / f"{stem}.md").write_text("\n".join(markdown(r, wall, device) for r in results))
+    headline = headline_claims(results)
+    (results_dir / f"{stem}.md").write_text("\n".join(
+        (["# The NPO paper's headline: forget 10 % and 50 %", "", *headline, ""] if headline else [])
+        + [markdown(r, wall, device) for r in results] + [stage_table(root)]))
     plot(results, results_dir / f"{stem}.png")
     print((results_dir / f"{stem}.md").read_text())
     bench.say(f"done: results in {results_dir} (wall time {_clock(wall)})")
