@@ -196,7 +196,8 @@ def _write_gguf(source: RunSource, merged_dir: Path, target: Path, quants: list[
     if source.is_lora:  # the forget patch: base GGUF + adapter GGUF applied at load time
         with _timed(timings, "gguf_lora"):
             base = gguf.convert(Path(source.base_model), target / "base-f16.gguf", "f16")
-            patch = gguf.convert_lora(source.model_dir, Path(source.base_model), target / "forget-patch-f16.gguf")
+            patch = gguf.convert_lora(source.model_dir, Path(source.base_model), target / "forget-patch-f16.gguf",
+                                      base)
         artifacts["gguf-lora"] = {"path": str(patch.relative_to(target.parent)),
                                   "base": str(base.relative_to(target.parent))}
     return artifacts

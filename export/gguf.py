@@ -111,12 +111,67 @@ def quantize(f16: Path, out: Path, quant: str, threads: int | None = None) -> li
             for m in FALLBACK_LINE.findall(result.stderr + result.stdout)]
 
 
-def convert_lora(adapter_dir: Path, base_model_dir: Path, out: Path) -> Path:
-    """The PEFT adapter alone as a GGUF LoRA; needs only the base model's config, not its weights."""
-    with converter_view(base_model_dir) as base:
+def convert_lora(adapter_dir: Path, base_model_dir: Path, out: Path, base_gguf: Path) -> Path:
+    """The PEFT adapter alone as a GGUF LoRA; needs only the base model's config, not its weights. Checked
+    against `base_gguf` before anything loads it: llama.cpp crashes on a patch whose shapes do not fit."""
+    with converter_view(base_model_dir) as base, adapter_view(adapter_dir) as adapter:
         llamacpp.run_script("convert_lora_to_gguf.py", ["--base", str(base), "--outtype", "f16",
-                                                        "--outfile", str(out), str(adapter_dir)])
+                                                        "--outfile", str(out), str(adapter)])
+    misfits = lora_misfits(out, base_gguf)
+    if misfits:
+        out.unlink()
+        raise UnlearnError(f"llama.cpp's LoRA converter wrote a forget patch that does not fit the base model "
+                           f"({len(misfits)} tensors, e.g. {misfits[0]})",
+                           "export --formats hf,onnx; or unlearn with full fine-tuning (no --lora), whose "
+                           "GGUF export needs no patch")
     return out
+
+
+@contextlib.contextmanager
+def adapter_view(adapter_dir: Path):
+    """The adapter as llama.cpp's LoRA converter reads it. PEFT stores A (r x in) and B (out x r) in the
+    nn.Linear convention even for GPT-2's Conv1D layers (fan_in_fan_out), whose weight is (in x out); the
+    converter takes B @ A for that (in x out) weight and transposes it as it does the base's. Handing it
+    A' = B^T and B' = A^T (so B' @ A' = (B @ A)^T) gives back the right delta after its transpose."""
+    adapter_dir = Path(adapter_dir)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if not config.get("fan_in_fan_out"):
+        yield adapter_dir
+        return
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    swapped = {}
+    for name, tensor in tensors.items():
+        if ".lora_A." in name:
+            swapped[name] = tensors[name.replace(".lora_A.", ".lora_B.")].T.contiguous()
+        elif ".lora_B." in name:
+            swapped[name] = tensors[name.replace(".lora_B.", ".lora_A.")].T.contiguous()
+        else:
+            swapped[name] = tensor
+    with tempfile.TemporaryDirectory(prefix="gguf-adapter-") as tmp:
+        view = Path(tmp)
+        save_file(swapped, str(view / "adapter_model.safetensors"))
+        (view / "adapter_config.json").write_text(json.dumps({**config, "fan_in_fan_out": False}, indent=2))
+        yield view
+
+
+def lora_misfits(patch: Path, base: Path) -> list[str]:
+    """Each patch tensor whose shape does not fit its base weight: llama.cpp computes W x + B (A x), so A
+    must take the weight's input width and B give its output width (ggml shapes: (in, r) and (r, out))."""
+    from gguf import GGUFReader
+
+    shapes = {t.name: [int(n) for n in t.shape] for t in GGUFReader(str(base)).tensors}
+    misfits = []
+    for tensor in GGUFReader(str(patch)).tensors:
+        weight, _, part = tensor.name.rpartition(".lora_")
+        if part not in ("a", "b") or weight not in shapes:
+            continue
+        shape, base_shape = [int(n) for n in tensor.shape], shapes[weight]
+        fits = shape[0] == base_shape[0] if part == "a" else shape[1] == base_shape[1]
+        if not fits:
+            misfits.append(f"{tensor.name} {shape} for {weight} {base_shape}")
+    return misfits
 
 
 def tensor_report(path: Path, fallbacks: list[dict]) -> dict:

@@ -116,20 +116,29 @@ def run_script(script: str, args: list[str]) -> None:
         raise UnlearnError(f"llama.cpp's {script} could not convert this model: {reason}", fix)
 
 
-# What a converter's last exception means, and the fix that fits it (its stack lines are left out).
+# What a converter's last exception means: (pattern, the reason in plain words or None to show the
+# exception line itself, the fix that fits it). Stack lines are left out.
 FAILURES = (
-    (re.compile(r"File not found: .*tokenizer\.model|tokenizer\.model"),
+    (re.compile(r"File not found: .*tokenizer\.model|tokenizer\.model"), None,
      "put the model's tokenizer.model (SentencePiece) beside its config.json"),
-    (re.compile(r"KeyError"), "add the named setting to the model's config.json (the original model's config has it)"),
-    (re.compile(r"not supported|NotImplementedError"), "export this run without gguf"),
+    (re.compile(r"KeyError"), None,
+     "add the named setting to the model's config.json (the original model's config has it)"),
+    # llama.cpp knows a BPE tokenizer by a hash of how it splits a fixed text; a tokenizer it has not
+    # been taught (a custom vocabulary, or one paired with another family's pre-tokenizer) cannot convert.
+    (re.compile(r"pre-tokenizer was not recognized"),
+     "llama.cpp does not know this model's tokenizer (it recognises BPE tokenizers by how they split a fixed text)",
+     "export without gguf (--formats hf,onnx); llama.cpp converts the tokenizers published with the models it "
+     "supports, so a model with its family's own tokenizer converts"),
+    (re.compile(r"not supported|NotImplementedError"), None, "export this run without gguf"),
 )
 
 
 def converter_failure(output: str) -> tuple[str, str]:
-    """(reason, fix) from a failed converter's output: its final exception line in plain words."""
+    """(reason, fix) from a failed converter's output: its final exception line, in plain words where known."""
     lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
     reason = errors[-1] if errors else (lines[-1] if lines else "no output")
-    fix = next((fix for pattern, fix in FAILURES if pattern.search(reason)),
-               "check that this llama.cpp version supports the model (unlearn export --formats hf works for any)")
-    return reason, fix
+    for pattern, plain, fix in FAILURES:
+        if pattern.search(reason):
+            return plain or reason, fix
+    return reason, "check that this llama.cpp version supports the model (unlearn export --formats hf works for any)"

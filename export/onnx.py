@@ -100,6 +100,15 @@ def _is_fp16(model_dir: Path) -> bool:
     return graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
 
 
+def _empty_cache_shape(input_shape: list, decoder: dict) -> tuple[int, ...]:
+    """The past key/value fed at prefill: empty (it grows step by step), except in a sliding-window layer
+    (Gemma 2's local layers), whose GroupQueryAttention keeps a bounded cache and needs its full capacity,
+    window_size positions, from the start, as onnxruntime-genai allocates it."""
+    heads = input_shape[1] if isinstance(input_shape[1], int) else decoder["num_key_value_heads"]
+    length = decoder["sliding_window"]["window_size"] if input_shape[2] == "past_sliding_length" else 0
+    return (1, heads, length, decoder["head_size"])
+
+
 class OnnxRunner(Runner):
     """A plain onnxruntime InferenceSession over the decoder, batch 1, feeding present.* back as past.*."""
 
@@ -122,7 +131,7 @@ class OnnxRunner(Runner):
         self.output_names = [o.name for o in self.session.get_outputs()]
         first = inputs[self.past_names[0]]
         decoder = json.loads((model_dir / "genai_config.json").read_text())["model"]["decoder"]
-        self.cache_shape = (1, decoder["num_key_value_heads"], 0, decoder["head_size"])
+        self.cache_shapes = {name: _empty_cache_shape(inputs[name].shape, decoder) for name in self.past_names}
         self.cache_dtype = np.float16 if "float16" in first.type else np.float32
         self.past: dict[str, np.ndarray] = {}
         self.length = 0
@@ -140,7 +149,7 @@ class OnnxRunner(Runner):
 
     def prefill(self, ids: list[int]) -> np.ndarray:
         self.length = 0
-        self.past = {n: np.zeros(self.cache_shape, dtype=self.cache_dtype) for n in self.past_names}
+        self.past = {n: np.zeros(self.cache_shapes[n], dtype=self.cache_dtype) for n in self.past_names}
         return self._run(ids)
 
     def step(self, token: int) -> np.ndarray:

@@ -10,6 +10,32 @@ import pytest
 import torch
 
 
+SUPPORT_TABLE_START, SUPPORT_TABLE_END = "<!-- support-table:start -->", "<!-- support-table:end -->"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--support-table", metavar="MARKDOWN",
+                     help="write tests/test_architectures.py's outcomes as the family x format table into this "
+                          f"file, between the lines {SUPPORT_TABLE_START} and {SUPPORT_TABLE_END}")
+
+
+def pytest_configure(config):
+    config.support_cells = {}   # family -> check -> "yes" | "fails" | "refused: why", filled by the tests
+
+
+def pytest_sessionfinish(session):
+    target = session.config.getoption("--support-table")
+    if target and session.config.support_cells:
+        from test_architectures import support_table
+
+        path = Path(target)
+        text = path.read_text(encoding="utf-8")
+        head, rest = text.split(SUPPORT_TABLE_START, 1)
+        tail = rest.split(SUPPORT_TABLE_END, 1)[1]
+        table = support_table(session.config.support_cells)
+        path.write_text(f"{head}{SUPPORT_TABLE_START}\n{table}{SUPPORT_TABLE_END}{tail}", encoding="utf-8")
+
+
 @pytest.fixture(scope="session")
 def bundled_dir() -> Path:
     from core.models import bundled_model_dir
@@ -60,6 +86,35 @@ def write_qa_files(root: Path, n_forget: int, n_retain: int) -> dict[str, Path]:
 def qa_files(tmp_path) -> dict[str, Path]:
     """Eight forget and sixteen retain QA pairs as JSON Lines."""
     return write_qa_files(tmp_path, 8, 16)
+
+
+def sentencepiece_model_dir(root: Path, tokenizer_class: str = "GemmaTokenizer") -> Path:
+    """A folder holding only a SentencePiece tokenizer.model (as Gemma and Phi-3 ship), trained here on a
+    few lines of text, and the tokenizer config that names the family's tokenizer class."""
+    import sentencepiece
+
+    root.mkdir(parents=True)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(f"Book {i} was written by Zorblat Quenfeather. What is {i} plus {i}? "
+                                f"{i} plus {i} is {2 * i}." for i in range(300)))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(root / "sp"), vocab_size=400, model_type="bpe", pad_id=0, unk_id=1,
+        bos_id=2, eos_id=3, character_coverage=1.0, byte_fallback=True, minloglevel=2)
+    (root / "sp.model").rename(root / "tokenizer.model")
+    (root / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": tokenizer_class}))
+    return root
+
+
+def merged_reference(run: Path):
+    """The unlearned model rebuilt here with PEFT, independently of the export code."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from export.hf import TorchRunner
+
+    base = json.loads((run / "config.json").read_text())["resolved_model"]["path"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(run / "model"))
+    return TorchRunner(model.merge_and_unload().eval())
 
 
 def quiet(**kwargs) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_qa_files
+from conftest import merged_reference, sentencepiece_model_dir, write_qa_files
 from core.config import UnlearnConfig
 from core.errors import UnlearnError
 from core.trainer import train
@@ -80,16 +80,6 @@ def lora_bundle(lora_run, tmp_path_factory) -> Path:
     export_run(lora_run, out, formats=("hf", "gguf", "onnx"), gguf_quants=ALL_QUANTS,
                onnx_precisions=("fp32", "fp16", "int4"), parity_examples=2, log=quiet)
     return out
-
-
-def merged_reference(run: Path) -> TorchRunner:
-    """The unlearned model rebuilt here with PEFT, independently of the export code."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = json.loads((run / "config.json").read_text())["resolved_model"]["path"]
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(run / "model"))
-    return TorchRunner(model.merge_and_unload().eval())
 
 
 def chat_prompts(tokenizer) -> list[list[int]]:
@@ -390,23 +380,6 @@ def test_bundled_model_exports_with_parity(bundled_dir, data_files, tmp_path):
 
 
 
-def sentencepiece_model_dir(root: Path) -> Path:
-    """A folder holding only a SentencePiece tokenizer.model (as Gemma and Phi-3 ship), trained here on a
-    few lines of text, and the tokenizer config that names Gemma's tokenizer class."""
-    import sentencepiece
-
-    root.mkdir(parents=True)
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(f"Book {i} was written by Zorblat Quenfeather. What is {i} plus {i}? "
-                                f"{i} plus {i} is {2 * i}." for i in range(300)))
-    sentencepiece.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(root / "sp"), vocab_size=400, model_type="bpe", pad_id=0, unk_id=1,
-        bos_id=2, eos_id=3, character_coverage=1.0, byte_fallback=True, minloglevel=2)
-    (root / "sp.model").rename(root / "tokenizer.model")
-    (root / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer"}))
-    return root
-
-
 def test_gemma_converts_although_transformers_5_saves_no_tokenizer_model(data_files, tmp_path):
     """llama.cpp's Gemma converter reads tokenizer.model, which a transformers 5 save_pretrained does not
     write: the run's merged model must be converted with its source's SentencePiece model."""
@@ -445,3 +418,6 @@ def test_a_converter_failure_is_its_reason_in_one_line_with_a_fix_that_fits():
     assert reason == "KeyError: 'rotary_pct'" and "config.json" in fix
     reason, fix = converter_failure("Traceback ...\nFileNotFoundError: File not found: /m/tokenizer.model\n")
     assert reason.startswith("FileNotFoundError") and "tokenizer.model" in fix
+    reason, fix = converter_failure("Traceback ...\nNotImplementedError: BPE pre-tokenizer was not recognized - "
+                                    "update get_vocab_base_pre()\n")
+    assert "does not know this model's tokenizer" in reason and "--formats hf,onnx" in fix
