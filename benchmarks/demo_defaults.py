@@ -43,8 +43,9 @@ def main(argv=None) -> int:
     settings = json.loads(args.settings)
     out = Path(tempfile.mkdtemp(prefix="demo-defaults-")) / "run"
     started = time.time()
-    result = train(UnlearnConfig(model="demo", method=args.method, forget=str(FORGET), retain=str(RETAIN),
-                                 out=str(out), lora=True, batch_size=4, logging_steps=5, **settings),
+    base = {"model": "demo", "method": args.method, "forget": str(FORGET), "retain": str(RETAIN), "out": str(out),
+            "lora": True, "batch_size": 4, "logging_steps": 5}
+    result = train(UnlearnConfig.from_dict({**base, **settings}),   # hyper-parameters may stand at the top level
                    show_progress=False, log=lambda message: None)
     seconds = time.time() - started
     prober = load_prober(out)

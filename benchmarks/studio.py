@@ -57,7 +57,7 @@ def page_load_seconds(url: str) -> dict:
 
 def wait_for_steps(studio, name: str, steps: int, timeout: float = 600):
     """The studio's run `name` once it has done `steps` optimizer steps (its subprocess makes the folder)."""
-    from core.runs import RunDir
+    from core.runs import RunDir, RunState
 
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -66,7 +66,7 @@ def wait_for_steps(studio, name: str, steps: int, timeout: float = 600):
             run = RunDir(found)
             if run.status().get("step", 0) >= steps:
                 return run
-            if run.status().get("state") == "failed":
+            if run.status().get("state") == RunState.FAILED:
                 raise SystemExit(f"the benchmark's training run failed: {run.status().get('error')}")
         time.sleep(0.5)
     raise SystemExit(f"the benchmark's training run did not reach step {steps} in {timeout:.0f} s")

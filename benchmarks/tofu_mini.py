@@ -189,12 +189,12 @@ class Bench:
         """Train (or reuse / resume) one run; returns its directory."""
         from core.config import UnlearnConfig
         from core.errors import UnlearnError
-        from core.runs import RunDir
+        from core.runs import RunDir, RunState
         from core.trainer import train
 
         run = RunDir(out)
         blown_up = diverged(out)
-        if run.holds_run() and (blown_up or run.status().get("state") == "finished"):
+        if run.holds_run() and (blown_up or run.status().get("state") == RunState.FINISHED):
             self.say(f"cached: {out}" + (" (diverged)" if blown_up else ""))
             return out
         resume = run.holds_run()
@@ -214,7 +214,7 @@ class Bench:
             return out
         finally:
             self.record_stage(out, time.time() - started)
-        assert result.state == "finished", f"{out} ended {result.state}"
+        assert result.state == RunState.FINISHED, f"{out} ended {result.state}"
         return out
 
     def record_stage(self, path: Path, seconds: float) -> None:
@@ -301,11 +301,11 @@ def _target_dir(plan: Plan, bench_root: Path, plan_root: Path) -> Path:
 
 def diverged(run: Path) -> str | None:
     """The trainer's message when the run stopped on a non-finite loss (gradient ascent's blow-up)."""
-    from core.runs import RunDir
+    from core.runs import RunDir, RunState
 
     status = RunDir(run).status()
     error = status.get("error") or ""
-    return error if status.get("state") == "failed" and "non-finite" in error else None
+    return error if status.get("state") == RunState.FAILED and "non-finite" in error else None
 
 
 def _drop_optimizer_states(run: Path) -> None:

@@ -149,49 +149,35 @@ def _sync(device: str) -> None:
 # ==================================================================== variant: our trainer
 
 def run_ours(device: str, total_steps: int, lora: bool, checkpointing: bool = False) -> dict:
-    """`core.trainer.train` as a user runs it; the loop and the reference cache are only timed/metered."""
+    """`core.trainer.train` as a user runs it, observed through its callbacks (nothing patched)."""
     import core.trainer as trainer_module
     from core.config import UnlearnConfig
 
     meter, one_time, cpu_marks = PeakMeter(device), {}, []
-    original_cache, original_loop = trainer_module.cache_reference_nll, trainer_module.Trainer._loop
-    original_log = trainer_module.Trainer._log_metrics
 
-    def timed_cache(*args, **kwargs):
-        started = time.perf_counter()
-        cached = original_cache(*args, **kwargs)
-        _sync(device)
-        one_time["reference_nll_s"] = time.perf_counter() - started
-        return cached
+    class Metered(trainer_module.Callback):
+        def on_loop_begin(self, state):
+            one_time["params"], one_time["trainable_params"] = state.params, state.trainable_params
+            one_time["reference_nll_s"] = state.reference_seconds
+            one_time["loop_start_rss_mib"] = (_status_kib("VmRSS") or 0) / 1024
+            meter.start_loop()
+            cpu_marks.append(time.process_time())
 
-    def metered_loop(self, model, *args, **kwargs):
-        params = list(model.parameters())
-        one_time["params"] = sum(p.numel() for p in params)
-        one_time["trainable_params"] = sum(p.numel() for p in params if p.requires_grad)
-        one_time["loop_start_rss_mib"] = (_status_kib("VmRSS") or 0) / 1024
-        meter.start_loop()
-        cpu_marks.append(time.process_time())
-        try:
-            return original_loop(self, model, *args, **kwargs)
-        finally:
+        def on_log(self, state, row):   # once per step (logging_steps=1): the step's CPU time so far
+            cpu_marks.append(time.process_time())
+
+        def on_loop_end(self, state, outcome):
             meter.end_loop()
 
-    def clocked_log(self, *args, **kwargs):  # once per step (logging_steps=1): the step's CPU time so far
-        cpu_marks.append(time.process_time())
-        return original_log(self, *args, **kwargs)
-
-    trainer_module.cache_reference_nll = timed_cache
-    trainer_module.Trainer._loop = metered_loop
-    trainer_module.Trainer._log_metrics = clocked_log
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as tmp:
         config = UnlearnConfig(
             model="bundled", method="npo_rt", forget=FORGET, retain=RETAIN, out=str(Path(tmp) / "run"),
             batch_size=BATCH_SIZE, lr=None if lora else LR, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO,
-            max_grad_norm=MAX_GRAD_NORM, beta=BETA, seed=SEED, max_steps=total_steps, lora=lora,
+            max_grad_norm=MAX_GRAD_NORM, method_params={"beta": BETA}, seed=SEED, max_steps=total_steps, lora=lora,
             gradient_checkpointing=checkpointing,
             device=device, dtype="float32" if device == "cpu" else "auto",
             logging_steps=1, save_steps=0, eval_examples=0)
-        result = trainer_module.train(config, show_progress=False, log=lambda message: None)
+        result = trainer_module.train(config, show_progress=False, log=lambda message: None, callbacks=[Metered()])
         rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if line]
         resolved = json.loads((result.run_dir / "config.json").read_text())
     walls = [row["wall_time"] for row in rows]

@@ -66,6 +66,11 @@ def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, ext
     return final
 
 
+def read_trainer_state(path: Path) -> dict:
+    """A checkpoint's step, schedule and method state (trainer_state.json), without touching any weights."""
+    return json.loads((path / STATE).read_text())
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer and scheduler in place; returns the saved trainer state."""
     weights = load_file(str(path / WEIGHTS))
@@ -73,7 +78,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     require(set(weights) == expected, f"checkpoint {path} does not match this model and adapter",
             "resume with the settings the run was started with (they are in its config.json)")
     model.load_state_dict(weights, strict=False)
-    state = json.loads((path / STATE).read_text())
+    state = read_trainer_state(path)
     optimizer.load_state_dict(optimizer_state(load_file(str(path / OPTIMIZER)), state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     return state

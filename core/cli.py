@@ -14,6 +14,7 @@ import threading
 
 from .config import UnlearnConfig, cli_fields, read_config_file
 from .errors import UnlearnError
+from .runs import RunState
 
 
 # Other parts of the product add their own subcommands (`add_commands(subparsers)`), so this file stays
@@ -78,11 +79,48 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             convert = int if "int" in kind else float if "float" in kind else str
             metavar = {int: "N", float: "X", str: "TEXT"}[convert]
             parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
+    add_method_flags(parser)
+
+
+def add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per hyper-parameter name the registered methods declare, its help gathered from each
+    method that takes it; `unlearn train` checks the value against the chosen method's declaration."""
+    from .methods import METHODS, parameter_names, unlearning_methods
+
+    group = parser.add_argument_group("method hyper-parameters (each method takes its own; `unlearn methods` "
+                                      "lists them with their defaults and sources)")
+    for name in parameter_names():
+        declared = [(method, p) for method in METHODS.values() for p in method.params if p.name == name]
+        meanings: dict[tuple[str, str], list[str]] = {}   # one line per meaning: which methods, which defaults
+        for method, p in declared:
+            if method.name in unlearning_methods():
+                meanings.setdefault((p.help, p.range_text()), []).append(f"{method.name} {p.default}")
+        users = [f"{help_text}, {allowed} (default: {', '.join(defaults)})"
+                 for (help_text, allowed), defaults in meanings.items()]
+        param = declared[0][1]
+        convert = {bool: _boolean, int: int, float: float, str: str}[param.kind]
+        group.add_argument(param.flag, dest=f"{PARAM_PREFIX}{name}", type=convert, default=argparse.SUPPRESS,
+                           metavar={bool: "BOOL", int: "N", float: "X", str: "TEXT"}[param.kind],
+                           help="; ".join(users) or param.help)
+
+
+PARAM_PREFIX = "method_param__"   # argparse destinations of the method flags, apart from the config fields
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1", "on"):
+        return True
+    if text.lower() in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def config_from_args(args: argparse.Namespace) -> UnlearnConfig:
     settings = read_config_file(args.config) if getattr(args, "config", None) else {}
     settings.update({f.name: getattr(args, f.name) for f in cli_fields() if hasattr(args, f.name)})
+    given = {key.removeprefix(PARAM_PREFIX): value for key, value in vars(args).items() if key.startswith(PARAM_PREFIX)}
+    if given:   # flags override the config file's method_params (or its top-level hyper-parameters)
+        settings["method_params"] = {**(settings.get("method_params") or {}), **given}
     return UnlearnConfig.from_dict(settings)
 
 
@@ -116,7 +154,7 @@ def _stop_on_signals(stop_event: threading.Event) -> None:
 
 
 def format_summary(result) -> str:
-    if result.state == "stopped":
+    if result.state == RunState.STOPPED:
         return (f"Stopped at step {result.step}. Checkpoint kept in {result.run_dir}/checkpoints; "
                 f"continue with: unlearn train --out {result.run_dir} --resume")
     s = result.summary
@@ -144,8 +182,12 @@ def run_methods(args) -> int:
     from .methods import unlearning_methods
 
     for name, method in unlearning_methods().items():
-        params = ", ".join(f"{k}={v}" for k, v in method.defaults.items())
-        print(f"{name:<10} {method.summary}\n{'':<10} defaults: {params}\n{'':<10} source: {method.paper}")
+        print(f"{name:<10} {method.summary}\n{'':<10} paper: {method.paper}")
+        for p in method.params:
+            print(f"{'':<10} {p.flag} {p.default}  ({p.range_text()}) {p.help}; default from {p.source}")
+        if method.salient_modules:
+            print(f"{'':<10} --salient-modules {method.salient_modules}  (SURE's saliency: the share of neurons "
+                  f"each step updates)")
     return 0
 
 

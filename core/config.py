@@ -58,18 +58,13 @@ class UnlearnConfig:
     lora_dropout: float = _opt(0.0, "LoRA dropout")
     lora_targets: str = _opt("all-linear", "modules to adapt: 'all-linear' or comma-separated names (q_proj,v_proj)")
     gradient_checkpointing: bool = _opt(False, "recompute activations in backward to save memory")
+    salient_modules: Optional[float] = _opt(
+        None, "SURE (Zhang et al. 2025): each step update only this fraction of neurons (weight rows), those "
+              "with the largest forget-loss gradient, so that unlearning survives 4-bit quantisation; 0 = off "
+              "(default: the method's; 0.1 for sure, as the paper's 90th-percentile threshold)")
     device: str = _opt("auto", "auto, cpu or cuda")
     dtype: str = _opt("auto", "auto (bf16 mixed precision on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX, fp32 elsewhere), float32 or bfloat16")
     trust_remote_code: bool = _opt(False, "allow a hub/local model to run its own Python code (off: safer)")
-
-    # --- method hyper-parameters; None takes the method's published default (`unlearn methods`)
-    beta: Optional[float] = _opt(None, "inverse temperature of NPO / SimNPO / IdkDPO")
-    delta: Optional[float] = _opt(None, "SimNPO reward margin")
-    forget_weight: Optional[float] = _opt(None, "weight of the forget term")
-    retain_weight: Optional[float] = _opt(None, "weight of the retain term (NLL or KL)")
-    mismatch_weight: Optional[float] = _opt(None, "weight of the Yao random-mismatch term")
-    mismatch_k: Optional[int] = _opt(None, "random normal answers per forget prompt (Yao)")
-    max_forget_loss: Optional[float] = _opt(None, "stop early once a step's forget NLL exceeds this (Yao's max_bad_loss)")
 
     # --- run control
     logging_steps: int = _opt(1, "write a metrics line every N optimizer steps")
@@ -79,8 +74,10 @@ class UnlearnConfig:
     resume: bool = _opt(False, "continue the run in --out from its last checkpoint")
     overwrite: bool = _opt(False, "replace a run already in --out")
 
-    # --- filled in by resolve(), recorded in config.json
-    method_params: dict = _opt(None, "hyper-parameters the method used (resolved)", cli=False)
+    # --- the method's hyper-parameters, declared by the method itself (core/methods/<name>.py, `unlearn
+    # methods`): those given here, and after resolved() every one with the method's defaults filled in.
+    # The CLI makes one flag per declared name; config files may also write them at the top level.
+    method_params: Optional[dict] = _opt(None, "the method's hyper-parameters (name -> value)", cli=False)
 
     # ------------------------------------------------------------------
     def resolved(self) -> "UnlearnConfig":
@@ -90,8 +87,10 @@ class UnlearnConfig:
         self.validate()
         method = get_method(self.method)
         lr = self.lr if self.lr is not None else (LORA_LR if self.lora else FULL_FINETUNE_LR)
-        params = method.resolve_params(self)
-        return replace(self, lr=lr, method_params=params, dtype=self.training_dtype(), **self.absolute_paths())
+        params = method.resolve_params(self.method_params)
+        salient = self.salient_modules if self.salient_modules is not None else method.salient_modules
+        return replace(self, lr=lr, method_params=params, salient_modules=salient, dtype=self.training_dtype(),
+                       **self.absolute_paths())
 
     def training_dtype(self) -> str:
         """`auto` decided once, when the run starts, and recorded: a resumed run keeps its precision."""
@@ -127,14 +126,9 @@ class UnlearnConfig:
         require(0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         require(self.weight_decay >= 0, f"weight_decay must be 0 or more, got {self.weight_decay}")
         require(self.max_grad_norm >= 0, f"max_grad_norm must be 0 or more, got {self.max_grad_norm}")
-        require(self.beta is None or self.beta > 0, f"beta must be positive, got {self.beta}",
-                "use for example --beta 0.1 (NPO's default)")
-        for name in ("forget_weight", "retain_weight", "mismatch_weight"):
-            value = getattr(self, name)
-            require(value is None or value >= 0, f"{name} must be 0 or more, got {value}")
-        require(self.mismatch_k is None or self.mismatch_k >= 1, f"mismatch_k must be at least 1, got {self.mismatch_k}")
-        require(self.max_forget_loss is None or self.max_forget_loss > 0,
-                f"max_forget_loss must be positive, got {self.max_forget_loss}", "use for example --max-forget-loss 100")
+        require(self.salient_modules is None or 0 <= self.salient_modules < 1,
+                f"salient_modules must be in [0, 1), got {self.salient_modules}",
+                "use for example --salient-modules 0.1 (SURE's default), or 0 for off")
         require(self.lora_r >= 1, f"lora_r must be at least 1, got {self.lora_r}", "use --lora-r 16")
         require(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         require(self.logging_steps >= 1, f"logging_steps must be at least 1, got {self.logging_steps}")
@@ -153,6 +147,19 @@ class UnlearnConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnlearnConfig":
+        """Settings from a config file, a run's config.json or the CLI. A method's hyper-parameters may
+        stand at the top level (as config.json wrote them before methods declared their own): they are
+        gathered into method_params, the top-level value first."""
+        from .methods import parameter_names
+
+        data = dict(data)
+        params = dict(data.pop("method_params", None) or {})
+        for name in parameter_names():
+            value = data.pop(name, None)
+            if value is not None:
+                params[name] = value
+        if params:
+            data["method_params"] = params
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         require(not unknown, f"unknown setting(s) {', '.join(unknown)}",

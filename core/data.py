@@ -250,18 +250,21 @@ class UnlearningDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _pick(self, pool: list, view: str, index: int):
+    def _pick(self, pool: list, view: str, index: int) -> int:
+        """Which example of a sampled view's pool goes with forget example `index` this epoch."""
         key = (view, self.epoch)
         if key not in self._orders:
             order = list(range(len(pool)))
             random.Random(f"{self.seed}:{view}:{self.epoch}").shuffle(order)
             self._orders[key] = order
-        return pool[self._orders[key][index % len(pool)]]
+        return self._orders[key][index % len(pool)]
 
     def __getitem__(self, index: int) -> dict:
-        item = {"index": index}
+        item = {"index": index, "sampled_index": {}}
         item.update({view: values[index] for view, values in self.aligned.items()})
-        item.update({view: self._pick(pool, view, index) for view, pool in self.sampled.items()})
+        for view, pool in self.sampled.items():
+            item["sampled_index"][view] = self._pick(pool, view, index)
+            item[view] = pool[item["sampled_index"][view]]
         return item
 
 
@@ -271,14 +274,16 @@ def make_collate(pad_id: int, reference_nll: dict[str, torch.Tensor]):
         index = torch.tensor([item["index"] for item in items])
         batch = {"index": index}
         for view in items[0]:
-            if view == "index":
+            if view in ("index", "sampled_index"):
                 continue
             values = [item[view] for item in items]
             if isinstance(values[0], list):
                 values = [seq for group in values for seq in group]
             batch[view] = pad_batch(values, pad_id)
-        for view, cache in reference_nll.items():
-            batch[view]["ref_nll"] = cache[index]
+        for view, cache in reference_nll.items():   # a sampled view (retain) is looked up by its own index
+            sampled = view in items[0]["sampled_index"]
+            rows = torch.tensor([item["sampled_index"][view] for item in items]) if sampled else index
+            batch[view]["ref_nll"] = cache[rows]
         return batch
     return collate
 

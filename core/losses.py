@@ -12,8 +12,8 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token NLL per sequence and its token count.
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token NLL at each predicting position [B, T-1] (0 where there is no label) and the label mask.
 
     logits [B, T, V] predict labels [B, T] shifted by one; positions labelled IGNORE_INDEX are skipped.
     """
@@ -23,8 +23,13 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
         shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
         ignore_index=IGNORE_INDEX, reduction="none",
     ).view(shift_labels.shape)
-    n_tokens = (shift_labels != IGNORE_INDEX).sum(-1)
-    return per_token.sum(-1), n_tokens
+    return per_token, shift_labels != IGNORE_INDEX
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL per sequence [B] and its token count [B]."""
+    per_token, mask = token_nll(logits, labels)
+    return per_token.sum(-1), mask.sum(-1)
 
 
 def token_mean(nll: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
@@ -76,3 +81,60 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
     log_ref = F.log_softmax(ref_logits[:, :-1, :].float(), dim=-1)[mask]  # [N, V]
     per_position = (log_ref.exp() * (log_ref - log_p)).sum(-1)
     return per_position.mean() if per_position.numel() else logits.sum() * 0.0
+
+
+def weighted_ascent_loss(token_nll: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Token-weighted gradient ascent: -mean over answer tokens of w_t·NLL_t, the weights held constant
+    (WGA, SatImp). token_nll, mask, weight: [B, T]."""
+    return -(weight.detach() * token_nll)[mask].mean()
+
+
+def wga_weights(token_nll: torch.Tensor, beta: float) -> torch.Tensor:
+    """WGA (Wang et al. 2025): w_t = p_t^β, p_t = exp(-NLL_t): the tokens the model still knows weigh most."""
+    return torch.exp(-token_nll) ** beta
+
+
+def satimp_weights(token_nll: torch.Tensor, beta1: float, beta2: float) -> torch.Tensor:
+    """SatImp (Yang et al. 2025): w_t = p_t^β1 · (1 − p_t)^β2, saturation times importance."""
+    p = torch.exp(-token_nll)
+    return p ** beta1 * (1 - p) ** beta2
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross entropy of next-token logits [B, T, V] against target distributions [B, T, V], averaged
+    over the positions where mask [B, T] is true."""
+    per_position = -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+    return per_position[mask].mean()
+
+
+def ce_unlearning_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE-U (Yang et al. 2025): the model's own next-token distribution with the true token removed
+    (its logit set to −inf), held constant. logits [B, T, V] at the predicting positions, labels [B, T]
+    the tokens they predict."""
+    target = logits.detach().float().clone()
+    target.scatter_(-1, labels.clamp(min=0).unsqueeze(-1), float("-inf"))
+    return F.softmax(target, dim=-1)
+
+
+def undial_target(original_logits: torch.Tensor, labels: torch.Tensor, strength: float) -> torch.Tensor:
+    """UNDIAL (Dong et al. 2024): the original model's distribution with the true token's logit lowered
+    by `strength` (β), the self-distillation target. Shapes as ce_unlearning_target."""
+    adjusted = original_logits.float().clone()
+    adjusted.scatter_add_(-1, labels.clamp(min=0).unsqueeze(-1),
+                          torch.full_like(labels, -strength, dtype=adjusted.dtype).unsqueeze(-1))
+    return F.softmax(adjusted, dim=-1)
+
+
+def logit_flattening_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PDU's forget loss (Entesari et al. 2025): (max logit − mean logit)², averaged over the masked
+    positions; zero when the next-token distribution is uniform."""
+    flat = logits.float()
+    margin = flat.max(-1).values - flat.mean(-1)
+    return (margin ** 2)[mask].mean()
+
+
+def activation_distance(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RMU's MSE (Li et al. 2024): per sequence, the mean over masked positions of the mean squared
+    difference over the hidden size; then the mean over sequences. hidden, target [B, T, D], mask [B, T]."""
+    squared = ((hidden.float() - target.float()) ** 2).mean(-1) * mask
+    return (squared.sum(-1) / mask.sum(-1).clamp(min=1)).mean()

@@ -7,10 +7,12 @@
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .errors import UnlearnError
 
 from .scoring import score_nll
 
@@ -37,20 +39,61 @@ def cache_reference_nll(model, views: dict, pad_id: int, run_dir, config, accele
     return cached
 
 
-class ReferenceLogits:
-    """Callable giving the original model's logits for a batch part (no grad)."""
+class OriginalModel:
+    """The original model's outputs for a batch part, without grad: its logits (KL terms, distillation) and
+    a decoder layer's hidden states (representation methods such as RMU)."""
 
     def __init__(self, model, frozen_copy=None, autocast=nullcontext):
         self.model = model          # the trained model: used with its LoRA adapter disabled
         self.frozen_copy = frozen_copy
         self.autocast = autocast
 
+    @contextmanager
+    def _original(self):
+        if self.frozen_copy is not None:
+            yield self.frozen_copy
+            return
+        model = getattr(self.model, "module", self.model)  # under DDP, the wrapped PeftModel
+        with model.disable_adapter():
+            yield model
+
     @torch.no_grad()
     def __call__(self, part: dict, keep: int) -> torch.Tensor:
+        """Logits of the last `keep` positions (as forward_logits keeps them for the current model)."""
         kwargs = dict(input_ids=part["input_ids"], attention_mask=part["attention_mask"], logits_to_keep=keep)
-        with self.autocast():
-            if self.frozen_copy is not None:
-                return self.frozen_copy(**kwargs).logits
-            model = getattr(self.model, "module", self.model)  # under DDP, the wrapped PeftModel
-            with model.disable_adapter():
-                return model(**kwargs).logits
+        with self.autocast(), self._original() as model:
+            return model(**kwargs).logits
+
+    @torch.no_grad()
+    def hidden(self, part: dict, layer: int) -> torch.Tensor:
+        """Output hidden states [B, T, D] of decoder layer `layer`."""
+        with self.autocast(), self._original() as model:
+            return layer_output(model, part, layer)
+
+
+def layer_output(model, part: dict, layer: int) -> torch.Tensor:
+    """Run `model` on a batch part and return decoder layer `layer`'s output hidden states [B, T, D]. A
+    forward hook on that one module (not output_hidden_states, which keeps every layer's) takes it; the
+    logits of one position only are computed."""
+    captured = []
+
+    def keep(module, args, output):
+        captured.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = decoder_layers(model)[layer].register_forward_hook(keep)
+    try:
+        model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The model's stack of decoder layers, whatever the family calls it (model.layers, transformer.h,
+    gpt_neox.layers, model.decoder.layers): the ModuleList as long as the config's layer count."""
+    count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count]
+    if not stacks:
+        raise UnlearnError("could not find this model's decoder layers",
+                           "use a method that does not read hidden states (e.g. npo_rt)")
+    return stacks[0]

@@ -11,14 +11,30 @@ import shutil
 import socket
 import tempfile
 import time
+from enum import Enum
 from pathlib import Path
 
 from .errors import require
 
-# "interrupted": the status said running, but the process that wrote it is gone (SIGKILL, a reboot).
-STATES = ("queued", "running", "stopping", "stopped", "interrupted", "finished", "failed")
-ACTIVE_STATES = ("queued", "running", "stopping")
-RESUMABLE_STATES = ("stopped", "interrupted", "failed")
+class RunState(str, Enum):
+    """A run's state in status.json, the one vocabulary of the trainer, the studio and export. A str enum:
+    it is written to JSON as its value, and equals the plain string read back."""
+    QUEUED = "queued"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"   # the status said running, but its process is gone (SIGKILL, a reboot)
+    FINISHED = "finished"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATES = tuple(RunState)
+ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING, RunState.STOPPING)
+RESUMABLE_STATES = (RunState.STOPPED, RunState.INTERRUPTED, RunState.FAILED)
+ENDED_STATES = (RunState.STOPPED, RunState.FINISHED, RunState.FAILED)
 STOP_FILE = "STOP"
 
 
@@ -103,9 +119,9 @@ class RunDir:
     def status(self) -> dict:
         """status.json; a run whose trainer died without a word (SIGKILL, a reboot) is reported, and
         recorded, as interrupted, with the command that resumes it."""
-        status = read_json(self.status_path, {"state": "queued"})
+        status = read_json(self.status_path, {"state": RunState.QUEUED})
         if status.get("state") in ACTIVE_STATES and not _writer_alive(status):
-            status = {**status, "state": "interrupted", "interrupted_from": status["state"],
+            status = {**status, "state": RunState.INTERRUPTED, "interrupted_from": status["state"],
                       "message": f"the training process ({status.get('pid')}) is gone; resume with: "
                                  f"unlearn train --out {self.path.resolve()} --resume"}
             try:

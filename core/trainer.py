@@ -18,32 +18,60 @@ from typing import Callable, Iterator
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_trainer_state, save_checkpoint
 from .config import PATH_FIELDS, UnlearnConfig
 from .data import make_collate
 from .errors import UnlearnError
 from .methods import StepInputs, get_method
+from .methods.base import MethodSetup
 from .models import (add_lora, frozen_linears_in_bf16, load_model, load_tokenizer, mixed_precision,
                      model_summary, pick_device, resolve_model, save_model_atomic)
-from .reference import ReferenceLogits, cache_reference_nll
-from .runs import RunDir
+from .reference import OriginalModel, cache_reference_nll
+from .runs import RunDir, RunState
+from .saliency import SalientNeurons
 from .scoring import mean_token_nll
 from .views import build_dataset, read_sets
 
 
 @dataclass
+class LoopState:
+    """Where the loop is, for callbacks (read it; the trainer writes it)."""
+    step: int = 0
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    epoch: float = 0.0
+    tokens: int = 0                 # non-padding tokens through the model this invocation
+    started: float = 0.0            # time.time() when the loop began
+    params: int = 0
+    trainable_params: int = 0
+    reference_seconds: float = 0.0  # the cached reference NLL's one-time cost (0 when read back)
+    metrics: dict = field(default_factory=dict)   # the last metrics.jsonl line
+
+
+class Callback:
+    """Observe a run without reaching into the trainer (benchmarks, the studio, a user's own logging).
+    Every hook gets the LoopState; none may change training."""
+
+    def on_loop_begin(self, state: LoopState) -> None: ...
+    def on_step_end(self, state: LoopState) -> None: ...
+    def on_log(self, state: LoopState, row: dict) -> None: ...
+    def on_checkpoint(self, state: LoopState, path: Path) -> None: ...
+    def on_loop_end(self, state: LoopState, outcome: "RunState") -> None: ...
+
+
+@dataclass
 class TrainResult:
     run_dir: Path
-    state: str                     # "finished" or "stopped"
+    state: RunState                # FINISHED or STOPPED
     step: int
     summary: dict = field(default_factory=dict)
     is_main_process: bool = True   # under `accelerate launch`, only rank 0 reports
 
 
 def train(config: UnlearnConfig, stop_event: threading.Event | None = None, show_progress: bool = True,
-          log=print) -> TrainResult:
+          log=print, callbacks: list[Callback] = ()) -> TrainResult:
     """Run (or resume) an unlearning run; raises UnlearnError with a fix for every user-fixable problem."""
-    return Trainer(config, stop_event, show_progress, log).run()
+    return Trainer(config, stop_event, show_progress, log, callbacks).run()
 
 
 def config_for_resume(out: str | Path) -> UnlearnConfig:
@@ -52,7 +80,7 @@ def config_for_resume(out: str | Path) -> UnlearnConfig:
     if not run.holds_run():
         raise UnlearnError(f"there is no run to resume in {run.path}", "check --out, or start a new run")
     state = run.status().get("state")
-    if state == "finished":
+    if state == RunState.FINISHED:
         raise UnlearnError(f"the run in {run.path} already finished: there is nothing to resume",
                            "use its model/ directory, or start again with --overwrite")
     if run.is_active():
@@ -63,16 +91,20 @@ def config_for_resume(out: str | Path) -> UnlearnConfig:
 
 
 class Trainer:
-    def __init__(self, config: UnlearnConfig, stop_event=None, show_progress=True, log=print):
+    def __init__(self, config: UnlearnConfig, stop_event=None, show_progress=True, log=print, callbacks=()):
         if config.resume:
             config = config_for_resume(config.out)
         self.cfg = config.resolved()
         self.as_given = {name: getattr(config, name) for name in PATH_FIELDS
                          if getattr(config, name) != getattr(self.cfg, name)}
         self.method = get_method(self.cfg.method)(self.cfg.method_params)
+        self.saliency = SalientNeurons(self.cfg.salient_modules) if self.cfg.salient_modules else None
+        self.saliency_observed = False
         self.stop_event = stop_event or threading.Event()
         self.show_progress = show_progress
         self._log = log
+        self.callbacks = list(callbacks)
+        self.state = LoopState()
         self.device = pick_device(self.cfg.device)
 
     # ================================================================ entry point
@@ -93,10 +125,10 @@ class Trainer:
         try:
             return self._run()
         except UnlearnError as exc:
-            self._status("failed", error=str(exc))
+            self._status(RunState.FAILED, error=str(exc))
             raise
         except Exception as exc:
-            self._status("failed", error=f"{type(exc).__name__}: {exc}")
+            self._status(RunState.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
 
     def _open_run_dir(self) -> RunDir:
@@ -113,8 +145,11 @@ class Trainer:
         from accelerate.utils import set_seed
 
         cfg, accelerator = self.cfg, self.accelerator
+        if self.saliency and accelerator.num_processes > 1:
+            raise UnlearnError("--salient-modules (SURE) needs the forget gradient apart from the others, which "
+                               "a multi-process run does not keep", "run it in one process, or pass --salient-modules 0")
         set_seed(cfg.seed)
-        self._status("running", message="reading data")
+        self._status(RunState.RUNNING, message="reading data")
         raw = read_sets(cfg, self.method)
         source = resolve_model(cfg.model)
         self.tokenizer = load_tokenizer(source, cfg.trust_remote_code)
@@ -124,10 +159,11 @@ class Trainer:
         if not cfg.resume:
             self._write_config(source)
 
-        self._status("running", message="loading model")
+        self._status(RunState.RUNNING, message="loading model")
         model = self._load_model(source)
-        self._status("running", message="scoring the original model")
+        self._status(RunState.RUNNING, message="scoring the original model")
         self._prepare_reference(model)
+        self._prepare_method(model)
         before = self._score(model) if not cfg.resume else self.run_dir.config().get("before", {})
         if not cfg.resume and self.is_main:
             self.run_dir.write_config({**self.run_dir.config(), "before": before})
@@ -143,7 +179,12 @@ class Trainer:
         start_step = self._resume(model, optimizer, scheduler) if cfg.resume else 0
 
         outcome, step = self._loop(model, optimizer, scheduler, loader, start_step)
+        self._notify("on_loop_end", outcome)
         return self._finish(model, optimizer, scheduler, outcome, step, before)
+
+    def _notify(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self.state, *args)
 
     # ================================================================ set-up
     def _write_config(self, source: str) -> None:
@@ -189,19 +230,44 @@ class Trainer:
     def _prepare_reference(self, model) -> None:
         """Cache NLL_ref of fixed sequences once; set up the KL reference if the method has a KL term."""
         views = {view: self.sets[view].items for view in self.method.cached_reference}
+        started = time.perf_counter()
         self.dataset.reference_nll.update(
             cache_reference_nll(model, views, self.tokenizer.pad_token_id, self.run_dir, self.cfg,
                                 self.accelerator, is_lora=self.cfg.lora))
-        self.reference_logits = None
-        if self.method.kl_views:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.state.reference_seconds = time.perf_counter() - started
+        self.original = None
+        if self.method.needs_original():
             frozen = None if self.cfg.lora else self._frozen_copy()
-            self.reference_logits = ReferenceLogits(model, frozen, self.accelerator.autocast)
+            self.original = OriginalModel(model, frozen, self.accelerator.autocast)
 
     def _frozen_copy(self):
-        """Full fine-tuning's KL reference: a second, frozen copy of the original (+1x weights memory)."""
+        """Full fine-tuning's original for KL terms and hidden states: a second, frozen copy (+1x weights)."""
         frozen = load_model(self.source, torch.float32, self.cfg.trust_remote_code).to(self.accelerator.device)
         frozen.eval().requires_grad_(False)
         return frozen
+
+    def _prepare_method(self, model) -> None:
+        """The method's own set-up (what trains, what it derives from the model); on resume its saved
+        state first, so that it makes the same choices as when the run started."""
+        checkpoint = self.run_dir.latest_checkpoint() if self.cfg.resume else None
+        if checkpoint is not None:
+            self.method.load_state_dict(read_trainer_state(checkpoint).get("method_state", {}))
+
+        def forget_batches():
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_size=self.cfg.batch_size, shuffle=False,
+                collate_fn=make_collate(self.tokenizer.pad_token_id, self.dataset.reference_nll))
+            device = self.accelerator.device
+            for batch in loader:
+                yield {k: {n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v
+                       for k, v in batch.items()}
+        self.method.prepare(MethodSetup(model, self.cfg, forget_batches, self.log))
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if not trainable:
+            raise UnlearnError(f"method {self.cfg.method} left no parameter to train",
+                               "check its module and layer settings (`unlearn methods`)")
 
     def _optimizer(self, model) -> torch.optim.Optimizer:
         # As transformers' Trainer (the reference code's): no weight decay on biases and norms.
@@ -239,6 +305,11 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=step, disable=not (self.is_main and self.show_progress),
                    desc="fine-tuning" if cfg.method == "sft" else f"unlearning ({cfg.method})", unit="step")
         window = _Window()
+        params = list(model.parameters())
+        self.state = replace(self.state, step=step, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                             started=self.started, params=sum(p.numel() for p in params),
+                             trainable_params=sum(p.numel() for p in params if p.requires_grad))
+        self._notify("on_loop_begin")
         model.train()
         while step < self.total_steps:
             epoch, done_in_epoch = divmod(step, self.steps_per_epoch)
@@ -250,6 +321,9 @@ class Trainer:
             for batch in batches:
                 with accelerator.accumulate(model):
                     self._micro_step(model, batch, step, window)
+                    if self.saliency and accelerator.sync_gradients:
+                        self.saliency.mask_gradients(model)
+                        self.saliency_observed = False
                     grad_norm = self._clip(model) if accelerator.sync_gradients else None
                     optimizer.step()
                     optimizer.zero_grad()
@@ -257,16 +331,19 @@ class Trainer:
                     continue
                 scheduler.step()
                 step += 1
+                self.method.after_step(step, self.total_steps)
+                self.state.step, self.state.epoch, self.state.tokens = step, step / self.steps_per_epoch, self.loop_tokens
+                self._notify("on_step_end")
                 bar.update(1)
                 window.grad_norm = grad_norm
                 stop, early = self._step_control(step)
                 if step % cfg.logging_steps == 0 or step == self.total_steps or early:
                     self._log_metrics(step, epoch, scheduler, window)
                     window = _Window()
-                self._status("running", step=step)
+                self._status(RunState.RUNNING, step=step)
                 if stop:
                     bar.close()
-                    return "stopped", step
+                    return RunState.STOPPED, step
                 if early or step >= self.total_steps:
                     break
                 if cfg.save_steps and step % cfg.save_steps == 0:
@@ -274,23 +351,31 @@ class Trainer:
             if self.early_stop_reason:
                 break
         bar.close()
-        return "finished", step
+        return RunState.FINISHED, step
 
     def _micro_step(self, model, batch: dict, step: int, window: "_Window") -> None:
-        inputs = StepInputs(model, batch, self.reference_logits)
+        inputs = StepInputs(model, batch, self.original)
         if self.accelerator.num_processes == 1:
             terms = backward_each_term(self.method.loss_terms(inputs), inputs, self.accelerator.backward,
-                                       lambda term, terms: self._guard_finite(term, terms, step))
+                                       lambda term, terms: self._guard_finite(term, terms, step),
+                                       lambda name: self._after_backward(name, model))
         else:  # DDP syncs gradients on every backward: one backward of the sum per micro-batch
             terms = dict(self.method.loss_terms(inputs))
             loss = sum(terms.values())
             self._guard_finite(loss, terms, step)
             self.accelerator.backward(loss)
-        forget_nll = _token_mean(*inputs.nll("forget"))
+        with torch.no_grad():   # for the log; free when the loss already read it (RMU does not)
+            forget_nll = _token_mean(*inputs.nll("forget"))
         tokens = _batch_tokens(batch)
         self.loop_tokens += tokens
         window.add(terms, tokens, forget_nll, self._retain_nll(model, inputs, step))
         self.step_forget_nlls.append(forget_nll)
+
+    def _after_backward(self, name: str, model) -> None:
+        """SURE: the gradient just after a step's first forget term is the forget-loss gradient."""
+        if self.saliency and name.startswith("forget") and not self.saliency_observed:
+            self.saliency.observe_forget_gradient(model)
+            self.saliency_observed = True
 
     def _retain_nll(self, model, inputs: StepInputs, step: int) -> float | None:
         """Retain NLL for the log: free when the method forwards retain, else a no-grad pass on log steps."""
@@ -337,9 +422,12 @@ class Trainer:
         if not self.is_main:
             return
         row = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), **window.summary(),
+               **self.method.extra_log(), **({"salient_share": round(self.saliency.kept, 5)} if self.saliency else {}),
                "lr": scheduler.get_last_lr()[0], "grad_norm": window.grad_norm,
                "wall_time": round(time.time() - self.started, 3)}
         self.run_dir.append_metrics(row)
+        self.state.metrics = row
+        self._notify("on_log", row)
 
     def _status(self, state: str, **fields) -> None:
         if not getattr(self, "is_main", True) or not hasattr(self, "run_dir"):
@@ -360,16 +448,18 @@ class Trainer:
     def _checkpoint(self, model, optimizer, scheduler, step: int) -> None:
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            save_checkpoint(self.run_dir.checkpoints_dir, step, self.accelerator.unwrap_model(model), optimizer,
-                            scheduler, {"epoch": step / self.steps_per_epoch}, self.cfg.save_total_limit)
+            path = save_checkpoint(self.run_dir.checkpoints_dir, step, self.accelerator.unwrap_model(model), optimizer,
+                                   scheduler, {"epoch": step / self.steps_per_epoch,
+                                               "method_state": self.method.state_dict()}, self.cfg.save_total_limit)
+            self._notify("on_checkpoint", path)
         self.accelerator.wait_for_everyone()
 
     def _finish(self, model, optimizer, scheduler, outcome: str, step: int, before: dict) -> TrainResult:
         summary = {}
-        if outcome == "stopped":  # a finished run needs no checkpoint: its model is in model/
-            self._status("stopping", step=step, message="saving a checkpoint")
+        if outcome == RunState.STOPPED:  # a finished run needs no checkpoint: its model is in model/
+            self._status(RunState.STOPPING, step=step, message="saving a checkpoint")
             self._checkpoint(model, optimizer, scheduler, step)
-        if outcome == "finished":
+        if outcome == RunState.FINISHED:
             unwrapped = self.accelerator.unwrap_model(model)
             after = self._score(unwrapped)
             if self.is_main:
@@ -387,7 +477,7 @@ class Trainer:
             if self.is_main:
                 self.run_dir.clear_stop()
         done = f"done early: {self.early_stop_reason}" if self.early_stop_reason else "done"
-        self._status(outcome, step=step, message=done if outcome == "finished" else "stopped; resume with --resume")
+        self._status(outcome, step=step, message=done if outcome == RunState.FINISHED else "stopped; resume with --resume")
         self.accelerator.wait_for_everyone()
         return TrainResult(self.run_dir.path, outcome, step, summary, self.is_main)
 
@@ -456,15 +546,17 @@ class _Window:
 def backward_each_term(terms: Iterator[tuple[str, torch.Tensor]], inputs: StepInputs,
                        backward: Callable[[torch.Tensor], None],
                        check: Callable[[torch.Tensor, dict], None] = lambda term, terms: None,
-                       ) -> dict[str, torch.Tensor]:
+                       after: Callable[[str], None] = lambda name: None) -> dict[str, torch.Tensor]:
     """Backpropagate each loss term before the next one is built. The gradients add up to those of the
     sum, and the forget and retain graphs (each holding [batch, answer, vocab] logits) never coexist.
-    `check(term, terms so far)` runs before each backward. Returns the detached terms."""
+    `check(term, terms so far)` runs before each backward, `after(name)` after it. Returns the detached
+    terms."""
     done = {}
     for name, term in terms:
         done[name] = term
         check(term, done)
         backward(term)
+        after(name)
         done[name] = term.detach()
         inputs.release_graphs()
     return done

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from core.config import UnlearnConfig
 from core.errors import require
-from core.runs import RESUMABLE_STATES, RunDir
+from core.runs import ENDED_STATES, RESUMABLE_STATES, RunDir
 
 EXIT_GRACE_SECONDS = 20   # a run that wrote "stopped" is saving and exiting; don't call it busy
 
@@ -43,7 +43,7 @@ class JobManager:
         job = self.current
         if job is None or not job.alive():
             return None
-        if RunDir(job.run_dir).status().get("state") in ("stopped", "finished", "failed"):
+        if RunDir(job.run_dir).status().get("state") in ENDED_STATES:
             try:
                 job.process.wait(EXIT_GRACE_SECONDS)
                 return None
@@ -61,7 +61,7 @@ class JobManager:
                     "wait for it to finish, or stop it, then start again")
             request = log_path.parent / f"{Path(config.out).name}.request.json"
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            request.write_text(json.dumps({k: v for k, v in config.to_dict().items() if k != "method_params"}))
+            request.write_text(json.dumps(config.to_dict()))
             self.current = Job(run_key, Path(config.out), _launch_training(["--config", str(request)], log_path))
             return self.current
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.runs import RunDir, read_json
+from core.runs import RunDir, RunState, read_json
 
 LOSS_COLUMNS = ("loss",)
 NLL_COLUMNS = ("forget_nll", "retain_nll")
@@ -49,15 +49,15 @@ def _long(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def status_text(run: RunDir) -> str:
     status = run.status()
-    state = status.get("state", "queued")
-    if state == "interrupted":
+    state = status.get("state", RunState.QUEUED)
+    if state == RunState.INTERRUPTED:
         state = "interrupted: its training process is gone (Resume continues it)"
     parts = [f"**{Path(run.path).name}** — {state}"]
     if status.get("total_steps"):
         parts.append(f"step {status.get('step', 0)} / {status['total_steps']} ({100 * status.get('progress', 0):.0f}%)")
-    if status.get("eta_seconds") is not None and status.get("state") == "running":
+    if status.get("eta_seconds") is not None and status.get("state") == RunState.RUNNING:
         parts.append(f"ETA {_duration(status['eta_seconds'])}")
-    if status.get("message") and status.get("state") == "running":
+    if status.get("message") and status.get("state") == RunState.RUNNING:
         parts.append(status["message"])
     text = " · ".join(parts)
     if status.get("error"):

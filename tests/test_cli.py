@@ -77,7 +77,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tiny_model_dir, qa_f
 
 @pytest.mark.parametrize("args,fragments", [
     (["--method", "nope"], ["unknown method 'nope'", "npo_rt"]),
-    (["--beta", "0"], ["beta must be positive"]),
+    (["--beta", "0"], ["beta must be > 0"]),
     (["--lr", "-1"], ["learning rate must be positive"]),
     (["--batch-size", "0"], ["batch_size must be at least 1"]),
     pytest.param(["--device", "cuda"], ["CUDA"], marks=pytest.mark.skipif(

@@ -9,7 +9,7 @@ from conftest import build_tiny_model
 from core.data import Example, encode_examples, pad_batch
 from core.losses import sequence_nll
 from core.models import add_lora
-from core.reference import ReferenceLogits
+from core.reference import OriginalModel
 from core.runs import RunDir
 from core.scoring import forward_logits, score_nll
 from core.trainer import train
@@ -64,8 +64,8 @@ def test_lora_with_adapter_disabled_equals_a_frozen_copy(tokenizer):
                 param.add_(torch.randn_like(param) * 0.5)
     part = pad_batch(encoded(tokenizer), tokenizer.pad_token_id)
     keep = part["input_ids"].shape[1]
-    adapter_off = ReferenceLogits(model)(part, keep)
-    live = ReferenceLogits(model, frozen_copy=frozen)(part, keep)
+    adapter_off = OriginalModel(model)(part, keep)
+    live = OriginalModel(model, frozen_copy=frozen)(part, keep)
     torch.testing.assert_close(adapter_off, live, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         adapted = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits

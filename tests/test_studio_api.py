@@ -20,9 +20,11 @@ def new_client(url: str) -> Client:
 
 
 def start(client, **overrides):
-    form = dict(model=TINY, hub_id="", run_name="", method="npo_rt", max_steps=6, lr=1e-3, batch_size=4,
-                lora=False, beta=None, retain_weight=None, forget_weight=None, grad_accum=1, max_length=256,
-                lora_r=16, lora_alpha=32, seed=42, warmup_ratio=0.1)
+    from studio.tabs.train import form_names
+
+    form = dict.fromkeys(form_names())   # the method's hyper-parameters blank: its defaults
+    form.update(model=TINY, hub_id="", run_name="", method="npo_rt", max_steps=6, lr=1e-3, batch_size=4,
+                lora=False, grad_accum=1, max_length=256, lora_r=16, lora_alpha=32, seed=42, warmup_ratio=0.1)
     form.update(overrides)
     return client.predict(*form.values(), api_name="/start")
 
@@ -159,7 +161,7 @@ def test_bad_uploads_show_a_message_and_keep_the_page_working(studio_server, tmp
 
 @pytest.mark.parametrize("overrides,fragment", [({"lr": -1.0}, "learning rate must be positive"),
                                                 ({"batch_size": 0}, "batch_size must be at least 1"),
-                                                ({"beta": 0.0}, "beta must be positive"),
+                                                ({"beta": 0.0}, "beta must be > 0"),
                                                 ({"run_name": "../escape"}, "not a usable run name")])
 def test_nonsense_settings_are_refused_before_anything_starts(studio_server, overrides, fragment):
     studio, url = studio_server

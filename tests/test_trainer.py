@@ -133,9 +133,12 @@ def test_lora_with_gradient_checkpointing_trains_only_the_adapter(tiny_config):
     assert result.summary["after"]["forget_nll"] != result.summary["before"]["forget_nll"]
 
 
+ON_TWO_LAYERS = {"rmu": {"layer": 1}}   # its default layer, 7, is not in the tiny model
+
+
 @pytest.mark.parametrize("method", sorted(m for m in METHODS if not m.startswith("_")))  # sft included
 def test_every_method_trains_and_logs_its_terms(tiny_config, method):
-    result = train(replace(tiny_config, method=method, max_steps=2), **quiet())
+    result = train(replace(tiny_config, method=method, max_steps=2, method_params=ON_TWO_LAYERS.get(method)), **quiet())
     row = RunDir(result.run_dir).metrics()[-1]
     terms = [key for key in row if key.startswith("loss_")]
     assert terms, row
@@ -151,7 +154,7 @@ def test_sft_learns_the_data(tiny_config):
 
 def test_yao_stops_early_once_the_forget_answers_are_unlikely_enough(tiny_config):
     # Yao et al.'s max_bad_loss: a tiny random model's forget NLL (~ln(vocab)) is far above 2 from step 1
-    result = train(replace(tiny_config, method="yao", max_steps=6, max_forget_loss=2.0), **quiet())
+    result = train(replace(tiny_config, method="yao", max_steps=6, method_params={"max_forget_loss": 2.0}), **quiet())
     run = RunDir(result.run_dir)
     assert result.state == "finished" and result.step == 1
     assert "max_forget_loss 2" in result.summary["stopped_early"] and "done early" in run.status()["message"]
@@ -164,7 +167,7 @@ def test_yao_stops_early_once_the_forget_answers_are_unlikely_enough(tiny_config
 
 def test_max_forget_loss_belongs_to_yao_only(tiny_config):
     with pytest.raises(UnlearnError, match="has no hyper-parameter max_forget_loss"):
-        train(replace(tiny_config, method="npo", max_forget_loss=5.0), **quiet())
+        train(replace(tiny_config, method="npo", method_params={"max_forget_loss": 5.0}), **quiet())
 
 
 def test_method_needing_retain_without_one(tiny_config):
@@ -184,7 +187,7 @@ def test_backward_per_term_gives_the_gradients_of_the_summed_loss(tokenizer, met
     from conftest import build_tiny_model
     from core.data import Example, encode_example, pad_batch
     from core.methods import StepInputs, get_method
-    from core.reference import ReferenceLogits
+    from core.reference import OriginalModel
     from core.trainer import backward_each_term
 
     def part(pairs: list[tuple[str, str]]) -> dict:
@@ -196,8 +199,8 @@ def test_backward_per_term_gives_the_gradients_of_the_summed_loss(tokenizer, met
              "retain": part([("Capital of France?", "Paris."), ("When does water boil?", "At 100 degrees."),
                              ("Two plus two?", "Four.")])}
     method_cls = get_method(method_name)
-    method = method_cls(dict(method_cls.defaults))
-    reference = ReferenceLogits(model, frozen_copy=original)
+    method = method_cls(method_cls.defaults())
+    reference = OriginalModel(model, frozen_copy=original)
 
     def gradients(backward_terms) -> tuple[dict, dict]:
         model.zero_grad()
@@ -219,3 +222,34 @@ def test_backward_per_term_gives_the_gradients_of_the_summed_loss(tokenizer, met
     assert summed_grads.keys() == each_grads.keys() and summed_grads
     for name, grad in summed_grads.items():
         torch.testing.assert_close(each_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_callbacks_observe_the_loop_without_patching_it(tiny_config):
+    from core.runs import RunState
+    from core.trainer import Callback
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.events = []
+
+        def on_loop_begin(self, state):
+            self.events.append(("begin", state.step, state.total_steps, state.trainable_params > 0))
+
+        def on_step_end(self, state):
+            self.events.append(("step", state.step, state.tokens > 0))
+
+        def on_log(self, state, row):
+            self.events.append(("log", row["step"], row is state.metrics))
+
+        def on_checkpoint(self, state, path):
+            self.events.append(("checkpoint", state.step, (path / "trainer_state.json").is_file()))
+
+        def on_loop_end(self, state, outcome):
+            self.events.append(("end", state.step, outcome))
+
+    recorder = Recorder()
+    result = train(replace(tiny_config, max_steps=4, logging_steps=2, save_steps=3), callbacks=[recorder], **quiet())
+    assert recorder.events == [("begin", 0, 4, True), ("step", 1, True), ("step", 2, True), ("log", 2, True),
+                               ("step", 3, True), ("checkpoint", 3, True), ("step", 4, True), ("log", 4, True),
+                               ("end", 4, RunState.FINISHED)]
+    assert [row["step"] for row in RunDir(result.run_dir).metrics()] == [2, 4]

@@ -191,6 +191,7 @@ def finetune_config(args):
 
 def run_finetune(args) -> int:
     from ..cli import _duration, _stop_on_signals
+    from ..runs import RunState
     from ..trainer import train
     import threading
 
@@ -199,7 +200,7 @@ def run_finetune(args) -> int:
     result = train(finetune_config(args), stop_event=stop_event)
     if not result.is_main_process:
         return 0
-    if result.state == "stopped":
+    if result.state == RunState.STOPPED:
         print(f"Stopped at step {result.step}; continue with: unlearn finetune --out {result.run_dir} --resume")
         return 0
     s = result.summary

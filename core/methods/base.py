@@ -1,5 +1,6 @@
-"""What every unlearning method shares: the registry, hyper-parameter resolution, and `StepInputs`,
-the one place that runs the model on a view of the batch (forget, retain, ...) and slices its outputs."""
+"""What every unlearning method shares: the registry, hyper-parameter resolution from the method's own
+`Param` declarations, and `StepInputs`, the one place that runs the model on a view of the batch (forget,
+retain, ...) and slices its outputs."""
 from __future__ import annotations
 
 from typing import Callable, ClassVar, Iterator
@@ -7,15 +8,23 @@ from typing import Callable, ClassVar, Iterator
 import torch
 
 from ..errors import UnlearnError, require
-from ..losses import kl_to_reference, sequence_nll
+from ..losses import IGNORE_INDEX, kl_to_reference, sequence_nll, token_nll
+from ..reference import OriginalModel, layer_output
 from ..scoring import forward_logits
+from .params import Param
 
 METHODS: dict[str, type["UnlearningMethod"]] = {}
-HYPER_PARAMETERS = ("beta", "delta", "forget_weight", "retain_weight", "mismatch_weight", "mismatch_k",
-                    "max_forget_loss")
 
 
 def register(cls: type["UnlearningMethod"]) -> type["UnlearningMethod"]:
+    """Add a method to the registry. A name shared by several methods is one CLI flag and one studio
+    field, so it must have one type everywhere."""
+    for param in cls.params:
+        for other in METHODS.values():
+            clash = next((p for p in other.params if p.name == param.name and p.kind is not param.kind), None)
+            if clash:
+                raise TypeError(f"{cls.name}.{param.name} is {param.kind.__name__} but {other.name}'s is "
+                                f"{clash.kind.__name__}: one name, one type")
     METHODS[cls.name] = cls
     return cls
 
@@ -25,27 +34,42 @@ def get_method(name: str) -> type["UnlearningMethod"]:
     return METHODS[name]
 
 
+def parameter_names() -> list[str]:
+    """Every hyper-parameter name any registered method declares, in declaration order."""
+    return list(dict.fromkeys(p.name for method in METHODS.values() for p in method.params))
+
+
 class UnlearningMethod:
     """A method is its loss. Subclasses set the class attributes and write `loss_terms`."""
     name: ClassVar[str]
     summary: ClassVar[str]          # one line, shown by `unlearn methods` and the studio
-    paper: ClassVar[str]            # where the defaults come from
-    defaults: ClassVar[dict]        # hyper-parameter -> published default
+    paper: ClassVar[str]            # the method's paper (each Param names where its default comes from)
+    params: ClassVar[tuple[Param, ...]] = ()              # its hyper-parameters, with defaults and ranges
+    renamed: ClassVar[dict[str, str]] = {}                # old name -> new name, for runs written before
     views: ClassVar[tuple[str, ...]] = ("forget",)        # batch parts the loss reads
     cached_reference: ClassVar[tuple[str, ...]] = ()      # views whose NLL_ref is precomputed once
     kl_views: ClassVar[tuple[str, ...]] = ()              # views with a KL-to-original term
+    reads_original: ClassVar[bool] = False                # reads the original's logits or hidden states
     listed: ClassVar[bool] = True                         # offered as an unlearning method
+    salient_modules: ClassVar[float] = 0.0                # SURE's update fraction when --salient-modules is not given
 
     def __init__(self, params: dict):
         self.params = params
 
     @classmethod
-    def resolve_params(cls, config) -> dict:
-        unused = [p for p in HYPER_PARAMETERS if getattr(config, p) is not None and p not in cls.defaults]
-        require(not unused, f"method {cls.name} has no hyper-parameter {', '.join(unused)}",
-                f"drop it; {cls.name} takes: {', '.join(cls.defaults) or 'none'}")
-        return {key: (getattr(config, key) if getattr(config, key) is not None else default)
-                for key, default in cls.defaults.items()}
+    def defaults(cls) -> dict:
+        return {p.name: p.default for p in cls.params}
+
+    @classmethod
+    def resolve_params(cls, given: dict | None) -> dict:
+        """The given hyper-parameters checked against this method's declarations, defaults filled in."""
+        given = {cls.renamed.get(name, name): value for name, value in (given or {}).items() if value is not None}
+        declared = {p.name: p for p in cls.params}
+        unknown = [name for name in given if name not in declared]
+        require(not unknown, f"method {cls.name} has no hyper-parameter {', '.join(unknown)}",
+                f"drop it; {cls.name} takes: {', '.join(declared) or 'none'} (see `unlearn methods`)")
+        return {name: param.check(given[name], cls.name) if name in given else param.default
+                for name, param in declared.items()}
 
     def loss_terms(self, inputs: "StepInputs") -> Iterator[tuple[str, torch.Tensor]]:
         """Yield the weighted loss terms as (name, scalar), one at a time; the total loss is their sum.
@@ -58,21 +82,57 @@ class UnlearningMethod:
         """Why training should end now, given this step's mean forget-answer NLL; None to go on."""
         return None
 
+    @classmethod
+    def needs_original(cls) -> bool:
+        """Whether the trainer must keep the original model at hand (adapter off, or a frozen copy)."""
+        return bool(cls.kl_views) or cls.reads_original
+
+    def prepare(self, setup: "MethodSetup") -> None:
+        """Before the optimizer is built: a method may choose what trains (freeze the rest), or derive what
+        it needs from the model. Called again on resume, after load_state_dict."""
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """After each optimizer step (e.g. a dual variable's schedule)."""
+
+    def state_dict(self) -> dict:
+        """What the method keeps between steps (JSON-able): saved in every checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore state_dict() on resume."""
+
+    def extra_log(self) -> dict:
+        """Values to write into metrics.jsonl beside the loss terms (e.g. a dual variable)."""
+        return {}
+
+
+class MethodSetup:
+    """What prepare() may use: the model being trained (LoRA-wrapped if --lora), the run's settings, a way
+    to draw forget batches (saliency needs gradients of the forget loss) and the log."""
+
+    def __init__(self, model, config, forget_batches: Callable[[], Iterator[dict]], log: Callable[[str], None]):
+        self.model, self.config, self.forget_batches, self.log = model, config, forget_batches, log
+
 
 class StepInputs:
     """Forward passes of one micro-batch, run lazily and at most once per view.
 
-    Only the logits that predict answer tokens are materialised (see scoring.forward_logits).
+    What a method may read of each view (forget, retain, ...): the answer-token NLL, per-token
+    log-probabilities, the logits, the cached reference NLL, the original model's logits and a decoder
+    layer's hidden states under the current and the original model. Only the logits that predict answer
+    tokens are materialised (see scoring.forward_logits).
     """
 
-    def __init__(self, model, batch: dict, reference_logits: Callable | None = None):
+    def __init__(self, model, batch: dict, original: "OriginalModel | None" = None):
         self.model = model
         self.batch = batch
-        self.reference_logits = reference_logits
+        self.original = original
         self._outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._nll: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _forward(self, view: str):
+    def logits(self, view: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [B, K, V] of the positions from the one before the first answer token on, and the labels
+        [B, K] they line up with (position t's logits predict labels[t + 1])."""
         if view not in self._outputs:
             self._outputs[view] = forward_logits(self.model, self.batch[view])
         return self._outputs[view]
@@ -80,20 +140,44 @@ class StepInputs:
     def nll(self, view: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sequence summed answer NLL [B] and answer-token counts [B] under the current model."""
         if view not in self._nll:
-            self._nll[view] = sequence_nll(*self._forward(view))
+            self._nll[view] = sequence_nll(*self.logits(view))
         return self._nll[view]
+
+    def token_nll(self, view: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """-log p(answer token) at each predicting position [B, K-1] (0 off the answer), and the mask of
+        answer tokens: what token-weighted methods (WGA, SatImp) weigh."""
+        return token_nll(*self.logits(view))
 
     def ref_nll(self, view: str) -> torch.Tensor:
         """The original model's NLL of the same sequences, cached before training."""
         return self.batch[view]["ref_nll"].to(self.batch[view]["input_ids"].device)
 
+    def original_logits(self, view: str) -> torch.Tensor:
+        """The original model's logits, aligned with logits(view)."""
+        _, labels = self.logits(view)
+        return self._original().__call__(self.batch[view], labels.shape[1])
+
     def kl(self, view: str) -> torch.Tensor:
         """KL(original ‖ current) on this view's supervised tokens."""
-        if self.reference_logits is None:
-            raise UnlearnError("this method needs a KL reference but none was set up (internal error)")
-        logits, labels = self._forward(view)
-        ref_logits = self.reference_logits(self.batch[view], labels.shape[1])
-        return kl_to_reference(logits, ref_logits, labels)
+        logits, labels = self.logits(view)
+        return kl_to_reference(logits, self.original_logits(view), labels)
+
+    def hidden(self, view: str, layer: int) -> torch.Tensor:
+        """Decoder layer `layer`'s output hidden states [B, T, D] under the current model (with grad)."""
+        return layer_output(self.model, self.batch[view], layer)
+
+    def original_hidden(self, view: str, layer: int) -> torch.Tensor:
+        """The same layer's output under the original model (no grad)."""
+        return self._original().hidden(self.batch[view], layer)
+
+    def answer_mask(self, view: str) -> torch.Tensor:
+        """[B, T] true at the positions of answer tokens (the labelled ones, unshifted)."""
+        return self.batch[view]["labels"] != IGNORE_INDEX
+
+    def _original(self) -> "OriginalModel":
+        if self.original is None:
+            raise UnlearnError("this method reads the original model but none was set up (internal error)")
+        return self.original
 
     def forwarded(self, view: str) -> bool:
         return view in self._nll
@@ -103,4 +187,3 @@ class StepInputs:
         be forwarded again, never backpropagated through a freed graph."""
         self._outputs.clear()
         self._nll = {view: (nll.detach(), count) for view, (nll, count) in self._nll.items()}
-

@@ -4,6 +4,7 @@ Unbounded: the forget NLL grows without limit and the model soon collapses into 
 """
 from ..losses import gradient_ascent_loss
 from .base import UnlearningMethod, register
+from .params import forget_weight
 
 
 @register
@@ -11,7 +12,7 @@ class GradientAscent(UnlearningMethod):
     name = "ga"
     summary = "Gradient ascent on the forget set: fast, unbounded, collapses the model if run long"
     paper = "Jang et al. 2023 (Knowledge Unlearning); TOFU baseline `grad_ascent`"
-    defaults = {"forget_weight": 1.0}
+    params = (forget_weight(1.0, "TOFU grad_ascent"),)
 
     def loss_terms(self, inputs):
         yield "forget_ga", self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget"))

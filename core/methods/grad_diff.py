@@ -4,6 +4,7 @@ Defaults follow open-unlearning's GradDiff: both weights 1.
 """
 from ..losses import gradient_ascent_loss, token_mean
 from .base import UnlearningMethod, register
+from .params import forget_weight, retain_weight
 
 
 @register
@@ -11,7 +12,7 @@ class GradDiff(UnlearningMethod):
     name = "grad_diff"
     summary = "Gradient ascent on forget + NLL on retain: keeps the retain answers while forgetting"
     paper = "Liu et al. 2022; TOFU baseline `grad_diff` (weights 1/1 as in open-unlearning)"
-    defaults = {"forget_weight": 1.0, "retain_weight": 1.0}
+    params = (forget_weight(1.0, "open-unlearning GradDiff"), retain_weight(1.0, "open-unlearning GradDiff"))
     views = ("forget", "retain")
 
     def loss_terms(self, inputs):

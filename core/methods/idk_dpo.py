@@ -3,6 +3,7 @@
 open-unlearning's DPO: β=0.1, weights 1/1. Refusals come from TOFU's idontknow.jsonl in assets/."""
 from ..losses import dpo_loss, token_mean
 from .base import UnlearningMethod, register
+from .params import beta, forget_weight, retain_weight
 
 
 @register
@@ -10,7 +11,8 @@ class IdkDPO(UnlearningMethod):
     name = "idk_dpo"
     summary = "DPO towards 'I don't know' answers on forget questions + retain NLL: refuses instead of babbling"
     paper = "TOFU `idk` preference baseline with DPO (open-unlearning defaults: β=0.1, weights 1/1)"
-    defaults = {"beta": 0.1, "forget_weight": 1.0, "retain_weight": 1.0}
+    params = (beta(0.1, "open-unlearning DPO", "DPO"), forget_weight(1.0, "open-unlearning DPO"),
+              retain_weight(1.0, "open-unlearning DPO"))
     views = ("forget", "idk", "retain")
     cached_reference = ("forget", "idk")
 

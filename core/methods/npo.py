@@ -6,6 +6,7 @@ The reference NLL is computed once before training and cached per example (no se
 """
 from ..losses import npo_loss
 from .base import UnlearningMethod, register
+from .params import beta, forget_weight
 
 
 @register
@@ -13,7 +14,7 @@ class NPO(UnlearningMethod):
     name = "npo"
     summary = "Negative Preference Optimization: lowers forget likelihood below the original's, without collapse"
     paper = "Zhang et al. 2024, Negative Preference Optimization (β=0.1)"
-    defaults = {"beta": 0.1, "forget_weight": 1.0}
+    params = (beta(0.1, "NPO paper, TOFU"), forget_weight(1.0, "NPO paper"))
     cached_reference = ("forget",)
 
     def forget_term(self, inputs):

@@ -10,7 +10,6 @@ class SupervisedFinetune(UnlearningMethod):
     name = "sft"
     summary = "Plain supervised fine-tuning on the data (TOFU's learn stage; used by `unlearn finetune`)"
     paper = "Maini et al. 2024 (TOFU): fine-tune on the QA before unlearning"
-    defaults = {}
     listed = False   # not offered as an unlearning method
 
     def loss_terms(self, inputs):

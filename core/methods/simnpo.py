@@ -3,6 +3,7 @@ length-normalised NLL with margin δ, plus NLL on retain. Defaults are open-unle
 β=4.5, δ=0, forget weight (γ) 0.125, retain weight (α) 1."""
 from ..losses import simnpo_loss, token_mean
 from .base import UnlearningMethod, register
+from .params import Param, beta, forget_weight, retain_weight
 
 
 @register
@@ -10,7 +11,9 @@ class SimNPO(UnlearningMethod):
     name = "simnpo"
     summary = "SimNPO: NPO without a reference model, on length-normalised likelihood, + retain NLL"
     paper = "Fan et al. 2024, SimNPO (open-unlearning TOFU defaults: β=4.5, δ=0, weights 0.125/1)"
-    defaults = {"beta": 4.5, "delta": 0.0, "forget_weight": 0.125, "retain_weight": 1.0}
+    params = (beta(4.5, "open-unlearning SimNPO, TOFU", "SimNPO"),
+              Param("delta", 0.0, "reward margin on the length-normalised NLL", "open-unlearning SimNPO, TOFU"),
+              forget_weight(0.125, "open-unlearning SimNPO (gamma)"), retain_weight(1.0, "open-unlearning SimNPO (alpha)"))
     views = ("forget", "retain")
 
     def loss_terms(self, inputs):

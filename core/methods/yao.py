@@ -8,6 +8,7 @@ past that point the forget answers are already unlikely and further ascent only 
 """
 from ..losses import gradient_ascent_loss, token_mean
 from .base import UnlearningMethod, register
+from .params import Param, forget_weight, kl_weight
 
 
 @register
@@ -15,15 +16,21 @@ class Yao(UnlearningMethod):
     name = "yao"
     summary = "Yao et al. 2023: gradient ascent + random mismatched answers + KL to the original on normal data"
     paper = "Yao et al. 2023, Large Language Model Unlearning (weights 0.5/1/1, K=5)"
-    defaults = {"forget_weight": 0.5, "mismatch_weight": 1.0, "retain_weight": 1.0, "mismatch_k": 5,
-                "max_forget_loss": 100.0}
+    params = (forget_weight(0.5, "Yao et al. unlearn_harm.py"),
+              Param("mismatch_weight", 1.0, "weight of the NLL of random normal answers after forget prompts",
+                    "Yao et al. unlearn_harm.py", low=0.0),
+              kl_weight(1.0, "Yao et al. unlearn_harm.py", on="normal"),
+              Param("mismatch_k", 5, "random normal answers per forget prompt", "Yao et al. unlearn_harm.py", low=1),
+              Param("max_forget_loss", 100.0, "stop once a step's forget NLL exceeds this (max_bad_loss)",
+                    "Yao et al. unlearn_harm.py", low=0.0, above=True))
+    renamed = {"retain_weight": "kl_weight"}   # its name before 2026-12
     views = ("forget", "mismatch", "normal")
     kl_views = ("normal",)
 
     def loss_terms(self, inputs):
         yield "forget_ga", self.params["forget_weight"] * gradient_ascent_loss(*inputs.nll("forget"))
         yield "mismatch_nll", self.params["mismatch_weight"] * token_mean(*inputs.nll("mismatch"))
-        yield "normal_kl", self.params["retain_weight"] * inputs.kl("normal")
+        yield "normal_kl", self.params["kl_weight"] * inputs.kl("normal")
 
     def early_stop(self, forget_nll):
         limit = self.params["max_forget_loss"]

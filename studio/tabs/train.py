@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import gradio as gr
 
 from core.config import UnlearnConfig
 from core.errors import UnlearnError, require
-from core.methods import unlearning_methods
+from core.methods import parameter_names, unlearning_methods
 from core.models import HUB_PREFIX
 
 from .. import poll
@@ -24,23 +24,40 @@ from ..workspace import default_run_name
 #   lr 3e-4, 60 steps, weight 2: forget 0.86 -> 0.39, retain 0.73 -> 0.69 (chosen)
 DEFAULTS = {"method": "npo_rt", "max_steps": 60, "lr": 3e-4, "batch_size": 4, "lora": True}
 METHOD_DEFAULTS = {"npo_rt": {"retain_weight": 2.0}}   # studio settings that differ from the paper's
-TUNABLE = ("beta", "retain_weight", "forget_weight")    # advanced fields shown only for methods that take them
+SETTINGS = ("model", "hub_id", "run_name", "method", "max_steps", "lr", "batch_size", "lora", "grad_accum",
+            "max_length", "lora_r", "lora_alpha", "seed", "warmup_ratio")
 LOSS_TITLE = "Loss terms"
 NLL_TITLE = "Forget vs retain NLL (forget should rise, retain stay)"
 
 
+def tunable() -> list[str]:
+    """One advanced field per hyper-parameter name the methods declare (shown for the methods that take it)."""
+    return [name for name in parameter_names() if any(name in m.defaults() for m in unlearning_methods().values())]
+
+
+def form_names() -> list[str]:
+    """The Start event's inputs after the session and data, in order (also the API's argument order)."""
+    return [*SETTINGS, *tunable()]
+
+
 def method_help(name: str) -> str:
     method = unlearning_methods()[name]
-    params = ", ".join(f"{k}={v}" for k, v in method.defaults.items())
-    return f"{method.summary}  \n*defaults: {params} — {method.paper}*"
+    params = ", ".join(f"{p.name}={p.default}" for p in method.params)
+    return f"{method.summary}  \n*defaults: {params or 'none'} — {method.paper}*"
 
 
 def method_fields(name: str) -> tuple:
-    """Per hyper-parameter field: shown only when the method takes it, blank (= its paper default) unless the
-    studio has its own default for this method."""
-    takes = unlearning_methods()[name].defaults
+    """Per hyper-parameter field: shown only when the method takes it, labelled with what it means there,
+    blank (= the method's default) unless the studio has its own default for this method."""
+    declared = {p.name: p for p in unlearning_methods()[name].params}
     preset = METHOD_DEFAULTS.get(name, {})
-    return tuple({"visible": param in takes, "value": preset.get(param)} for param in TUNABLE)
+    fields_ = []
+    for param_name in tunable():
+        param = declared.get(param_name)
+        label = f"{param_name} (blank = {param.default})" if param else param_name
+        info = f"{param.help}; {param.range_text()}; default from {param.source}" if param else None
+        fields_.append({"visible": param is not None, "value": preset.get(param_name), "label": label, "info": info})
+    return tuple(fields_)
 
 
 def build_config(studio: Studio, session_id: str, data: dict, form: dict) -> tuple[str, UnlearnConfig]:
@@ -49,12 +66,16 @@ def build_config(studio: Studio, session_id: str, data: dict, form: dict) -> tup
     model = _model_name(studio, form.pop("model"), form.pop("hub_id"))
     name = (form.pop("run_name") or "").strip() or default_run_name(form["method"])
     key, path = studio.workspace.new_run_dir(session_id, name)
-    settings = {k: v for k, v in form.items() if v is not None and v != ""}
+    given = {k: v for k, v in form.items() if v is not None and v != ""}
+    settings = {k: v for k, v in given.items() if k in SETTINGS}
     for integer in ("max_steps", "batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "seed"):
         if integer in settings:
             settings[integer] = int(settings[integer])
+    takes = unlearning_methods()[settings["method"]].defaults()
+    params = {k: v for k, v in given.items() if k in takes}   # fields of other methods are hidden: ignored
     config = UnlearnConfig(model=model, forget=data["forget"], retain=data.get("retain"),
-                           normal=data.get("normal"), out=str(path), device=studio.device, **settings)
+                           normal=data.get("normal"), out=str(path), device=studio.device,
+                           method_params=params or None, **settings)
     return key, config
 
 
@@ -78,17 +99,40 @@ def command_preview(config: UnlearnConfig) -> str:
             continue
         flag = "--" + f.name.replace("_", "-")
         parts += [flag] if value is True else [f"--no-{f.name.replace('_', '-')}"] if value is False else [flag, str(value)]
+    for name, value in (config.method_params or {}).items():
+        parts += ["--" + name.replace("_", "-"), str(value)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
 def run_command(run) -> str:
     """The command line of a run read back from its config.json (a reopened run shows how it was made)."""
+    saved = run.config()
     known = {f.name for f in fields(UnlearnConfig)} - {"method_params", "resume"}
     try:
-        config = UnlearnConfig(**{k: v for k, v in run.config().items() if k in known})
+        config = UnlearnConfig.from_dict({k: v for k, v in saved.items() if k in known})
     except (TypeError, UnlearnError):
         return ""
+    defaults = _method_defaults(config.method)
+    changed = {k: v for k, v in (saved.get("method_params") or {}).items() if defaults.get(k) != v}
+    config = replace(config, method_params=changed or None)   # the flags a user would type: non-defaults
     return public_text(command_preview(config))
+
+
+def _method_defaults(name: str) -> dict:
+    methods = unlearning_methods()
+    return methods[name].defaults() if name in methods else {}
+
+
+def _param_field(name: str, field: dict):
+    """A hyper-parameter's input: a number, or a text box for a text-valued one (e.g. a module name)."""
+    from core.methods import METHODS
+
+    kind = next(p.kind for m in METHODS.values() for p in m.params if p.name == name)
+    if kind is str:
+        return gr.Textbox(elem_id=name.replace("_", "-"), **field)
+    if kind is bool:
+        return gr.Checkbox(elem_id=name.replace("_", "-"), **{k: v for k, v in field.items() if k != "value"})
+    return gr.Number(elem_id=name.replace("_", "-"), precision=0 if kind is int else None, **field)
 
 
 def create_train_tab(studio: Studio, session, data, run_key):
@@ -108,12 +152,8 @@ def create_train_tab(studio: Studio, session, data, run_key):
             lora = gr.Checkbox(DEFAULTS["lora"], label="LoRA adapter (faster, smaller; off = full fine-tuning)")
     with gr.Accordion("Advanced settings", open=False):
         with gr.Row():
-            initial = dict(zip(TUNABLE, method_fields(DEFAULTS["method"])))
-            beta = gr.Number(label="β (blank = paper default)", elem_id="beta", **initial["beta"])
-            retain_weight = gr.Number(label="retain weight (blank = paper default)", elem_id="retain-weight",
-                                      **initial["retain_weight"])
-            forget_weight = gr.Number(label="forget weight (blank = paper default)", elem_id="forget-weight",
-                                      **initial["forget_weight"])
+            param_fields = [_param_field(name, field) for name, field in zip(tunable(), method_fields(DEFAULTS["method"]))]
+        with gr.Row():
             grad_accum = gr.Number(1, label="gradient accumulation", precision=0)
         with gr.Row():
             max_length = gr.Number(256, label="max tokens per example", precision=0)
@@ -135,11 +175,9 @@ def create_train_tab(studio: Studio, session, data, run_key):
     log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(1.0)
 
-    form = [model, hub_id, run_name, method, max_steps, lr, batch_size, lora, beta, retain_weight, forget_weight,
-            grad_accum, max_length, lora_r, lora_alpha, seed, warmup_ratio]
-    names = ["model", "hub_id", "run_name", "method", "max_steps", "lr", "batch_size", "lora", "beta",
-             "retain_weight", "forget_weight", "grad_accum", "max_length", "lora_r", "lora_alpha", "seed",
-             "warmup_ratio"]
+    form = [model, hub_id, run_name, method, max_steps, lr, batch_size, lora, grad_accum, max_length, lora_r,
+            lora_alpha, seed, warmup_ratio, *param_fields]
+    names = form_names()
 
     @guarded
     def on_start(session_id, current_data, *values):
@@ -191,7 +229,7 @@ def create_train_tab(studio: Studio, session, data, run_key):
         return on_tick(session_id, key, drawn, force=True)
 
     method.change(lambda name: (method_help(name), *(gr.update(**field) for field in method_fields(name))), method,
-                  [method_info, beta, retain_weight, forget_weight], api_name=False)
+                  [method_info, *param_fields], api_name=False)
     start.click(on_start, [session, data, *form], [run_key, status, command], api_name="start")
     stop.click(on_stop, [session, run_key], status, api_name="stop")
     resume.click(on_resume, [session, run_key], status, api_name="resume")
