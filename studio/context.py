@@ -48,14 +48,15 @@ class Studio:
     def model_choices(self) -> dict[str, str]:
         return {**BUILTIN_MODELS, **self.local_models}
 
-    def prober(self, run_key: str, session_id: str) -> Prober:
-        """One probed run in memory at a time; reloaded when the run has a newer model or checkpoint."""
+    def prober(self, run_key: str, session_id: str, device: str = "cpu") -> Prober:
+        """One probed run in memory at a time; reloaded when the run has a newer model or checkpoint, or is
+        wanted on another device (a ZeroGPU call lends a GPU; the next may not)."""
         run = self.workspace.open_run(session_id, run_key)
-        stamp = _model_stamp(run.path)
+        stamp = (_model_stamp(run.path), device)
         with self._prober_lock:
             if self._prober is None or self._prober[:2] != (run_key, stamp):
                 self._prober = None   # free the previous models first
-                self._prober = (run_key, stamp, load_prober(run.path, dtype=self.dtype))
+                self._prober = (run_key, stamp, load_prober(run.path, device=device, dtype=self.dtype))
             return self._prober[2]
 
 

@@ -198,3 +198,25 @@ def test_evaluate_and_export_tabs_on_a_finished_run(studio_server):
     assert report["data"] and any(str(name).startswith("hf") for name, *_ in report["data"])
     assert any(path.endswith("manifest.json") for path in files)
     assert (run.path / "export" / "manifest.json").is_file()
+
+
+def test_zero_gpu_handlers_load_their_models_where_the_call_runs(monkeypatch, tmp_path):
+    """Inside spaces.GPU a handler sees CUDA; it must load there, and the cached prober must follow."""
+    import torch
+
+    from studio import context, gpu
+    from studio.app import create_studio
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert gpu.call_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu.call_device() == "cpu"
+    loads = []
+    monkeypatch.setattr(context, "load_prober", lambda path, device, dtype: loads.append(device) or device)
+    studio = create_studio(tmp_path / "runs", shared=False, device="cpu")
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(studio.workspace, "open_run", lambda session, key: RunDir(run))
+    assert studio.prober("k", "s", "cuda") == "cuda" and studio.prober("k", "s", "cuda") == "cuda"
+    assert studio.prober("k", "s", "cpu") == "cpu"
+    assert loads == ["cuda", "cpu"]   # cached per device, reloaded when the device changes

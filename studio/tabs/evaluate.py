@@ -9,7 +9,7 @@ from core.data import load_examples
 from core.errors import require
 
 from ..context import Studio, guarded, public_text
-from ..gpu import on_gpu
+from ..gpu import call_device, on_gpu
 
 METRICS = ("nll", "prob", "rougeL_recall", "fluency")
 HELP = {"nll": "answer NLL (forget: higher = forgotten)", "prob": "answer probability",
@@ -69,8 +69,9 @@ def create_evaluate_tab(studio: Studio, session, data, run_key):
         run_dir = studio.workspace.open_run(session_id, key)
         config = run_dir.config()
         require(bool(config.get("forget")), "this run has no forget set recorded", "start a run from the Train tab")
-        loaded = open_model(str(run_dir.path), device="cpu", dtype=studio.dtype)
-        original = open_model(loaded.original, device="cpu", dtype=studio.dtype)
+        device = call_device()   # inside spaces.GPU: the GPU this call was lent
+        loaded = open_model(str(run_dir.path), device=device, dtype=studio.dtype)
+        original = open_model(loaded.original, device=device, dtype=studio.dtype)
         summary = run_quick(loaded, run_dir.path / "eval" / "quick", load_examples(config["forget"], "forget"),
                             load_examples(config["retain"], "retain") if config.get("retain") else None,
                             Settings(max_samples=int(max_samples), max_new_tokens=int(max_new_tokens)),

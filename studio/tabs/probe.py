@@ -10,7 +10,7 @@ from core.errors import require
 from core.probe import LEAK_ROUGE, ORIGINAL, UNLEARNED
 
 from ..context import Studio, guarded
-from ..gpu import on_gpu
+from ..gpu import call_device, on_gpu
 
 NOTHING = "(no words: the model ended its answer at once)"
 LEAK_CHECK_LIMIT = 40   # generations are the slow part: cap the check at 40 forget questions
@@ -37,13 +37,13 @@ def create_probe_tab(studio: Studio, session, data, run_key):
     @guarded
     @on_gpu
     def on_ask(session_id, key, text, sampled):
-        prober = studio.prober(key, session_id)
+        prober = studio.prober(key, session_id, call_device())
         return tuple(prober.generate(text, which, sample=sampled).text or NOTHING for which in (ORIGINAL, UNLEARNED))
 
     @guarded
     @on_gpu
     def on_score(session_id, key, text, candidate):
-        prober = studio.prober(key, session_id)
+        prober = studio.prober(key, session_id, call_device())
         before = prober.answer_probability(text, candidate, ORIGINAL)
         after = prober.answer_probability(text, candidate, UNLEARNED)
         return f"per-token probability of that answer: **{before:.3f} → {after:.3f}** (original → unlearned)"
@@ -54,7 +54,8 @@ def create_probe_tab(studio: Studio, session, data, run_key):
         run = studio.workspace.open_run(session_id, key)
         forget = run.config().get("forget") or current_data.get("forget")
         require(bool(forget), "this run has no forget set recorded", "start a run from the Train tab")
-        rows = studio.prober(key, session_id).leak_report(load_examples(forget, "forget")[:LEAK_CHECK_LIMIT])
+        prober = studio.prober(key, session_id, call_device())
+        rows = prober.leak_report(load_examples(forget, "forget")[:LEAK_CHECK_LIMIT])
         frame = pd.DataFrame(rows)
         leaks = int(frame["leaks"].sum())
         text = (f"**{leaks} of {len(frame)}** forget answers still leak (ROUGE-L recall ≥ {LEAK_ROUGE} of the "
