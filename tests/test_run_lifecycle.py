@@ -86,3 +86,30 @@ def test_a_reused_pid_does_not_keep_a_dead_run_running(tmp_path):
     status["pid_started"] -= 3600   # the recorded trainer started an hour before this process
     run.status_path.write_text(json.dumps(status))
     assert run.status()["state"] == "interrupted" and not run.is_active()
+
+
+def test_a_run_written_before_the_parameter_specs_resumes_evaluates_and_exports(tiny_config, tmp_path):
+    """config.json used to hold every method's hyper-parameters at the top level, and ga_kl's KL weight was
+    called retain_weight. A stopped run of that layout resumes, then evaluates and exports."""
+    from dataclasses import replace
+
+    from core.cli import main
+    from export.bundle import export_run
+
+    config = replace(tiny_config, method="ga_kl", max_steps=4, save_steps=1, lora=True, lora_r=4, lr=1e-2,
+                     method_params={"kl_weight": 0.5})
+    assert train(config, stop_event=StopAfter(2), **quiet()).state == "stopped"
+    run = RunDir(config.out)
+    saved = run.config()
+    params = saved.pop("method_params")
+    legacy = {**saved, "beta": None, "delta": None, "forget_weight": None, "retain_weight": params["kl_weight"],
+              "mismatch_weight": None, "mismatch_k": None, "max_forget_loss": None,
+              "method_params": {"forget_weight": params["forget_weight"], "retain_weight": params["kl_weight"]}}
+    (run.path / "config.json").write_text(json.dumps(legacy))
+    result = train(UnlearnConfig(out=config.out, resume=True), **quiet())
+    assert result.state == "finished" and result.step == 4
+    assert [row["step"] for row in run.metrics()] == [1, 2, 3, 4]
+    assert main(["eval", config.out, "--suite", "quick", "--out", str(tmp_path / "eval"), "--max-samples", "2",
+                 "--max-new-tokens", "2", "--device", "cpu"]) == 0
+    manifest = export_run(config.out, tmp_path / "bundle", formats=("hf",), parity_examples=1, log=lambda m: None)
+    assert "hf" in manifest["artifacts"]
