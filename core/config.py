@@ -21,7 +21,8 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 # Settings that name files: recorded as absolute paths (config.json keeps what was typed in `as_given`),
 # and `model` too when it is a local directory.
 PATH_FIELDS = ("model", "forget", "retain", "normal", "out")
-DTYPES = ("auto", "float32", "bfloat16")   # --dtype; core.models.inference_dtype resolves `auto`
+DTYPES = ("auto", "float32", "bfloat16")
+KL_POSITIONS = ("answer", "all")   # --dtype; core.models.inference_dtype resolves `auto`
 
 # Learning rates that move the model within a few hundred steps. LoRA needs a higher one: at 1e-5 a
 # rank-8 adapter on the 135M model barely changes its outputs.
@@ -58,6 +59,8 @@ class UnlearnConfig:
     lora_dropout: float = _opt(0.0, "LoRA dropout")
     lora_targets: str = _opt("all-linear", "modules to adapt: 'all-linear' or comma-separated names (q_proj,v_proj)")
     gradient_checkpointing: bool = _opt(False, "recompute activations in backward to save memory")
+    kl_positions: str = _opt("answer", "KL terms (ga_kl, npo_kl, yao): averaged over answer positions, or over "
+                                       "'all' positions, prompt and padding included, as open-unlearning's code does")
     salient_modules: Optional[float] = _opt(
         None, "SURE (Zhang et al. 2025): each step update only this fraction of neurons (weight rows), those "
               "with the largest forget-loss gradient, so that unlearning survives 4-bit quantisation; 0 = off "
@@ -129,6 +132,8 @@ class UnlearnConfig:
         require(self.salient_modules is None or 0 <= self.salient_modules < 1,
                 f"salient_modules must be in [0, 1), got {self.salient_modules}",
                 "use for example --salient-modules 0.1 (SURE's default), or 0 for off")
+        require(self.kl_positions in KL_POSITIONS, f"unknown kl_positions {self.kl_positions!r}",
+                "use --kl-positions answer (ours) or all (open-unlearning's)")
         require(self.lora_r >= 1, f"lora_r must be at least 1, got {self.lora_r}", "use --lora-r 16")
         require(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         require(self.logging_steps >= 1, f"logging_steps must be at least 1, got {self.logging_steps}")

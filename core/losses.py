@@ -138,3 +138,11 @@ def activation_distance(hidden: torch.Tensor, target: torch.Tensor, mask: torch.
     difference over the hidden size; then the mean over sequences. hidden, target [B, T, D], mask [B, T]."""
     squared = ((hidden.float() - target.float()) ** 2).mean(-1) * mask
     return (squared.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
+def kl_all_positions(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """KL(π_ref ‖ π_θ) averaged over every position of the batch, prompt and padding included: the
+    reference code's convention (`--kl-positions all`). logits, ref_logits: [B, T, V]."""
+    log_p = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)
+    log_ref = F.log_softmax(ref_logits.float(), dim=-1).flatten(0, 1)
+    return (log_ref.exp() * (log_ref - log_p)).sum(-1).mean()

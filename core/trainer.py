@@ -354,7 +354,7 @@ class Trainer:
         return RunState.FINISHED, step
 
     def _micro_step(self, model, batch: dict, step: int, window: "_Window") -> None:
-        inputs = StepInputs(model, batch, self.original)
+        inputs = StepInputs(model, batch, self.original, self.cfg.kl_positions)
         if self.accelerator.num_processes == 1:
             terms = backward_each_term(self.method.loss_terms(inputs), inputs, self.accelerator.backward,
                                        lambda term, terms: self._guard_finite(term, terms, step),

@@ -227,6 +227,14 @@ def test_min_k_score_averages_the_lowest_tokens():
     assert mia.min_k_score([-1.0], k=0.4) == -1.0
 
 
+def test_min_k_leaves_out_the_end_of_answer_prediction_as_the_reference_does():
+    answer = [-0.1, -0.2, -9.0]            # the last: the end-of-turn token, here very unlikely
+    assert mia.scored_tokens(answer) == [-0.1, -0.2]
+    assert mia.min_k_score(mia.scored_tokens(answer), k=0.4) == pytest.approx(-0.2)   # max(1, int(0.8)) = 1 token
+    assert mia.min_k_score(answer, k=0.4) == pytest.approx(-9.0)                       # what keeping it gave
+    assert mia.scored_tokens([-3.0]) == [-3.0]
+
+
 def test_auc_counts_pairs_and_ties():
     assert mia.auc([3, 4], [1, 2]) == 1.0
     assert mia.auc([1, 2], [3, 4]) == 0.0
@@ -234,9 +242,12 @@ def test_auc_counts_pairs_and_ties():
     assert mia.auc([2, 0], [1, 2]) == pytest.approx(0.375)
 
 
-def test_privacy_leakage_is_relative_auc_difference():
-    assert mia.privacy_leakage(0.75, 0.5) == pytest.approx(50.0)
+def test_privacy_leakage_is_muses_relative_difference_on_one_minus_auc():
+    # ((1 - AUC) - (1 - AUC_retain)) / (1 - AUC_retain) * 100, by hand
+    assert mia.privacy_leakage(0.9, 0.5) == pytest.approx((0.1 - 0.5) / 0.5 * 100) == pytest.approx(-80.0)
+    assert mia.privacy_leakage(0.99, 0.6) == pytest.approx(-97.5)
     assert mia.privacy_leakage(0.5, 0.5) == 0.0
+    assert mia.privacy_leakage(0.25, 0.5) == pytest.approx(50.0)      # over-unlearned: positive
 
 
 def test_mia_rejects_empty_sets():

@@ -94,3 +94,35 @@ def test_kl_zero_for_same_model_and_matches_definition():
     # supervised next-token positions: labels[:, 1:] != IGNORE -> (0,0), (0,1), (1,1), (1,2)
     expected = (per[0, 0] + per[0, 1] + per[1, 1] + per[1, 2]) / 4
     assert kl_to_reference(logits, ref, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_kl_over_all_positions_is_the_reference_codes_batchmean_kl():
+    """--kl-positions all: open-unlearning's compute_kl_divergence, kl_div(log p_current, log p_ref,
+    reduction="batchmean", log_target=True) over the [B·T, V] rows: every position, prompt and padding too."""
+    from core.losses import kl_all_positions
+
+    current, ref = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    reference = F.kl_div(F.log_softmax(current, -1).view(-1, 7), F.log_softmax(ref, -1).view(-1, 7),
+                         reduction="batchmean", log_target=True)
+    assert kl_all_positions(current, ref).item() == pytest.approx(reference.item(), rel=1e-5)
+    # by hand on one position: KL((1/2, 1/2) || (e/(e+1), 1/(e+1)))
+    hand = torch.tensor([[[1.0, 0.0]]])
+    p = math.e / (math.e + 1)
+    expected = 0.5 * math.log(0.5 / p) + 0.5 * math.log(0.5 / (1 - p))
+    assert kl_all_positions(hand, torch.zeros(1, 1, 2)).item() == pytest.approx(expected, rel=1e-6)
+    # answer positions only (ours) differs as soon as the prompt's distributions differ
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 3, 4]] * 2)
+    assert kl_to_reference(current, ref, labels).item() != pytest.approx(reference.item(), rel=1e-3)
+
+
+def test_simnpo_on_raw_text_normalises_by_the_predicted_tokens():
+    """A raw .txt example labels every position. Ours divides the summed NLL by the tokens that are
+    predicted (T - 1: position 0 has nothing before it); open-unlearning's SimNPO counts labels != -100,
+    T. Pinned here by hand: T = 4 positions, NLL 6 over the 3 predictions."""
+    nll, n_tokens = torch.tensor([6.0]), torch.tensor([3])
+    ours = simnpo_loss(nll, n_tokens, beta=1.0, delta=0.0)
+    assert ours.item() == pytest.approx(-2.0 * F.logsigmoid(torch.tensor(6.0 / 3)).item())
+    theirs = -2.0 * F.logsigmoid(torch.tensor(6.0 / 4)).item()
+    assert ours.item() != pytest.approx(theirs)
+    labels = torch.tensor([[5, 6, 7, 8]])                 # every position labelled
+    assert sequence_nll(torch.randn(1, 4, 9), labels)[1].tolist() == [3]

@@ -375,3 +375,22 @@ def test_salient_modules_is_an_option_of_any_method(tiny_config):
     assert replace(tiny_config, method="npo_rt").resolved().salient_modules == 0.0
     with pytest.raises(UnlearnError, match="salient_modules must be in"):
         replace(tiny_config, salient_modules=1.5).resolved()
+
+
+def test_kl_positions_all_reproduces_the_reference_codes_kl_term(tokenizer, step_batch):
+    model, original = build_tiny_model(tokenizer, seed=0).eval(), build_tiny_model(tokenizer, seed=1).eval()
+    method_cls = get_method("ga_kl")
+    method = method_cls(method_cls.resolve_params(None))
+    terms = {}
+    for positions in ("answer", "all"):
+        inputs = StepInputs(model, step_batch, OriginalModel(model, frozen_copy=original), kl_positions=positions)
+        terms[positions] = {t: float(v.detach()) for t, v in method.loss_terms(inputs)}["retain_kl"]
+    part = step_batch["retain"]
+    with torch.no_grad():
+        current = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+        ref = original(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+        vocab = current.shape[-1]
+        reference = F.kl_div(F.log_softmax(current, -1).view(-1, vocab), F.log_softmax(ref, -1).view(-1, vocab),
+                             reduction="batchmean", log_target=True)
+    assert terms["all"] == pytest.approx(float(reference), rel=1e-5)
+    assert terms["answer"] != pytest.approx(terms["all"], rel=1e-3)

@@ -135,7 +135,7 @@ def mia_log(model, tokenizer, forget: list[Example], holdout: list[Example], bat
     scores = {}
     for role, examples in (("forget", forget), ("holdout", holdout)):
         logprobs = answer_token_logprobs(model, tokenizer, examples, batch_size, f"MIA: {role}")
-        scores[role] = [mia.min_k_score(lp) for lp in logprobs]
+        scores[role] = [mia.min_k_score(mia.scored_tokens(lp)) for lp in logprobs]
     return {"auc": mia.auc(scores["forget"], scores["holdout"]), "forget_min_k": scores["forget"],
             "holdout_min_k": scores["holdout"]}
 

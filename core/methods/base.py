@@ -8,7 +8,7 @@ from typing import Callable, ClassVar, Iterator
 import torch
 
 from ..errors import UnlearnError, require
-from ..losses import IGNORE_INDEX, kl_to_reference, sequence_nll, token_nll
+from ..losses import IGNORE_INDEX, kl_all_positions, kl_to_reference, sequence_nll, token_nll
 from ..reference import OriginalModel, layer_output
 from ..scoring import forward_logits
 from .params import Param
@@ -123,10 +123,11 @@ class StepInputs:
     tokens are materialised (see scoring.forward_logits).
     """
 
-    def __init__(self, model, batch: dict, original: "OriginalModel | None" = None):
+    def __init__(self, model, batch: dict, original: "OriginalModel | None" = None, kl_positions: str = "answer"):
         self.model = model
         self.batch = batch
         self.original = original
+        self.kl_positions = kl_positions
         self._outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._nll: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -158,7 +159,13 @@ class StepInputs:
         return self._original().__call__(self.batch[view], labels.shape[1])
 
     def kl(self, view: str) -> torch.Tensor:
-        """KL(original ‖ current) on this view's supervised tokens."""
+        """KL(original ‖ current): averaged over the positions that predict answer tokens, or, with
+        kl_positions "all", over every position of the batch (prompt and padding too), as open-unlearning's
+        compute_kl_divergence does (kl_div(..., reduction="batchmean") over [B·T, V])."""
+        if self.kl_positions == "all":
+            part = self.batch[view]
+            logits = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+            return kl_all_positions(logits, self._original()(part, 0))
         logits, labels = self.logits(view)
         return kl_to_reference(logits, self.original_logits(view), labels)
 

@@ -1,6 +1,9 @@
 """SimNPO (Fan et al. 2024, "Simplicity Prevails", arXiv:2410.07163): reference-free NPO on the
 length-normalised NLL with margin δ, plus NLL on retain. Defaults are open-unlearning's for TOFU:
-β=4.5, δ=0, forget weight (γ) 0.125, retain weight (α) 1."""
+β=4.5, δ=0, forget weight (γ) 0.125, retain weight (α) 1.
+
+|y| is the number of predicted answer tokens. On raw text (every position labelled) that is T − 1, since
+position 0 has nothing before it to predict it; open-unlearning counts the labels, T, one more."""
 from ..losses import simnpo_loss, token_mean
 from .base import UnlearningMethod, register
 from .params import Param, beta, forget_weight, retain_weight
