@@ -3,6 +3,8 @@ batched, under no_grad, with a progress bar. Prompts go through `core.data` (the
 model is evaluated on exactly the text it was trained on."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
@@ -62,6 +64,49 @@ def answer_token_logprobs(model, tokenizer, pairs, batch_size: int = 8, desc: st
         picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         for row, index in enumerate(chunk):
             result[index] = picked[row][mask[row]].cpu().tolist()
+    return result
+
+
+@dataclass
+class TokenStats:
+    """What membership attacks and memorisation scores read of one answer, token by token (the tokens that
+    predict answer tokens, in order): log p of the true token, the mean and variance of log p over the
+    vocabulary (Min-K%++), and whether the greedy choice was the true token."""
+    logprobs: list[float]
+    vocab_mean: list[float]
+    vocab_var: list[float]
+    greedy_hit: list[bool]
+
+    @property
+    def nll(self) -> float:
+        """Mean answer-token NLL (every answer token)."""
+        return -sum(self.logprobs) / max(len(self.logprobs), 1)
+
+
+@torch.no_grad()
+def token_statistics(model, tokenizer, pairs, batch_size: int = 8, desc: str = "token statistics") -> list[TokenStats]:
+    """TokenStats of every pair, in input order, from one batched forward per batch."""
+    items = encode_pairs(tokenizer, pairs)
+    order = _by_length(items)
+    result: list[TokenStats | None] = [None] * len(items)
+    device = next(model.parameters()).device
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, unit="batch"):
+        chunk = order[start:start + batch_size]
+        part = {k: v.to(device) for k, v in pad_batch([items[i] for i in chunk], tokenizer.pad_token_id).items()}
+        logits, labels = forward_logits(model, part)
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)          # [B, K-1, V]
+        targets = labels[:, 1:]
+        mask = targets != -100
+        picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        probs = logp.exp()
+        mean = (probs * logp).sum(-1)
+        var = (probs * logp.square()).sum(-1) - mean.square()
+        hit = logp.argmax(-1) == targets
+        for row, index in enumerate(chunk):
+            keep = mask[row]
+            result[index] = TokenStats(picked[row][keep].tolist(), mean[row][keep].tolist(), var[row][keep].tolist(),
+                                       hit[row][keep].tolist())
     return result
 
 
