@@ -186,12 +186,15 @@ def test_evaluate_and_export_tabs_on_a_finished_run(studio_server):
     run = run_named(studio, "to-export")
     assert wait_for(lambda: run.status().get("state") == "finished", timeout=300)
 
-    table, chart = client.predict(4, 8, api_name="/evaluate")
-    rows = {(row[0], row[1].split(" ")[0]) for row in table["data"]}
-    assert {("forget", "answer"), ("retain", "answer"), ("forget", "ROUGE-L")} <= rows
+    table, chart = client.predict("quick", 4, 8, api_name="/evaluate")
+    assert table["headers"] == ["figure", "original", "unlearned"]
+    figures = {row[0] for row in table["data"]}
+    assert {"forget Prob.", "retain Prob.", "forget ROUGE-L", "forget fluency"} <= figures
     bars = chart_rows(chart)
-    assert {row["model"] for row in bars} == {"before", "after"}
-    assert len({(row["bar"], row["model"]) for row in bars}) == len(bars) == 2 * len(table["data"])  # one bar each
+    assert {row["model"] for row in bars} == {"original", "unlearned"}
+    assert len({(row["figure"], row["model"]) for row in bars}) == len(bars) == 2 * len(table["data"])  # one bar each
+    summary = json.loads((run.path / "eval" / "quick" / "summary.json").read_text())
+    assert [row[2] for row in table["data"] if row[0] == "forget Prob."] == [round(summary["after"]["forget"]["prob"], 3)]
 
     progress, warnings, report, files = client.predict(["hf"], [], [], api_name="/export")
     assert "bundle written" in progress and str(studio.workspace.root) not in progress

@@ -17,31 +17,65 @@ def add_commands(commands) -> None:
 # ---------------------------------------------------------------- eval
 
 def _add_eval(commands) -> None:
+    from .suites import SUITES
+
     p = commands.add_parser(
-        "eval", help="measure what a model or run forgot and kept (TOFU metrics, fluency, MIA)",
+        "eval", help="measure what a model or run forgot and kept (suites: " + ", ".join(sorted(SUITES)) + ")",
         description="Evaluate a run directory, one of its checkpoints, a model directory, a LoRA adapter or "
-                    "'bundled'. Example: unlearn eval runs/tofu01 --suite tofu --out runs/tofu01/eval")
+                    "'bundled' with one suite (`unlearn suites` lists them and what each needs). Example: "
+                    "unlearn eval runs/tofu01 --suite tofu --out runs/tofu01/eval")
     p.add_argument("model", metavar="MODEL_OR_RUN")
-    p.add_argument("--suite", choices=("tofu", "quick"), default="tofu",
-                   help="tofu: TOFU's four sets and metrics; quick: your forget/retain data, before vs after")
+    p.add_argument("--suite", choices=sorted(SUITES), default="tofu",
+                   help="; ".join(f"{name}: {suite.summary}" for name, suite in sorted(SUITES.items())))
     p.add_argument("--out", required=True, help="directory for the logs, summary.json and summary.md")
-    p.add_argument("--forget-split", default=None,
-                   help="tofu suite: forget01, forget05 or forget10 (default: the run's tofu:forgetNN, else forget01)")
-    p.add_argument("--retain-logs", default=None,
-                   help="tofu suite: a retain model's eval directory or eval_log_aggregated.json (Forget Quality, PrivLeak)")
-    p.add_argument("--holdout", default=None,
-                   help="data never trained on (file or tofu: split) for the min-k%% membership-inference AUC")
-    p.add_argument("--forget", default=None, help="quick suite: forget data (default: the run's forget set)")
-    p.add_argument("--retain", default=None, help="quick suite: retain data (default: the run's retain set)")
+    for need in _needs():
+        users = [name for name, suite in sorted(SUITES.items()) if any(n.name == need.name for n in suite.needs)]
+        p.add_argument(need.flag, dest=f"{NEED_PREFIX}{need.name}", default=None, metavar="PATH",
+                       help=f"{need.help} ({', '.join(users)}" + ("; default: the run's" if need.from_run else "") + ")")
+    for option in _options():
+        users = [name for name, suite in sorted(SUITES.items()) if option in suite.options]
+        p.add_argument(option.flag, dest=f"{OPTION_PREFIX}{option.name}", default=None, metavar="VALUE",
+                       help=f"{option.help}; {option.range_text()} (default {option.default}; {', '.join(users)})")
     p.add_argument("--original", default=None,
                    help="the model before unlearning, for fluency and 'before' scores (default: a run's base model)")
-    p.add_argument("--max-samples", type=int, default=None, help="first N samples per set (tofu: 300, quick: 100)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="generation length (tofu: 200, quick: 64)")
+    p.add_argument("--max-samples", type=int, default=None, help="first N samples per set (default: the suite's)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default: the suite's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_dtype_flag(p)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(handler=run_eval)
+
+    suites = commands.add_parser("suites", help="list the evaluation suites, the data each needs and its options")
+    suites.set_defaults(handler=run_suites)
+
+
+NEED_PREFIX, OPTION_PREFIX = "need__", "option__"
+
+
+def _needs() -> list:
+    from .suites import SUITES
+
+    return list({n.name: n for suite in SUITES.values() for n in suite.needs}.values())
+
+
+def _options() -> list:
+    from .suites import SUITES
+
+    return list({o.name: o for suite in SUITES.values() for o in suite.options}.values())
+
+
+def run_suites(args) -> int:
+    from .suites import SUITES
+
+    for name, suite in sorted(SUITES.items()):
+        print(f"{name:<7} {suite.summary}")
+        for need in suite.needs:
+            kind = "needs" if need.required else "reads"
+            print(f"{'':<7} {kind} {need.flag} PATH: {need.help}" + (" (a run's own by default)" if need.from_run else ""))
+        for option in suite.options:
+            print(f"{'':<7} option {option.flag} {option.default}  ({option.range_text()}) {option.help}")
+    return 0
 
 
 def add_dtype_flag(parser) -> None:
@@ -53,50 +87,40 @@ def add_dtype_flag(parser) -> None:
 
 
 def run_eval(args) -> int:
-    from ..data import load_examples
-    from ..errors import require
-    from .evaluator import Settings, run_quick, run_tofu, tofu_records
+    from .evaluator import Settings
     from .loading import open_model
-    from .report import summary_table
+    from .suites import EvalContext, get_suite
 
-    tofu = args.suite == "tofu"
-    settings = Settings(max_samples=_default(args.max_samples, 300 if tofu else 100),
-                        max_new_tokens=_default(args.max_new_tokens, 200 if tofu else 64), batch_size=args.batch_size)
+    suite = get_suite(args.suite)
+    settings = Settings(max_samples=_default(args.max_samples, suite.max_samples),
+                        max_new_tokens=_default(args.max_new_tokens, suite.max_new_tokens), batch_size=args.batch_size)
     settings.validate()
-    if tofu and args.forget_split:
-        tofu_records(args.forget_split)          # an unknown split fails before any model is loaded
-    holdout = load_examples(args.holdout, "holdout") if args.holdout else None
+    given = {k.removeprefix(NEED_PREFIX): v for k, v in vars(args).items() if k.startswith(NEED_PREFIX) and v}
+    unused = [n for n in given if n not in {need.name for need in suite.needs}]
+    from ..errors import require
+
+    require(not unused, f"the {suite.name} suite does not read --{', --'.join(u.replace('_', '-') for u in unused)}",
+            f"drop it, or choose the suite that does (`unlearn suites`)")
+    options = suite.resolve_options({k.removeprefix(OPTION_PREFIX): v for k, v in vars(args).items()
+                                     if k.startswith(OPTION_PREFIX) and v is not None and
+                                     k.removeprefix(OPTION_PREFIX) in {o.name for o in suite.options}})
+    suite.check_inputs(given)                    # bad data fails before any model is loaded
     loaded = open_model(args.model, args.device, args.trust_remote_code, args.dtype)
-    run_config = loaded.run_config or {}
+    data = {need.name: given.get(need.name) or ((loaded.run_config or {}).get(need.name) if need.from_run else None)
+            for need in suite.needs}
     original_name = args.original or loaded.original
     original = None
     if original_name:
         opened = open_model(original_name, args.device, args.trust_remote_code, args.dtype)
         original = (opened.model, opened.tokenizer)
-    if tofu:
-        split = args.forget_split or _tofu_forget_split(run_config.get("forget", "")) or "forget01"
-        summary = run_tofu(loaded, Path(args.out), settings, split, original, holdout, args.retain_logs,
-                           reference_name=original_name)
-    else:
-        forget_source = args.forget or run_config.get("forget")
-        require(bool(forget_source), "the quick suite needs forget data",
-                "pass --forget FILE (and --retain FILE), or evaluate a run directory")
-        retain_source = args.retain or run_config.get("retain")
-        retain = load_examples(retain_source, "retain") if retain_source else None
-        summary = run_quick(loaded, Path(args.out), load_examples(forget_source, "forget"), retain, settings,
-                            original, original_name)
-    print(summary_table(summary))
+    summary = suite.run(EvalContext(loaded, Path(args.out), settings, data, options, original, original_name))
+    print(suite.table(summary))
     print(f"\nlogs and summary.json in {args.out} ({summary['wall_seconds']} s)")
     return 0
 
 
 def _default(value, default):
     return default if value is None else value
-
-
-def _tofu_forget_split(forget: str) -> str | None:
-    name = forget.removeprefix("tofu:") if forget.startswith("tofu:") else ""
-    return name if name in ("forget01", "forget05", "forget10") else None
 
 
 # ---------------------------------------------------------------- tofu-aggregate

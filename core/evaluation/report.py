@@ -47,4 +47,7 @@ def _title(summary: dict, suite: str) -> str:
 
 
 def summary_table(summary: dict) -> str:
-    return tofu_table(summary) if summary.get("suite") == "tofu" else quick_table(summary)
+    """The table of whichever suite wrote the summary."""
+    from .suites import get_suite
+
+    return get_suite(summary.get("suite", "quick")).table(summary)

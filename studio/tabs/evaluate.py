@@ -1,83 +1,92 @@
-"""Evaluate tab: the quick suite (NLL, probability, ROUGE-L recall, fluency) on the run's
-forget and retain sets, before (the original model) vs after, as a table and a bar chart."""
+"""Evaluate tab: any evaluation suite of the registry (`core.evaluation.suites`) on a run, the original model
+(before unlearning) against the unlearned one, as a table and a bar chart. The suite reads the run's own
+data, or what the Data tab holds, for the inputs it declares."""
 from __future__ import annotations
 
 import gradio as gr
 import pandas as pd
 
-from core.data import load_examples
 from core.errors import require
 
 from ..context import Studio, guarded, public_text
 from ..gpu import call_device, on_gpu
 
-METRICS = ("nll", "prob", "rougeL_recall", "fluency")
-HELP = {"nll": "answer NLL (forget: higher = forgotten)", "prob": "answer probability",
-        "rougeL_recall": "ROUGE-L recall of greedy answers", "fluency": "fluency (gibberish scores low)"}
+DEFAULT_SUITE = "quick"
 
 
-def quick_table(summary: dict) -> pd.DataFrame:
-    rows = []
-    for name in ("forget", "retain"):
-        for metric in METRICS:
-            before = summary.get("before", {}).get(name, {}).get(metric)
-            after = summary.get("after", {}).get(name, {}).get(metric)
-            if after is not None:
-                rows.append({"set": name, "metric": HELP[metric], "before": before, "after": after})
-    return pd.DataFrame(rows).round(3)
+def suite_choices() -> list[str]:
+    from core.evaluation.suites import SUITES
+
+    return sorted(SUITES)
 
 
-SHORT_NAMES = {"ROUGE-L recall of greedy answers": "ROUGE-L"}   # bar labels; the table keeps the full names
+def suite_help(name: str) -> str:
+    from core.evaluation.suites import get_suite
+
+    suite = get_suite(name)
+    reads = ", ".join(need.name + (" (needed)" if need.required else "") for need in suite.needs) or "nothing more"
+    return f"{suite.summary}  \n*reads: {reads} — the run's own, or the Data tab's*"
 
 
-def chart_frame(table: pd.DataFrame) -> pd.DataFrame:
-    long = table.melt(id_vars=["set", "metric"], value_vars=["before", "after"], var_name="model")
-    short = long["metric"].str.split(" (", regex=False).str[0].replace(SHORT_NAMES)
-    long["bar"] = long["set"] + " · " + short
-    return long.dropna(subset=["value"])
+def figure_table(rows: list[dict]) -> pd.DataFrame:
+    """Chart rows as a table: one line per figure, original and unlearned side by side."""
+    if not rows:
+        return pd.DataFrame(columns=["figure", "original", "unlearned"])
+    frame = pd.DataFrame(rows).pivot_table(index="figure", columns="model", values="value", sort=False)
+    return frame.reindex(columns=[c for c in ("original", "unlearned") if c in frame.columns]).reset_index().round(3)
 
 
-def bar_chart(long: pd.DataFrame):
-    """Grouped bars, before vs after per figure (Altair through gr.Plot: the whole chart is sent each time,
-    so its colours always match its data)."""
+def bar_chart(rows: list[dict]):
+    """Grouped bars, original vs unlearned per figure (Altair through gr.Plot: the whole chart is sent each
+    time, so its colours always match its data)."""
     import altair as alt
 
-    return (alt.Chart(long).mark_bar().encode(
-        x=alt.X("bar:N", title=None, axis=alt.Axis(labelAngle=-30)), xOffset=alt.XOffset("model:N", sort=["before", "after"]),
-        y=alt.Y("value:Q", title=None), color=alt.Color("model:N", sort=["before", "after"], title=None),
-        tooltip=["bar", "model", alt.Tooltip("value:Q", format=".4f")])
-        .properties(title="Before vs after", height=260, width=700))
+    order = ["original", "unlearned"]
+    return (alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+        x=alt.X("figure:N", title=None, sort=None, axis=alt.Axis(labelAngle=-30)),
+        xOffset=alt.XOffset("model:N", sort=order), y=alt.Y("value:Q", title=None),
+        color=alt.Color("model:N", sort=order, title=None),
+        tooltip=["figure", "model", alt.Tooltip("value:Q", format=".4f")])
+        .properties(title="Original vs unlearned", height=260, width=700))
 
 
 def create_evaluate_tab(studio: Studio, session, data, run_key):
-    gr.Markdown("The quick suite on this run's data: the original model (**before**) vs the unlearned one "
-                "(**after**). Forget answers should become unlikely and stop appearing in generations; retain "
-                "scores and fluency should stay.")
+    gr.Markdown("Evaluate this run: the original model against the unlearned one. Forget answers should "
+                "become unlikely and stop appearing in generations; retain scores and fluency should stay.")
     with gr.Row():
+        suite = gr.Dropdown(suite_choices(), value=DEFAULT_SUITE, label="Suite", elem_id="evaluate-suite")
         samples = gr.Number(20, label="examples per set", precision=0, minimum=1, maximum=300)
         tokens = gr.Number(48, label="generated tokens per answer", precision=0, minimum=1, maximum=200)
+    about = gr.Markdown(suite_help(DEFAULT_SUITE))
     run = gr.Button("Evaluate this run", variant="primary", elem_id="evaluate")
-    table = gr.Dataframe(interactive=False, label="Before → after", elem_id="evaluate-table")
+    table = gr.Dataframe(interactive=False, label="Original → unlearned", elem_id="evaluate-table")
     chart = gr.Plot(show_label=False, elem_id="evaluate-chart")
 
     @guarded
     @on_gpu
-    def on_evaluate(session_id, key, max_samples, max_new_tokens):
-        from core.evaluation.evaluator import Settings, run_quick
+    def on_evaluate(session_id, key, current_data, name, max_samples, max_new_tokens):
+        from core.evaluation.evaluator import Settings
         from core.evaluation.loading import open_model
+        from core.evaluation.suites import EvalContext, get_suite
 
+        chosen = get_suite(name)
         run_dir = studio.workspace.open_run(session_id, key)
         config = run_dir.config()
-        require(bool(config.get("forget")), "this run has no forget set recorded", "start a run from the Train tab")
+        inputs = {need.name: config.get(need.name) or (current_data or {}).get(need.name) for need in chosen.needs}
+        for need in chosen.needs:
+            require(not need.required or bool(inputs[need.name]), f"the {name} suite needs {need.help}",
+                    "this run has none: upload it in the Data tab")
         device = call_device()   # inside spaces.GPU: the GPU this call was lent
         loaded = open_model(str(run_dir.path), device=device, dtype=studio.dtype)
         original = open_model(loaded.original, device=device, dtype=studio.dtype)
-        summary = run_quick(loaded, run_dir.path / "eval" / "quick", load_examples(config["forget"], "forget"),
-                            load_examples(config["retain"], "retain") if config.get("retain") else None,
-                            Settings(max_samples=int(max_samples), max_new_tokens=int(max_new_tokens)),
-                            original=(original.model, original.tokenizer), original_name=public_text(loaded.original))
-        frame = quick_table(summary)
-        return frame, bar_chart(chart_frame(frame))
+        summary = chosen.run(EvalContext(loaded, run_dir.path / "eval" / name,
+                                         Settings(max_samples=int(max_samples), max_new_tokens=int(max_new_tokens)),
+                                         inputs, chosen.resolve_options(None), (original.model, original.tokenizer),
+                                         public_text(loaded.original)))
+        rows = chosen.chart(summary)
+        require(bool(rows), f"the {name} suite has nothing to chart for this run", "see summary.md in its eval folder")
+        return figure_table(rows), bar_chart(rows)
 
-    run.click(on_evaluate, [session, run_key, samples, tokens], [table, chart], api_name="evaluate")
+    suite.change(suite_help, suite, about, api_name=False)
+    run.click(on_evaluate, [session, run_key, data, suite, samples, tokens], [table, chart], api_name="evaluate")
     return {"table": table}

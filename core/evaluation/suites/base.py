@@ -1,0 +1,94 @@
+"""What a suite declares: the data it needs (each one a CLI flag and a studio input), its options (typed
+`Param`s, as the methods'), how it runs, and how its summary is tabulated and charted."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from ...errors import require
+from ...methods.params import Param
+from ..evaluator import Settings
+
+SUITES: dict[str, "Suite"] = {}
+
+
+@dataclass(frozen=True)
+class Need:
+    """One input a suite reads: `--NAME PATH`. `from_run`: a run's own setting of that name fills it."""
+    name: str
+    help: str
+    required: bool = False
+    from_run: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass
+class EvalContext:
+    """Everything one evaluation gets: the model, where to write, the limits, its data and options, and the
+    original model (before unlearning) when known."""
+    loaded: object                      # core.evaluation.loading.LoadedModel
+    out: Path
+    settings: Settings
+    data: dict = field(default_factory=dict)       # need name -> value given (a path or spec), or absent
+    options: dict = field(default_factory=dict)    # option name -> value (defaults filled in)
+    original: tuple | None = None       # (model, tokenizer)
+    original_name: str | None = None
+
+    def require_data(self, name: str, suite: "Suite") -> str:
+        need = next(n for n in suite.needs if n.name == name)
+        value = self.data.get(name)
+        require(bool(value), f"the {suite.name} suite needs {need.help}",
+                f"pass {need.flag} FILE" + (", or evaluate a run directory that has one" if need.from_run else ""))
+        return value
+
+
+class Suite:
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    needs: ClassVar[tuple[Need, ...]] = ()
+    options: ClassVar[tuple[Param, ...]] = ()
+    max_samples: ClassVar[int] = 100          # defaults of --max-samples / --max-new-tokens for this suite
+    max_new_tokens: ClassVar[int] = 64
+
+    def resolve_options(self, given: dict | None) -> dict:
+        given = {k: v for k, v in (given or {}).items() if v is not None}
+        declared = {p.name: p for p in self.options}
+        unknown = [k for k in given if k not in declared]
+        require(not unknown, f"the {self.name} suite has no option {', '.join(unknown)}",
+                f"it takes: {', '.join(declared) or 'none'} (see `unlearn suites`)")
+        return {name: p.check(given[name], f"the {self.name} suite") if name in given else p.default
+                for name, p in declared.items()}
+
+    def check_inputs(self, data: dict) -> None:
+        """Fail on missing or unreadable inputs before any model is loaded (default: nothing to check)."""
+
+    def run(self, context: EvalContext) -> dict:
+        """Evaluate, write every file into context.out atomically, return the summary (also summary.json)."""
+        raise NotImplementedError
+
+    def table(self, summary: dict) -> str:
+        """The summary as Markdown."""
+        raise NotImplementedError
+
+    def chart(self, summary: dict) -> list[dict]:
+        """Rows {"figure", "model", "value"} for a bar chart, original vs unlearned (empty: no chart)."""
+        return []
+
+
+def register_suite(cls: type[Suite]) -> type[Suite]:
+    SUITES[cls.name] = cls()
+    return cls
+
+
+def get_suite(name: str) -> Suite:
+    require(name in SUITES, f"unknown suite {name!r}", f"choose one of: {', '.join(sorted(SUITES))}")
+    return SUITES[name]
+
+
+def title(summary: dict, suite: str) -> str:
+    dtype = f", {summary['dtype']} weights" if summary.get("dtype") else ""   # older summaries lack it
+    return f"Evaluation of {summary['model']} ({suite} suite{dtype})"
