@@ -113,11 +113,18 @@ def token_statistics(model, tokenizer, pairs, batch_size: int = 8, desc: str = "
 @torch.no_grad()
 def generate(model, tokenizer, questions: list[str], max_new_tokens: int, batch_size: int = 8,
              desc: str = "generating") -> list[str]:
-    """Greedy answers (left-padded batches), decoded without special tokens, in input order."""
-    require(max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    device = next(model.parameters()).device
+    """Greedy answers to questions (through the chat template), decoded without special tokens, in input order."""
     prompts = [tokenizer(prompt_text(tokenizer, q), add_special_tokens=not tokenizer.chat_template)["input_ids"]
                for q in questions]
+    return generate_from_ids(model, tokenizer, prompts, max_new_tokens, batch_size, desc)
+
+
+@torch.no_grad()
+def generate_from_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 8,
+                      desc: str = "generating") -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded batches, sorted by length), in input order."""
+    require(max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers = [""] * len(prompts)
     eos = tokenizer.eos_token_id

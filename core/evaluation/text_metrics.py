@@ -38,6 +38,16 @@ def rouge_recall(generations: list[str], references: list[str]) -> dict[str, lis
             "rougeL_recall": [s["rougeL"].recall for s in scores]}
 
 
+def rouge_l_f1(generations: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L F1 per pair (rouge-score, Porter stemmer on): MUSE's VerbMem and KnowMem score."""
+    require(len(generations) == len(references),
+            f"{len(generations)} generations but {len(references)} references", "pass one reference per generation")
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(ref, gen)["rougeL"].fmeasure for gen, ref in zip(generations, references)]
+
+
 def repetition(text: str, n: int = 2) -> float:
     """Share of word n-grams that repeat an earlier one in the same text (0 for fewer than n words)."""
     words = _WORD.findall(text.lower())
