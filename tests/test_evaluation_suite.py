@@ -31,7 +31,7 @@ def tofu_eval(tiny_model_dir, tmp_path_factory):
     holdout.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n"
                                for r in load_records("full")[3900:3903]))
     assert main(["eval", str(tiny_model_dir), "--suite", "tofu", "--out", str(out / "eval"),
-                 "--holdout", str(holdout), *FAST]) == 0
+                 "--holdout", str(holdout), "--attacks", "loss,min_k_pp", *FAST]) == 0
     return out / "eval"
 
 
@@ -88,6 +88,8 @@ def test_tofu_suite_summary_matches_aggregating_its_own_logs(tofu_eval, capsys):
         assert printed[key] == pytest.approx(value)
     assert printed["Forget Quality"] == pytest.approx(1.0)   # a model against itself
     assert 0 <= summary["mia"]["auc"] <= 1 and summary["mia"]["holdout_samples"] == 3
+    assert set(summary["attacks"]) == {"loss", "min_k_pp"} and all(0 <= v <= 1 for v in summary["attacks"].values())
+    assert "MIA AUC (loss)" in (tofu_eval / "summary.md").read_text()
     assert set(summary["fluency"]) == {"Retain", "Forget", "Real Authors", "Real World"}
     assert "Model Utility" in (tofu_eval / "summary.md").read_text()
 
@@ -175,6 +177,10 @@ def test_quick_suite_on_a_run_reports_before_and_after(lora_run, tmp_path, capsy
     avg = list(per_sample["after"]["forget"]["avg_loss"].values())
     assert summary["after"]["forget"]["prob"] == pytest.approx(sum(math.exp(-x) for x in avg) / len(avg))
     assert "forget after" in capsys.readouterr().out
+    for stage in ("before", "after"):   # teacher-forced memorisation beside the generation figures
+        assert 0 <= summary[stage]["forget"]["exact_memorisation"] <= 1
+        assert 0 <= summary[stage]["forget"]["extraction_strength"] <= 1
+    assert len(per_sample["after"]["forget"]["extraction_strength"]) == 3
 
 
 

@@ -20,8 +20,8 @@ import numpy as np
 from ..data import Example
 from ..errors import UnlearnError, require
 from ..runs import write_json_atomic
-from . import mia, text_metrics, tofu_metrics
-from .probes import answer_nll, answer_token_logprobs, generate
+from . import attacks, memorisation, mia, text_metrics, tofu_metrics
+from .probes import answer_nll, answer_token_logprobs, generate, token_statistics
 
 # eval file -> (TOFU split, the answer field truth ratios compare the perturbed answers with)
 TOFU_FILES = {
@@ -142,7 +142,8 @@ def mia_log(model, tokenizer, forget: list[Example], holdout: list[Example], bat
 
 def run_tofu(loaded, out: Path, settings: Settings, forget_split: str = "forget01", reference=None,
              holdout: list[Example] | None = None, retain_logs: Path | None = None,
-             records: dict[str, list[dict]] | None = None, reference_name: str | None = None) -> dict:
+             records: dict[str, list[dict]] | None = None, reference_name: str | None = None,
+             extra_attacks: tuple[str, ...] = ()) -> dict:
     """Evaluate `loaded` (a LoadedModel) with TOFU's protocol and write every file into `out`.
 
     reference: (model, tokenizer) scoring fluency, normally the original model (default: the model itself),
@@ -186,6 +187,16 @@ def run_tofu(loaded, out: Path, settings: Settings, forget_split: str = "forget0
         if retain_auc is not None:
             summary["mia"]["retain_auc"] = retain_auc
             summary["mia"]["privacy_leakage"] = mia.privacy_leakage(extra["mia"]["auc"], retain_auc)
+        if extra_attacks:   # the rest of the attack family, beside min-k% (kept as it was)
+            results = attacks.membership(loaded.model, loaded.tokenizer, forget, holdout, extra_attacks,
+                                         settings.batch_size, reference if reference_name else None)
+            extra["attacks"] = {name: {"forget": r["forget"], "holdout": r["holdout"]} for name, r in results.items()}
+            summary["attacks"] = {name: r["auc"] for name, r in results.items()}
+            retain_attacks = ((retain or {}).get("summary") or {}).get("attacks", {})
+            leaks = {name: mia.privacy_leakage(auc, retain_attacks[name])
+                     for name, auc in summary["attacks"].items() if name in retain_attacks}
+            if leaks:
+                summary["attacks_privacy_leakage"] = leaks
     summary["settings"] = {**asdict(settings), "retain_logs": str(retain_logs) if retain_logs else None,
                            "fluency_reference": reference_name or "the evaluated model itself"}
     summary["wall_seconds"] = round(time.time() - started, 1)
@@ -211,6 +222,11 @@ def set_scores(model, tokenizer, examples: list[Example], settings: Settings, re
     sums, counts = answer_nll(model, tokenizer, examples, settings.batch_size, f"{name}: scoring")
     per = {"avg_loss": [s / n for s, n in zip(sums, counts)]}
     scores = {"nll": sum(sums) / max(sum(counts), 1), "prob": float(np.mean(np.exp(-np.asarray(per["avg_loss"]))))}
+    stats = token_statistics(model, tokenizer, examples, settings.batch_size, f"{name}: memorisation")
+    per["exact_memorisation"] = [memorisation.exact_memorisation(s) for s in stats]
+    per["extraction_strength"] = [memorisation.extraction_strength(s) for s in stats]
+    scores.update(exact_memorisation=float(np.mean(per["exact_memorisation"])),
+                  extraction_strength=float(np.mean(per["extraction_strength"])))
     qa = [ex for ex in examples if ex.is_qa]
     if qa:
         generations = generate(model, tokenizer, [ex.prompt for ex in qa], settings.max_new_tokens,

@@ -29,13 +29,17 @@ def tofu_table(summary: dict) -> str:
     if "mia" in summary:
         totals.append(["MIA AUC (min-k%)", summary["mia"]["auc"]])
         totals.append(["PrivLeak %", summary["mia"].get("privacy_leakage")])
+    for name, value in summary.get("attacks", {}).items():
+        totals.append([f"MIA AUC ({name})", value])
+    for name, value in summary.get("attacks_privacy_leakage", {}).items():
+        totals.append([f"PrivLeak % ({name})", value])
     return f"{_title(summary, 'TOFU')}\n\n{text}\n\n{table(['figure', 'value'], totals)}"
 
 
 def quick_table(summary: dict) -> str:
     stages = [s for s in ("before", "after") if s in summary]
     sets = list(summary[stages[-1]])
-    keys = ("nll", "prob", "rougeL_recall", "fluency", "repetition")
+    keys = ("nll", "prob", "rougeL_recall", "fluency", "repetition", "exact_memorisation", "extraction_strength")
     header = ["metric"] + [f"{name} {stage}" for name in sets for stage in stages]
     rows = [[key] + [summary[stage][name].get(key) for name in sets for stage in stages] for key in keys]
     return f"{_title(summary, 'quick')}\n\n{table(header, rows)}"
