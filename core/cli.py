@@ -19,7 +19,7 @@ from .runs import RunState
 
 # Other parts of the product add their own subcommands (`add_commands(subparsers)`), so this file stays
 # the one entry point without knowing how evaluation, export or the studio work.
-COMMAND_MODULES = ("core.evaluation.cli", "export.cli", "studio.cli")
+COMMAND_MODULES = ("core.evaluation.cli", "export.cli", "audit.cli", "studio.cli")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,133 @@
+"""`unlearn audit`: does a run's forgetting survive relearning, quantisation and rephrasing?
+
+Every attack (audit/attacks/, one module each) gives the forget-answer figures of an attacked model beside
+the original's and the unlearned model's on the same forget data, and the retain figures beside them; the
+recovery fraction per figure and a verdict per attack and overall follow (audit/recovery.py). The run's own
+files are only read; everything an attack builds lives in a scratch folder removed afterwards."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from core.errors import require
+from core.runs import RunDir, write_json_atomic
+
+from . import recovery
+from .attacks import ATTACKS, AuditContext, get_attack
+
+DEFAULT_ATTACKS = ("relearn", "benign", "quantize", "rephrase")
+OPTIONS = {"relearn_fraction": 0.5, "relearn_steps": 30, "benign_steps": 30, "relearn_lr": None}
+AUDIT_JSON, AUDIT_MD = "audit.json", "audit.md"
+
+
+def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None, max_samples: int = 40,
+              max_new_tokens: int = 48, batch_size: int = 8, device: str = "cpu", log=print) -> dict:
+    from core.data import load_examples
+    from core.evaluation.evaluator import Settings, set_scores
+    from core.evaluation.loading import open_model
+
+    started = time.time()
+    run = RunDir(run_dir)
+    require(run.holds_run(), f"{run_dir} is not a run directory", "name the --out directory of a finished run")
+    config = run.config()
+    require(bool(config.get("forget")), f"the run in {run_dir} records no forget set", "audit a run of `unlearn train`")
+    chosen = [get_attack(name) for name in dict.fromkeys(a.strip() for a in attacks if a.strip())]
+    require(bool(chosen), "no audit attack given", f"pass e.g. --attacks {','.join(DEFAULT_ATTACKS)}")
+    settings = Settings(max_samples=max_samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    settings.validate()
+    forget = load_examples(config["forget"], "forget")[:max_samples]
+    retain = load_examples(config["retain"], "retain")[:max_samples] if config.get("retain") else None
+    out = Path(out)
+    context = AuditContext(run=run.path, config=config, work=out / ".work", forget=forget, retain=retain,
+                           measure=None, baseline=None, settings=settings, device=device, log=log,
+                           options={**OPTIONS, **(options or {})})
+    for attack in chosen:        # every refusal before any model is loaded
+        attack.check(context)
+
+    unlearned = open_model(str(run.path), device)
+    original = open_model(unlearned.original, device)
+    context.models = {"original": (original.model, original.tokenizer),
+                      "unlearned": (unlearned.model, unlearned.tokenizer)}
+    reference = (original.model, original.tokenizer)
+
+    def measure(model, tokenizer, examples, name):
+        scores, _ = set_scores(model, tokenizer, examples, settings, reference, name)
+        figures = {"nll": scores["nll"], "prob": scores["prob"]}
+        if "rougeL_recall" in scores:
+            figures["rougeL"] = scores["rougeL_recall"]
+        return figures
+
+    baselines: dict[str, dict] = {}
+
+    def baseline(name, examples):
+        if name not in baselines:
+            baselines[name] = {stage: measure(model, tokenizer, examples, f"{stage} {name}")
+                               for stage, (model, tokenizer) in context.models.items()}
+        return baselines[name]
+
+    context.measure, context.baseline = measure, baseline
+    results = []
+    for attack in chosen:
+        log(f"audit: {attack.name} — {attack.summary}")
+        attack_started = time.time()
+        context.work.mkdir(parents=True, exist_ok=True)
+        try:
+            found = attack.run(context)
+        finally:
+            shutil.rmtree(context.work, ignore_errors=True)
+        for result in found:
+            result.update(judged(result), seconds=round(time.time() - attack_started, 1))
+            results.append(result)
+    report = {"run": str(run.path), "method": config.get("method"), "attacks": [a.name for a in chosen],
+              "results": results, "overall": recovery.overall({r["name"]: r["verdict"] for r in results}),
+              "thresholds": {"robust_below": recovery.ROBUST, "shallow_above": recovery.SHALLOW,
+                             "min_change": recovery.MIN_CHANGE},
+              "samples": {"forget": len(forget), "retain": len(retain or [])},
+              "wall_seconds": round(time.time() - started, 1)}
+    write_json_atomic(out / AUDIT_JSON, report)
+    write_text_atomic(out / AUDIT_MD, markdown(report))
+    return report
+
+
+def judged(result: dict) -> dict:
+    forget = result["forget"]
+    values = recovery.recoveries(forget["original"], forget["unlearned"], forget["attacked"])
+    verdict, worst = recovery.verdict(values)
+    judgement = {"recovery": values, "verdict": verdict, "worst_recovery": worst}
+    if "retain" in result:
+        retain = result["retain"]
+        judgement["retain_change"] = {f: retain["attacked"][f] - retain["unlearned"][f]
+                                      for f in retain["attacked"] if f in retain["unlearned"]}
+    return judgement
+
+
+def markdown(report: dict) -> str:
+    from core.evaluation.report import table
+
+    rows = []
+    for r in report["results"]:
+        f = r["forget"]
+        rows.append([r["name"], r["verdict"].split(":")[0], r["worst_recovery"],
+                     *(r["recovery"].get(k) for k in recovery.FIGURES),
+                     f["original"].get("nll"), f["unlearned"].get("nll"), f["attacked"].get("nll"),
+                     (r.get("retain_change") or {}).get("nll")])
+    header = ["attack", "verdict", "worst recovery", "NLL recovery", "prob. recovery", "ROUGE-L recovery",
+              "forget NLL original", "unlearned", "attacked", "retain NLL change"]
+    return "\n".join([f"# Audit of {report['run']} ({report['method']})", "",
+                      f"Overall: **{report['overall']}** (each attack's largest recovery over its figures: below "
+                      f"{recovery.ROBUST} robust, above {recovery.SHALLOW} shallow). Recovery = (attacked − "
+                      "unlearned) / (original − unlearned); '-' where unlearning changed the figure too little "
+                      "to measure a recovery.", "", table(header, rows), "",
+                      f"Wall time {report['wall_seconds']} s.", ""])
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

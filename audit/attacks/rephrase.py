@@ -1,0 +1,93 @@
+"""Rephrasing: the forget questions asked other ways, to the unlearned model, with no weights changed.
+
+- paraphrased: TOFU's own paraphrased questions, when the run forgot a TOFU split (through the chat template).
+- plain: "Question: ...\\nAnswer:" as raw text, without the chat template the model was unlearned under.
+- few-shot: the same plain prompt after three retain question/answer pairs as in-context examples.
+
+Each variant's "original" is the original model asked the same way (what it knew when asked so), its
+"unlearned" the unlearned model asked the usual way: recovery 1 means that asking differently gives back
+all the unlearning took away. The retain figures are the retain set asked the same way."""
+from __future__ import annotations
+
+import numpy as np
+
+from core.data import Encoded, Example
+from core.evaluation.probes import generate_from_ids
+from core.evaluation.text_metrics import rouge_recall
+from core.losses import IGNORE_INDEX
+from core.scoring import score_nll
+
+from .base import Attack, register_attack
+
+SHOTS = 3
+
+
+def plain_prompt(question: str, shots: list[Example]) -> str:
+    examples = "".join(f"Question: {ex.prompt}\nAnswer: {ex.answer}\n\n" for ex in shots)
+    return f"{examples}Question: {question}\nAnswer:"
+
+
+def measure_plain(model, tokenizer, examples, shots, settings) -> dict:
+    """NLL, probability and ROUGE-L recall of the answers after raw-text prompts (no chat template)."""
+    prompts = [tokenizer(plain_prompt(ex.prompt, shots))["input_ids"] for ex in examples]
+    answers = [tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"] for ex in examples]
+    items = [Encoded(input_ids=p + a, labels=[IGNORE_INDEX] * len(p) + a) for p, a in zip(prompts, answers)]
+    nll, counts = score_nll(model, items, tokenizer.pad_token_id, settings.batch_size)
+    per = (nll / counts.clamp(min=1)).tolist()
+    generations = generate_from_ids(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size,
+                                    "rephrase: generating")
+    rouge = rouge_recall([g.split("\nQuestion:")[0] for g in generations], [ex.answer for ex in examples])
+    return {"nll": float(nll.sum() / counts.sum().clamp(min=1)), "prob": float(np.mean(np.exp(-np.asarray(per)))),
+            "rougeL": float(np.mean(rouge["rougeL_recall"]))}
+
+
+def paraphrases(context) -> dict[str, str]:
+    """question -> TOFU's paraphrased question, when the run forgot a TOFU split that has them."""
+    forget = context.config.get("forget") or ""
+    split = forget.removeprefix("tofu:")
+    if not forget.startswith("tofu:") or split not in ("forget01", "forget05", "forget10"):
+        return {}
+    from core.tofu import load_records
+
+    return {r["question"]: r["paraphrased_question"] for r in load_records(f"{split}_perturbed")
+            if r.get("paraphrased_question")}
+
+
+@register_attack
+class Rephrase(Attack):
+    name = "rephrase"
+    summary = "ask the forget questions differently: paraphrased, without the chat template, after examples"
+
+    def run(self, context):
+        qa = [ex for ex in context.forget if ex.is_qa]
+        if not qa:
+            context.log("rephrase: the forget set has no questions; skipped")
+            return []
+        models, settings = context.models, context.settings
+        shots = [ex for ex in (context.retain or []) if ex.is_qa][:SHOTS]
+        usual = context.baseline("forget_qa", qa)
+        results = []
+        mapping = paraphrases(context)
+        if mapping:
+            rephrased = [Example(answer=ex.answer, prompt=mapping[ex.prompt]) for ex in qa if ex.prompt in mapping]
+            asked = {name: context.measure(model, tok, rephrased, f"rephrase paraphrased {name}")
+                     for name, (model, tok) in models.items()}
+            results.append(self._result("paraphrased", usual, asked))
+        variants = {"plain": [], "few-shot": shots} if shots else {"plain": []}
+        for variant, examples in variants.items():
+            asked = {name: measure_plain(model, tok, qa, examples, settings) for name, (model, tok) in models.items()}
+            result = self._result(variant, usual, asked)
+            retain = [ex for ex in (context.retain or []) if ex.is_qa][SHOTS:] or None
+            if retain:
+                result["retain"] = {**context.baseline("retain", context.retain),
+                                    "attacked": measure_plain(models["unlearned"][0], models["unlearned"][1], retain,
+                                                              examples, settings)}
+            results.append(result)
+        return results
+
+    @staticmethod
+    def _result(variant: str, usual: dict, asked: dict) -> dict:
+        return {"name": f"rephrase: {variant}", "forget": {"set": f"forget questions, {variant}",
+                                                           "original": asked["original"],
+                                                           "unlearned": usual["unlearned"],
+                                                           "attacked": asked["unlearned"]}}

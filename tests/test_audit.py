@@ -1,0 +1,106 @@
+"""`unlearn audit`: the recovery fraction by hand, the relearn split, every attack end to end on a tiny LoRA
+run (the quantize attack agreeing with the export's parity report), a run that forgot nothing, bad input."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from audit import recovery, run_audit
+from audit.attacks.relearn import split
+from conftest import quiet
+from core.cli import main
+from core.errors import UnlearnError
+from core.runs import RunDir
+from core.trainer import train
+
+FAST = dict(max_samples=8, max_new_tokens=4, batch_size=4, device="cpu",
+            options={"relearn_steps": 3, "benign_steps": 3})
+
+
+def test_recovery_fraction_and_verdicts_by_hand():
+    # NLL 2.0 before, 5.0 after unlearning, 3.5 after the attack: half of the gain undone
+    assert recovery.recovery(2.0, 5.0, 3.5, "nll") == pytest.approx(0.5)
+    assert recovery.recovery(0.8, 0.2, 0.2, "rougeL") == 0.0           # still forgotten
+    assert recovery.recovery(0.8, 0.2, 0.9, "rougeL") == pytest.approx(7 / 6)   # more than before
+    assert recovery.recovery(2.0, 2.01, 3.0, "nll") is None           # nothing was forgotten: undefined
+    assert recovery.verdict({"nll": 0.1, "rougeL": 0.2}) == ("robust", 0.2)
+    assert recovery.verdict({"nll": 0.3, "rougeL": None}) == ("partial", 0.3)
+    assert recovery.verdict({"nll": 0.9}) == ("shallow", 0.9)
+    assert recovery.verdict({"nll": None})[0].startswith("undefined")
+    assert recovery.overall({"a": "robust", "b": "partial"}) == "partial"
+
+
+def test_the_relearn_split_never_overlaps_the_measured_half():
+    examples = list(range(11))
+    relearned, measured = split(examples, 0.5, seed=3)
+    assert not set(relearned) & set(measured) and sorted(relearned + measured) == examples
+    assert len(relearned) == 6 and split(examples, 0.5, seed=3) == (relearned, measured)
+    assert split([1, 2], 0.9, seed=0)[1]     # always something left to measure
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir):
+    from conftest import write_qa_files
+    from core.config import UnlearnConfig
+
+    root = tmp_path_factory.mktemp("audited")
+    files = write_qa_files(root, 8, 8)
+    config = UnlearnConfig(model=str(tiny_model_dir), method="npo_rt", forget=str(files["forget"]),
+                           retain=str(files["retain"]), out=str(root / "run"), max_steps=8, batch_size=4, lr=5e-2,
+                           device="cpu", lora=True, lora_r=4, save_steps=0, eval_examples=8)
+    train(config, **quiet())
+    return config
+
+
+def test_every_attack_on_a_lora_run(lora_run, tmp_path):
+    before = {p.name: p.stat().st_mtime for p in RunDir(lora_run.out).path.rglob("*") if p.is_file()}
+    report = run_audit(lora_run.out, tmp_path / "audit", ["relearn", "benign", "rephrase", "quantize"],
+                       log=lambda m: None, **FAST)
+    names = [r["name"] for r in report["results"]]
+    assert names[:2] == ["relearn", "benign"] and "rephrase: plain" in names and "rephrase: few-shot" in names
+    assert any(n.startswith("quantize: gguf-q4_0") for n in names)
+    relearn = report["results"][0]
+    assert relearn["trained_on"] == 4 and relearn["steps"] == 3
+    forget = relearn["forget"]
+    assert forget["original"]["nll"] < forget["unlearned"]["nll"]        # the run did forget
+    expected = (forget["attacked"]["nll"] - forget["unlearned"]["nll"]) / (forget["original"]["nll"] - forget["unlearned"]["nll"])
+    assert relearn["recovery"]["nll"] == pytest.approx(expected)
+    assert relearn["verdict"] in ("robust", "partial", "shallow") and "retain_change" in relearn
+    for result in report["results"]:
+        if result["name"].startswith("quantize") and result["nll_recovery_in_parity"] is not None:
+            assert result["recovery"]["nll"] == pytest.approx(result["nll_recovery_in_parity"], abs=1e-3)
+    assert report["overall"] in ("robust", "partial", "shallow")
+    saved = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(report["results"]))
+    assert "Overall" in (tmp_path / "audit" / "audit.md").read_text()
+    assert not (tmp_path / "audit" / ".work").exists()
+    after = {p.name: p.stat().st_mtime for p in RunDir(lora_run.out).path.rglob("*") if p.is_file()}
+    assert after == before     # the run's own files are never touched
+
+
+def test_a_run_that_forgot_nothing_has_no_recovery_to_report(lora_run, tmp_path):
+    still = replace(lora_run, out=str(tmp_path / "still"), lr=1e-12, max_steps=1)
+    train(still, **quiet())
+    report = run_audit(still.out, tmp_path / "audit", ["relearn"], log=lambda m: None, **FAST)
+    result = report["results"][0]
+    assert all(v is None for v in result["recovery"].values())
+    assert result["verdict"].startswith("undefined") and report["overall"] == "undefined"
+
+
+def test_bad_audit_input_gets_one_clear_error(lora_run, tmp_path, capsys):
+    assert main(["audit", lora_run.out, "--out", str(tmp_path / "a"), "--attacks", "shake"]) == 2
+    assert "unknown audit attack 'shake'" in capsys.readouterr().err
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"question": "q?", "answer": "a."}) + "\n")
+    small = replace(lora_run, out=str(tmp_path / "small"), forget=str(one), max_steps=1)
+    train(small, **quiet())
+    with pytest.raises(UnlearnError, match="splits the forget set, which has 1 example"):
+        run_audit(small.out, tmp_path / "b", ["relearn"], log=lambda m: None, **FAST)
+    no_retain = replace(lora_run, out=str(tmp_path / "nr"), method="npo", retain=None, max_steps=1)
+    train(no_retain, **quiet())
+    with pytest.raises(UnlearnError, match="benign attack fine-tunes on the run's retain set"):
+        run_audit(no_retain.out, tmp_path / "c", ["benign"], log=lambda m: None, **FAST)
+    assert main(["audit", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
