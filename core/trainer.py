@@ -12,6 +12,7 @@ import math
 import platform
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -151,6 +152,7 @@ class Trainer:
         set_seed(cfg.seed)
         self._status(RunState.RUNNING, message="reading data")
         raw = read_sets(cfg, self.method)
+        self.raw_forget = raw.forget
         source = resolve_model(cfg.model)
         self.tokenizer = load_tokenizer(source, cfg.trust_remote_code)
         self.dataset, self.sets = build_dataset(raw, cfg, self.method, self.tokenizer)
@@ -166,7 +168,10 @@ class Trainer:
         self._prepare_method(model)
         before = self._score(model) if not cfg.resume else self.run_dir.config().get("before", {})
         if not cfg.resume and self.is_main:
-            self.run_dir.write_config({**self.run_dir.config(), "before": before})
+            self.knowledge = self._knowledge_check(model)
+            self.run_dir.write_config({**self.run_dir.config(), "before": before, "knowledge_check": self.knowledge})
+        elif cfg.resume:
+            self.knowledge = self.run_dir.config().get("knowledge_check")
 
         optimizer = self._optimizer(model)
         loader = torch.utils.data.DataLoader(
@@ -465,6 +470,7 @@ class Trainer:
             if self.is_main:
                 save_model_atomic(unwrapped, self.tokenizer, self.run_dir.model_dir)
             summary = {"method": self.cfg.method, "before": before, "after": after, "steps": step,
+                       "knowledge_check": getattr(self, "knowledge", None),
                        "stopped_early": self.early_stop_reason,
                        "wall_seconds": round(time.time() - self.started, 1),
                        **self._throughput(unwrapped),
@@ -492,6 +498,25 @@ class Trainer:
         dtype = getattr(torch, self.cfg.dtype)   # resolved when the run started: float32 or bfloat16
         utilisation = mfu(per_second, training_flops_per_token(model), dtype, self.device.type)
         return {"tokens_per_second": round(per_second, 1), "mfu": round(utilisation, 4), "mfu_dtype": self.cfg.dtype}
+
+    def _knowledge_check(self, model) -> dict | None:
+        """Does the original model know the forget answers at all? (core.knowledge); unlearning runs only."""
+        from .evaluation.probes import answer_nll
+        from .knowledge import knowledge_check, warning
+
+        if self.cfg.method == "sft":
+            return None
+        context = model.disable_adapter() if self.cfg.lora else nullcontext()
+
+        def score(pairs):
+            with context:
+                sums, counts = answer_nll(model, self.tokenizer, pairs, self.cfg.batch_size, "knowledge check")
+            return [s / max(n, 1) for s, n in zip(sums, counts)]
+        check = knowledge_check(score, self.raw_forget[:self.cfg.eval_examples or 32])
+        note = warning(check)
+        if note:
+            self.log(f"warning: {note}")
+        return check
 
     def _score(self, model) -> dict:
         """Mean answer-token NLL on the first `eval_examples` forget and retain examples."""
