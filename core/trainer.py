@@ -506,10 +506,9 @@ class Trainer:
 
         if self.cfg.method == "sft":
             return None
-        context = model.disable_adapter() if self.cfg.lora else nullcontext()
-
         def score(pairs):
-            with context:
+            adapter_off = model.disable_adapter() if self.cfg.lora else nullcontext()
+            with adapter_off, self.accelerator.autocast():   # a bf16 frozen base needs the autocast of training
                 sums, counts = answer_nll(model, self.tokenizer, pairs, self.cfg.batch_size, "knowledge check")
             return [s / max(n, 1) for s, n in zip(sums, counts)]
         check = knowledge_check(score, self.raw_forget[:self.cfg.eval_examples or 32])

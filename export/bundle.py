@@ -136,7 +136,14 @@ def _build(source: RunSource, plan: dict, staging: Path, log, parity_check: bool
             report = _check(source, model, tokenizer, staging, artifacts, **parity_options)
         write_json_atomic(staging / "parity.json", report)
     manifest = _manifest(source, plan, artifacts, report, timings)
-    (staging / "README.md").write_text(card.model_card(source, manifest, report), encoding="utf-8")
+    audit = run_audit(source)
+    if audit:   # the run's `unlearn audit`, carried into the bundle, its card and its manifest
+        (staging / AUDIT_FOLDER).mkdir()
+        for name in ("audit.json", "audit.md"):
+            if (source.run_dir / AUDIT_FOLDER / name).is_file():
+                shutil.copy2(source.run_dir / AUDIT_FOLDER / name, staging / AUDIT_FOLDER / name)
+        manifest["audit"] = audit_summary(audit)
+    (staging / "README.md").write_text(card.model_card(source, manifest, report, audit), encoding="utf-8")
     manifest["files"] = _file_list(staging)
     write_json_atomic(staging / "manifest.json", manifest)
     return manifest
@@ -257,6 +264,22 @@ def _check(source: RunSource, model, tokenizer, bundle: Path, artifacts: dict, p
                        "retain": sum(p.role == "retain" for p in probes), "greedy_tokens": parity.GREEDY_TOKENS},
             "reference": "unlearned model in PyTorch fp32", "pytorch": unlearned, "original": original,
             "formats": formats, "forgetting": forgetting, "warnings": warnings}
+
+
+# ---------------------------------------------------------------- audit
+
+AUDIT_FOLDER = "audit"   # `unlearn audit RUN --out RUN/audit`, as docs/audit.md advises
+
+
+def run_audit(source: RunSource) -> dict | None:
+    path = source.run_dir / AUDIT_FOLDER / "audit.json"
+    return read_json(path) if path.is_file() else None
+
+
+def audit_summary(audit: dict) -> dict:
+    return {"overall": audit["overall"], "path": f"{AUDIT_FOLDER}/audit.json",
+            "attacks": {r["name"]: {"verdict": r["verdict"].split(":")[0], "worst_recovery": r["worst_recovery"]}
+                        for r in audit["results"]}}
 
 
 # ---------------------------------------------------------------- manifest

@@ -6,7 +6,7 @@ import json
 from .source import RunSource
 
 
-def model_card(source: RunSource, manifest: dict, report: dict | None) -> str:
+def model_card(source: RunSource, manifest: dict, report: dict | None, audit: dict | None = None) -> str:
     front = {"library_name": "transformers", "base_model": _base_model_name(source),
              "tags": ["unlearning", source.method] + [f for f in manifest["formats"] if f != "hf"]}
     parts = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front.items()), "---", "",
@@ -16,6 +16,8 @@ def model_card(source: RunSource, manifest: dict, report: dict | None) -> str:
         parts += [_parity_table(report), ""]
         if report["warnings"]:
             parts += ["## Warnings", "", *(f"- **{w}**" for w in report["warnings"]), ""]
+    if audit:
+        parts += [_audit(audit), ""]
     parts += [_files(manifest), "", _usage(manifest)]
     return "\n".join(parts) + "\n"
 
@@ -86,3 +88,21 @@ def _usage(manifest: dict) -> str:
               "`gguf/forget-patch-f16.gguf` applies on `gguf/base-f16.gguf` with `--lora`. "
               "The ONNX decoders run in onnxruntime with `past_key_values.N.key/value` inputs."]
     return "\n".join(lines)
+
+
+def _audit(audit: dict) -> str:
+    """The run's robustness audit: what each attack brought back, in plain words first."""
+    restoring = [r for r in audit["results"] if r["verdict"].startswith(("shallow", "partial"))]
+    lines = ["## Robustness audit (`unlearn audit`)", "",
+             f"Overall: **{audit['overall']}**. Recovery = (attacked − unlearned) / (original − unlearned) of the "
+             "forget answers' figures: 0 still forgotten, 1 fully restored; robust below 0.25, shallow above 0.5.", ""]
+    if restoring:
+        lines += [f"- **{r['name']} restores what was forgotten** (largest recovery {r['worst_recovery']:.2f}, "
+                  f"{r['verdict'].split(':')[0]})." for r in restoring] + [""]
+    else:
+        lines += ["No attack restored more than a quarter of what was forgotten.", ""]
+    lines += ["| attack | verdict | largest recovery |", "|---|---|---|"]
+    for r in audit["results"]:
+        worst = "-" if r["worst_recovery"] is None else f"{r['worst_recovery']:.2f}"
+        lines.append(f"| {r['name']} | {r['verdict'].split(':')[0]} | {worst} |")
+    return "\n".join(lines + ["", "The whole report: `audit/audit.json`, `audit/audit.md`."])

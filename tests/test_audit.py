@@ -104,3 +104,22 @@ def test_bad_audit_input_gets_one_clear_error(lora_run, tmp_path, capsys):
         run_audit(no_retain.out, tmp_path / "c", ["benign"], log=lambda m: None, **FAST)
     assert main(["audit", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_export_carries_the_audit_into_the_bundle_card_and_manifest(lora_run, tmp_path):
+    from export.bundle import export_run
+
+    run = replace(lora_run, out=str(tmp_path / "run"))
+    train(run, **quiet())
+    audit = run_audit(run.out, tmp_path / "run" / "audit", ["relearn"], log=lambda m: None,
+                      **{**FAST, "options": {"relearn_steps": 12, "relearn_lr": 5e-2}})
+    manifest = export_run(run.out, tmp_path / "bundle", formats=("hf",), parity_examples=1, log=lambda m: None)
+    assert manifest["audit"]["overall"] == audit["overall"]
+    assert manifest["audit"]["attacks"]["relearn"]["worst_recovery"] == audit["results"][0]["worst_recovery"]
+    assert (tmp_path / "bundle" / "audit" / "audit.json").is_file()
+    card = (tmp_path / "bundle" / "README.md").read_text()
+    assert "## Robustness audit" in card and f"Overall: **{audit['overall']}**" in card
+    if audit["results"][0]["verdict"] in ("shallow", "partial"):
+        assert "relearn restores what was forgotten" in card
+    else:
+        assert "No attack restored more than a quarter" in card
