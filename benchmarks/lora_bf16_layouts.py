@@ -39,7 +39,7 @@ def write_data(root: Path) -> tuple[str, str]:
 
 def load_with(layout: str):
     """The trainer's load_model, replaced so that the base comes out in `layout`."""
-    from core.models import frozen_linears_in_bf16, load_model
+    from core.models import load_model
 
     def load(source, dtype=torch.float32, trust_remote_code=False):
         if layout == "whole base bf16":

@@ -184,20 +184,33 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     kind = next((a for a in get_args(hint) if a is not type(None)), hint) if optional else hint
     if value is None and optional or kind not in (int, float, bool):
         return value
-    if kind is bool and isinstance(value, bool):
-        return value
-    if kind is not bool and not isinstance(value, bool):
-        try:
-            number = float(value)
-            if kind is float:
-                return number
-            if number.is_integer():
-                return int(number)
-        except (TypeError, ValueError):
-            pass
+    try:
+        return as_kind(value, kind)
+    except ValueError:
+        pass
     expected = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
     raise UnlearnError(f"setting {name} must be {expected}, got {value!r}", f"write for example {name}: "
                        + {bool: "true", int: "4", float: "0.0001"}[kind])
+
+
+def as_kind(value, kind: type):
+    """`value` as bool, int, float or str, numbers also from text ("1e-5", "4.0"); ValueError when it is not
+    one. YAML reads 1e-5 (no dot) as a string, and JSON may write whole numbers as 4.0."""
+    if kind in (bool, str):
+        if isinstance(value, kind):
+            return value
+        raise ValueError(value)
+    if isinstance(value, bool):
+        raise ValueError(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(value) from None
+    if kind is float:
+        return number
+    if number.is_integer():
+        return int(number)
+    raise ValueError(value)
 
 
 def read_config_file(path: str | Path) -> dict:

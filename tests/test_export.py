@@ -22,7 +22,6 @@ from core.errors import UnlearnError
 from core.trainer import train
 from export import bundle as bundle_module
 from export.bundle import export_run, open_runner, read_manifest
-from export.hf import TorchRunner
 from export.parity import Probe, forgetting_check, run_probes, summarise
 from export.runtime import Runner
 

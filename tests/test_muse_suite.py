@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from conftest import quiet
 from core.cli import main
 from core.config import UnlearnConfig
-from core.errors import UnlearnError
 from core.evaluation.suites.muse import windows
 from core.evaluation.text_metrics import rouge_l_f1
 from core.trainer import train

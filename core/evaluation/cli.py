@@ -88,6 +88,7 @@ def add_dtype_flag(parser) -> None:
 
 
 def run_eval(args) -> int:
+    from ..errors import require
     from .evaluator import Settings
     from .loading import open_model
     from .suites import EvalContext, get_suite
@@ -98,10 +99,8 @@ def run_eval(args) -> int:
     settings.validate()
     given = {k.removeprefix(NEED_PREFIX): v for k, v in vars(args).items() if k.startswith(NEED_PREFIX) and v}
     unused = [n for n in given if n not in {need.name for need in suite.needs}]
-    from ..errors import require
-
     require(not unused, f"the {suite.name} suite does not read --{', --'.join(u.replace('_', '-') for u in unused)}",
-            f"drop it, or choose the suite that does (`unlearn suites`)")
+            "drop it, or choose the suite that does (`unlearn suites`)")
     options = suite.resolve_options({k.removeprefix(OPTION_PREFIX): v for k, v in vars(args).items()
                                      if k.startswith(OPTION_PREFIX) and v is not None and
                                      k.removeprefix(OPTION_PREFIX) in {o.name for o in suite.options}})

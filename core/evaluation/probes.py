@@ -46,25 +46,9 @@ def answer_nll(model, tokenizer, pairs, batch_size: int = 8, desc: str = "scorin
     return sums, counts
 
 
-@torch.no_grad()
 def answer_token_logprobs(model, tokenizer, pairs, batch_size: int = 8, desc: str = "token log-probs") -> list[list[float]]:
     """Log-probability of every answer token (for min-k% probability), in input order."""
-    items = encode_pairs(tokenizer, pairs)
-    order = _by_length(items)
-    result: list[list[float]] = [[] for _ in items]
-    device = next(model.parameters()).device
-    model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, unit="batch"):
-        chunk = order[start:start + batch_size]
-        part = {k: v.to(device) for k, v in pad_batch([items[i] for i in chunk], tokenizer.pad_token_id).items()}
-        logits, labels = forward_logits(model, part)
-        logprobs = torch.log_softmax(logits[:, :-1].float(), -1)
-        targets = labels[:, 1:]
-        mask = targets != -100
-        picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        for row, index in enumerate(chunk):
-            result[index] = picked[row][mask[row]].cpu().tolist()
-    return result
+    return [stats.logprobs for stats in token_statistics(model, tokenizer, pairs, batch_size, desc)]
 
 
 @dataclass

@@ -53,20 +53,13 @@ class Param:
         return value
 
     def _coerce(self, value, method: str):
-        kind = self.kind
-        if kind is bool and isinstance(value, bool) or kind is str and isinstance(value, str):
-            return value
-        if kind in (int, float) and not isinstance(value, bool):
-            try:
-                number = float(value)
-                if kind is float:
-                    return number
-                if number.is_integer():
-                    return int(number)
-            except (TypeError, ValueError):
-                pass
-        raise UnlearnError(f"{method}'s {self.name} must be {KINDS[kind]}, got {value!r}",
-                           f"use for example {self.flag} {self.default}")
+        from ..config import as_kind
+
+        try:
+            return as_kind(value, self.kind)
+        except ValueError:
+            raise UnlearnError(f"{method}'s {self.name} must be {KINDS[self.kind]}, got {value!r}",
+                               f"use for example {self.flag} {self.default}") from None
 
 
 # The parameters many methods share, with their usual meaning; each method passes its own default and source.

@@ -2,6 +2,7 @@
 `Param`s, as the methods'), how it runs, and how its summary is tabulated and charted."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -73,6 +74,21 @@ class Suite:
     def table(self, summary: dict) -> str:
         """The summary as Markdown."""
         raise NotImplementedError
+
+    def finish(self, context: EvalContext, summary: dict, log: dict, log_name: str, started: float) -> dict:
+        """Complete the summary (settings, wall time) and write the log, summary.json and summary.md."""
+        from dataclasses import asdict
+
+        from ...runs import write_json_atomic
+        from ..evaluator import SUMMARY, TABLE
+
+        summary["settings"] = {**asdict(context.settings), **context.options, "original": context.original_name}
+        summary["wall_seconds"] = round(time.time() - started, 1)
+        out = Path(context.out)
+        write_json_atomic(out / log_name, log)
+        write_json_atomic(out / SUMMARY, summary)
+        (out / TABLE).write_text(self.table(summary) + "\n", encoding="utf-8")
+        return summary
 
     def chart(self, summary: dict) -> list[dict]:
         """Rows {"figure", "model", "value"} for a bar chart, original vs unlearned (empty: no chart)."""

@@ -19,13 +19,10 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from ...errors import UnlearnError, require
 from ...methods.params import Param
-from ...runs import write_json_atomic
-from ..evaluator import SUMMARY, TABLE
 from ..report import table
 from .base import EvalContext, Need, Suite, register_suite, title
 
@@ -71,12 +68,7 @@ class McqSuite(Suite):
         for stage, (model, tokenizer) in models.items():
             summary[stage], log[stage] = lm_eval_accuracy(model, tokenizer, sets, context.options["format"],
                                                           context.settings.batch_size)
-        summary["settings"] = {**asdict(context.settings), **context.options, "original": context.original_name}
-        summary["wall_seconds"] = round(time.time() - started, 1)
-        write_json_atomic(out / LOG, log)
-        write_json_atomic(out / SUMMARY, summary)
-        (out / TABLE).write_text(self.table(summary) + "\n", encoding="utf-8")
-        return summary
+        return self.finish(context, summary, log, LOG, started)
 
     def table(self, summary: dict) -> str:
         stages = [s for s in ("before", "after") if s in summary]

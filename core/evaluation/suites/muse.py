@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,9 @@ import numpy as np
 from ...data import Example, load_examples
 from ...errors import require
 from ...methods.params import Param
-from ...runs import write_json_atomic
 from .. import attacks as attack_family
 from .. import mia
-from ..evaluator import SUMMARY, TABLE, read_json_file
+from ..evaluator import SUMMARY, read_json_file
 from ..probes import generate, generate_from_ids
 from ..report import table
 from ..text_metrics import rouge_l_f1
@@ -85,12 +83,7 @@ class MuseSuite(Suite):
             summary["privleak"] = {name: mia.privacy_leakage(auc, retain_auc[name])
                                    for name, auc in summary["after"]["mia"].items() if name in retain_auc}
             summary["retain_auc"] = retain_auc
-        summary["settings"] = {**asdict(context.settings), **context.options, "original": context.original_name}
-        summary["wall_seconds"] = round(time.time() - started, 1)
-        write_json_atomic(out / LOG, log)
-        write_json_atomic(out / SUMMARY, summary)
-        (out / TABLE).write_text(self.table(summary) + "\n", encoding="utf-8")
-        return summary
+        return self.finish(context, summary, log, LOG, started)
 
     def table(self, summary: dict) -> str:
         stages = [s for s in ("before", "after") if s in summary]
