@@ -161,3 +161,21 @@ def test_reopened_run_draws_its_curves_in_the_train_tab(page, finished_run_code,
     assert "finished" in page.locator("#train-status").inner_text()
     assert "unlearn train" in page.locator("#train-command").inner_text()   # how it was made
     shot(page, tmp_path, "8-reopened-run")
+
+
+def test_forget_and_retain_uploaded_at_the_same_instant_are_both_kept(page, qa_files, studio_server):
+    """Two uploads fired together once lost one of the two sets (both events read the old selection)."""
+    _, url = studio_server
+    for attempt in range(3):
+        if attempt:
+            page.goto(url)
+            page.get_by_text("Unlearning Studio").first.wait_for()
+        page.locator("#upload-forget input[type=file]").set_input_files(str(qa_files["forget"]))
+        page.locator("#upload-retain input[type=file]").set_input_files(str(qa_files["retain"]))
+        status = page.locator("#data-status")
+        page.wait_for_function("() => { const t = document.querySelector('#data-status').innerText;"
+                               " return t.includes('retain') || t.includes('forget'); }", timeout=90_000)
+        page.wait_for_timeout(1500)   # both events done
+        text = status.inner_text()
+        assert "forget**" in text or "forget:" in text, text
+        assert "8 question/answer examples" in text and "16 question/answer examples" in text, text

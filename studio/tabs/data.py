@@ -15,6 +15,7 @@ from ..context import Studio, guarded, message
 ROLES = ("forget", "retain", "normal")
 FILE_TYPES = [".txt", ".jsonl", ".json", ".csv"]
 PREVIEW_ROWS = 50
+SELECTION_QUEUE = "data-selection"
 
 
 def example_sets() -> dict[str, dict[str, str]]:
@@ -80,15 +81,19 @@ def create_data_tab(studio: Studio, session, data, tokenizer_loader):
         path = studio.workspace.save_pasted(session_id, role, text)
         return _checked(refresh, current, role, str(path))
 
+    # Every event that changes the selection reads it and writes it back whole: two running at once (both
+    # files dropped at the same instant) would each start from the old selection and one set would be lost.
+    # One queue for all of them makes each start from the other's result.
+    serial = dict(concurrency_id=SELECTION_QUEUE, concurrency_limit=1)
     for role, upload in uploads.items():
         upload.upload(on_upload, [upload, gr.State(role), session, data], [data, table, status],
-                      api_name=f"upload_{role}")
+                      api_name=f"upload_{role}", **serial)
     for role in ("forget", "retain"):
         use_paste[role].click(on_paste, [pastes[role], gr.State(role), session, data], [data, table, status],
-                              api_name=f"paste_{role}")
+                              api_name=f"paste_{role}", **serial)
     for button, (name, files) in zip(example_buttons, example_sets().items()):
         button.click(guarded(lambda files=files: refresh(dict(files))), None, [data, table, status],
-                     api_name="example_" + name.split()[0].lower())
+                     api_name="example_" + name.split()[0].lower(), **serial)
     return {"status": status, "table": table}
 
 
