@@ -6,15 +6,16 @@ recovery fraction per figure and a verdict per attack and overall follow (audit/
 files are only read; everything an attack builds lives in a scratch folder removed afterwards."""
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
 
 from core.errors import require
-from core.runs import RunDir, write_json_atomic
+from core.runs import RunDir, RunState, write_json_atomic
 
 from . import recovery
-from .attacks import ATTACKS, AuditContext, get_attack
+from .attacks import AuditContext, get_attack
 
 DEFAULT_ATTACKS = ("relearn", "benign", "quantize", "rephrase")
 OPTIONS = {"relearn_fraction": 0.5, "relearn_steps": 30, "benign_steps": 30, "relearn_lr": None}
@@ -24,8 +25,7 @@ AUDIT_JSON, AUDIT_MD = "audit.json", "audit.md"
 def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None, max_samples: int = 40,
               max_new_tokens: int = 48, batch_size: int = 8, device: str = "cpu", log=print) -> dict:
     from core.data import load_examples
-    from core.evaluation.evaluator import Settings, set_scores
-    from core.evaluation.loading import open_model
+    from core.evaluation.evaluator import Settings
 
     started = time.time()
     run = RunDir(run_dir)
@@ -39,13 +39,37 @@ def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None
     forget = load_examples(config["forget"], "forget")[:max_samples]
     retain = load_examples(config["retain"], "retain")[:max_samples] if config.get("retain") else None
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    status = RunDir(out)   # audit/status.json: the studio follows (and outlives) the audit through it
+    status.write_status(RunState.RUNNING, pid=os.getpid(), message="checking the attacks")
     context = AuditContext(run=run.path, config=config, work=out / ".work", forget=forget, retain=retain,
                            measure=None, baseline=None, settings=settings, device=device, log=log,
                            options={**OPTIONS, **(options or {})})
-    for attack in chosen:        # every refusal before any model is loaded
-        attack.check(context)
+    try:
+        for attack in chosen:        # every refusal before any model is loaded
+            attack.check(context)
+        report = _attack_all(context, chosen, status, started)
+    except KeyboardInterrupt:
+        status.write_status(RunState.STOPPED, pid=os.getpid(), message="stopped; no report was written")
+        raise
+    except Exception as exc:
+        status.write_status(RunState.FAILED, pid=os.getpid(), error=str(exc))
+        raise
+    write_json_atomic(out / AUDIT_JSON, report)
+    write_text_atomic(out / AUDIT_MD, markdown(report))
+    status.write_status(RunState.FINISHED, pid=os.getpid(), message=f"overall: {report['overall']}",
+                        progress=1.0)
+    return report
 
-    unlearned = open_model(str(run.path), device)
+
+def _attack_all(context: AuditContext, chosen: list, status: RunDir, started: float) -> dict:
+    from core.evaluation.evaluator import set_scores
+    from core.evaluation.loading import open_model
+
+    run, config, settings, device, log = context.run, context.config, context.settings, context.device, context.log
+    forget, retain = context.forget, context.retain
+
+    unlearned = open_model(str(run), device)
     original = open_model(unlearned.original, device)
     context.models = {"original": (original.model, original.tokenizer),
                       "unlearned": (unlearned.model, unlearned.tokenizer)}
@@ -68,8 +92,10 @@ def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None
 
     context.measure, context.baseline = measure, baseline
     results = []
-    for attack in chosen:
+    for number, attack in enumerate(chosen):
         log(f"audit: {attack.name} — {attack.summary}")
+        status.write_status(RunState.RUNNING, pid=os.getpid(), message=f"{attack.name}: {attack.summary}",
+                            progress=round(number / len(chosen), 4), attack=attack.name)
         attack_started = time.time()
         context.work.mkdir(parents=True, exist_ok=True)
         try:
@@ -79,15 +105,12 @@ def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None
         for result in found:
             result.update(judged(result), seconds=round(time.time() - attack_started, 1))
             results.append(result)
-    report = {"run": str(run.path), "method": config.get("method"), "attacks": [a.name for a in chosen],
+    return {"run": str(run), "method": config.get("method"), "attacks": [a.name for a in chosen],
               "results": results, "overall": recovery.overall({r["name"]: r["verdict"] for r in results}),
               "thresholds": {"robust_below": recovery.ROBUST, "shallow_above": recovery.SHALLOW,
                              "min_change": recovery.MIN_CHANGE},
               "samples": {"forget": len(forget), "retain": len(retain or [])},
               "wall_seconds": round(time.time() - started, 1)}
-    write_json_atomic(out / AUDIT_JSON, report)
-    write_text_atomic(out / AUDIT_MD, markdown(report))
-    return report
 
 
 def judged(result: dict) -> dict:

@@ -17,24 +17,32 @@ def add_commands(commands) -> None:
     p.add_argument("--max-samples", type=int, default=40, help="forget and retain examples measured")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's CPU priority by N")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from core.errors import require
 
-    from . import run_audit
+    from . import markdown, run_audit
 
     require(0 < args.relearn_fraction < 1, f"--relearn-fraction must be between 0 and 1, got {args.relearn_fraction}",
             "use for example --relearn-fraction 0.5")
     require(args.relearn_steps >= 1 and args.benign_steps >= 1, "the fine-tuning attacks need at least one step",
             "use for example --relearn-steps 30")
+    import os
+    import signal
+
+    if args.nice and hasattr(os, "nice"):
+        os.nice(args.nice)
+
+    def stop(signum, frame):   # Stop in the studio, or Ctrl-C: status "stopped", no half report
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
     report = run_audit(args.run, args.out, args.attacks.split(","),
                        {"relearn_steps": args.relearn_steps, "relearn_fraction": args.relearn_fraction,
                         "benign_steps": args.benign_steps, "relearn_lr": args.relearn_lr},
                        args.max_samples, args.max_new_tokens, args.batch_size, args.device)
-    from pathlib import Path
-
-    print((Path(args.out) / "audit.md").read_text())
+    print(markdown(report))
     return 0

@@ -10,6 +10,7 @@ import gradio as gr
 from core.models import bundled_model_dir, load_tokenizer
 
 from .context import Studio
+from .tabs.audit import create_audit_tab
 from .tabs.data import create_data_tab
 from .tabs.evaluate import create_evaluate_tab
 from .tabs.export import create_export_tab
@@ -46,6 +47,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 create_probe_tab(studio, session, data, run_key)
             with gr.Tab("Evaluate", id="evaluate"):
                 create_evaluate_tab(studio, session, data, run_key)
+            with gr.Tab("Audit", id="audit"):
+                create_audit_tab(studio, session, run_key)
             with gr.Tab("Export", id="export"):
                 create_export_tab(studio, session, run_key)
             with gr.Tab("Runs", id="runs"):

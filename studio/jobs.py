@@ -17,6 +17,7 @@ from core.errors import require
 from core.runs import ENDED_STATES, RESUMABLE_STATES, RunDir
 
 EXIT_GRACE_SECONDS = 20   # a run that wrote "stopped" is saving and exiting; don't call it busy
+AUDIT_FOLDER = "audit"    # where the studio's audits go: RUN/audit (export carries it into the bundle)
 
 
 @dataclass
@@ -33,6 +34,30 @@ class JobManager:
     def __init__(self):
         self._lock = threading.Lock()
         self.current: Job | None = None
+        self.audit: Job | None = None     # one audit at a time too, beside training
+
+    def start_audit(self, run: RunDir, run_key: str, args: list[str], log_path: Path) -> Job:
+        """`unlearn audit RUN --out RUN/audit ARGS` in a subprocess; the page follows RUN/audit/status.json."""
+        with self._lock:
+            running = self.audit if self.audit and self.audit.alive() else None
+            require(running is None, f"an audit is already running here ({Path(running.run_key).name if running else ''})",
+                    "wait for it to finish, or stop it, then start again")
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = run.path / AUDIT_FOLDER
+            command = [sys.executable, "-m", "core.cli", "audit", str(run.path), "--out", str(out),
+                       "--nice", str(TRAINING_NICENESS), *args]
+            log = open(log_path, "ab")
+            self.audit = Job(run_key, out, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                            stdin=subprocess.DEVNULL))
+            return self.audit
+
+    def stop_audit(self) -> bool:
+        """SIGTERM to the running audit: it records "stopped" and writes no half report."""
+        job = self.audit
+        if job is None or not job.alive():
+            return False
+        job.process.terminate()
+        return True
 
     def busy(self) -> Job | None:
         with self._lock:

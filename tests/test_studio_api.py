@@ -223,3 +223,24 @@ def test_zero_gpu_handlers_load_their_models_where_the_call_runs(monkeypatch, tm
     assert studio.prober("k", "s", "cuda") == "cuda" and studio.prober("k", "s", "cuda") == "cuda"
     assert studio.prober("k", "s", "cpu") == "cpu"
     assert loads == ["cuda", "cpu"]   # cached per device, reloaded when the device changes
+
+
+def test_audit_tab_runs_in_the_background_and_shows_the_verdict(studio_server):
+    studio, url = studio_server
+    client = new_client(url)
+    client.predict(api_name="/example_private")
+    start(client, run_name="to-audit", max_steps=2, lora=True, lr=1e-2)
+    run = run_named(studio, "to-audit")
+    assert wait_for(lambda: run.status().get("state") == "finished", timeout=300)
+    assert "audit started" in client.predict(["rephrase"], 2, api_name="/audit")
+
+    def finished():
+        status, table, chart = client.predict(api_name="/poll_audit")
+        return "audit finished" in status and table["data"]
+    assert wait_for(finished, timeout=300)
+    status, table, _ = client.predict(api_name="/poll_audit")
+    assert "overall" in status and str(studio.workspace.root) not in status
+    assert {row[0] for row in table["data"]} >= {"rephrase: plain"}
+    assert (run.path / "audit" / "audit.json").is_file()
+    with pytest.raises(Exception, match="no attack is chosen"):
+        client.predict([], 2, api_name="/audit")

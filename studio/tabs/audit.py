@@ -1,0 +1,108 @@
+"""Audit tab: attack a finished run (relearning, benign fine-tuning, quantisation, rephrasing) in the
+background and show how much of what it forgot each attack brings back, with the verdict. The audit runs as
+a subprocess writing RUN/audit/status.json, so it survives a page reload and can be stopped."""
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+import pandas as pd
+
+from core.errors import require
+from core.runs import RunDir, RunState
+
+from ..context import Studio, guarded, message, public_text
+
+ATTACKS = ["relearn", "benign", "quantize", "rephrase"]
+FIGURE_NAMES = {"nll": "NLL", "prob": "probability", "rougeL": "ROUGE-L"}
+
+
+def audit_status(run: RunDir) -> tuple[str, dict | None]:
+    """(status line, the report when there is one) of a run's audit folder."""
+    folder = RunDir(run.path / "audit")
+    report_path = folder.path / "audit.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    if not folder.status_path.is_file():
+        return "No audit of this run yet.", report
+    status = folder.status()
+    state = status.get("state")
+    if state == RunState.RUNNING:
+        return f"auditing: {status.get('message', '')} ({100 * status.get('progress', 0):.0f} %)", report
+    if state == RunState.FINISHED and report:
+        return f"audit finished: overall **{report['overall']}** ({report['wall_seconds']} s)", report
+    return f"audit {state}: {status.get('error') or status.get('message', '')}", report
+
+
+def recovery_rows(report: dict) -> list[dict]:
+    return [{"attack": r["name"], "figure": FIGURE_NAMES[f], "recovery": v}
+            for r in report["results"] for f, v in r["recovery"].items() if v is not None]
+
+
+def recovery_chart(report: dict | None):
+    import altair as alt
+
+    rows = recovery_rows(report) if report else []
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    bars = alt.Chart(frame).mark_bar().encode(
+        x=alt.X("attack:N", title=None, sort=None, axis=alt.Axis(labelAngle=-30)), xOffset="figure:N",
+        y=alt.Y("recovery:Q", title="recovery (0 forgotten, 1 restored)"), color=alt.Color("figure:N", title=None),
+        tooltip=["attack", "figure", alt.Tooltip("recovery:Q", format=".3f")])
+    rules = alt.Chart(pd.DataFrame({"y": [0.25, 0.5]})).mark_rule(strokeDash=[4, 4], color="grey").encode(y="y:Q")
+    return (bars + rules).properties(title="How much each attack brings back", height=260, width=700)
+
+
+def verdict_table(report: dict | None) -> pd.DataFrame:
+    if not report:
+        return pd.DataFrame(columns=["attack", "verdict", "largest recovery"])
+    return pd.DataFrame([{"attack": r["name"], "verdict": r["verdict"].split(":")[0],
+                          "largest recovery": r["worst_recovery"]} for r in report["results"]]).round(3)
+
+
+def create_audit_tab(studio: Studio, session, run_key):
+    gr.Markdown("Does the forgetting survive? Each attack tries to bring back what this run forgot; "
+                "recovery 0 means still forgotten, 1 fully restored (robust below 0.25, shallow above 0.5).")
+    with gr.Row():
+        attacks = gr.CheckboxGroup(ATTACKS, value=["relearn", "benign", "rephrase"], label="Attacks",
+                                   elem_id="audit-attacks")
+        steps = gr.Number(30, label="fine-tuning steps (relearn, benign)", precision=0, minimum=1, maximum=500)
+    with gr.Row():
+        start = gr.Button("Audit this run", variant="primary", elem_id="audit-start")
+        stop = gr.Button("Stop", variant="stop", elem_id="audit-stop")
+    status = gr.Markdown("No audit yet.", elem_id="audit-status")
+    verdicts = gr.Dataframe(interactive=False, label="Verdict per attack", elem_id="audit-table")
+    chart = gr.Plot(show_label=False, elem_id="audit-chart")
+    timer = gr.Timer(2.0)
+
+    @guarded
+    def on_start(session_id, key, chosen, fine_tune_steps):
+        run = studio.workspace.open_run(session_id, key)
+        require(run.status().get("state") == RunState.FINISHED, "this run has not finished",
+                "audit a finished run (the Runs tab lists them)")
+        require(bool(chosen), "no attack is chosen", "tick at least one attack")
+        steps_text = str(int(fine_tune_steps))
+        studio.jobs.start_audit(run, key, ["--attacks", ",".join(chosen), "--relearn-steps", steps_text,
+                                           "--benign-steps", steps_text, "--device", studio.device],
+                                studio.workspace.log_path(key).with_suffix(".audit.log"))
+        return message("audit started: it runs in the background; this page follows it", "info")
+
+    @guarded
+    def on_stop():
+        stopped = studio.jobs.stop_audit()
+        return message("stopping the audit (no half report is written)" if stopped else "no audit is running", "info")
+
+    def on_tick(session_id, key):
+        if not key:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            run = studio.workspace.open_run(session_id, key)
+        except Exception:
+            return gr.skip(), gr.skip(), gr.skip()
+        text, report = audit_status(run)
+        return public_text(text), verdict_table(report), recovery_chart(report)
+
+    start.click(on_start, [session, run_key, attacks, steps], status, api_name="audit")
+    stop.click(on_stop, None, status, api_name="stop_audit")
+    timer.tick(on_tick, [session, run_key], [status, verdicts, chart], api_name="poll_audit", show_progress="hidden")
+    return {"status": status}
