@@ -64,6 +64,15 @@ def test_a_model_that_learned_the_answers_scores_higher_than_before(tiny_model_d
     summary = json.loads((out / "summary.json").read_text())
     assert summary["after"]["forget"]["acc"] == 1.0 > summary["before"]["forget"]["acc"]
     assert "forget acc" in (out / "summary.md").read_text()
+    # and unlearning those facts takes the accuracy down again
+    forgot = tmp_path / "forgot"
+    train(UnlearnConfig(model=str(run / "model"), method="ga", forget=str(facts), out=str(forgot), max_steps=10,
+                        batch_size=4, lr=1e-2, device="cpu", save_steps=0, eval_examples=0), **quiet())
+    after = tmp_path / "after"
+    assert main(["eval", str(forgot), "--suite", "mcq", "--forget", str(tmp_path / "f.jsonl"), "--format", "text",
+                 "--out", str(after), *FAST]) == 0
+    unlearned = json.loads((after / "summary.json").read_text())
+    assert unlearned["before"]["forget"]["acc"] == 1.0 > unlearned["after"]["forget"]["acc"]
 
 
 @pytest.mark.parametrize("row, message", [
