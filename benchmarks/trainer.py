@@ -61,15 +61,19 @@ MAX_GRAD_NORM = 1.0
 BETA = 0.1
 BASELINE_MAX_LENGTH = 500          # the NPO code's forget.py
 SEED = 42
-VARIANTS = ("baseline", "ours", "ours_lora", "ours_lora_gc")
-DEFAULT_VARIANTS = ("baseline", "ours", "ours_lora")
-LABELS = {"baseline": "baseline (NPO code: 2 models, pad 500)", "ours": "ours, full fine-tuning",
+VARIANTS = ("baseline", "open_unlearning", "ours", "ours_lora", "ours_lora_gc")
+DEFAULT_VARIANTS = ("baseline", "open_unlearning", "ours", "ours_lora")
+LABELS = {"baseline": "baseline (NPO code: 2 models, pad 500)",
+          "open_unlearning": "open-unlearning NPO (HF Trainer, deep-copied reference, pad to longest)",
+          "ours": "ours, full fine-tuning",
           "ours_lora": "ours, LoRA (default rank)", "ours_lora_gc": "ours, LoRA + gradient checkpointing"}
 # (name, numerator, denominator, metric, goal, "ge"/"le")
 GOALS = (
     ("throughput ours / baseline", "ours", "baseline", "throughput", 1.6, "ge"),
     ("throughput by CPU time (info)", "ours", "baseline", "throughput_cpu", None, None),
     ("peak memory ours / baseline", "ours", "baseline", "memory", 0.65, "le"),
+    ("throughput ours / open-unlearning", "ours", "open_unlearning", "throughput", 1.5, "ge"),
+    ("peak memory ours / open-unlearning", "ours", "open_unlearning", "memory", 0.7, "le"),
     ("peak memory LoRA / full (ours)", "ours_lora", "ours", "memory", 0.5, "le"),
     ("peak memory LoRA+GC / full (info)", "ours_lora_gc", "ours", "memory", None, None),
 )
@@ -343,6 +347,125 @@ def run_baseline(device: str, total_steps: int) -> dict:
             "loop_start_rss_mib": loop_start_rss_mib, **meter.figures}
 
 
+# ==================================================================== variant: open-unlearning's NPO trainer
+
+def ou_item(tokenizer, example) -> dict:
+    """One sample as open-unlearning's QA datasets give it: the chat-template ids, the question masked."""
+    import torch
+
+    from core.data import encode_example
+
+    encoded, _ = encode_example(tokenizer, example, 512)
+    return {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels),
+            "attention_mask": torch.ones(len(encoded.input_ids), dtype=torch.long)}
+
+
+class OpenUnlearningDataset:
+    """Its ForgetRetainDataset: item i = forget i and a random retain example (anchor: forget)."""
+
+    def __init__(self, tokenizer, forget, retain):
+        import random
+
+        self.forget = [ou_item(tokenizer, ex) for ex in forget]
+        self.retain = [ou_item(tokenizer, ex) for ex in retain]
+        self.rng = random.Random(SEED)
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __getitem__(self, idx: int) -> dict:
+        return {"forget": self.forget[idx], "retain": self.retain[self.rng.randrange(len(self.retain))]}
+
+
+def ou_collate(pad_id: int):
+    """Its DataCollatorForSupervisedDataset: every part padded to the longest sequence in the batch."""
+    import torch
+
+    def pad(rows, key, value):
+        return torch.nn.utils.rnn.pad_sequence([r[key] for r in rows], batch_first=True, padding_value=value)
+
+    def collate(samples):
+        return {part: {"input_ids": pad([s[part] for s in samples], "input_ids", pad_id),
+                       "labels": pad([s[part] for s in samples], "labels", -100),
+                       "attention_mask": pad([s[part] for s in samples], "attention_mask", 0)}
+                for part in ("forget", "retain")}
+    return collate
+
+
+def run_open_unlearning(device: str, total_steps: int) -> dict:
+    """open-unlearning's NPO (src/trainer/unlearn/npo.py on grad_diff.py) as a Hugging Face Trainer: its
+    compute_loss forwards the model and a deep-copied reference model on each forget batch (the DPO helper
+    with only a "lose" side), plus the retain NLL (model(**retain).loss), weights 1/1."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    from core.data import load_examples
+    from core.models import bundled_model_dir, load_tokenizer
+
+    torch.manual_seed(SEED)
+    source = str(bundled_model_dir())
+    tokenizer = load_tokenizer(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model.config.use_cache = False
+    reference = copy.deepcopy(model).to(device).eval()   # open-unlearning's _prepare_ref_model
+    meter, marks, first_loss, tokens = PeakMeter(device), [], {}, []
+
+    def sequence_loss(m, inputs):   # its compute_batch_nll: per-sequence summed NLL over full logits
+        outputs = m(**inputs)
+        labels = inputs["labels"][..., 1:]
+        logits = outputs.logits[..., :-1, :]
+        return F.cross_entropy(logits.transpose(-1, -2), labels, ignore_index=-100, reduction="none").sum(-1), outputs
+
+    class NPOTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            tokens.append(inputs["forget"]["input_ids"].numel() + inputs["retain"]["input_ids"].numel())  # padded
+            lose_loss, outputs = sequence_loss(model, inputs["forget"])
+            with torch.no_grad():
+                lose_ref_loss, _ = sequence_loss(reference, inputs["forget"])
+            lose_log_ratio = -(lose_loss - lose_ref_loss)
+            forget_loss = -2 / BETA * F.logsigmoid(BETA * (0.0 - lose_log_ratio)).mean()
+            retain_loss = model(**inputs["retain"]).loss
+            loss = 1.0 * forget_loss + 1.0 * retain_loss
+            if not first_loss:
+                first_loss.update(loss=float(loss), loss_forget_npo=float(forget_loss), loss_retain_nll=float(retain_loss))
+            return (loss, outputs) if return_outputs else loss
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            meter.start_loop()
+            marks.append((time.perf_counter(), time.process_time()))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync(device)
+            marks.append((time.perf_counter(), time.process_time()))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            meter.end_loop()
+
+    loop_start_rss_mib = (_status_kib("VmRSS") or 0) / 1024
+    with tempfile.TemporaryDirectory(prefix="bench-ou-") as tmp:
+        arguments = TrainingArguments(
+            output_dir=tmp, per_device_train_batch_size=BATCH_SIZE, learning_rate=LR, weight_decay=WEIGHT_DECAY,
+            warmup_steps=int(total_steps * WARMUP_RATIO), max_steps=total_steps, lr_scheduler_type="linear",
+            max_grad_norm=MAX_GRAD_NORM, logging_steps=1, save_strategy="no", report_to=[], seed=SEED,
+            use_cpu=device == "cpu", bf16=device == "cuda", remove_unused_columns=False, dataloader_num_workers=0,
+            disable_tqdm=True)
+        dataset = OpenUnlearningDataset(tokenizer, load_examples(FORGET), load_examples(RETAIN))
+        trainer = NPOTrainer(model=model, args=arguments, train_dataset=dataset,
+                             data_collator=ou_collate(tokenizer.pad_token_id), callbacks=[Clock()])
+        trainer.train()
+    step_s = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+    step_cpu_s = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
+    params = list(model.parameters()) + list(reference.parameters())
+    return {"step_s": step_s, "step_cpu_s": step_cpu_s, "tokens_per_step": tokens[:len(step_s)], "first_loss": first_loss,
+            "lr": LR, "params": sum(p.numel() for p in params),
+            "trainable_params": sum(p.numel() for p in model.parameters()),
+            "loop_start_rss_mib": loop_start_rss_mib, **meter.figures}
+
+
 # ==================================================================== child entry point
 
 def child(variant: str, device: str, total_steps: int, result_path: str) -> None:
@@ -351,6 +474,8 @@ def child(variant: str, device: str, total_steps: int, result_path: str) -> None
     started = time.perf_counter()
     if variant == "baseline":
         result = run_baseline(device, total_steps)
+    elif variant == "open_unlearning":
+        result = run_open_unlearning(device, total_steps)
     else:
         result = run_ours(device, total_steps, lora=variant.startswith("ours_lora"),
                           checkpointing=variant.endswith("_gc"))

@@ -1,0 +1,110 @@
+"""Every unlearning method on the demo model with the same budget, and what 4-bit export does to it.
+Writes docs/results/methods.{md,json}; each method's result is cached under --runs-dir, so an interrupted
+run continues where it stopped.
+
+    python benchmarks/methods_demo.py [--runs-dir runs/methods_demo] [--methods npo_rt,sure]
+
+Budget (the studio's demo settings): LoRA, 60 steps, batch 4, lr 3e-4, each method's published defaults
+otherwise, on the demo's forget (TOFU authors 198-199) and retain (authors 0-1) QA. Per method: forget /
+retain answer NLL before -> after (the trainer's summary), forget / retain ROUGE-L recall and fluency of 10
+greedy answers (the quick suite), seconds per step, and, through `unlearn export`'s parity check, how much
+of the forget-NLL gain GGUF q4_0 and q4_k_m undo (nll_recovery: 0 keeps the forgetting, 1 undoes it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DEMO = REPO / "assets" / "demo"
+BUDGET = {"lora": True, "max_steps": 60, "batch_size": 4, "lr": 3e-4}
+QUANTS = ("q4_0", "q4_k_m")
+
+
+def one_method(name: str, root: Path) -> dict:
+    from core.config import UnlearnConfig
+    from core.data import load_examples
+    from core.evaluation.evaluator import Settings, run_quick
+    from core.evaluation.loading import open_model
+    from core.trainer import train
+    from export.bundle import export_run
+
+    cached = root / name / "result.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    run = root / name / "run"
+    result = train(UnlearnConfig(model="demo", method=name, forget=str(DEMO / "forget.jsonl"),
+                                 retain=str(DEMO / "retain.jsonl"), out=str(run), overwrite=True, **BUDGET),
+                   show_progress=False, log=lambda m: None)
+    loaded = open_model(str(run), "cpu")
+    original = open_model(loaded.original, "cpu")
+    quick = run_quick(loaded, root / name / "quick", load_examples(str(DEMO / "forget.jsonl"), "forget"),
+                      load_examples(str(DEMO / "retain.jsonl"), "retain"),
+                      Settings(max_samples=10, max_new_tokens=48), (original.model, original.tokenizer), "demo")
+    del loaded, original
+    export_run(run, root / name / "bundle", formats=("gguf",), gguf_quants=QUANTS, parity_examples=8,
+               overwrite=True, log=lambda m: None)
+    parity = json.loads((root / name / "bundle" / "parity.json").read_text())
+    summary = result.summary
+    record = {"method": name, "nll_before": summary["before"], "nll_after": summary["after"],
+              "seconds_per_step": round(summary["wall_seconds"] / max(summary["steps"], 1), 2),
+              "steps": summary["steps"], "stopped_early": summary.get("stopped_early"),
+              "quick": {stage: quick[stage] for stage in ("before", "after")},
+              "gguf_recovery": {q: parity["forgetting"].get(f"gguf-{q}", {}).get("nll_recovery") for q in QUANTS}}
+    cached.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def markdown(records: list[dict], wall: float) -> str:
+    from core.evaluation.report import table
+
+    header = ["method", "forget NLL", "retain NLL", "forget ROUGE-L", "retain ROUGE-L", "forget fluency",
+              "s / step", "q4_0 recovery", "q4_k_m recovery"]
+    rows = []
+    for r in records:
+        q = r["quick"]
+        rows.append([r["method"], f"{r['nll_before']['forget_nll']:.2f} -> {r['nll_after']['forget_nll']:.2f}",
+                     f"{r['nll_before']['retain_nll']:.2f} -> {r['nll_after']['retain_nll']:.2f}",
+                     f"{q['before']['forget']['rougeL_recall']:.2f} -> {q['after']['forget']['rougeL_recall']:.2f}",
+                     f"{q['before']['retain']['rougeL_recall']:.2f} -> {q['after']['retain']['rougeL_recall']:.2f}",
+                     f"{q['after']['forget']['fluency']:.2f}", r["seconds_per_step"],
+                     r["gguf_recovery"]["q4_0"], r["gguf_recovery"]["q4_k_m"]])
+    return "\n".join([
+        "# Every method on the demo model, same budget", "",
+        f"{time.strftime('%Y-%m-%d')}, `python benchmarks/methods_demo.py` on this project's 2-core CPU (bf16 "
+        f"where the CPU has it). Budget: {json.dumps(BUDGET)}, each method's defaults otherwise; data: the demo's "
+        "forget (TOFU authors 198-199) and retain (authors 0-1) QA. NLL: the trainer's before/after scores; "
+        "ROUGE-L recall and fluency: 10 greedy answers per set (quick suite); recovery: the share of the "
+        "forget-NLL gain the GGUF format undoes in llama.cpp (export parity check; 0 keeps it, 1 undoes it).",
+        "", table(header, rows), "", f"Wall time {wall / 60:.0f} min.", ""])
+
+
+def main(argv=None) -> int:
+    from core.methods import unlearning_methods
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs-dir", default=str(REPO / "runs" / "methods_demo"))
+    parser.add_argument("--methods", default=",".join(unlearning_methods()))
+    args = parser.parse_args(argv)
+    root = Path(args.runs_dir)
+    started = time.time()
+    records = []
+    for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        print(f"[{(time.time() - started) / 60:.1f} min] {name}", flush=True)
+        records.append(one_method(name, root))
+    wall = time.time() - started
+    out = REPO / "docs" / "results"
+    (out / "methods.json").write_text(json.dumps(records, indent=2))
+    (out / "methods.md").write_text(markdown(records, wall))
+    print((out / "methods.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
