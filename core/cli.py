@@ -101,7 +101,7 @@ def add_method_flags(parser: argparse.ArgumentParser) -> None:
         convert = {bool: _boolean, int: int, float: float, str: str}[param.kind]
         group.add_argument(param.flag, dest=f"{PARAM_PREFIX}{name}", type=convert, default=argparse.SUPPRESS,
                            metavar={bool: "BOOL", int: "N", float: "X", str: "TEXT"}[param.kind],
-                           help="; ".join(users) or param.help)
+                           help=("; ".join(users) or param.help).replace("%", "%%"))   # argparse formats help with %
 
 
 PARAM_PREFIX = "method_param__"   # argparse destinations of the method flags, apart from the config fields

@@ -115,3 +115,15 @@ def test_stop_and_status_commands(tmp_path):
     assert json.loads(status.stdout)["step"] == 3
     assert unlearn("stop", run.path).returncode == 0 and run.stop_requested()
     assert_clean_error(unlearn("stop", tmp_path / "nothing"), "not a run directory")
+
+
+def test_every_command_prints_its_help(capsys):
+    """Help texts are generated from the methods' and suites' declarations: a stray % once broke one."""
+    from core.cli import build_parser, main
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in commands:
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0, name
+        assert "usage: unlearn " + name in capsys.readouterr().out

@@ -277,3 +277,55 @@ def test_best_checkpoint_command_applies_the_stated_rule(tmp_path, capsys):
     assert printed["best"] == evals[1] and printed["meets_floor"] is True
     with pytest.raises(SystemExit):
         main(["best-checkpoint", *evals])    # --original is required
+
+
+THROWAWAY_SUITE = '''
+from core.evaluation.suites import Need, Suite, register_suite
+from core.methods import Param
+
+
+@register_suite
+class Echo(Suite):
+    name = "echo"
+    summary = "a suite that exists only for this test"
+    needs = (Need("forget", "forget data", required=True, from_run=True),)
+    options = (Param("loudness", 3, "how many times to count", "this test", low=1),)
+
+    def run(self, context):
+        import json
+        from core.data import load_examples
+
+        count = len(load_examples(context.require_data("forget", self), "forget"))
+        summary = {"suite": "echo", "model": context.loaded.source, "examples": count * context.options["loudness"],
+                   "wall_seconds": 0.0}
+        context.out.mkdir(parents=True, exist_ok=True)
+        (context.out / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    def table(self, summary):
+        return f"echo: {summary['examples']}"
+'''
+
+
+def test_a_suite_in_a_module_of_its_own_appears_in_eval_and_suites(tmp_path, tiny_model_dir, qa_files):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "echo_suite.py").write_text(THROWAWAY_SUITE)
+    env = {**os.environ, "UNLEARN_SUITE_MODULES": "echo_suite",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
+
+    def unlearn(*args):
+        return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=300)
+    listed = unlearn("suites").stdout
+    assert "echo    a suite that exists only for this test" in listed and "--loudness 3" in listed
+    assert "--loudness VALUE" in unlearn("eval", "--help").stdout
+    done = unlearn("eval", tiny_model_dir, "--suite", "echo", "--forget", qa_files["forget"], "--loudness", "2",
+                   "--out", tmp_path / "out", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    assert "echo: 16" in done.stdout      # 8 examples, counted twice
+    refused = unlearn("eval", tiny_model_dir, "--suite", "echo", "--forget", qa_files["forget"], "--loudness", "0",
+                      "--out", tmp_path / "bad")
+    assert "the echo suite's loudness must be >= 1" in refused.stderr

@@ -30,13 +30,14 @@ def _add_eval(commands) -> None:
     p.add_argument("--out", required=True, help="directory for the logs, summary.json and summary.md")
     for need in _needs():
         users = [name for name, suite in sorted(SUITES.items()) if any(n.name == need.name for n in suite.needs)]
+        text = f"{need.help} ({', '.join(users)}" + ("; default: the run's" if need.from_run else "") + ")"
         p.add_argument(need.flag, dest=f"{NEED_PREFIX}{need.name}", default=None, metavar="PATH",
-                       help=f"{need.help} ({', '.join(users)}" + ("; default: the run's" if need.from_run else "") + ")")
+                       help=text.replace("%", "%%"))
     for option in _options():
         meanings = [f"{name}: {o.help}; {o.range_text()}; default {o.default!r}" for name, suite in sorted(SUITES.items())
                     for o in suite.options if o.name == option.name]
         p.add_argument(option.flag, dest=f"{OPTION_PREFIX}{option.name}", default=None, metavar="VALUE",
-                       help=" | ".join(meanings))
+                       help=" | ".join(meanings).replace("%", "%%"))   # argparse formats help with %
     p.add_argument("--original", default=None,
                    help="the model before unlearning, for fluency and 'before' scores (default: a run's base model)")
     p.add_argument("--max-samples", type=int, default=None, help="first N samples per set (default: the suite's)")
