@@ -179,3 +179,28 @@ def test_forget_and_retain_uploaded_at_the_same_instant_are_both_kept(page, qa_f
         text = status.inner_text()
         assert "forget**" in text or "forget:" in text, text
         assert "8 question/answer examples" in text and "16 question/answer examples" in text, text
+
+
+def test_audit_tab_audits_a_run_in_the_background_and_keeps_it_after_a_reload(page, finished_run_code, tmp_path):
+    page.get_by_role("tab", name="Runs").click()
+    page.locator("#run-code textarea, #run-code input").first.fill(finished_run_code)
+    page.get_by_role("button", name="Open", exact=True).click()
+    page.get_by_text("opened").first.wait_for(timeout=90_000)
+    page.get_by_role("tab", name="Audit").click()
+    for attack in ("relearn", "benign"):          # keep the quick one: rephrase (no fine-tuning)
+        page.locator("#audit-attacks").get_by_label(attack).uncheck()
+    page.locator("#audit-start").click()
+    page.wait_for_function("() => document.querySelector('#audit-status').innerText.includes('audit finished')",
+                           timeout=180_000)
+    assert "overall" in page.locator("#audit-status").inner_text()
+    assert page.locator("#audit-table").get_by_text("rephrase: plain").count() > 0
+    shot(page, tmp_path, "9-audit")
+    page.reload()                                  # the audit lives in the run folder, not in the page
+    page.get_by_text("Unlearning Studio").first.wait_for()
+    page.get_by_role("tab", name="Runs").click()   # (a run opened by its code is not this session's own)
+    page.locator("#run-code textarea, #run-code input").first.fill(finished_run_code)
+    page.get_by_role("button", name="Open", exact=True).click()
+    page.get_by_text("opened").first.wait_for(timeout=90_000)
+    page.get_by_role("tab", name="Audit").click()
+    page.wait_for_function("() => document.querySelector('#audit-status').innerText.includes('audit finished')",
+                           timeout=60_000)
