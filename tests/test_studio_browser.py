@@ -145,7 +145,7 @@ def finished_run_code(studio_server, tiny_config):
 
     studio, _ = studio_server
     key = f"studio/{'ab' * 16}/runs/reopen-me"
-    train(replace(tiny_config, out=str(studio.workspace.root / key), max_steps=4), show_progress=False,
+    train(replace(tiny_config, out=str(studio.workspace.root / key), max_steps=4, overwrite=True), show_progress=False,
           log=lambda message: None)
     return key
 
