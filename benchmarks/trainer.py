@@ -569,7 +569,8 @@ def report(summary: dict, ratio_rows: list[dict], device: str, warmup: int) -> s
             f"{_fmt(row['mfu'], '>6.1%'):>6}  {one_time}")
     lines.append(f"(s/step: median wall seconds of steady-state steps, the first {warmup} of every run skipped; "
                  "CPU s: median process CPU seconds per step, all threads;\n n: steps measured; tok/step: tokens "
-                 "trained on per step: ours counts non-padding tokens, the baseline its 500-token padded rows;\n "
+                 "through the model per step: ours counts non-padding tokens, the NPO baseline its 500-token padded\n "
+                 "rows, open-unlearning its rows padded to the batch's longest;\n "
                  "peak: max over runs, up to the end of the training loop; loop-only: peak RSS within the loop;\n "
                  "MFU: ours' training FLOPs per second over this machine's measured matmul peak, core/flops.py)")
     lines.append("")
