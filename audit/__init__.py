@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from core.errors import require
-from core.runs import RunDir, RunState, write_json_atomic
+from core.runs import RunDir, RunState, write_json_atomic, write_text_atomic
 
 from . import recovery
 from .attacks import AuditContext, get_attack
@@ -144,13 +144,3 @@ def markdown(report: dict) -> str:
                       "to measure a recovery.", "", table(header, rows), "",
                       f"Wall time {report['wall_seconds']} s.", ""])
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)

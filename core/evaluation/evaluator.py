@@ -19,7 +19,7 @@ import numpy as np
 
 from ..data import Example
 from ..errors import UnlearnError, require
-from ..runs import write_json_atomic
+from ..runs import write_json_atomic, write_text_atomic
 from . import attacks, memorisation, mia, text_metrics, tofu_metrics
 from .probes import answer_nll, answer_token_logprobs, generate, token_statistics
 
@@ -278,7 +278,7 @@ def _write_summary(out: Path, summary: dict) -> None:
     from .report import summary_table
 
     write_json_atomic(out / SUMMARY, summary)
-    (out / TABLE).write_text(summary_table(summary) + "\n", encoding="utf-8")
+    write_text_atomic(out / TABLE, summary_table(summary) + "\n")
 
 
 def read_json_file(path: Path, what: str):

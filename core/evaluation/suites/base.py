@@ -79,7 +79,7 @@ class Suite:
         """Complete the summary (settings, wall time) and write the log, summary.json and summary.md."""
         from dataclasses import asdict
 
-        from ...runs import write_json_atomic
+        from ...runs import write_json_atomic, write_text_atomic
         from ..evaluator import SUMMARY, TABLE
 
         summary["settings"] = {**asdict(context.settings), **context.options, "original": context.original_name}
@@ -87,7 +87,7 @@ class Suite:
         out = Path(context.out)
         write_json_atomic(out / log_name, log)
         write_json_atomic(out / SUMMARY, summary)
-        (out / TABLE).write_text(self.table(summary) + "\n", encoding="utf-8")
+        write_text_atomic(out / TABLE, self.table(summary) + "\n")
         return summary
 
     def chart(self, summary: dict) -> list[dict]:
