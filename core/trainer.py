@@ -260,15 +260,7 @@ class Trainer:
         if checkpoint is not None:
             self.method.load_state_dict(read_trainer_state(checkpoint).get("method_state", {}))
 
-        def forget_batches():
-            loader = torch.utils.data.DataLoader(
-                self.dataset, batch_size=self.cfg.batch_size, shuffle=False,
-                collate_fn=make_collate(self.tokenizer.pad_token_id, self.dataset.reference_nll))
-            device = self.accelerator.device
-            for batch in loader:
-                yield {k: {n: t.to(device) for n, t in v.items()} if isinstance(v, dict) else v
-                       for k, v in batch.items()}
-        self.method.prepare(MethodSetup(model, self.cfg, forget_batches, self.log))
+        self.method.prepare(MethodSetup(model, self.cfg, self.log))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if not trainable:
             raise UnlearnError(f"method {self.cfg.method} left no parameter to train",

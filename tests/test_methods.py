@@ -167,7 +167,7 @@ def test_rmu_matches_open_unlearnings_formula(tokenizer, step_batch):
     method = method_cls(method_cls.resolve_params({"layer": 1, "train_layers": 2}))
     from core.methods.base import MethodSetup
 
-    method.prepare(MethodSetup(model, UnlearnConfig(forget="x", seed=3), lambda: iter(()), lambda m: None))
+    method.prepare(MethodSetup(model, UnlearnConfig(forget="x", seed=3), lambda m: None))
     terms = {t: float(v.detach()) for t, v in method.loss_terms(StepInputs(model, step_batch, OriginalModel(model, original)))}
 
     def layer1(m, part):   # as open-unlearning's forward_with_cache: a hook on model.layers.1

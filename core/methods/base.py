@@ -107,11 +107,10 @@ class UnlearningMethod:
 
 
 class MethodSetup:
-    """What prepare() may use: the model being trained (LoRA-wrapped if --lora), the run's settings, a way
-    to draw forget batches (saliency needs gradients of the forget loss) and the log."""
+    """What prepare() may use: the model being trained (LoRA-wrapped if --lora), the run's settings and the log."""
 
-    def __init__(self, model, config, forget_batches: Callable[[], Iterator[dict]], log: Callable[[str], None]):
-        self.model, self.config, self.forget_batches, self.log = model, config, forget_batches, log
+    def __init__(self, model, config, log: Callable[[str], None]):
+        self.model, self.config, self.log = model, config, log
 
 
 class StepInputs:
