@@ -49,7 +49,10 @@ if str(REPO) not in sys.path:  # `python benchmarks/tofu_mini.py` puts benchmark
     sys.path.insert(0, str(REPO))
 
 METHODS = ("ga", "grad_diff", "npo", "npo_rt", "simnpo")
-LABELS = {"ga": "GA", "grad_diff": "GradDiff", "npo": "NPO", "npo_rt": "NPO+RT", "simnpo": "SimNPO"}
+# The forget-50 % protocol adds the methods landed since the paper's five (same budget each).
+FORGET50_METHODS = METHODS + ("rmu", "sure")
+LABELS = {"ga": "GA", "grad_diff": "GradDiff", "npo": "NPO", "npo_rt": "NPO+RT", "simnpo": "SimNPO",
+          "rmu": "RMU", "sure": "SURE"}
 
 
 @dataclass
@@ -120,10 +123,11 @@ def forget50_plans() -> list[Plan]:
     10 % of them (forget01's 198-199) or 50 % (all of forget05) are unlearned. Each size has the retain model
     that never saw its forget authors: authors 0-9 plus 190-197 for 10 %, authors 0-9 for 50 %, and unlearns
     with that model's authors as retain data. Authors 188-189 are never trained: the MIA's non-members.
-    Unlearning at 5e-5 (the rate that reproduced the paper's central result in "mini-lr5e-5"). The 200
-    forget05 QA are evaluated every second one (100 QA, ten per author) to keep one evaluation near two
-    minutes; FQ compares the same 100 under the unlearned and the retain model."""
-    shared = dict(holdout_authors=(188, 189), unlearn_lr=5e-5, shared_target="forget50-target")
+    Unlearning at 5e-5 (the rate that reproduced the paper's central result in "mini-lr5e-5"), the paper's five
+    methods plus RMU and SURE. The 200 forget05 QA are evaluated every second one (100 QA, ten per
+    author) to keep one evaluation near two minutes; FQ compares the same 100 under the unlearned and the retain model."""
+    shared = dict(holdout_authors=(188, 189), unlearn_lr=5e-5, shared_target="forget50-target",
+                  methods=FORGET50_METHODS)
     return [Plan("forget50-10pct", ((0, 9), (190, 197)), (198, 199), forget_split="forget01", **shared),
             Plan("forget50-50pct", ((0, 9),), (190, 199), forget_split="forget05", forget_eval_every=2,
                  eval_sizes={"eval_log.json": 60, "eval_log_forget.json": 100,
