@@ -4,7 +4,7 @@ run continues where it stopped.
 
     python benchmarks/methods_demo.py [--runs-dir runs/methods_demo] [--methods npo_rt,sure]
 
-Budget (the studio's demo settings): LoRA, 60 steps, batch 4, lr 3e-4, each method's published defaults
+Budget (the studio's demo budget until 2026-12-01): LoRA, 60 steps, batch 4, lr 3e-4, each method's published defaults
 otherwise, on the demo's forget (TOFU authors 198-199) and retain (authors 0-1) QA. Per method: forget /
 retain answer NLL before -> after (the trainer's summary), forget / retain ROUGE-L recall and fluency of 10
 greedy answers (the quick suite), seconds per step, and, through `unlearn export`'s parity check, how much

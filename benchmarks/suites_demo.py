@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 
 DEMO = REPO / "assets" / "demo"
 UNLEARN = {"method": "npo_rt", "lora": True, "max_steps": 60, "lr": 3e-4, "batch_size": 4,
-           "method_params": {"retain_weight": 2.0}}   # the studio's demo defaults (studio/tabs/train.py)
+           "method_params": {"retain_weight": 2.0}}   # the studio's demo defaults until 2026-12-01
 
 
 def passages(rows: list[dict], per_author: int = 20) -> str:
