@@ -203,7 +203,7 @@ class Bench:
             return out
         resume = run.holds_run()
         self.say(f"{'resuming' if resume else 'training'} {out.name} ({settings.get('method')})")
-        started = time.time()
+        started, cpu_started = time.time(), time.process_time()
         if resume:
             config = UnlearnConfig(out=str(out), resume=True)
         else:
@@ -217,17 +217,21 @@ class Bench:
             self.say(f"{out.name} diverged: {blown_up}")   # a result too: evaluate the epochs it reached
             return out
         finally:
-            self.record_stage(out, time.time() - started)
+            self.record_stage(out, time.time() - started, time.process_time() - cpu_started)
         assert result.state == RunState.FINISHED, f"{out} ended {result.state}"
         return out
 
-    def record_stage(self, path: Path, seconds: float) -> None:
-        """Wall seconds per stage (a run or an evaluation), summed over invocations (a resumed run's parts)."""
-        stages_file = self.root / STAGES_FILE
-        stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
+    def record_stage(self, path: Path, seconds: float, cpu_seconds: float) -> None:
+        """Wall and CPU seconds per stage (a run or an evaluation), summed over invocations (a resumed run's
+        parts). CPU time (this process, all threads) hardly depends on what else the machine runs."""
+        from core.runs import write_text_atomic
+
         key = str(path.relative_to(self.root))
-        stages[key] = round(stages.get(key, 0.0) + seconds, 1)
-        stages_file.write_text(json.dumps(stages, indent=1))
+        for name, value in ((STAGES_FILE, seconds), (STAGES_CPU_FILE, cpu_seconds)):
+            stages_file = self.root / name
+            stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
+            stages[key] = round(stages.get(key, 0.0) + value, 1)
+            write_text_atomic(stages_file, json.dumps(stages, indent=1))
 
     def evaluate(self, model: str, out: Path, plan: Plan, reference, retain_eval: Path | None,
                  holdout) -> dict:
@@ -240,14 +244,14 @@ class Bench:
             return json.loads(summary_path.read_text())
         self.say(f"evaluating {Path(model).relative_to(self.root) if Path(model).is_relative_to(self.root) else model}"
                  f" ({plan.eval_dtype})")
-        started = time.time()
+        started, cpu_started = time.time(), time.process_time()
         loaded = open_model(model, self.device, dtype=plan.eval_dtype)
         settings = Settings(max_samples=max(plan.eval_sizes.values()), max_new_tokens=plan.max_new_tokens,
                             batch_size=plan.eval_batch)
         summary = run_tofu(loaded, out, settings, plan.forget_split, reference, holdout, retain_eval,
                            records=eval_records(plan), reference_name="target model")
         del loaded
-        self.record_stage(out, time.time() - started)
+        self.record_stage(out, time.time() - started, time.process_time() - cpu_started)
         return summary
 
 
@@ -488,19 +492,23 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-STAGES_FILE = "stage_seconds.json"
+STAGES_FILE, STAGES_CPU_FILE = "stage_seconds.json", "stage_cpu_seconds.json"
 
 
 def stage_table(root: Path) -> str:
-    """Each stage's wall time (stages measured before stage timing existed are missing)."""
+    """Each stage's wall and CPU time (stages measured before stage timing existed are missing; CPU time
+    since 2026-12-01, session 7)."""
     from core.evaluation.report import table
 
-    stages_file = root / STAGES_FILE
-    if not stages_file.is_file():
+    wall, cpu = (json.loads((root / name).read_text()) if (root / name).is_file() else {}
+                 for name in (STAGES_FILE, STAGES_CPU_FILE))
+    if not wall:
         return ""
-    stages = json.loads(stages_file.read_text())
-    rows = [[name, _clock(seconds)] for name, seconds in stages.items()]
-    return "\n".join(["## Wall time per stage", "", table(["stage (under the runs folder)", "wall time"], rows), ""])
+    rows = [[name, _clock(seconds), _clock(cpu[name]) if name in cpu else "-"] for name, seconds in wall.items()]
+    rows.append(["total", _clock(sum(wall.values())), _clock(sum(cpu.values())) if cpu else "-"])
+    return "\n".join(["## Time per stage", "",
+                      table(["stage (under the runs folder)", "wall time", "CPU time (2 cores: up to 2x wall)"],
+                            rows), ""])
 
 
 def _cumulative_wall(root: Path, this_run: float) -> float:
