@@ -9,12 +9,18 @@ otherwise, on the demo's forget (TOFU authors 198-199) and retain (authors 0-1) 
 retain answer NLL before -> after (the trainer's summary), forget / retain ROUGE-L recall and fluency of 10
 greedy answers (the quick suite), seconds per step, and, through `unlearn export`'s parity check, how much
 of the forget-NLL gain GGUF q4_0 and q4_k_m undo (nll_recovery: 0 keeps the forgetting, 1 undoes it).
+
+Seconds per step come from a separate short run per method (`--time-steps`, default 6 steps; the median
+of steps 2..N), meant for an idle machine: the long runs share the CPU with whatever else runs. Without
+it the table shows each run's wall time over its steps (loading and scoring included).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,6 +67,28 @@ def one_method(name: str, root: Path) -> dict:
     return record
 
 
+def step_seconds(name: str, root: Path, steps: int) -> float:
+    """Median seconds per optimizer step of `steps` steps of the method (steps 2..N), cached per method."""
+    from core.config import UnlearnConfig
+    from core.trainer import train
+
+    cached = root / name / f"step_seconds-{steps}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())["median"]
+    with tempfile.TemporaryDirectory(prefix="methods-timing-") as tmp:
+        run = Path(tmp) / "run"
+        train(UnlearnConfig(model="demo", method=name, forget=str(DEMO / "forget.jsonl"),
+                            retain=str(DEMO / "retain.jsonl"), out=str(run), **{**BUDGET, "max_steps": steps},
+                            logging_steps=1, save_steps=0, eval_examples=0),
+              show_progress=False, log=lambda m: None)
+        clock = [json.loads(line)["wall_time"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                 if '"wall_time"' in line]
+    median = statistics.median(b - a for a, b in zip(clock, clock[1:]))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({"median": round(median, 2), "steps": steps, "date": time.strftime("%Y-%m-%d")}))
+    return round(median, 2)
+
+
 def markdown(records: list[dict], wall: float) -> str:
     from core.evaluation.report import table
 
@@ -79,7 +107,9 @@ def markdown(records: list[dict], wall: float) -> str:
         "# Every method on the demo model, same budget", "",
         f"{time.strftime('%Y-%m-%d')}, `python benchmarks/methods_demo.py` on this project's 2-core CPU (bf16 "
         f"where the CPU has it). Budget: {json.dumps(BUDGET)}, each method's defaults otherwise; data: the demo's "
-        "forget (TOFU authors 198-199) and retain (authors 0-1) QA. NLL: the trainer's before/after scores; "
+        "forget (TOFU authors 198-199) and retain (authors 0-1) QA. s / step: the median of a separate short run "
+        "per method (steps 2-N; run with the machine otherwise idle), else the long run's wall time per step; "
+        "NLL: the trainer's before/after scores; "
         "ROUGE-L recall and fluency: 10 greedy answers per set (quick suite); recovery: the share of the "
         "forget-NLL gain the GGUF format undoes in llama.cpp (export parity check; 0 keeps it, 1 undoes it).",
         "", table(header, rows), "", f"Wall time {wall / 60:.0f} min.", ""])
@@ -91,6 +121,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs-dir", default=str(REPO / "runs" / "methods_demo"))
     parser.add_argument("--methods", default=",".join(unlearning_methods()))
+    parser.add_argument("--time-steps", type=int, default=6,
+                        help="steps of the separate timing run per method (0: no timing run)")
     args = parser.parse_args(argv)
     root = Path(args.runs_dir)
     started = time.time()
@@ -98,6 +130,9 @@ def main(argv=None) -> int:
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
         print(f"[{(time.time() - started) / 60:.1f} min] {name}", flush=True)
         records.append(one_method(name, root))
+    for record in records if args.time_steps else ():   # after the long runs: time them on an idle machine
+        print(f"[{(time.time() - started) / 60:.1f} min] timing {record['method']}", flush=True)
+        record["seconds_per_step"] = step_seconds(record["method"], root, args.time_steps)
     wall = time.time() - started
     out = REPO / "docs" / "results"
     (out / "methods.json").write_text(json.dumps(records, indent=2))

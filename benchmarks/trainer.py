@@ -7,6 +7,7 @@ were shared with other jobs, see docs/benchmarks.md):
     python benchmarks/trainer.py --json bench.json     # also write every figure as JSON
     python benchmarks/trainer.py --quick               # smoke run: 1 warm-up + 1 measured step, 1 round
     python benchmarks/trainer.py --device cuda         # on a GPU (bf16 autocast, CUDA peak memory)
+    python benchmarks/trainer.py --variants ours,ours_lora,ours_lora_gc --dtype auto   # LoRA / full in bf16
 
 Three variants (a fourth on request), each in its own fresh subprocess (`sys.executable`) so that peak memory is per variant;
 the rounds alternate their order so that other load on the machine hits every variant alike:
@@ -152,8 +153,9 @@ def _sync(device: str) -> None:
 
 # ==================================================================== variant: our trainer
 
-def run_ours(device: str, total_steps: int, lora: bool, checkpointing: bool = False) -> dict:
-    """`core.trainer.train` as a user runs it, observed through its callbacks (nothing patched)."""
+def run_ours(device: str, total_steps: int, lora: bool, checkpointing: bool = False, dtype: str = "float32") -> dict:
+    """`core.trainer.train` as a user runs it, observed through its callbacks (nothing patched). `dtype`
+    applies on the CPU (on CUDA ours is always "auto", as the baselines' bf16 autocast)."""
     import core.trainer as trainer_module
     from core.config import UnlearnConfig
 
@@ -179,7 +181,7 @@ def run_ours(device: str, total_steps: int, lora: bool, checkpointing: bool = Fa
             batch_size=BATCH_SIZE, lr=None if lora else LR, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO,
             max_grad_norm=MAX_GRAD_NORM, method_params={"beta": BETA}, seed=SEED, max_steps=total_steps, lora=lora,
             gradient_checkpointing=checkpointing,
-            device=device, dtype="float32" if device == "cpu" else "auto",
+            device=device, dtype=dtype if device == "cpu" else "auto",
             logging_steps=1, save_steps=0, eval_examples=0)
         result = trainer_module.train(config, show_progress=False, log=lambda message: None, callbacks=[Metered()])
         rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if line]
@@ -392,7 +394,16 @@ def ou_collate(pad_id: int):
     return collate
 
 
-def run_open_unlearning(device: str, total_steps: int) -> dict:
+def _bf16_on_cpu(dtype: str) -> bool:
+    """--dtype auto on a CPU with bf16 units: open-unlearning gets the HF Trainer's bf16 autocast, as ours."""
+    import torch
+
+    from core.models import mixed_precision
+
+    return mixed_precision(dtype, torch.device("cpu")) == "bf16"
+
+
+def run_open_unlearning(device: str, total_steps: int, dtype: str = "float32") -> dict:
     """open-unlearning's NPO (src/trainer/unlearn/npo.py on grad_diff.py) as a Hugging Face Trainer: its
     compute_loss forwards the model and a deep-copied reference model on each forget batch (the DPO helper
     with only a "lose" side), plus the retain NLL (model(**retain).loss), weights 1/1."""
@@ -451,7 +462,7 @@ def run_open_unlearning(device: str, total_steps: int) -> dict:
             output_dir=tmp, per_device_train_batch_size=BATCH_SIZE, learning_rate=LR, weight_decay=WEIGHT_DECAY,
             warmup_steps=int(total_steps * WARMUP_RATIO), max_steps=total_steps, lr_scheduler_type="linear",
             max_grad_norm=MAX_GRAD_NORM, logging_steps=1, save_strategy="no", report_to=[], seed=SEED,
-            use_cpu=device == "cpu", bf16=device == "cuda", remove_unused_columns=False, dataloader_num_workers=0,
+            use_cpu=device == "cpu", bf16=device == "cuda" or _bf16_on_cpu(dtype), remove_unused_columns=False, dataloader_num_workers=0,
             disable_tqdm=True)
         dataset = OpenUnlearningDataset(tokenizer, load_examples(FORGET), load_examples(RETAIN))
         trainer = NPOTrainer(model=model, args=arguments, train_dataset=dataset,
@@ -468,28 +479,28 @@ def run_open_unlearning(device: str, total_steps: int) -> dict:
 
 # ==================================================================== child entry point
 
-def child(variant: str, device: str, total_steps: int, result_path: str) -> None:
+def child(variant: str, device: str, total_steps: int, result_path: str, dtype: str) -> None:
     import torch
 
     started = time.perf_counter()
     if variant == "baseline":
         result = run_baseline(device, total_steps)
     elif variant == "open_unlearning":
-        result = run_open_unlearning(device, total_steps)
+        result = run_open_unlearning(device, total_steps, dtype)
     else:
         result = run_ours(device, total_steps, lora=variant.startswith("ours_lora"),
-                          checkpointing=variant.endswith("_gc"))
+                          checkpointing=variant.endswith("_gc"), dtype=dtype)
     result.update(variant=variant, device=device, threads=torch.get_num_threads(),
                   process_s=round(time.perf_counter() - started, 1), exit_peak_rss_mib=peak_rss_mib())
     Path(result_path).write_text(json.dumps(result))
 
 
-def run_child(variant: str, device: str, total_steps: int) -> dict:
+def run_child(variant: str, device: str, total_steps: int, dtype: str) -> dict:
     """One variant in a fresh interpreter; its figures come back through a JSON file."""
     with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
         result_path = Path(tmp) / "result.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--device", device,
-                   "--total-steps", str(total_steps), "--result", str(result_path)]
+                   "--total-steps", str(total_steps), "--result", str(result_path), "--dtype", dtype]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         if done.returncode != 0 or not result_path.is_file():
@@ -603,13 +614,14 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def run_rounds(variants: tuple[str, ...], device: str, warmup: int, steps: int, rounds: int) -> list[dict]:
+def run_rounds(variants: tuple[str, ...], device: str, warmup: int, steps: int, rounds: int,
+               dtype: str) -> list[dict]:
     runs = []
     for index in range(rounds):
         order = variants if index % 2 == 0 else tuple(reversed(variants))  # alternate who goes first
         for variant in order:
             print(f"[round {index + 1}/{rounds}] {variant}: {warmup} warm-up + {steps} measured steps ...", flush=True)
-            run = run_child(variant, device, warmup + steps)
+            run = run_child(variant, device, warmup + steps, dtype)
             steady = run["step_s"][warmup:]
             cpu = statistics.median(run["step_cpu_s"][warmup:])
             print(f"    {statistics.median(steady):.2f} s/step, {cpu:.1f} CPU s/step "
@@ -630,6 +642,9 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, from {', '.join(VARIANTS)} (default: {','.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--json", help="also write every figure to this JSON file")
+    parser.add_argument("--dtype", choices=("float32", "auto"), default="float32",
+                        help="training dtype on the CPU of ours and open-unlearning (`bf16=True` in its HF "
+                             "Trainer) (default float32; auto: bf16 where the CPU has it); the NPO baseline stays fp32")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--total-steps", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -641,7 +656,7 @@ def main(argv=None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: this machine has no usable CUDA GPU")
     if args.child:
-        child(args.child, device, args.total_steps, args.result)
+        child(args.child, device, args.total_steps, args.result, args.dtype)
         return 0
     if args.quick:
         args.steps, args.warmup, args.rounds = 1, 1, 1
@@ -658,7 +673,7 @@ def main(argv=None) -> int:
           f"{machine.get('memory_gib', '?')} GiB; torch {machine['torch']}"
           + (f"; GPU {machine['gpu']}" if device == "cuda" else ""), flush=True)
     started = time.time()
-    runs = run_rounds(variants, device, args.warmup, args.steps, args.rounds)
+    runs = run_rounds(variants, device, args.warmup, args.steps, args.rounds, args.dtype)
     summary = summarise(runs, args.warmup, device)
     ratio_rows = ratios(summary)
     print()
@@ -668,7 +683,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps({
             "command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device,
             "machine": machine, "settings": {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-                                             "variants": list(variants),
+                                             "variants": list(variants), "ours_dtype": args.dtype,
                                              "batch_size": BATCH_SIZE, "lr": LR, "forget": FORGET, "retain": RETAIN,
                                              "baseline_max_length": BASELINE_MAX_LENGTH},
             "summary": summary, "ratios": ratio_rows, "runs": runs}, indent=2))
