@@ -23,7 +23,8 @@ AUDIT_JSON, AUDIT_MD = "audit.json", "audit.md"
 
 
 def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None, max_samples: int = 40,
-              max_new_tokens: int = 48, batch_size: int = 8, device: str = "cpu", log=print) -> dict:
+              max_new_tokens: int = 48, batch_size: int = 8, device: str = "cpu", log=print,
+              dtype: str = "auto") -> dict:
     from core.data import load_examples
     from core.evaluation.evaluator import Settings
 
@@ -43,7 +44,7 @@ def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None
     status = RunDir(out)   # audit/status.json: the studio follows (and outlives) the audit through it
     status.write_status(RunState.RUNNING, pid=os.getpid(), message="checking the attacks")
     context = AuditContext(run=run.path, config=config, work=out / ".work", forget=forget, retain=retain,
-                           measure=None, baseline=None, settings=settings, device=device, log=log,
+                           measure=None, baseline=None, settings=settings, device=device, dtype=dtype, log=log,
                            options={**OPTIONS, **(options or {})})
     try:
         for attack in chosen:        # every refusal before any model is loaded
@@ -65,12 +66,13 @@ def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None
 def _attack_all(context: AuditContext, chosen: list, status: RunDir, started: float) -> dict:
     from core.evaluation.evaluator import set_scores
     from core.evaluation.loading import open_model
+    from core.models import dtype_name
 
     run, config, settings, device, log = context.run, context.config, context.settings, context.device, context.log
     forget, retain = context.forget, context.retain
 
-    unlearned = open_model(str(run), device)
-    original = open_model(unlearned.original, device)
+    unlearned = open_model(str(run), device, dtype=context.dtype)
+    original = open_model(unlearned.original, device, dtype=context.dtype)
     context.models = {"original": (original.model, original.tokenizer),
                       "unlearned": (unlearned.model, unlearned.tokenizer)}
     reference = (original.model, original.tokenizer)
@@ -106,6 +108,7 @@ def _attack_all(context: AuditContext, chosen: list, status: RunDir, started: fl
             result.update(judged(result), seconds=round(time.time() - attack_started, 1))
             results.append(result)
     return {"run": str(run), "method": config.get("method"), "attacks": [a.name for a in chosen],
+            "dtype": dtype_name(unlearned.model.dtype),
               "results": results, "overall": recovery.overall({r["name"]: r["verdict"] for r in results}),
               "thresholds": {"robust_below": recovery.ROBUST, "shallow_above": recovery.SHALLOW,
                              "min_change": recovery.MIN_CHANGE},
@@ -142,5 +145,6 @@ def markdown(report: dict) -> str:
                       f"{recovery.ROBUST} robust, above {recovery.SHALLOW} shallow). Recovery = (attacked − "
                       "unlearned) / (original − unlearned); '-' where unlearning changed the figure too little "
                       "to measure a recovery.", "", table(header, rows), "",
-                      f"Wall time {report['wall_seconds']} s.", ""])
+                      f"Models scored in {report.get('dtype', 'float32')}. Wall time {report['wall_seconds']} s.",
+                      ""])
 

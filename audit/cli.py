@@ -18,6 +18,8 @@ def add_commands(commands) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="weights of the scored models (auto: bf16 where the CPU/GPU runs it fast)")
     p.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's CPU priority by N")
     p.set_defaults(handler=run)
 
@@ -43,6 +45,6 @@ def run(args) -> int:
     report = run_audit(args.run, args.out, args.attacks.split(","),
                        {"relearn_steps": args.relearn_steps, "relearn_fraction": args.relearn_fraction,
                         "benign_steps": args.benign_steps, "relearn_lr": args.relearn_lr},
-                       args.max_samples, args.max_new_tokens, args.batch_size, args.device)
+                       args.max_samples, args.max_new_tokens, args.batch_size, args.device, dtype=args.dtype)
     print(markdown(report))
     return 0

@@ -83,10 +83,11 @@ def test_every_attack_on_a_lora_run(lora_run, tmp_path):
 def test_a_run_that_forgot_nothing_has_no_recovery_to_report(lora_run, tmp_path):
     still = replace(lora_run, out=str(tmp_path / "still"), lr=1e-12, max_steps=1)
     train(still, **quiet())
-    report = run_audit(still.out, tmp_path / "audit", ["relearn"], log=lambda m: None, **FAST)
+    report = run_audit(still.out, tmp_path / "audit", ["relearn"], log=lambda m: None, dtype="bfloat16", **FAST)
     result = report["results"][0]
     assert all(v is None for v in result["recovery"].values())
     assert result["verdict"].startswith("undefined") and report["overall"] == "undefined"
+    assert report["dtype"] == "bfloat16" and "scored in bfloat16" in (tmp_path / "audit" / "audit.md").read_text()
 
 
 def test_bad_audit_input_gets_one_clear_error(lora_run, tmp_path, capsys):

@@ -24,6 +24,7 @@ class AuditContext:
     options: dict = field(default_factory=dict)
     log: object = print
     device: str = "cpu"
+    dtype: str = "auto"             # weights of every model the audit scores (auto: bf16 where fast)
 
 
 class Attack:

@@ -35,4 +35,4 @@ def finetuned_copy(context, examples, steps: int, lr: float | None, name: str):
         lora_targets=config.get("lora_targets", "all-linear"), device=context.device,
         dtype=config.get("dtype", "auto"), seed=config.get("seed", 42), save_steps=0, eval_examples=0,
         warmup_ratio=0.0), show_progress=False, log=lambda message: None)
-    return open_model(str(out), context.device), result.step
+    return open_model(str(out), context.device, dtype=context.dtype), result.step
