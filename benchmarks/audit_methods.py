@@ -1,0 +1,128 @@
+"""The audit (relearn, benign fine-tuning, 4-bit export, rephrasing) of every method's mini-TOFU run on one
+target: which unlearning survives?
+
+    python benchmarks/audit_methods.py                       # the forget-50 % protocol's 10 % runs
+    python benchmarks/audit_methods.py --methods npo_rt,sure --max-samples 20
+
+Reads the runs `benchmarks/tofu_mini.py --forget50` trains (plan forget50-10pct: one target that learned
+20 TOFU authors, each method unlearning authors 198-199 with the same budget) and audits each finished one
+with `unlearn audit`'s defaults into RUN/audit (cached: a finished audit is reused, so a rerun picks up the
+runs that have finished since). A run not trained yet is listed as such. Writes
+docs/results/audit_methods.{md,json,png}: the NLL recovery per attack and method beside the retain NLL
+change, and the verdicts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.tofu_mini import FORGET50_METHODS, LABELS  # noqa: E402
+
+RUNS = REPO / "runs" / "tofu_forget50" / "forget50-10pct"
+
+
+def audited(run: Path, max_samples: int) -> dict | None:
+    """The run's audit report (made if missing), or None when the run has not finished training."""
+    from audit import AUDIT_JSON, run_audit
+    from core.runs import RunDir, RunState
+
+    report = run / "audit" / AUDIT_JSON
+    if report.is_file():
+        return json.loads(report.read_text())
+    if not RunDir(run).holds_run() or RunDir(run).status().get("state") != RunState.FINISHED:
+        return None
+    return run_audit(run, run / "audit", max_samples=max_samples, log=lambda message: print(f"    {message}"))
+
+
+def markdown(reports: dict[str, dict | None], runs: Path, max_samples: int) -> str:
+    from core.evaluation.report import table
+
+    attacks = list(dict.fromkeys(r["name"] for report in reports.values() if report for r in report["results"]))
+    rows = []
+    for method, report in reports.items():
+        if report is None:
+            rows.append([LABELS.get(method, method), "not trained yet"] + [""] * len(attacks))
+            continue
+        by_name = {r["name"]: r for r in report["results"]}
+        cells = []
+        for name in attacks:
+            result = by_name.get(name)
+            if result is None:
+                cells.append("-")
+                continue
+            value = result["recovery"].get("nll")
+            retain = result["retain_change"].get("nll")
+            cells.append(("-" if value is None else f"{value:.2f}") + f" ({result['verdict']}"
+                         + ("" if retain is None else f"; retain {retain:+.2f}") + ")")
+        rows.append([LABELS.get(method, method), report["overall"]] + cells)
+    return "\n".join([
+        "# Which unlearning survives? The audit of every method on one mini-TOFU target", "",
+        f"{time.strftime('%Y-%m-%d')}, `python benchmarks/audit_methods.py --max-samples {max_samples}` on this "
+        f"project's 2-core CPU. Runs: `{runs.relative_to(REPO) if runs.is_relative_to(REPO) else runs}` "
+        "(`benchmarks/tofu_mini.py --forget50`, plan forget50-10pct: the 20-author target, TOFU authors "
+        "198-199 unlearned at lr 5e-5 for five epochs, each method's final model). Each cell: the forget-answer "
+        "**NLL recovery** (0: still forgotten, 1: back to the original; `docs/audit.md`), the verdict, and the "
+        "retain NLL change the same attack caused (a recovery that comes with as much retain damage is noise, "
+        "not knowledge coming back). Attacks at their defaults; "
+        f"{max_samples} forget and {max_samples} retain examples.", "",
+        table(["method", "overall"] + attacks, rows), "",
+        "![NLL recovery per attack and method](audit_methods.png)", ""])
+
+
+def plot(reports: dict[str, dict | None], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = {m: r for m, r in reports.items() if r}
+    if not done:
+        return
+    attacks = list(dict.fromkeys(r["name"] for report in done.values() for r in report["results"]))
+    width = 0.8 / len(done)
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(attacks)), 4))
+    for index, (method, report) in enumerate(done.items()):
+        by_name = {r["name"]: r["recovery"].get("nll") for r in report["results"]}
+        values = [by_name.get(name) or 0.0 for name in attacks]
+        ax.bar([a + index * width for a in range(len(attacks))], values, width, label=LABELS.get(method, method))
+    for line, style in ((0.25, ":"), (0.5, "--")):
+        ax.axhline(line, color="grey", linestyle=style, linewidth=1)
+    ax.set_xticks([a + 0.4 - width / 2 for a in range(len(attacks))], attacks, rotation=20, ha="right")
+    ax.set_ylabel("forget NLL recovery")
+    ax.set_title("Audit per method (0.25: robust below, 0.5: shallow above)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from core.runs import write_json_atomic, write_text_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default=str(RUNS), help="the plan folder holding unlearn-METHOD runs")
+    parser.add_argument("--methods", default=",".join(FORGET50_METHODS))
+    parser.add_argument("--max-samples", type=int, default=20)
+    parser.add_argument("--results", default=str(REPO / "docs" / "results"))
+    args = parser.parse_args(argv)
+    runs, results = Path(args.runs).resolve(), Path(args.results)
+    reports = {}
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        print(f"[{time.strftime('%H:%M:%S')}] {method}", flush=True)
+        reports[method] = audited(runs / f"unlearn-{method}", args.max_samples)
+    write_json_atomic(results / "audit_methods.json", reports)
+    write_text_atomic(results / "audit_methods.md", markdown(reports, runs, args.max_samples))
+    plot(reports, results / "audit_methods.png")
+    print((results / "audit_methods.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
