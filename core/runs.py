@@ -38,12 +38,25 @@ ENDED_STATES = (RunState.STOPPED, RunState.FINISHED, RunState.FAILED)
 STOP_FILE = "STOP"
 
 
+def _umask() -> int:
+    """The process's umask (read once, at import, while nothing else runs: setting it is the only way to
+    read it portably)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()   # what open() would give a new file; mkstemp's own is 0600
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename it into place: readers see the old file or the
-    new one, never half of one."""
+    new one, never half of one. The file gets the usual permissions, not the temporary file's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()

@@ -113,3 +113,16 @@ def test_a_run_written_before_the_parameter_specs_resumes_evaluates_and_exports(
                  "--max-new-tokens", "2", "--device", "cpu"]) == 0
     manifest = export_run(config.out, tmp_path / "bundle", formats=("hf",), parity_examples=1, log=lambda m: None)
     assert "hf" in manifest["artifacts"]
+
+
+def test_atomically_written_files_get_the_usual_permissions_not_the_temporary_files(tmp_path):
+    """mkstemp makes its file 0600: renamed into place, summaries and audits were unreadable to anyone but
+    their owner (a web server serving a bundle, a teammate on a shared disk)."""
+    from core.runs import write_json_atomic
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    plain, atomic = tmp_path / "plain.json", tmp_path / "atomic.json"
+    plain.write_text("{}")
+    write_json_atomic(atomic, {})
+    assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask
