@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import require
+from .runs import staging_dir
 
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
@@ -49,7 +49,7 @@ def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:06d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".step-{step:06d}-", dir=directory))
+    staging = staging_dir(f".step-{step:06d}-", directory)
     try:
         save_file(trainable_state(model), str(staging / WEIGHTS))
         tensors, meta = optimizer_tensors(optimizer.state_dict())

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 
 from .config import DTYPES
 from .errors import UnlearnError, require
+from .runs import staging_dir
 
 BUNDLED = "bundled"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -96,7 +96,7 @@ def _merge_adapter(base: Path, adapter: Path, target: Path) -> None:
 
 def save_model_atomic(model, tokenizer, target: Path) -> None:
     """save_pretrained into a staging directory, then swap it in: a crash leaves no half-written model."""
-    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    staging = staging_dir(".convert-", target.parent)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -47,6 +47,15 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()   # what open() would give a new file; mkstemp's own is 0600
+DIR_MODE = 0o777 & ~_umask()
+
+
+def staging_dir(prefix: str, parent: Path) -> Path:
+    """A fresh folder beside its final place, to be renamed into it when complete, with the permissions
+    mkdir would give it (mkdtemp's own, 0700, would follow the folder into place)."""
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(staging, DIR_MODE)
+    return staging
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.errors import UnlearnError, require
-from core.runs import read_json, write_json_atomic
+from core.runs import read_json, staging_dir, write_json_atomic
 
 from . import card, gguf, hf, onnx, parity
 from .merge import load_original, load_run_tokenizer, load_unlearned
@@ -46,8 +46,7 @@ def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, gguf_quant
     plan = _plan(source, formats, gguf_quants, onnx_precisions)
     target = _check_target(Path(out), overwrite)
     _remove_stale_partials(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL_MARK}{os.getpid()}-", dir=target.parent))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; the bundle is meant to be shared
+    staging = staging_dir(f".{target.name}{PARTIAL_MARK}{os.getpid()}-", target.parent)
     try:
         manifest = _build(source, plan, staging, log, parity_check=parity_check, parity_examples=parity_examples,
                           forget=forget, retain=retain)

@@ -126,3 +126,15 @@ def test_atomically_written_files_get_the_usual_permissions_not_the_temporary_fi
     plain.write_text("{}")
     write_json_atomic(atomic, {})
     assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_checkpoints_get_the_usual_folder_permissions(tiny_config, tmp_path):
+    """Checkpoints are staged in a mkdtemp folder (0700) and renamed into place."""
+    from dataclasses import replace
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    config = replace(tiny_config, out=str(tmp_path / "run"), max_steps=2, save_steps=1)
+    train(config, **quiet())
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    assert checkpoints and all(c.stat().st_mode & 0o777 == 0o777 & ~mask for c in checkpoints)
