@@ -129,7 +129,10 @@ def test_advanced_settings_follow_the_method(page):
     page.get_by_text("Advanced settings").click()
     weight = page.locator("#retain-weight input")
     weight.wait_for(timeout=30_000)
-    assert weight.input_value() == "2"                      # npo_rt: the studio's demo setting
+    from studio.tabs.train import METHOD_DEFAULTS
+
+    demo_weight = METHOD_DEFAULTS["npo_rt"]["retain_weight"]
+    assert demo_weight != 1 and weight.input_value() == f"{demo_weight:g}"   # the studio's, not the paper's 1
     page.get_by_label("Method").click()
     page.get_by_role("option", name="npo", exact=True).click()
     page.locator("#retain-weight").wait_for(state="hidden", timeout=30_000)   # NPO has no retain term
