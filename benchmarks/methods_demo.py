@@ -38,12 +38,14 @@ def one_method(name: str, root: Path) -> dict:
     from core.data import load_examples
     from core.evaluation.evaluator import Settings, run_quick
     from core.evaluation.loading import open_model
+    from core.runs import write_json_atomic
     from core.trainer import train
     from export.bundle import export_run
 
     cached = root / name / "result.json"
     if cached.is_file():
         return json.loads(cached.read_text())
+
     run = root / name / "run"
     result = train(UnlearnConfig(model="demo", method=name, forget=str(DEMO / "forget.jsonl"),
                                  retain=str(DEMO / "retain.jsonl"), out=str(run), overwrite=True, **BUDGET),
@@ -63,13 +65,14 @@ def one_method(name: str, root: Path) -> dict:
               "steps": summary["steps"], "stopped_early": summary.get("stopped_early"),
               "quick": {stage: quick[stage] for stage in ("before", "after")},
               "gguf_recovery": {q: parity["forgetting"].get(f"gguf-{q}", {}).get("nll_recovery") for q in QUANTS}}
-    cached.write_text(json.dumps(record, indent=2))
+    write_json_atomic(cached, record)
     return record
 
 
 def step_seconds(name: str, root: Path, steps: int) -> float:
     """Median seconds per optimizer step of `steps` steps of the method (steps 2..N), cached per method."""
     from core.config import UnlearnConfig
+    from core.runs import write_json_atomic
     from core.trainer import train
 
     cached = root / name / f"step_seconds-{steps}.json"
@@ -85,11 +88,11 @@ def step_seconds(name: str, root: Path, steps: int) -> float:
                  if '"wall_time"' in line]
     median = statistics.median(b - a for a, b in zip(clock, clock[1:]))
     cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps({"median": round(median, 2), "steps": steps, "date": time.strftime("%Y-%m-%d")}))
+    write_json_atomic(cached, {"median": round(median, 2), "steps": steps, "date": time.strftime("%Y-%m-%d")})
     return round(median, 2)
 
 
-def markdown(records: list[dict], wall: float) -> str:
+def markdown(records: list[dict], pending: list[str]) -> str:
     from core.evaluation.report import table
 
     header = ["method", "forget NLL", "retain NLL", "forget ROUGE-L", "retain ROUGE-L", "forget fluency",
@@ -101,8 +104,9 @@ def markdown(records: list[dict], wall: float) -> str:
                      f"{r['nll_before']['retain_nll']:.2f} -> {r['nll_after']['retain_nll']:.2f}",
                      f"{q['before']['forget']['rougeL_recall']:.2f} -> {q['after']['forget']['rougeL_recall']:.2f}",
                      f"{q['before']['retain']['rougeL_recall']:.2f} -> {q['after']['retain']['rougeL_recall']:.2f}",
-                     f"{q['after']['forget']['fluency']:.2f}", r["seconds_per_step"],
-                     r["gguf_recovery"]["q4_0"], r["gguf_recovery"]["q4_k_m"]])
+                     f"{q['after']['forget']['fluency']:.2f}",
+                     f"{r['seconds_per_step']}" + ("" if r.get("timed_apart") else " (long run)"),
+                     *("-" if r["gguf_recovery"][q] is None else f"{r['gguf_recovery'][q]:.2f}" for q in QUANTS)])
     return "\n".join([
         "# Every method on the demo model, same budget", "",
         f"{time.strftime('%Y-%m-%d')}, `python benchmarks/methods_demo.py` on this project's 2-core CPU (bf16 "
@@ -112,31 +116,41 @@ def markdown(records: list[dict], wall: float) -> str:
         "NLL: the trainer's before/after scores; "
         "ROUGE-L recall and fluency: 10 greedy answers per set (quick suite); recovery: the share of the "
         "forget-NLL gain the GGUF format undoes in llama.cpp (export parity check; 0 keeps it, 1 undoes it).",
-        "", table(header, rows), "", f"Wall time {wall / 60:.0f} min.", ""])
+        "", table(header, rows), "",
+        *([f"Not run yet: {', '.join(pending)} (`python benchmarks/methods_demo.py` continues where it stopped).", ""]
+          if pending else [])])
 
 
 def main(argv=None) -> int:
     from core.methods import unlearning_methods
+    from core.runs import write_json_atomic, write_text_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs-dir", default=str(REPO / "runs" / "methods_demo"))
     parser.add_argument("--methods", default=",".join(unlearning_methods()))
     parser.add_argument("--time-steps", type=int, default=6,
                         help="steps of the separate timing run per method (0: no timing run)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the table from the methods already done (the rest listed as not run yet)")
     args = parser.parse_args(argv)
     root = Path(args.runs_dir)
     started = time.time()
-    records = []
+    records, pending = [], []
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        if args.report_only and not (root / name / "result.json").is_file():
+            pending.append(name)
+            continue
         print(f"[{(time.time() - started) / 60:.1f} min] {name}", flush=True)
         records.append(one_method(name, root))
     for record in records if args.time_steps else ():   # after the long runs: time them on an idle machine
+        if args.report_only and not (root / record["method"] / f"step_seconds-{args.time_steps}.json").is_file():
+            continue
         print(f"[{(time.time() - started) / 60:.1f} min] timing {record['method']}", flush=True)
         record["seconds_per_step"] = step_seconds(record["method"], root, args.time_steps)
-    wall = time.time() - started
+        record["timed_apart"] = True
     out = REPO / "docs" / "results"
-    (out / "methods.json").write_text(json.dumps(records, indent=2))
-    (out / "methods.md").write_text(markdown(records, wall))
+    write_json_atomic(out / "methods.json", {"methods": records, "not_run_yet": pending})
+    write_text_atomic(out / "methods.md", markdown(records, pending))
     print((out / "methods.md").read_text())
     return 0
 
