@@ -92,21 +92,40 @@ def step_seconds(name: str, root: Path, steps: int) -> float:
     return round(median, 2)
 
 
+# The outcome column's rules (stated in the report).
+WRECKED_RETAIN_NLL = 1.0     # nats per retain-answer token after unlearning (before: ~0.01)
+FORGOT = 0.5                 # forget ROUGE-L at most this share of its value before
+KEPT = 0.8                   # retain ROUGE-L at least this share of its value before
+
+
+def outcome(record: dict) -> str:
+    quick = record["quick"]
+    if record["nll_after"]["retain_nll"] > WRECKED_RETAIN_NLL:
+        return "**wrecked**"
+    share = {s: quick["after"][s]["rougeL_recall"] / max(quick["before"][s]["rougeL_recall"], 1e-9)
+             for s in ("forget", "retain")}
+    if share["forget"] > FORGOT:
+        return "forgot little"
+    return "forgot, kept retain" if share["retain"] >= KEPT else "forgot, lost some retain"
+
+
 def markdown(records: list[dict], pending: list[str]) -> str:
     from core.evaluation.report import table
 
-    header = ["method", "forget NLL", "retain NLL", "forget ROUGE-L", "retain ROUGE-L", "forget fluency",
+    header = ["method", "outcome", "forget NLL", "retain NLL", "forget ROUGE-L", "retain ROUGE-L", "forget fluency",
               "s / step", "q4_0 recovery", "q4_k_m recovery"]
     rows = []
     for r in records:
         q = r["quick"]
-        rows.append([r["method"], f"{r['nll_before']['forget_nll']:.2f} -> {r['nll_after']['forget_nll']:.2f}",
+        rows.append([r["method"], outcome(r),
+                     f"{r['nll_before']['forget_nll']:.2f} -> {r['nll_after']['forget_nll']:.2f}",
                      f"{r['nll_before']['retain_nll']:.2f} -> {r['nll_after']['retain_nll']:.2f}",
                      f"{q['before']['forget']['rougeL_recall']:.2f} -> {q['after']['forget']['rougeL_recall']:.2f}",
                      f"{q['before']['retain']['rougeL_recall']:.2f} -> {q['after']['retain']['rougeL_recall']:.2f}",
                      f"{q['after']['forget']['fluency']:.2f}",
                      f"{r['seconds_per_step']}" + ("" if r.get("timed_apart") else " (long run)"),
-                     *("-" if r["gguf_recovery"][q] is None else f"{r['gguf_recovery'][q]:.2f}" for q in QUANTS)])
+                     *("-" if r["gguf_recovery"][quant] is None else f"{r['gguf_recovery'][quant]:.2f}"
+                       for quant in QUANTS)])
     return "\n".join([
         "# Every method on the demo model, same budget", "",
         f"{time.strftime('%Y-%m-%d')}, `python benchmarks/methods_demo.py` on this project's 2-core CPU (bf16 "
@@ -115,7 +134,10 @@ def markdown(records: list[dict], pending: list[str]) -> str:
         "per method (steps 2-N; run with the machine otherwise idle), else the long run's wall time per step; "
         "NLL: the trainer's before/after scores; "
         "ROUGE-L recall and fluency: 10 greedy answers per set (quick suite); recovery: the share of the "
-        "forget-NLL gain the GGUF format undoes in llama.cpp (export parity check; 0 keeps it, 1 undoes it).",
+        "forget-NLL gain the GGUF format undoes in llama.cpp (export parity check; 0 keeps it, 1 undoes it). "
+        f"Outcome: **wrecked** when the retain NLL ends above {WRECKED_RETAIN_NLL:g} nats per token; otherwise "
+        f"'forgot' when the forget ROUGE-L fell to at most {FORGOT:g}x its value before, and 'kept retain' when "
+        f"the retain ROUGE-L stayed at least {KEPT:g}x its value before.",
         "", table(header, rows), "",
         *([f"Not run yet: {', '.join(pending)} (`python benchmarks/methods_demo.py` continues where it stopped).", ""]
           if pending else [])])
