@@ -152,21 +152,20 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(unlearning_methods()))
     parser.add_argument("--time-steps", type=int, default=6,
                         help="steps of the separate timing run per method (0: no timing run)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="write the table from the methods already done (the rest listed as not run yet)")
+    parser.add_argument("--done-only", action="store_true",
+                        help="only the methods already run (the table lists the rest as not run yet); with "
+                             "--time-steps 0 it just writes the table")
     args = parser.parse_args(argv)
     root = Path(args.runs_dir)
     started = time.time()
     records, pending = [], []
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        if args.report_only and not (root / name / "result.json").is_file():
+        if args.done_only and not (root / name / "result.json").is_file():
             pending.append(name)
             continue
         print(f"[{(time.time() - started) / 60:.1f} min] {name}", flush=True)
         records.append(one_method(name, root))
     for record in records if args.time_steps else ():   # after the long runs: time them on an idle machine
-        if args.report_only and not (root / record["method"] / f"step_seconds-{args.time_steps}.json").is_file():
-            continue
         print(f"[{(time.time() - started) / 60:.1f} min] timing {record['method']}", flush=True)
         record["seconds_per_step"] = step_seconds(record["method"], root, args.time_steps)
         record["timed_apart"] = True
