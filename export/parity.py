@@ -16,6 +16,7 @@ import numpy as np
 from core.data import encode_examples, load_examples
 from core.errors import UnlearnError
 from core.losses import IGNORE_INDEX
+from core.recovery import recovery as nll_recovery
 
 from .runtime import Runner, answer_nll
 
@@ -152,12 +153,11 @@ def _rouge_l(raw: dict, picked: list[int], probes: list[Probe], tokenizer) -> fl
 def forgetting_check(formats: dict[str, dict], unlearned: dict, original: dict) -> tuple[dict, list[str]]:
     """Where each format's forget scores sit between the unlearned model (0) and the original (1)."""
     checks, warnings = {}, []
-    nll_gain = unlearned.get("forget_nll", 0) - original.get("forget_nll", 0)
     rouge_drop = original.get("forget_rougeL", 0) - unlearned.get("forget_rougeL", 0)
     for name, scores in formats.items():
         if "forget_nll" not in scores:
             continue
-        recovery = (unlearned["forget_nll"] - scores["forget_nll"]) / nll_gain if nll_gain > 1e-3 else None
+        recovery = nll_recovery(original.get("forget_nll", 0), unlearned["forget_nll"], scores["forget_nll"], "nll")
         rouge_regain = scores["forget_rougeL"] - unlearned["forget_rougeL"]
         recovered = (recovery is not None and recovery >= RECOVERY_WARNING) or \
                     (rouge_drop > 0 and rouge_regain >= ROUGE_WARNING)

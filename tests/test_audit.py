@@ -124,3 +124,17 @@ def test_export_carries_the_audit_into_the_bundle_card_and_manifest(lora_run, tm
         assert "relearn restores what was forgotten" in card
     else:
         assert "No attack restored more than a quarter" in card
+
+
+def test_the_export_forgetting_check_uses_the_audits_recovery():
+    """One definition: a run that forgot 0.001 nats showed a GGUF "recovery" of -13.55 in the bundle's
+    parity report (methods_demo, SatImp) while the audit called it undefined."""
+    from export.parity import forgetting_check
+
+    original, unlearned = {"forget_nll": 0.2, "forget_rougeL": 0.9}, {"forget_nll": 2.2, "forget_rougeL": 0.3}
+    checks, _ = forgetting_check({"gguf-q4_0": {"forget_nll": 1.7, "forget_rougeL": 0.3}}, unlearned, original)
+    assert checks["gguf-q4_0"]["nll_recovery"] == pytest.approx(recovery.recovery(0.2, 2.2, 1.7, "nll")) == 0.25
+    forgot_nothing = {"forget_nll": 0.201, "forget_rougeL": 0.9}
+    checks, warnings = forgetting_check({"gguf-q4_0": {"forget_nll": 0.215, "forget_rougeL": 0.9}},
+                                        forgot_nothing, original)
+    assert checks["gguf-q4_0"]["nll_recovery"] is None and not warnings
