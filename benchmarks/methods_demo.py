@@ -64,9 +64,19 @@ def one_method(name: str, root: Path) -> dict:
               "seconds_per_step": round(summary["wall_seconds"] / max(summary["steps"], 1), 2),
               "steps": summary["steps"], "stopped_early": summary.get("stopped_early"),
               "quick": {stage: quick[stage] for stage in ("before", "after")},
-              "gguf_recovery": {q: parity["forgetting"].get(f"gguf-{q}", {}).get("nll_recovery") for q in QUANTS}}
+              "gguf_recovery": gguf_recovery(parity)}
     write_json_atomic(cached, record)
     return record
+
+
+def gguf_recovery(parity: dict) -> dict:
+    """Forget-NLL recovery per 4-bit format from the bundle's parity report, by core.recovery's definition
+    (undefined where the run gained less than 0.05 nats to recover)."""
+    from core.recovery import recovery
+
+    original, unlearned = parity["original"]["forget_nll"], parity["pytorch"]["forget_nll"]
+    return {q: recovery(original, unlearned, parity["forgetting"][f"gguf-{q}"]["forget_nll"], "nll")
+            if f"gguf-{q}" in parity["forgetting"] else None for q in QUANTS}
 
 
 def step_seconds(name: str, root: Path, steps: int) -> float:
@@ -164,7 +174,11 @@ def main(argv=None) -> int:
             pending.append(name)
             continue
         print(f"[{(time.time() - started) / 60:.1f} min] {name}", flush=True)
-        records.append(one_method(name, root))
+        record = one_method(name, root)
+        parity = root / name / "bundle" / "parity.json"
+        if parity.is_file():   # results cached before core.recovery's definition was shared
+            record["gguf_recovery"] = gguf_recovery(json.loads(parity.read_text()))
+        records.append(record)
     for record in records if args.time_steps else ():   # after the long runs: time them on an idle machine
         print(f"[{(time.time() - started) / 60:.1f} min] timing {record['method']}", flush=True)
         record["seconds_per_step"] = step_seconds(record["method"], root, args.time_steps)
