@@ -117,6 +117,29 @@ def merged_reference(run: Path):
     return TorchRunner(model.merge_and_unload().eval())
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_unlearn(*args, env: dict | None = None, cwd=None, timeout: int = 300):
+    """`unlearn ARGS` in a fresh interpreter (`python -m core.cli`), output captured; `env` adds variables
+    to this process's environment."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def module_env(folder: Path, variable: str, module: str, source: str) -> dict:
+    """Write `source` as module `module` in `folder` and return the environment that makes `unlearn` import
+    it through `variable` (UNLEARN_METHOD_MODULES, UNLEARN_SUITE_MODULES)."""
+    import os
+
+    (folder / f"{module}.py").write_text(source)
+    return {variable: module, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
+
+
 def quiet(**kwargs) -> dict:
     """train() keyword arguments for tests: no progress bar, no log lines."""
     return dict(show_progress=False, log=lambda message: None, **kwargs)

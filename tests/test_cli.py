@@ -8,12 +8,8 @@ import sys
 import pytest
 import torch
 
+from conftest import run_unlearn as unlearn
 from core.runs import RunDir
-
-
-def unlearn(*args, timeout=300, env=None):
-    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def assert_clean_error(result, *fragments):

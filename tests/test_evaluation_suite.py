@@ -308,17 +308,12 @@ class Echo(Suite):
 
 
 def test_a_suite_in_a_module_of_its_own_appears_in_eval_and_suites(tmp_path, tiny_model_dir, qa_files):
-    import os
-    import subprocess
-    import sys
+    from conftest import module_env, run_unlearn
 
-    (tmp_path / "echo_suite.py").write_text(THROWAWAY_SUITE)
-    env = {**os.environ, "UNLEARN_SUITE_MODULES": "echo_suite",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
+    env = module_env(tmp_path, "UNLEARN_SUITE_MODULES", "echo_suite", THROWAWAY_SUITE)
 
     def unlearn(*args):
-        return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
-                              env=env, timeout=300)
+        return run_unlearn(*args, env=env)
     listed = unlearn("suites").stdout
     assert "echo    a suite that exists only for this test" in listed and "--loudness 3" in listed
     assert "--loudness VALUE" in unlearn("eval", "--help").stdout

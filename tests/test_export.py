@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import merged_reference, sentencepiece_model_dir, write_qa_files
+from conftest import merged_reference, run_unlearn, sentencepiece_model_dir, write_qa_files
 from core.config import UnlearnConfig
 from core.errors import UnlearnError
 from core.trainer import train
@@ -34,8 +34,7 @@ def quiet(message: str) -> None:
 
 
 def unlearn(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return run_unlearn(*args, timeout=timeout)
 
 
 # ---------------------------------------------------------------- fixtures: tiny model, runs, one bundle

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import StopAfter, build_tiny_model, quiet
+from conftest import StopAfter, build_tiny_model, module_env, quiet, run_unlearn
 from core import losses
 from core.config import UnlearnConfig
 from core.data import Example, encode_example, pad_batch
@@ -294,13 +291,10 @@ class Throwaway(UnlearningMethod):
 
 
 def test_a_method_in_a_module_of_its_own_appears_everywhere(tmp_path, monkeypatch, tiny_model_dir, qa_files):
-    (tmp_path / "throwaway_method.py").write_text(THROWAWAY)
-    env = {**os.environ, "UNLEARN_METHOD_MODULES": "throwaway_method",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
+    env = module_env(tmp_path, "UNLEARN_METHOD_MODULES", "throwaway_method", THROWAWAY)
 
     def unlearn(*args):
-        return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
-                              env=env, timeout=300)
+        return run_unlearn(*args, env=env)
     listed = unlearn("methods").stdout
     assert "throwaway" in listed and "--zeal 0.25  (in [0, 1]) how hard it ascends" in listed
     assert "--zeal X" in unlearn("train", "--help").stdout

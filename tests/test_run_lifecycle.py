@@ -8,15 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import StopAfter, quiet
+from conftest import StopAfter, quiet, run_unlearn
 from core.config import UnlearnConfig
 from core.runs import RunDir
 from core.trainer import train
 
 
 def unlearn(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    return run_unlearn(*args, cwd=cwd, timeout=timeout, env={"PYTHONPATH": str(Path.cwd())})
 
 
 def test_a_run_started_with_relative_paths_resumes_from_another_folder(tiny_model_dir, qa_files, tmp_path,
