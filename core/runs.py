@@ -46,8 +46,9 @@ def _umask() -> int:
     return mask
 
 
-FILE_MODE = 0o666 & ~_umask()   # what open() would give a new file; mkstemp's own is 0600
-DIR_MODE = 0o777 & ~_umask()
+_UMASK = _umask()
+FILE_MODE = 0o666 & ~_UMASK   # what open() would give a new file; mkstemp's own is 0600
+DIR_MODE = 0o777 & ~_UMASK    # what mkdir would give a new folder; mkdtemp's own is 0700
 
 
 def staging_dir(prefix: str, parent: Path) -> Path:
