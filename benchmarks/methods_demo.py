@@ -44,7 +44,11 @@ def one_method(name: str, root: Path) -> dict:
 
     cached = root / name / "result.json"
     if cached.is_file():
-        return json.loads(cached.read_text())
+        record = json.loads(cached.read_text())
+        parity = root / name / "bundle" / "parity.json"
+        if parity.is_file():   # results cached before core.recovery's definition was shared
+            record["gguf_recovery"] = gguf_recovery(json.loads(parity.read_text()))
+        return record
 
     run = root / name / "run"
     result = train(UnlearnConfig(model="demo", method=name, forget=str(DEMO / "forget.jsonl"),
@@ -174,11 +178,7 @@ def main(argv=None) -> int:
             pending.append(name)
             continue
         print(f"[{(time.time() - started) / 60:.1f} min] {name}", flush=True)
-        record = one_method(name, root)
-        parity = root / name / "bundle" / "parity.json"
-        if parity.is_file():   # results cached before core.recovery's definition was shared
-            record["gguf_recovery"] = gguf_recovery(json.loads(parity.read_text()))
-        records.append(record)
+        records.append(one_method(name, root))
     for record in records if args.time_steps else ():   # after the long runs: time them on an idle machine
         print(f"[{(time.time() - started) / 60:.1f} min] timing {record['method']}", flush=True)
         record["seconds_per_step"] = step_seconds(record["method"], root, args.time_steps)
