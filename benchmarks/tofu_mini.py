@@ -32,8 +32,10 @@ forget01/05/10 against retain99/95/90 (TOFU's pairing), TOFU's eval sizes (300 s
 
 Caching and resuming: every learned model, unlearning run and evaluation lives under --runs-dir
 (default runs/tofu_mini); a finished one is reused, an interrupted training run resumes from its last
-checkpoint, an interrupted evaluation is redone. Progress and elapsed time are printed as it goes; the
-total wall time is recorded in the results.
+checkpoint, an interrupted evaluation is redone. Once a run's epochs are evaluated, the weights of every
+checkpoint but the best epoch's are deleted (the final model stays; `--keep-checkpoints` keeps them all):
+a full run of the 135M model then takes 1 GB instead of 2.6. Progress and elapsed time are printed as it
+goes; the total wall time is recorded in the results.
 """
 from __future__ import annotations
 
@@ -173,8 +175,9 @@ def eval_records(plan: Plan) -> dict[str, list[dict]]:
 # ================================================================ stages (each cached)
 
 class Bench:
-    def __init__(self, root: Path, device: str):
+    def __init__(self, root: Path, device: str, keep_checkpoints: bool = False):
         self.root, self.device, self.started = root, device, time.time()
+        self.keep_checkpoints = keep_checkpoints
         self.counted = self.started   # wall time up to here is already in wall_seconds.json
 
     def say(self, message: str) -> None:
@@ -242,6 +245,7 @@ class Bench:
         summary_path = out / "summary.json"
         if summary_path.is_file():
             return json.loads(summary_path.read_text())
+        _require_weights(Path(model))
         self.say(f"evaluating {Path(model).relative_to(self.root) if Path(model).is_relative_to(self.root) else model}"
                  f" ({plan.eval_dtype})")
         started, cpu_started = time.time(), time.process_time()
@@ -266,6 +270,9 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
                  save_steps=50, warmup_ratio=0.1, model="bundled", dtype=plan.train_dtype)
     target = bench.train(_target_dir(plan, bench.root, learned), forget=files["target"], **learn)
     retain = bench.train(learned / "retain", forget=files["retain"], **learn)
+    if not bench.keep_checkpoints:   # a finished learn run's checkpoints only served resuming it
+        for run in (target, retain):
+            _drop_checkpoint_weights(run, keep_step=None)
     holdout = load_examples(files["holdout"], "holdout") if "holdout" in files else None
 
     target_model = open_model(str(target), bench.device, dtype=plan.eval_dtype)
@@ -290,6 +297,9 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
             points.append({"epoch": epoch, **_point(summary)})
         curves[method] = points
         _drop_optimizer_states(run)
+        if not bench.keep_checkpoints and len(points) > 1:
+            best_epoch = best_point(points, points[0]["mu"])["evaluation"]["epoch"]
+            _drop_checkpoint_weights(run, keep_step=best_epoch * steps_per_epoch)
         if blown_up:
             divergences[method] = blown_up
         bench.say(f"{LABELS[method]}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
@@ -325,6 +335,28 @@ def _drop_optimizer_states(run: Path) -> None:
         state.unlink()
 
 
+def _drop_checkpoint_weights(run: Path, keep_step: int | None) -> None:
+    """Once a run's epochs are evaluated, only the best one's weights (and the final model) are worth
+    the disk: a full fine-tuning checkpoint of the 135M model is 0.5 GB, and --forget50 makes 70 of them.
+    The checkpoint folders stay, so the cached evaluations still line up with their epochs."""
+    from core.checkpoint import OPTIMIZER, WEIGHTS
+
+    for checkpoint in (run / "checkpoints").glob("step-*"):
+        if keep_step is None or int(checkpoint.name.split("-")[1]) != keep_step:
+            for name in (WEIGHTS, OPTIMIZER):
+                (checkpoint / name).unlink(missing_ok=True)
+
+
+def _require_weights(model: Path) -> None:
+    """A checkpoint whose weights were dropped after its evaluation cannot be evaluated again."""
+    from core.checkpoint import STATE, WEIGHTS
+
+    if (model / STATE).is_file() and not (model / WEIGHTS).is_file():
+        raise SystemExit(f"{model}: its weights were dropped once it was evaluated, and its evaluation is gone "
+                         f"from the cache; delete {model.parent.parent} to retrain it, and pass "
+                         "--keep-checkpoints to keep every epoch's weights")
+
+
 def _steps_per_epoch(path: str, batch: int) -> int:
     rows = sum(1 for line in Path(path).read_text().splitlines() if line.strip())
     return max(1, -(-rows // batch))
@@ -357,14 +389,16 @@ def _point(summary: dict) -> dict:
 
 # ================================================================ report
 
-def best_points(result: dict) -> dict:
+def best_point(points: list[dict], target_mu: float) -> dict:
+    """The existing best-checkpoint rule over one method's epochs (epoch 0, the target, excluded)."""
     from core.evaluation.selection import select_best
 
-    best = {}
-    for method, points in result["curves"].items():
-        candidates = [dict(p, **{"Forget Quality": p["fq"], "Model Utility": p["mu"]}) for p in points[1:]]
-        best[method] = select_best(candidates, result["target"]["mu"])
-    return best
+    candidates = [dict(p, **{"Forget Quality": p["fq"], "Model Utility": p["mu"]}) for p in points[1:]]
+    return select_best(candidates, target_mu)
+
+
+def best_points(result: dict) -> dict:
+    return {method: best_point(points, result["target"]["mu"]) for method, points in result["curves"].items()}
 
 
 COLLAPSE = 0.5   # "collapse": Model Utility below half the target's, or mean forget fluency below 0.5
@@ -544,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="learning and unlearning (default float32, as the published results; its runs are "
                              "cached apart only by the run directory: use another --runs-dir for auto)")
     parser.add_argument("--runs-dir", default=None, help="cache of models and evaluations (default runs/tofu_mini)")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep every epoch's weights (by default only the best epoch's and the final model "
+                             "are kept once evaluated: 0.5 GB per full fine-tuning checkpoint)")
     parser.add_argument("--results", default=None,
                         help="where tofu_mini.{json,md,png} go (default docs/results, or RUNS/results with --quick)")
     args = parser.parse_args(argv)
@@ -565,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         plans = [quick_plan()] if args.quick else mini_plans()
     plans = [replace(plan, eval_dtype=eval_dtype, train_dtype=args.train_dtype) for plan in plans]
-    bench = Bench(root, device)
+    bench = Bench(root, device, args.keep_checkpoints)
     bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}")
     results = [run_plan(plan, bench) for plan in plans]
     wall = bench.count_wall()

@@ -1,0 +1,43 @@
+"""The benchmark scripts' own bookkeeping (their measurements live in docs/, not in tests)."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.tofu_mini import _drop_checkpoint_weights, _require_weights
+from core.checkpoint import OPTIMIZER, STATE, WEIGHTS
+
+
+def _run_with_checkpoints(root, steps):
+    for step in steps:
+        checkpoint = root / "checkpoints" / f"step-{step:06d}"
+        checkpoint.mkdir(parents=True)
+        for name in (WEIGHTS, OPTIMIZER, STATE):
+            (checkpoint / name).write_text("x")
+    (root / "model").mkdir()
+    (root / "model" / "model.safetensors").write_text("x")
+    return root
+
+
+def test_evaluated_run_keeps_only_the_best_epochs_weights_and_the_final_model(tmp_path):
+    run = _run_with_checkpoints(tmp_path / "run", (10, 20, 30))
+    _drop_checkpoint_weights(run, keep_step=20)
+    kept = sorted(p.relative_to(run).as_posix() for p in run.rglob("*.safetensors"))
+    assert kept == ["checkpoints/step-000020/optimizer.safetensors", "checkpoints/step-000020/trainable.safetensors",
+                    "model/model.safetensors"]
+    assert all((run / "checkpoints" / f"step-{s:06d}" / STATE).is_file() for s in (10, 20, 30))
+
+
+def test_finished_learn_run_drops_every_checkpoints_weights(tmp_path):
+    run = _run_with_checkpoints(tmp_path / "run", (50, 100))
+    _drop_checkpoint_weights(run, keep_step=None)
+    assert [p.name for p in run.rglob("*.safetensors")] == ["model.safetensors"]
+
+
+def test_a_dropped_checkpoint_cannot_be_evaluated_again_and_says_how_to_redo_it(tmp_path):
+    run = _run_with_checkpoints(tmp_path / "run", (10, 20))
+    _drop_checkpoint_weights(run, keep_step=20)
+    _require_weights(run / "checkpoints" / "step-000020")
+    _require_weights(run / "model")
+    with pytest.raises(SystemExit, match="--keep-checkpoints") as stopped:
+        _require_weights(run / "checkpoints" / "step-000010")
+    assert str(run) in str(stopped.value)
