@@ -41,15 +41,17 @@ def main(argv=None) -> int:
     parser.add_argument("--questions", type=int, default=10, help="forget and retain questions probed (default 10)")
     args = parser.parse_args(argv)
     settings = json.loads(args.settings)
-    out = Path(tempfile.mkdtemp(prefix="demo-defaults-")) / "run"
-    started = time.time()
-    base = {"model": "demo", "method": args.method, "forget": str(FORGET), "retain": str(RETAIN), "out": str(out),
-            "lora": True, "batch_size": 4, "logging_steps": 5}
-    result = train(UnlearnConfig.from_dict({**base, **settings}),   # hyper-parameters may stand at the top level
-                   show_progress=False, log=lambda message: None)
-    seconds = time.time() - started
-    prober = load_prober(out)
-    forget, retain = mean_recall(prober, FORGET, args.questions), mean_recall(prober, RETAIN, args.questions)
+    with tempfile.TemporaryDirectory(prefix="demo-defaults-") as tmp:   # a 0.5 GB run per call
+        out = Path(tmp) / "run"
+        started = time.time()
+        base = {"model": "demo", "method": args.method, "forget": str(FORGET), "retain": str(RETAIN),
+                "out": str(out), "lora": True, "batch_size": 4, "logging_steps": 5}
+        result = train(UnlearnConfig.from_dict({**base, **settings}),   # hyper-parameters may stand at the top level
+                       show_progress=False, log=lambda message: None)
+        seconds = time.time() - started
+        prober = load_prober(out)
+        forget, retain = mean_recall(prober, FORGET, args.questions), mean_recall(prober, RETAIN, args.questions)
+        del prober
     print(json.dumps({"method": args.method, "settings": settings, "train_seconds": round(seconds),
                       "nll_before": result.summary["before"], "nll_after": result.summary["after"],
                       "forget_rougeL": [round(v, 3) for v in forget], "retain_rougeL": [round(v, 3) for v in retain]}))

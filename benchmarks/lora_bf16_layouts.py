@@ -80,9 +80,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="lora-layouts-"))
-    forget, retain = write_data(root)
-    results = {layout: run(layout, args.steps, forget, retain, root / f"run{i}") for i, layout in enumerate(LAYOUTS)}
+    with tempfile.TemporaryDirectory(prefix="lora-layouts-") as tmp:
+        root = Path(tmp)
+        forget, retain = write_data(root)
+        results = {layout: run(layout, args.steps, forget, retain, root / f"run{i}")
+                   for i, layout in enumerate(LAYOUTS)}
     reference = results["fp32"]["forget_nll"]
     print(f"{'layout':<28} {'s/step':>7} {'last forget NLL':>16} {'largest gap to fp32':>20}")
     for layout, result in results.items():

@@ -80,12 +80,17 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
 
+    with tempfile.TemporaryDirectory(prefix="studio-bench-") as runs_dir:   # the stopped run goes with it
+        measure(args, runs_dir)
+
+
+def measure(args: argparse.Namespace, runs_dir: str) -> None:
     from gradio_client import Client
 
     from studio.app import build_app, create_studio
 
-    studio = create_studio(tempfile.mkdtemp(prefix="studio-bench-"), shared=False,
-                           local_models=[args.model_dir] if args.model_dir else [], device="cpu")
+    studio = create_studio(runs_dir, shared=False, local_models=[args.model_dir] if args.model_dir else [],
+                           device="cpu")
     app = build_app(studio)
     app.queue()
     _, url, _ = app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)

@@ -38,13 +38,14 @@ def child(lora: bool, dtype: str, seed: int, steps: int, out: str) -> None:
 
 
 def run(lora: bool, dtype: str, seed: int, steps: int) -> dict:
-    out = Path(tempfile.mkdtemp(prefix="train-precision-")) / "run"
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.train_precision import child; "
-            f"child({lora}, {dtype!r}, {seed}, {steps}, {str(out)!r})")
-    subprocess.run([sys.executable, "-c", code], check=True)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((out / "summary.json").read_text())
-    config = json.loads((out / "config.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="train-precision-") as tmp:   # the run's 0.5 GB model goes with it
+        out = Path(tmp) / "run"
+        code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.train_precision import child; "
+                f"child({lora}, {dtype!r}, {seed}, {steps}, {str(out)!r})")
+        subprocess.run([sys.executable, "-c", code], check=True)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        summary = json.loads((out / "summary.json").read_text())
+        config = json.loads((out / "config.json").read_text())
     walls = [row["wall_time"] for row in rows]
     return {"dtype": config["dtype"], "seconds_per_step": statistics.median(b - a for a, b in zip(walls, walls[1:])),
             "mfu": summary.get("mfu"), "tokens_per_second": summary.get("tokens_per_second"),
