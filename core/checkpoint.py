@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import require
-from .runs import staging_dir
+from .runs import staging_dir, usual_permissions
 
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
@@ -58,7 +58,7 @@ def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, ext
         (staging / STATE).write_text(json.dumps(state, indent=2, default=str))
         if final.exists():
             shutil.rmtree(final)
-        os.replace(staging, final)
+        os.replace(usual_permissions(staging), final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for old in sorted(directory.glob("step-*"))[:-keep]:

@@ -19,7 +19,7 @@ import torch
 
 from .config import DTYPES
 from .errors import UnlearnError, require
-from .runs import staging_dir
+from .runs import staging_dir, usual_permissions
 
 BUNDLED = "bundled"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -102,7 +102,7 @@ def save_model_atomic(model, tokenizer, target: Path) -> None:
         tokenizer.save_pretrained(staging)
         if target.exists():
             shutil.rmtree(target)
-        os.replace(staging, target)
+        os.replace(usual_permissions(staging), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

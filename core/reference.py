@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import UnlearnError
-
+from .runs import usual_permissions
 from .scoring import score_nll
 
 
@@ -35,6 +35,7 @@ def cache_reference_nll(model, views: dict, pad_id: int, run_dir, config, accele
                   for view, items in views.items()}
     if accelerator.is_main_process:
         save_file({k: v.contiguous() for k, v in cached.items()}, str(run_dir.reference_path))
+        usual_permissions(run_dir.reference_path)
     accelerator.wait_for_everyone()
     return cached
 

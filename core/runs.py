@@ -59,6 +59,16 @@ def staging_dir(prefix: str, parent: Path) -> Path:
     return staging
 
 
+def usual_permissions(path: Path) -> Path:
+    """Give `path` (a file, or a folder and all it holds) the permissions the umask gives a new file or
+    folder. safetensors 0.8 writes its files 0600 (safetensors/safetensors#782): a model saved here would
+    be unreadable to a teammate on a shared disk or to a server running as another user."""
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not item.is_symlink():
+            os.chmod(item, DIR_MODE if item.is_dir() else FILE_MODE)
+    return path
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename it into place: readers see the old file or the
     new one, never half of one. The file gets the usual permissions, not the temporary file's 0600."""

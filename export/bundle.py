@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.errors import UnlearnError, require
-from core.runs import read_json, staging_dir, write_json_atomic
+from core.runs import read_json, staging_dir, usual_permissions, write_json_atomic
 
 from . import card, gguf, hf, onnx, parity
 from .merge import load_original, load_run_tokenizer, load_unlearned
@@ -110,6 +110,7 @@ def _alive(pid: int) -> bool:
 
 
 def _swap_in(staging: Path, target: Path) -> None:
+    usual_permissions(staging)
     if target.exists():  # an old bundle (checked above): move it aside, then drop it once the new one is in
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.replace(target, old / "bundle")

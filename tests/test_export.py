@@ -5,6 +5,7 @@ against the merged model; atomic bundles; clear errors for bad input; chat over 
 The tiny model here is 64 wide with 32-wide heads (conftest's 32-wide model has 8-wide heads, which
 onnxruntime's GroupQueryAttention refuses: that case is tested as an error)."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -87,6 +88,17 @@ def chat_prompts(tokenizer) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------- the bundle
+
+def test_every_file_of_the_bundle_is_readable_by_others_as_the_umask_allows(lora_bundle):
+    """safetensors 0.8 writes 0600 and the bundle is staged in a 0700 folder: a web server or a teammate
+    serving the bundle could not read the merged model."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {p.relative_to(lora_bundle).as_posix(): p.stat().st_mode & 0o777 for p in lora_bundle.rglob("*")}
+    assert any(name.endswith(".safetensors") for name in modes)
+    unreadable = {name: oct(mode) for name, mode in modes.items() if mode & 0o444 != 0o444 & ~mask}
+    assert not unreadable
+
 
 def test_bundle_has_every_artifact_with_true_sizes_and_hashes(lora_bundle):
     import hashlib

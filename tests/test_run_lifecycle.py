@@ -127,13 +127,19 @@ def test_atomically_written_files_get_the_usual_permissions_not_the_temporary_fi
     assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
-def test_checkpoints_get_the_usual_folder_permissions(tiny_config, tmp_path):
-    """Checkpoints are staged in a mkdtemp folder (0700) and renamed into place."""
+def test_a_runs_folders_and_weights_get_the_usual_permissions(tiny_config, tmp_path):
+    """Checkpoints and the model are staged in a mkdtemp folder (0700) and renamed into place, and
+    safetensors 0.8 writes its files 0600: the weights were readable by their owner only."""
     from dataclasses import replace
 
     mask = os.umask(0o022)
     os.umask(mask)
     config = replace(tiny_config, out=str(tmp_path / "run"), max_steps=2, save_steps=1)
     train(config, **quiet())
-    checkpoints = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    run = tmp_path / "run"
+    checkpoints = sorted((run / "checkpoints").iterdir())
     assert checkpoints and all(c.stat().st_mode & 0o777 == 0o777 & ~mask for c in checkpoints)
+    weights = sorted(run.rglob("*.safetensors"))
+    assert {w.parent.name for w in weights} >= {"model", checkpoints[-1].name}
+    assert {w.relative_to(run).as_posix(): oct(w.stat().st_mode & 0o777) for w in weights} == {
+        w.relative_to(run).as_posix(): oct(0o666 & ~mask) for w in weights}
