@@ -4,7 +4,6 @@ step; it is written into a hidden directory and renamed into place, so it is eit
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import require
-from .runs import staging_dir, usual_permissions
+from .runs import replace_with_staged, staging_dir
 
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
@@ -56,9 +55,7 @@ def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, ext
         save_file(tensors, str(staging / OPTIMIZER))
         state = {"step": step, "optimizer": meta, "scheduler": scheduler.state_dict(), **extra}
         (staging / STATE).write_text(json.dumps(state, indent=2, default=str))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(usual_permissions(staging), final)
+        replace_with_staged(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for old in sorted(directory.glob("step-*"))[:-keep]:

@@ -19,7 +19,7 @@ import torch
 
 from .config import DTYPES
 from .errors import UnlearnError, require
-from .runs import staging_dir, usual_permissions
+from .runs import replace_with_staged, staging_dir
 
 BUNDLED = "bundled"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -100,9 +100,7 @@ def save_model_atomic(model, tokenizer, target: Path) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(usual_permissions(staging), target)
+        replace_with_staged(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -69,6 +69,15 @@ def usual_permissions(path: Path) -> Path:
     return path
 
 
+def replace_with_staged(staging: Path, target: Path) -> None:
+    """Put a complete staged folder in `target`'s place (an old one is removed first), with the usual
+    permissions."""
+    usual_permissions(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename it into place: readers see the old file or the
     new one, never half of one. The file gets the usual permissions, not the temporary file's 0600."""
