@@ -272,7 +272,7 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
     retain = bench.train(learned / "retain", forget=files["retain"], **learn)
     if not bench.keep_checkpoints:   # a finished learn run's checkpoints only served resuming it
         for run in (target, retain):
-            _drop_checkpoint_weights(run, keep_step=None)
+            _prune_checkpoints(run, keep_weights=lambda step: False)
     holdout = load_examples(files["holdout"], "holdout") if "holdout" in files else None
 
     target_model = open_model(str(target), bench.device, dtype=plan.eval_dtype)
@@ -296,10 +296,7 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
                                      retain_eval, holdout)
             points.append({"epoch": epoch, **_point(summary)})
         curves[method] = points
-        _drop_optimizer_states(run)
-        if not bench.keep_checkpoints and len(points) > 1:
-            best_epoch = best_point(points, points[0]["mu"])["evaluation"]["epoch"]
-            _drop_checkpoint_weights(run, keep_step=best_epoch * steps_per_epoch)
+        _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch, bench.keep_checkpoints))
         if blown_up:
             divergences[method] = blown_up
         bench.say(f"{LABELS[method]}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
@@ -326,25 +323,25 @@ def diverged(run: Path) -> str | None:
     return error if status.get("state") == RunState.FAILED and "non-finite" in error else None
 
 
-def _drop_optimizer_states(run: Path) -> None:
-    """Once every epoch is evaluated, a checkpoint's AdamW moments (twice the weights) are dead weight:
-    without them a full fine-tuning run of the 135M model takes 2.2 GB instead of 6.6 GB."""
-    from core.checkpoint import OPTIMIZER
-
-    for state in (run / "checkpoints").glob(f"step-*/{OPTIMIZER}"):
-        state.unlink()
-
-
-def _drop_checkpoint_weights(run: Path, keep_step: int | None) -> None:
-    """Once a run's epochs are evaluated, only the best one's weights (and the final model) are worth
-    the disk: a full fine-tuning checkpoint of the 135M model is 0.5 GB, and --forget50 makes 70 of them.
-    The checkpoint folders stay, so the cached evaluations still line up with their epochs."""
+def _prune_checkpoints(run: Path, keep_weights) -> None:
+    """Once a run's epochs are evaluated, its checkpoints' AdamW moments (twice the weights) are dead weight,
+    and only the weights `keep_weights(step)` asks for are worth the disk: a full fine-tuning checkpoint of
+    the 135M model is 0.5 GB, and --forget50 makes 70 of them. The checkpoint folders stay, so the cached
+    evaluations still line up with their epochs."""
     from core.checkpoint import OPTIMIZER, WEIGHTS
 
     for checkpoint in (run / "checkpoints").glob("step-*"):
-        if keep_step is None or int(checkpoint.name.split("-")[1]) != keep_step:
-            for name in (WEIGHTS, OPTIMIZER):
-                (checkpoint / name).unlink(missing_ok=True)
+        (checkpoint / OPTIMIZER).unlink(missing_ok=True)
+        if not keep_weights(int(checkpoint.name.split("-")[1])):
+            (checkpoint / WEIGHTS).unlink(missing_ok=True)
+
+
+def _weights_worth_keeping(points: list[dict], steps_per_epoch: int, keep_all: bool):
+    """Every epoch's weights with --keep-checkpoints (or when no epoch was evaluated), else the best one's."""
+    if keep_all or len(points) == 1:
+        return lambda step: True
+    best_step = best_point(points, points[0]["mu"])["evaluation"]["epoch"] * steps_per_epoch
+    return lambda step: step == best_step
 
 
 def _require_weights(model: Path) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.tofu_mini import _drop_checkpoint_weights, _require_weights
+from benchmarks.tofu_mini import _prune_checkpoints, _require_weights, _weights_worth_keeping
 from core.checkpoint import OPTIMIZER, STATE, WEIGHTS
 
 
@@ -20,24 +20,34 @@ def _run_with_checkpoints(root, steps):
 
 def test_evaluated_run_keeps_only_the_best_epochs_weights_and_the_final_model(tmp_path):
     run = _run_with_checkpoints(tmp_path / "run", (10, 20, 30))
-    _drop_checkpoint_weights(run, keep_step=20)
+    points = [{"epoch": e, "mu": mu, "fq": fq} for e, mu, fq in ((0, 1.0, 1e-9), (1, 0.95, 0.1), (2, 0.95, 0.9),
+                                                                  (3, 0.5, 0.99))]
+    _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch=10, keep_all=False))
     kept = sorted(p.relative_to(run).as_posix() for p in run.rglob("*.safetensors"))
-    assert kept == ["checkpoints/step-000020/optimizer.safetensors", "checkpoints/step-000020/trainable.safetensors",
-                    "model/model.safetensors"]
+    assert kept == ["checkpoints/step-000020/trainable.safetensors", "model/model.safetensors"]
     assert all((run / "checkpoints" / f"step-{s:06d}" / STATE).is_file() for s in (10, 20, 30))
 
 
 def test_finished_learn_run_drops_every_checkpoints_weights(tmp_path):
     run = _run_with_checkpoints(tmp_path / "run", (50, 100))
-    _drop_checkpoint_weights(run, keep_step=None)
+    _prune_checkpoints(run, keep_weights=lambda step: False)
     assert [p.name for p in run.rglob("*.safetensors")] == ["model.safetensors"]
 
 
 def test_a_dropped_checkpoint_cannot_be_evaluated_again_and_says_how_to_redo_it(tmp_path):
     run = _run_with_checkpoints(tmp_path / "run", (10, 20))
-    _drop_checkpoint_weights(run, keep_step=20)
+    _prune_checkpoints(run, keep_weights=lambda step: step == 20)
     _require_weights(run / "checkpoints" / "step-000020")
     _require_weights(run / "model")
     with pytest.raises(SystemExit, match="--keep-checkpoints") as stopped:
         _require_weights(run / "checkpoints" / "step-000010")
     assert str(run) in str(stopped.value)
+
+
+def test_keep_checkpoints_keeps_every_epochs_weights_but_not_the_optimizer_states(tmp_path):
+    run = _run_with_checkpoints(tmp_path / "run", (10, 20))
+    points = [{"epoch": 0, "mu": 1.0, "fq": 0.1}, {"epoch": 1, "mu": 1.0, "fq": 0.5}, {"epoch": 2, "mu": 1.0, "fq": 0.2}]
+    _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch=10, keep_all=True))
+    kept = sorted(p.relative_to(run).as_posix() for p in run.rglob("*.safetensors"))
+    assert kept == ["checkpoints/step-000010/trainable.safetensors", "checkpoints/step-000020/trainable.safetensors",
+                    "model/model.safetensors"]
