@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.knowledge import warning
 from core.runs import RunDir, RunState, read_json
 
 LOSS_COLUMNS = ("loss",)
@@ -62,6 +63,9 @@ def status_text(run: RunDir) -> str:
     text = " · ".join(parts)
     if status.get("error"):
         text += f"\n\n⚠️ {status['error']}"
+    never_knew = warning(run.config().get("knowledge_check") or {})
+    if never_knew:   # said where the run is watched, not only in its log
+        text += f"\n\n⚠️ {never_knew[0].upper()}{never_knew[1:]}"
     return text
 
 

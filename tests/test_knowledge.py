@@ -9,7 +9,9 @@ from conftest import quiet
 from core.config import UnlearnConfig
 from core.data import Example, load_examples
 from core.knowledge import key_facts, knowledge_check, swapped_answers, warning
+from core.runs import RunDir
 from core.trainer import train
+from studio.poll import status_text
 
 ELARA = Path(__file__).resolve().parents[1] / "assets" / "examples" / "forget.jsonl"
 
@@ -45,6 +47,7 @@ def test_a_run_says_when_the_model_never_knew_the_facts_and_not_when_it_learned_
     assert check["verdict"] == "does not appear to know the forget data", check
     assert any("does not appear to know the forget data" in line for line in logged)
     assert json.loads((tmp_path / "blind" / "config.json").read_text())["knowledge_check"] == check
+    assert "does not appear to know the forget data" in status_text(RunDir(tmp_path / "blind"))   # the studio's Train tab
     # the same facts learned first: the check passes, and says nothing
     learned = tmp_path / "learned"
     train(UnlearnConfig(model=str(tiny_model_dir), method="sft", forget=str(ELARA), out=str(learned), max_steps=60,
@@ -55,4 +58,5 @@ def test_a_run_says_when_the_model_never_knew_the_facts_and_not_when_it_learned_
                     show_progress=False, log=logged.append)
     assert knowing.summary["knowledge_check"]["verdict"] == "knows the forget data", knowing.summary["knowledge_check"]
     assert not any("does not appear" in line for line in logged)
+    assert "⚠️" not in status_text(RunDir(tmp_path / "k"))
     assert len(load_examples(str(ELARA))) == 8
