@@ -178,13 +178,20 @@ def test_starting_without_data_says_what_to_do(studio_server):
         start(new_client(url))
 
 
-def test_evaluate_and_export_tabs_on_a_finished_run(studio_server):
+def client_with_finished_run(studio_server, name):
+    """A page (API client) whose open run, on the example private data, has finished two LoRA steps."""
     studio, url = studio_server
     client = new_client(url)
     client.predict(api_name="/example_private")
-    start(client, run_name="to-export", max_steps=2, lora=True, lr=1e-2)
-    run = run_named(studio, "to-export")
+    start(client, run_name=name, max_steps=2, lora=True, lr=1e-2)
+    run = run_named(studio, name)
     assert wait_for(lambda: run.status().get("state") == "finished", timeout=300)
+    return client, run
+
+
+def test_evaluate_and_export_tabs_on_a_finished_run(studio_server):
+    studio, _ = studio_server
+    client, run = client_with_finished_run(studio_server, "to-export")
 
     table, chart = client.predict("quick", 4, 8, api_name="/evaluate")
     assert table["headers"] == ["figure", "original", "unlearned"]
@@ -226,12 +233,8 @@ def test_zero_gpu_handlers_load_their_models_where_the_call_runs(monkeypatch, tm
 
 
 def test_audit_tab_runs_in_the_background_and_shows_the_verdict(studio_server):
-    studio, url = studio_server
-    client = new_client(url)
-    client.predict(api_name="/example_private")
-    start(client, run_name="to-audit", max_steps=2, lora=True, lr=1e-2)
-    run = run_named(studio, "to-audit")
-    assert wait_for(lambda: run.status().get("state") == "finished", timeout=300)
+    studio, _ = studio_server
+    client, run = client_with_finished_run(studio_server, "to-audit")
     assert "audit started" in client.predict(["rephrase"], 2, api_name="/audit")
 
     def finished():
