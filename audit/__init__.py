@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from core.errors import require
-from core.runs import RunDir, RunState, write_json_atomic, write_text_atomic
+from core.runs import RunDir, RunState, read_json, write_json_atomic, write_text_atomic
 
 from . import recovery
 from .attacks import AuditContext, get_attack
@@ -24,7 +24,10 @@ AUDIT_JSON, AUDIT_MD = "audit.json", "audit.md"
 
 def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None, max_samples: int = 40,
               max_new_tokens: int = 48, batch_size: int = 8, device: str = "cpu", log=print,
-              dtype: str = "auto") -> dict:
+              dtype: str = "auto", update: bool = False) -> dict:
+    """Attack the run in `run_dir` and write OUT/audit.json and audit.md. `update`: redo only `attacks` and
+    keep the other attacks' results of the audit already in OUT (after one attack's definition changed, or
+    to add one), which must have measured the same samples."""
     from core.data import load_examples
     from core.evaluation.evaluator import Settings
 
@@ -40,6 +43,7 @@ def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None
     forget = load_examples(config["forget"], "forget")[:max_samples]
     retain = load_examples(config["retain"], "retain")[:max_samples] if config.get("retain") else None
     out = Path(out)
+    earlier = _earlier_report(out, len(forget), len(retain or []), device, dtype) if update else None
     out.mkdir(parents=True, exist_ok=True)
     status = RunDir(out)   # audit/status.json: the studio follows (and outlives) the audit through it
     status.write_status(RunState.RUNNING, pid=os.getpid(), message="checking the attacks")
@@ -50,6 +54,8 @@ def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None
         for attack in chosen:        # every refusal before any model is loaded
             attack.check(context)
         report = _attack_all(context, chosen, status, started)
+        if earlier:
+            report = _merged(earlier, report)
     except KeyboardInterrupt:
         status.write_status(RunState.STOPPED, pid=os.getpid(), message="stopped; no report was written")
         raise
@@ -116,9 +122,46 @@ def _attack_all(context: AuditContext, chosen: list, status: RunDir, started: fl
               "wall_seconds": round(time.time() - started, 1)}
 
 
+def _earlier_report(out: Path, forget: int, retain: int, device: str, dtype: str) -> dict:
+    """The audit `--update` adds to, refused unless it measured what this one will."""
+    from core.models import dtype_name, inference_dtype, pick_device
+
+    earlier = read_json(out / AUDIT_JSON)
+    require(earlier is not None, f"there is no audit in {out} to update", "leave out --update to make one")
+    scored_in = dtype_name(inference_dtype(dtype, pick_device(device)))
+    require(earlier.get("dtype", "float32") == scored_in,
+            f"the audit in {out} scored its models in {earlier.get('dtype', 'float32')}, this one would in {scored_in}",
+            f"pass --dtype {earlier.get('dtype', 'float32')}, or leave out --update to redo the whole audit")
+    measured = earlier.get("samples", {})
+    require(measured == {"forget": forget, "retain": retain},
+            f"the audit in {out} measured {measured.get('forget')} forget and {measured.get('retain')} retain "
+            f"examples, this one would measure {forget} and {retain}",
+            f"pass the --max-samples it was made with, or leave out --update to redo the whole audit")
+    return earlier
+
+
+def _attack_of(result: dict) -> str:
+    return result["name"].split(":")[0]   # "quantize: gguf-q4_0" comes from the quantize attack
+
+
+def _merged(earlier: dict, report: dict) -> dict:
+    """The earlier audit with the redone attacks' results in place of its own, in its order of attacks."""
+    redone = set(report["attacks"])
+    attacks = list(dict.fromkeys(earlier["attacks"] + report["attacks"]))
+    by_attack = {a: [r for r in earlier["results"] if _attack_of(r) == a] for a in attacks if a not in redone}
+    by_attack.update({a: [r for r in report["results"] if _attack_of(r) == a] for a in redone})
+    results = [r for a in attacks for r in by_attack[a]]
+    updated = earlier.get("updated", []) + [{"attacks": report["attacks"], "at": time.strftime("%Y-%m-%d %H:%M"),
+                                              "wall_seconds": report["wall_seconds"]}]
+    return {**report, "attacks": attacks, "results": results, "updated": updated,
+            "overall": recovery.overall({r["name"]: r["verdict"] for r in results}),
+            "wall_seconds": round(earlier["wall_seconds"] + report["wall_seconds"], 1)}
+
+
 def judged(result: dict) -> dict:
     forget = result["forget"]
-    values = recovery.recoveries(forget["original"], forget["unlearned"], forget["attacked"])
+    values = recovery.recoveries(forget["original"], forget["unlearned"], forget["attacked"],
+                                 forget.get("attacked_original"))
     verdict, worst = recovery.verdict(values)
     judgement = {"recovery": values, "verdict": verdict, "worst_recovery": worst}
     if "retain" in result:
@@ -143,7 +186,8 @@ def markdown(report: dict) -> str:
     return "\n".join([f"# Audit of {report['run']} ({report['method']})", "",
                       f"Overall: **{report['overall']}** (each attack's largest recovery over its figures: below "
                       f"{recovery.ROBUST} robust, above {recovery.SHALLOW} shallow). Recovery = (attacked − "
-                      "unlearned) / (original − unlearned); '-' where unlearning changed the figure too little "
+                      "unlearned) / (original − unlearned); rephrasing sets each prompt against the original model "
+                      "asked the same way (docs/audit.md); '-' where unlearning changed the figure too little "
                       "to measure a recovery.", "", table(header, rows), "",
                       f"Models scored in {report.get('dtype', 'float32')}. Wall time {report['wall_seconds']} s.",
                       ""])

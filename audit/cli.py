@@ -20,6 +20,8 @@ def add_commands(commands) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="weights of the scored models (auto: bf16 where the CPU/GPU runs it fast)")
+    p.add_argument("--update", action="store_true",
+                   help="redo only --attacks and keep the other attacks' results of the audit already in --out")
     p.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's CPU priority by N")
     p.set_defaults(handler=run)
 
@@ -45,6 +47,7 @@ def run(args) -> int:
     report = run_audit(args.run, args.out, args.attacks.split(","),
                        {"relearn_steps": args.relearn_steps, "relearn_fraction": args.relearn_fraction,
                         "benign_steps": args.benign_steps, "relearn_lr": args.relearn_lr},
-                       args.max_samples, args.max_new_tokens, args.batch_size, args.device, dtype=args.dtype)
+                       args.max_samples, args.max_new_tokens, args.batch_size, args.device, dtype=args.dtype,
+                       update=args.update)
     print(markdown(report))
     return 0

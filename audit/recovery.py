@@ -12,10 +12,12 @@ ROBUST = 0.25
 SHALLOW = 0.5
 
 
-def recoveries(original: dict, unlearned: dict, attacked: dict) -> dict:
-    """{figure: recovery or None} for the figures all three measured."""
-    return {f: recovery(original[f], unlearned[f], attacked[f], f) for f in FIGURES
-            if f in original and f in unlearned and f in attacked}
+def recoveries(original: dict, unlearned: dict, attacked: dict, attacked_original: dict | None = None) -> dict:
+    """{figure: recovery or None} for the figures all three (four, with the original under the attack's
+    prompts) measured."""
+    return {f: recovery(original[f], unlearned[f], attacked[f], f, (attacked_original or {}).get(f))
+            for f in FIGURES if f in original and f in unlearned and f in attacked
+            and (attacked_original is None or f in attacked_original)}
 
 
 def verdict(values: dict) -> tuple[str, float | None]:

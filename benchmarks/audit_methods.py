@@ -3,6 +3,7 @@ target: which unlearning survives?
 
     python benchmarks/audit_methods.py                       # the forget-50 % protocol's 10 % runs
     python benchmarks/audit_methods.py --methods npo_rt,sure --max-samples 20
+    python benchmarks/audit_methods.py --redo rephrase      # one attack made again in every cached audit
 
 Reads the runs `benchmarks/tofu_mini.py --forget50` trains (plan forget50-10pct: one target that learned
 20 TOFU authors, each method unlearning authors 198-199 with the same budget) and audits each finished one
@@ -28,12 +29,16 @@ from benchmarks.tofu_mini import FORGET50_METHODS, LABELS  # noqa: E402
 RUNS = REPO / "runs" / "tofu_forget50" / "forget50-10pct"
 
 
-def audited(run: Path, max_samples: int) -> dict | None:
-    """The run's audit report (made if missing), or None when the run has not finished training."""
+def audited(run: Path, max_samples: int, redo: list[str]) -> dict | None:
+    """The run's audit report (made if missing; its `redo` attacks made again), or None when the run has not
+    finished training."""
     from audit import AUDIT_JSON, run_audit
     from core.runs import RunDir, RunState
 
     report = run / "audit" / AUDIT_JSON
+    if report.is_file() and redo:
+        return run_audit(run, run / "audit", redo, max_samples=max_samples, update=True,
+                         log=lambda message: print(f"    {message}"))
     if report.is_file():
         return json.loads(report.read_text())
     if not RunDir(run).holds_run() or RunDir(run).status().get("state") != RunState.FINISHED:
@@ -110,13 +115,15 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default=str(RUNS), help="the plan folder holding unlearn-METHOD runs")
     parser.add_argument("--methods", default=",".join(FORGET50_METHODS))
     parser.add_argument("--max-samples", type=int, default=20)
+    parser.add_argument("--redo", default="", help="attacks to redo in the cached audits (`unlearn audit --update`)")
     parser.add_argument("--results", default=str(REPO / "docs" / "results"))
     args = parser.parse_args(argv)
     runs, results = Path(args.runs).resolve(), Path(args.results)
     reports = {}
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         print(f"[{time.strftime('%H:%M:%S')}] {method}", flush=True)
-        reports[method] = audited(runs / f"unlearn-{method}", args.max_samples)
+        reports[method] = audited(runs / f"unlearn-{method}", args.max_samples,
+                                  [a.strip() for a in args.redo.split(",") if a.strip()])
     write_json_atomic(results / "audit_methods.json", reports)
     write_text_atomic(results / "audit_methods.md", markdown(reports, runs, args.max_samples))
     plot(reports, results / "audit_methods.png")

@@ -25,6 +25,17 @@ def test_recovery_fraction_and_verdicts_by_hand():
     assert recovery.recovery(0.8, 0.2, 0.2, "rougeL") == 0.0           # still forgotten
     assert recovery.recovery(0.8, 0.2, 0.9, "rougeL") == pytest.approx(7 / 6)   # more than before
     assert recovery.recovery(2.0, 2.01, 3.0, "nll") is None           # nothing was forgotten: undefined
+    # rephrasing: each prompt against the original asked the same way. NLL gap 2.0 asked the usual way, 1.0
+    # asked so: half the effect gone. ROUGE-L 0.9 -> 0.45 usually (a 50 % drop), 0.4 -> 0.3 asked so (25 %).
+    assert recovery.recovery(0.2, 2.2, 1.5, "nll", attacked_original=0.5) == pytest.approx(0.5)
+    assert recovery.recovery(0.9, 0.45, 0.3, "rougeL", attacked_original=0.4) == pytest.approx(0.5)
+    assert recovery.recovery(0.2, 2.2, 3.2, "nll", attacked_original=1.2) == pytest.approx(0.0)   # prompt cost only
+    assert recovery.recovery(0.8, 0.2, 0.5, "rougeL", attacked_original=0.8) == pytest.approx(0.5)   # = the plain formula
+    assert recovery.recovery(0.9, 0.45, 0.0, "rougeL", attacked_original=0.005) is None   # the original shows nothing
+    # the forget-50 % NPO+RT audit's plain prompt: ROUGE-L 0.792 -> 0.421 asked the usual way, 0.326 -> 0.183
+    # asked plainly. Against the unlearned model asked the usual way it read as a recovery of 2.5 (shallow);
+    # asked alike the drops are 46.9 % and 44.0 %
+    assert recovery.recovery(0.792, 0.421, 0.183, "rougeL", attacked_original=0.326) == pytest.approx(0.064, abs=1e-3)
     assert recovery.verdict({"nll": 0.1, "rougeL": 0.2}) == ("robust", 0.2)
     assert recovery.verdict({"nll": 0.3, "rougeL": None}) == ("partial", 0.3)
     assert recovery.verdict({"nll": 0.9}) == ("shallow", 0.9)
@@ -71,6 +82,9 @@ def test_every_attack_on_a_lora_run(lora_run, tmp_path):
     for result in report["results"]:
         if result["name"].startswith("quantize") and result["nll_recovery_in_parity"] is not None:
             assert result["recovery"]["nll"] == pytest.approx(result["nll_recovery_in_parity"], abs=1e-3)
+    by_name = {r["name"]: r for r in report["results"]}
+    plain = by_name["rephrase: plain"]["forget"]   # the usual prompt's figures, and the original asked so beside
+    assert plain["original"] == by_name["benign"]["forget"]["original"] != plain["attacked_original"]
     assert report["overall"] in ("robust", "partial", "shallow")
     saved = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert saved["results"] == json.loads(json.dumps(report["results"]))
@@ -138,3 +152,17 @@ def test_the_export_forgetting_check_uses_the_audits_recovery():
     checks, warnings = forgetting_check({"gguf-q4_0": {"forget_nll": 0.215, "forget_rougeL": 0.9}},
                                         forgot_nothing, original)
     assert checks["gguf-q4_0"]["nll_recovery"] is None and not warnings
+
+
+def test_update_redoes_only_the_named_attacks_and_keeps_the_rest(lora_run, tmp_path, capsys):
+    out = tmp_path / "audit"
+    first = run_audit(lora_run.out, out, ["benign", "rephrase"], log=lambda m: None, **FAST)
+    updated = run_audit(lora_run.out, out, ["rephrase"], log=lambda m: None, update=True, **FAST)
+    assert [r["name"] for r in updated["results"]] == [r["name"] for r in first["results"]]
+    assert updated["results"][0] == json.loads(json.dumps(first["results"][0]))   # benign kept as it was
+    assert updated["attacks"] == ["benign", "rephrase"] and updated["updated"][0]["attacks"] == ["rephrase"]
+    assert json.loads((out / "audit.json").read_text())["updated"] == updated["updated"]
+    with pytest.raises(UnlearnError, match="measured 8 forget"):
+        run_audit(lora_run.out, out, ["rephrase"], log=lambda m: None, update=True, **{**FAST, "max_samples": 4})
+    assert main(["audit", lora_run.out, "--out", str(tmp_path / "none"), "--update"]) == 2
+    assert "there is no audit in" in capsys.readouterr().err

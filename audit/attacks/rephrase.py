@@ -4,9 +4,11 @@
 - plain: "Question: ...\\nAnswer:" as raw text, without the chat template the model was unlearned under.
 - few-shot: the same plain prompt after three retain question/answer pairs as in-context examples.
 
-Each variant's "original" is the original model asked the same way (what it knew when asked so), its
-"unlearned" the unlearned model asked the usual way: recovery 1 means that asking differently gives back
-all the unlearning took away. The retain figures are the retain set asked the same way."""
+"original" and "unlearned" are both models asked the usual way, "attacked" the unlearned model asked
+differently and "attacked_original" the original model asked the same way: the prompt alone moves every
+model's figures, so the recovery compares the unlearning's effect under each prompt (core/recovery.py).
+Recovery 1 means that asked so, the unlearned model is as close to the original as if nothing had been
+unlearned. The retain figures are the retain set asked the same way."""
 from __future__ import annotations
 
 import numpy as np
@@ -87,7 +89,6 @@ class Rephrase(Attack):
 
     @staticmethod
     def _result(variant: str, usual: dict, asked: dict) -> dict:
-        return {"name": f"rephrase: {variant}", "forget": {"set": f"forget questions, {variant}",
-                                                           "original": asked["original"],
-                                                           "unlearned": usual["unlearned"],
-                                                           "attacked": asked["unlearned"]}}
+        return {"name": f"rephrase: {variant}", "forget": {"set": f"forget questions, {variant}", **usual,
+                                                           "attacked": asked["unlearned"],
+                                                           "attacked_original": asked["original"]}}
