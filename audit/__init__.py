@@ -153,9 +153,17 @@ def _merged(earlier: dict, report: dict) -> dict:
     results = [r for a in attacks for r in by_attack[a]]
     updated = earlier.get("updated", []) + [{"attacks": report["attacks"], "at": time.strftime("%Y-%m-%d %H:%M"),
                                               "wall_seconds": report["wall_seconds"]}]
-    return {**report, "attacks": attacks, "results": results, "updated": updated,
-            "overall": recovery.overall({r["name"]: r["verdict"] for r in results}),
+    return {**rejudged({**report, "results": results}), "attacks": attacks, "updated": updated,
             "wall_seconds": round(earlier["wall_seconds"] + report["wall_seconds"], 1)}
+
+
+def rejudged(report: dict) -> dict:
+    """The report's recoveries and verdicts worked out again from its measured figures with the current
+    definitions (audit/recovery.py), so that a changed rule needs no new measurement."""
+    results = [{**r, **judged(r)} for r in report["results"]]
+    return {**report, "results": results, "overall": recovery.overall({r["name"]: r["verdict"] for r in results}),
+            "thresholds": {"robust_below": recovery.ROBUST, "shallow_above": recovery.SHALLOW,
+                           "min_change": recovery.MIN_CHANGE}}
 
 
 def judged(result: dict) -> dict:

@@ -32,15 +32,15 @@ RUNS = REPO / "runs" / "tofu_forget50" / "forget50-10pct"
 def audited(run: Path, max_samples: int, redo: list[str]) -> dict | None:
     """The run's audit report (made if missing; its `redo` attacks made again), or None when the run has not
     finished training."""
-    from audit import AUDIT_JSON, run_audit
+    from audit import AUDIT_JSON, rejudged, run_audit
     from core.runs import RunDir, RunState
 
     report = run / "audit" / AUDIT_JSON
     if report.is_file() and redo:
         return run_audit(run, run / "audit", redo, max_samples=max_samples, update=True,
                          log=lambda message: print(f"    {message}"))
-    if report.is_file():
-        return json.loads(report.read_text())
+    if report.is_file():   # judged again: the recovery rules may have changed since it was measured
+        return rejudged(json.loads(report.read_text()))
     if not RunDir(run).holds_run() or RunDir(run).status().get("state") != RunState.FINISHED:
         return None
     return run_audit(run, run / "audit", max_samples=max_samples, log=lambda message: print(f"    {message}"))

@@ -7,9 +7,10 @@ the attacked (or quantised) one:
     recovery = (f_attacked − f_unlearned) / (f_original − f_unlearned)
 
 0: still forgotten; 1: fully restored; above 1: more than before unlearning; below 0: it forgot more.
-Undefined (None) when unlearning moved the figure by less than MIN_CHANGE: there was nothing to recover,
-and a ratio of two near-equal numbers would be noise (a run that forgot 0.001 nats would otherwise show a
-"recovery" of -13).
+Undefined (None) unless unlearning moved the figure by at least MIN_CHANGE the forgetting way (NLL up,
+probability and ROUGE-L down): otherwise there was nothing to recover, and a ratio of two near-equal numbers
+would be noise (a run that forgot 0.001 nats would otherwise show a "recovery" of -13; one whose greedy
+answers came out 0.04 ROUGE-L *better* by chance, a "recovery" of 1.6 when a fine-tune reworded them).
 
 When the attack changes how the models are asked (rephrasing), the prompt alone moves every model's figures:
 a chat model answers a raw "Question: ... Answer:" prompt worse whether it forgot or not. The attacked figure
@@ -31,7 +32,7 @@ FIGURES = ("nll", "prob", "rougeL")
 def recovery(original: float, unlearned: float, attacked: float, figure: str,
              attacked_original: float | None = None) -> float | None:
     removed = original - unlearned
-    if abs(removed) < MIN_CHANGE[figure]:
+    if (-removed if figure == "nll" else removed) < MIN_CHANGE[figure]:
         return None
     if attacked_original is None:
         return (attacked - unlearned) / removed

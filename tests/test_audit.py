@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from audit import recovery, run_audit
+from audit import recovery, rejudged, run_audit
 from audit.attacks.relearn import split
 from conftest import quiet
 from core.cli import main
@@ -25,6 +25,10 @@ def test_recovery_fraction_and_verdicts_by_hand():
     assert recovery.recovery(0.8, 0.2, 0.2, "rougeL") == 0.0           # still forgotten
     assert recovery.recovery(0.8, 0.2, 0.9, "rougeL") == pytest.approx(7 / 6)   # more than before
     assert recovery.recovery(2.0, 2.01, 3.0, "nll") is None           # nothing was forgotten: undefined
+    # the forget-50 % RMU run: its greedy answers came out better (ROUGE-L 0.792 -> 0.830), and a benign
+    # fine-tune reworded them (0.771): that read as a "recovery" of 1.6; there was nothing to recover
+    assert recovery.recovery(0.792, 0.830, 0.771, "rougeL") is None
+    assert recovery.recovery(2.0, 1.5, 3.0, "nll") is None            # unlearning made the answers likelier
     # rephrasing: each prompt against the original asked the same way. NLL gap 2.0 asked the usual way, 1.0
     # asked so: half the effect gone. ROUGE-L 0.9 -> 0.45 usually (a 50 % drop), 0.4 -> 0.3 asked so (25 %).
     assert recovery.recovery(0.2, 2.2, 1.5, "nll", attacked_original=0.5) == pytest.approx(0.5)
@@ -166,3 +170,14 @@ def test_update_redoes_only_the_named_attacks_and_keeps_the_rest(lora_run, tmp_p
         run_audit(lora_run.out, out, ["rephrase"], log=lambda m: None, update=True, **{**FAST, "max_samples": 4})
     assert main(["audit", lora_run.out, "--out", str(tmp_path / "none"), "--update"]) == 2
     assert "there is no audit in" in capsys.readouterr().err
+
+
+def test_a_stored_audit_is_judged_again_with_the_current_rules():
+    figures = {"original": {"nll": 0.135, "rougeL": 0.792}, "unlearned": {"nll": 0.136, "rougeL": 0.830},
+               "attacked": {"nll": 0.154, "rougeL": 0.771}}
+    stale = {"name": "benign", "forget": figures, "recovery": {"nll": None, "rougeL": 1.57}, "verdict": "shallow",
+             "worst_recovery": 1.57, "seconds": 60.0}
+    report = rejudged({"results": [stale], "overall": "shallow"})
+    assert report["results"][0]["recovery"] == {"nll": None, "rougeL": None}
+    assert report["results"][0]["verdict"].startswith("undefined") and report["overall"] == "undefined"
+    assert report["results"][0]["seconds"] == 60.0 and report["thresholds"]["robust_below"] == recovery.ROBUST
