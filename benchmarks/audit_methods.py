@@ -46,6 +46,21 @@ def audited(run: Path, max_samples: int, redo: list[str]) -> dict | None:
     return run_audit(run, run / "audit", max_samples=max_samples, log=lambda message: print(f"    {message}"))
 
 
+FIGURE_NAMES = {"nll": "NLL", "prob": "prob.", "rougeL": "ROUGE-L"}
+
+
+def _cell(result: dict) -> str:
+    """'NLL recovery (the figure that decided the verdict, when another) verdict; retain NLL change'."""
+    values = result["recovery"]
+    nll = values.get("nll")
+    defined = {f: v for f, v in values.items() if v is not None}
+    worst = max(defined, key=defined.get) if defined else None
+    decided = f" ({FIGURE_NAMES[worst]} {defined[worst]:.2f})" if worst not in (None, "nll") else ""
+    retain = (result.get("retain_change") or {}).get("nll")
+    return (("-" if nll is None else f"{nll:.2f}") + decided + f" **{result['verdict'].split(':')[0]}**"
+            + ("" if retain is None else f"; retain {retain:+.2f}"))
+
+
 def markdown(reports: dict[str, dict | None], runs: Path, max_samples: int) -> str:
     from core.evaluation.report import table
 
@@ -62,10 +77,7 @@ def markdown(reports: dict[str, dict | None], runs: Path, max_samples: int) -> s
             if result is None:
                 cells.append("-")
                 continue
-            value = result["recovery"].get("nll")
-            retain = result["retain_change"].get("nll")
-            cells.append(("-" if value is None else f"{value:.2f}") + f" ({result['verdict']}"
-                         + ("" if retain is None else f"; retain {retain:+.2f}") + ")")
+            cells.append(_cell(result))
         rows.append([LABELS.get(method, method), report["overall"]] + cells)
     return "\n".join([
         "# Which unlearning survives? The audit of every method on one mini-TOFU target", "",
@@ -73,12 +85,16 @@ def markdown(reports: dict[str, dict | None], runs: Path, max_samples: int) -> s
         f"project's 2-core CPU. Runs: `{runs.relative_to(REPO) if runs.is_relative_to(REPO) else runs}` "
         "(`benchmarks/tofu_mini.py --forget50`, plan forget50-10pct: the 20-author target, TOFU authors "
         "198-199 unlearned at lr 5e-5 for five epochs, each method's final model). Each cell: the forget-answer "
-        "**NLL recovery** (0: still forgotten, 1: back to the original; `docs/audit.md`), the verdict, and the "
-        "retain NLL change the same attack caused (a recovery that comes with as much retain damage is noise, "
+        "**NLL recovery** (0: still forgotten, 1: back to the original; `docs/audit.md`), in brackets the figure "
+        "that decided the verdict when it is another (the largest recovery of NLL, probability and ROUGE-L), "
+        "the verdict, and the retain NLL change the same attack caused (a recovery that comes with as much retain damage is noise, "
         "not knowledge coming back). Attacks at their defaults; "
         f"{max_samples} forget and {max_samples} retain examples.", "",
         table(["method", "overall"] + attacks, rows), "",
         "![NLL recovery per attack and method](audit_methods.png)", ""])
+
+
+FLOOR = -1.0   # the plot's lower edge; bars below it are clipped and labelled
 
 
 def plot(reports: dict[str, dict | None], path: Path) -> None:
@@ -92,17 +108,23 @@ def plot(reports: dict[str, dict | None], path: Path) -> None:
         return
     attacks = list(dict.fromkeys(r["name"] for report in done.values() for r in report["results"]))
     width = 0.8 / len(done)
-    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(attacks)), 4))
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(attacks)) + 2, 4))
     for index, (method, report) in enumerate(done.items()):
         by_name = {r["name"]: r["recovery"].get("nll") for r in report["results"]}
         values = [by_name.get(name) or 0.0 for name in attacks]
-        ax.bar([a + index * width for a in range(len(attacks))], values, width, label=LABELS.get(method, method))
+        label = LABELS.get(method, method) + ("" if any(by_name.values()) else " (nothing to recover)")
+        xs = [a + index * width for a in range(len(attacks))]
+        ax.bar(xs, [max(v, FLOOR) for v in values], width, label=label)
+        for x, value in zip(xs, values):
+            if value < FLOOR:   # clipped: a large negative recovery (it forgot more) would squash the rest
+                ax.text(x, FLOOR, f"{value:.1f}", rotation=90, ha="center", va="bottom", fontsize=7)
     for line, style in ((0.25, ":"), (0.5, "--")):
         ax.axhline(line, color="grey", linestyle=style, linewidth=1)
     ax.set_xticks([a + 0.4 - width / 2 for a in range(len(attacks))], attacks, rotation=20, ha="right")
+    ax.set_ylim(FLOOR, 1.1)
     ax.set_ylabel("forget NLL recovery")
     ax.set_title("Audit per method (0.25: robust below, 0.5: shallow above)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
