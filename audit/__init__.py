@@ -115,10 +115,7 @@ def _attack_all(context: AuditContext, chosen: list, status: RunDir, started: fl
             results.append(result)
     return {"run": str(run), "method": config.get("method"), "attacks": [a.name for a in chosen],
             "dtype": dtype_name(unlearned.model.dtype),
-              "results": results, "overall": recovery.overall({r["name"]: r["verdict"] for r in results}),
-              "thresholds": {"robust_below": recovery.ROBUST, "shallow_above": recovery.SHALLOW,
-                             "min_change": recovery.MIN_CHANGE},
-              "samples": {"forget": len(forget), "retain": len(retain or [])},
+              **_summed_up(results), "samples": {"forget": len(forget), "retain": len(retain or [])},
               "wall_seconds": round(time.time() - started, 1)}
 
 
@@ -160,8 +157,12 @@ def _merged(earlier: dict, report: dict) -> dict:
 def rejudged(report: dict) -> dict:
     """The report's recoveries and verdicts worked out again from its measured figures with the current
     definitions (audit/recovery.py), so that a changed rule needs no new measurement."""
-    results = [{**r, **judged(r)} for r in report["results"]]
-    return {**report, "results": results, "overall": recovery.overall({r["name"]: r["verdict"] for r in results}),
+    return {**report, **_summed_up([{**r, **judged(r)} for r in report["results"]])}
+
+
+def _summed_up(results: list[dict]) -> dict:
+    """The judged results with the audit's overall verdict and the rules it was judged by."""
+    return {"results": results, "overall": recovery.overall({r["name"]: r["verdict"] for r in results}),
             "thresholds": {"robust_below": recovery.ROBUST, "shallow_above": recovery.SHALLOW,
                            "min_change": recovery.MIN_CHANGE}}
 
