@@ -74,7 +74,8 @@ def warning(check: dict) -> str | None:
     """The plain sentence to show when the model does not appear to know what it is asked to forget."""
     if not check.get("verdict", "").startswith("does not"):
         return None
-    return (f"the original model does not appear to know the forget data: its true answers are about as likely "
-            f"as the same answers with other examples' facts swapped in (gap {check['gap_nats_per_token']:.3f} "
-            f"nats/token, true answer likelier in {check['share_true_likelier']:.0%} of {check['examples']}). "
+    return (f"the original model does not appear to know the forget data: its true answers are not clearly "
+            f"likelier than the same answers with other examples' facts swapped in (gap {check['gap_nats_per_token']:.3f} "
+            f"nats/token, true answer likelier in {check['share_true_likelier']:.0%} of {check['examples']}; "
+            f"the check asks for at least {KNOWS_GAP} and {KNOWS_SHARE:.0%}). "
             "Unlearning can then only push unrelated likelihood down; check that this is the right model and data.")
