@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.ledger import Ledger  # noqa: E402
 from benchmarks.tofu_mini import LABELS, Bench, best_points, expectations, mini_plans, quick_plan, run_plan  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
@@ -102,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     plan = replace(quick_plan() if args.quick else mini_plans()[1], methods=methods)
     root = Path(args.runs_dir or REPO / "runs" / ("tofu_mini_quick" if args.quick else "tofu_mini")).resolve()
-    bench = Bench(root, "cpu")
-    results = {dtype: run_plan(replace(plan, eval_dtype=dtype), bench) for dtype in DTYPES}
-    comparison = compare(results)
     out = root / "results" if args.quick else REPO / "docs" / "results"
     out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(root, "cpu", Ledger(out / "eval_precision.record.json"))
+    results = {dtype: run_plan(replace(plan, eval_dtype=dtype), bench) for dtype in DTYPES}
+    comparison = compare(results)
     (out / "eval_precision.json").write_text(json.dumps({"plan": plan.name, **comparison}, indent=2))
     (out / "eval_precision.md").write_text(markdown(comparison, plan.name, "cpu"))
     print((out / "eval_precision.md").read_text().split("## Largest")[0])

@@ -36,6 +36,14 @@ checkpoint, an interrupted evaluation is redone. Once a run's epochs are evaluat
 checkpoint but the best epoch's are deleted (the final model stays; `--keep-checkpoints` keeps them all):
 a full run of the 135M model then takes 1 GB instead of 2.6. Progress and elapsed time are printed as it
 goes; the total wall time is recorded in the results.
+
+The record (results/<report>.record.json, benchmarks/ledger.py) outlives the cache: every method's per-epoch
+figures, the target's and retain model's, and each stage's time go there as they are measured. On a fresh
+machine the run takes what is recorded and measures only the rest, learning the target again if a method is
+left (and saying how the new target compares). `--splits` and `--methods` pick what to measure now, so a
+protocol longer than a machine's life is measured a few methods at a time:
+
+    python benchmarks/tofu_mini.py --forget50 --splits forget01 --methods ga,grad_diff
 """
 from __future__ import annotations
 
@@ -49,6 +57,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/tofu_mini.py` puts benchmarks/ first, not the repo
     sys.path.insert(0, str(REPO))
+
+from benchmarks.ledger import Ledger  # noqa: E402  (needs the repository on the path)
 
 METHODS = ("ga", "grad_diff", "npo", "npo_rt", "simnpo")
 # The forget-50 % protocol adds the methods landed since the paper's five (same budget each).
@@ -175,10 +185,10 @@ def eval_records(plan: Plan) -> dict[str, list[dict]]:
 # ================================================================ stages (each cached)
 
 class Bench:
-    def __init__(self, root: Path, device: str, keep_checkpoints: bool = False):
-        self.root, self.device, self.started = root, device, time.time()
+    def __init__(self, root: Path, device: str, ledger: Ledger, keep_checkpoints: bool = False):
+        self.root, self.device, self.ledger, self.started = root, device, ledger, time.time()
         self.keep_checkpoints = keep_checkpoints
-        self.counted = self.started   # wall time up to here is already in wall_seconds.json
+        self.counted = self.started   # wall time up to here is already in the ledger
 
     def say(self, message: str) -> None:
         print(f"[{_clock(time.time() - self.started)}] {message}", flush=True)
@@ -188,7 +198,7 @@ class Bench:
         """Add the time since the last call to the cache's running total (an interrupted invocation
         keeps what it spent up to its last stage), and return the total."""
         now = time.time()
-        total = _cumulative_wall(self.root, now - self.counted)
+        total = self.ledger.add_wall(now - self.counted)
         self.counted = now
         return total
 
@@ -225,16 +235,9 @@ class Bench:
         return out
 
     def record_stage(self, path: Path, seconds: float, cpu_seconds: float) -> None:
-        """Wall and CPU seconds per stage (a run or an evaluation), summed over invocations (a resumed run's
-        parts). CPU time (this process, all threads) hardly depends on what else the machine runs."""
-        from core.runs import write_text_atomic
-
-        key = str(path.relative_to(self.root))
-        for name, value in ((STAGES_FILE, seconds), (STAGES_CPU_FILE, cpu_seconds)):
-            stages_file = self.root / name
-            stages = json.loads(stages_file.read_text()) if stages_file.is_file() else {}
-            stages[key] = round(stages.get(key, 0.0) + value, 1)
-            write_text_atomic(stages_file, json.dumps(stages, indent=1))
+        """Wall and CPU seconds per stage (a run or an evaluation). CPU time (this process, all threads) hardly
+        depends on what else the machine runs."""
+        self.ledger.add_stage(str(path.relative_to(self.root)), seconds, cpu_seconds)
 
     def evaluate(self, model: str, out: Path, plan: Plan, reference, retain_eval: Path | None,
                  holdout) -> dict:
@@ -259,10 +262,17 @@ class Bench:
         return summary
 
 
-def run_plan(plan: Plan, bench: Bench) -> dict:
+def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> dict:
+    """The plan's result: what the ledger records, plus the methods (of `only`, if given) it lacks, measured now."""
     from core.data import load_examples
     from core.evaluation.loading import open_model
 
+    settings = asdict(plan)
+    recorded = bench.ledger.plan(settings).get("curves", {})
+    missing = [m for m in plan.methods if (only is None or m in only) and m not in recorded]
+    if not missing and bench.ledger.result(settings, plan.methods):
+        bench.say(f"{plan.name}: nothing left to measure; taken from {bench.ledger.path.name}")
+        return bench.ledger.result(settings, plan.methods)
     root = bench.root / plan.name
     learned = bench.root / (plan.learned_in or plan.name)
     files = prepare_data(plan, root)
@@ -281,9 +291,11 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
     retain_summary = bench.evaluate(str(retain), retain_eval, plan, reference, None, holdout)
     target_summary = bench.evaluate(str(target), eval_dir(learned, plan) / "target", plan, reference, retain_eval,
                                     holdout)
+    relearned = bench.ledger.keep_models(settings, _point(target_summary), _point(retain_summary))
+    if relearned:
+        bench.say(relearned)
 
-    curves, divergences = {}, {}
-    for method in plan.methods:
+    for method in missing:
         steps_per_epoch = _steps_per_epoch(files["forget"], plan.unlearn_batch)
         run = bench.train(root / f"unlearn-{method}", model=str(target / "model"), method=method,
                           forget=files["forget"], retain=files["retain"], epochs=plan.unlearn_epochs,
@@ -295,13 +307,10 @@ def run_plan(plan: Plan, bench: Bench) -> dict:
             summary = bench.evaluate(str(model), eval_dir(root, plan) / f"{method}-epoch{epoch}", plan, reference,
                                      retain_eval, holdout)
             points.append({"epoch": epoch, **_point(summary)})
-        curves[method] = points
+        bench.ledger.keep_curve(settings, method, points, blown_up)
         _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch, bench.keep_checkpoints))
-        if blown_up:
-            divergences[method] = blown_up
         bench.say(f"{LABELS[method]}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
-    return {"plan": asdict(plan), "target": _point(target_summary), "retain": _point(retain_summary),
-            "curves": curves, "diverged": divergences}
+    return bench.ledger.result(settings, plan.methods)
 
 
 def eval_dir(root: Path, plan: Plan) -> Path:
@@ -486,12 +495,28 @@ def markdown(result: dict, wall: float, device: str) -> str:
     rule = next(iter(best.values()))["rule"] if best else ""
     return "\n".join([
         f"# Mini-TOFU: {plan['name']}", "",
-        f"Device: {device}. Wall time: {_clock(wall)} (all invocations that built the cache, cached "
-        f"stages counted when they ran). Settings: {json.dumps(plan)}", "",
+        f"Device: {device}. Wall time: {_clock(wall)} (every invocation that measured these results, on every "
+        f"machine, learning again included). Settings: {json.dumps(plan)}", "",
+        *provenance(result),
         "## The NPO paper's claims, measured", "", *expectations(result), "",
         "## After the last epoch", "", table(header, final), "",
         "## Best checkpoint per method", "", f"Rule: {rule}.", "", table(header, chosen), "",
     ])
+
+
+def provenance(result: dict) -> list[str]:
+    """What is not measured yet, and each time a fresh machine learned the target and retain model again
+    (the methods recorded before started from the first ones)."""
+    lines = []
+    missing = [LABELS[m] for m in result["plan"]["methods"] if m not in result["curves"]]
+    if missing:
+        lines += [f"**Partial: not measured yet: {', '.join(missing)}.**", ""]
+    for note in result.get("relearned", []):
+        changes = {k: v for k, v in note.items() if k != "date"}
+        lines += [f"Learned again on {note['date']} (a fresh machine): "
+                  + ("the target's and retain model's figures came out identical." if not changes else
+                     "figures that changed (then, now): " + json.dumps(changes) + "."), ""]
+    return lines
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -523,32 +548,19 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-STAGES_FILE, STAGES_CPU_FILE = "stage_seconds.json", "stage_cpu_seconds.json"
-
-
-def stage_table(root: Path) -> str:
-    """Each stage's wall and CPU time (stages measured before stage timing existed are missing; CPU time
-    since 2026-12-01, session 7)."""
+def stage_table(ledger: Ledger) -> str:
+    """Each stage's wall and CPU time, summed over the invocations (and machines) that ran it."""
     from core.evaluation.report import table
 
-    wall, cpu = (json.loads((root / name).read_text()) if (root / name).is_file() else {}
-                 for name in (STAGES_FILE, STAGES_CPU_FILE))
-    if not wall:
+    stages = ledger.data["stages"]
+    if not stages:
         return ""
-    rows = [[name, _clock(seconds), _clock(cpu[name]) if name in cpu else "-"] for name, seconds in wall.items()]
-    rows.append(["total", _clock(sum(wall.values())), _clock(sum(cpu.values())) if cpu else "-"])
+    rows = [[name, _clock(t["wall"]), _clock(t["cpu"]), t["invocations"]] for name, t in stages.items()]
+    rows.append(["total", _clock(sum(t["wall"] for t in stages.values())),
+                 _clock(sum(t["cpu"] for t in stages.values())), ""])
     return "\n".join(["## Time per stage", "",
-                      table(["stage (under the runs folder)", "wall time", "CPU time (2 cores: up to 2x wall)"],
-                            rows), ""])
-
-
-def _cumulative_wall(root: Path, this_run: float) -> float:
-    """Wall time over every invocation that built this cache (a resumed or cached rerun adds its own)."""
-    path = root / "wall_seconds.json"
-    root.mkdir(parents=True, exist_ok=True)
-    total = (json.loads(path.read_text())["total"] if path.is_file() else 0.0) + this_run
-    path.write_text(json.dumps({"total": round(total, 1)}))
-    return total
+                      table(["stage (under the runs folder)", "wall time", "CPU time (2 cores: up to 2x wall)",
+                             "invocations"], rows), ""])
 
 
 def _clock(seconds: float) -> str:
@@ -566,8 +578,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="TOFU's forget01/05/10 protocol (for a GPU)")
     parser.add_argument("--forget50", action="store_true",
                         help="the NPO paper's headline: forget 10 %% and 50 %% of a 20-author target")
-    parser.add_argument("--splits", default="forget01,forget05,forget10",
-                        help="with --full: which forget splits to run (one per session fits a short GPU lease)")
+    parser.add_argument("--splits", default=None,
+                        help="with --full or --forget50: which forget splits to measure now, comma-separated "
+                             "(default all; the others' recorded results still go into the report)")
+    parser.add_argument("--methods", default=None,
+                        help="which methods to measure now, comma-separated (default all; a long protocol can "
+                             "be measured a few methods per machine, the record keeps the rest)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--eval-dtype", default="float32", choices=("auto", "float32", "bfloat16"),
                         help="weights for the evaluations (default float32, as the published results)")
@@ -585,25 +601,25 @@ def main(argv: list[str] | None = None) -> int:
     from core.models import dtype_name, inference_dtype, pick_device
 
     device = str(pick_device(args.device))
-    eval_dtype = dtype_name(inference_dtype(args.eval_dtype, pick_device(device)))
+    # `auto` decided here and recorded as what it chose: the record must not mix machines that chose apart
+    eval_dtype, train_dtype = (dtype_name(inference_dtype(requested, pick_device(device)))
+                               for requested in (args.eval_dtype, args.train_dtype))
     root = Path(args.runs_dir or REPO / "runs" / ("tofu_mini_quick" if args.quick else "tofu_mini")).resolve()
     results_dir = Path(args.results or (root / "results" if args.quick else REPO / "docs" / "results"))
     results_dir.mkdir(parents=True, exist_ok=True)
-    if args.full:
-        wanted = {s.strip() for s in args.splits.split(",") if s.strip()}
-        plans = [p for p in full_plans() if p.forget_split in wanted]
-        if not plans:
-            parser.error(f"--splits {args.splits!r} names none of forget01, forget05, forget10")
-    elif args.forget50:
-        plans = forget50_plans()
-    else:
-        plans = [quick_plan()] if args.quick else mini_plans()
-    plans = [replace(plan, eval_dtype=eval_dtype, train_dtype=args.train_dtype) for plan in plans]
-    bench = Bench(root, device, args.keep_checkpoints)
-    bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}")
-    results = [run_plan(plan, bench) for plan in plans]
-    wall = bench.count_wall()
+    plans = full_plans() if args.full else forget50_plans() if args.forget50 else \
+        [quick_plan()] if args.quick else mini_plans()
+    plans = [replace(plan, eval_dtype=eval_dtype, train_dtype=train_dtype) for plan in plans]
+    splits = _names(args.splits, {p.forget_split for p in plans}, "--splits", parser)
+    methods = _names(args.methods, {m for p in plans for m in p.methods}, "--methods", parser)
     stem = "tofu_full" if args.full else "tofu_forget50" if args.forget50 else "tofu_mini"
+    bench = Bench(root, device, Ledger(results_dir / f"{stem}.record.json"), args.keep_checkpoints)
+    bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}; "
+              f"record {bench.ledger.path}")
+    results = [run_plan(plan, bench, methods) if splits is None or plan.forget_split in splits
+               else bench.ledger.result(asdict(plan), plan.methods) for plan in plans]
+    results = [r for r in results if r]   # a plan not measured now and never before has no result
+    wall = bench.count_wall()
     (results_dir / f"{stem}.json").write_text(json.dumps(
         {"device": device, "wall_seconds": round(wall, 1), "results": results,
          "best": [{m: {"epoch": b["evaluation"]["epoch"], "meets_floor": b["meets_floor"], "rule": b["rule"]}
@@ -611,11 +627,22 @@ def main(argv: list[str] | None = None) -> int:
     headline = headline_claims(results)
     (results_dir / f"{stem}.md").write_text("\n".join(
         (["# The NPO paper's headline: forget 10 % and 50 %", "", *headline, ""] if headline else [])
-        + [markdown(r, wall, device) for r in results] + [stage_table(root)]))
+        + [markdown(r, wall, device) for r in results] + [stage_table(bench.ledger)]))
     plot(results, results_dir / f"{stem}.png")
     print((results_dir / f"{stem}.md").read_text())
     bench.say(f"done: results in {results_dir} (wall time {_clock(wall)})")
     return 0
+
+
+def _names(given: str | None, known: set[str], option: str, parser) -> tuple[str, ...] | None:
+    """A comma-separated choice among `known` (None: all of them)."""
+    if given is None:
+        return None
+    names = tuple(n.strip() for n in given.split(",") if n.strip())
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        parser.error(f"{option} {given!r}: {', '.join(unknown) or 'nothing'} is not one of {', '.join(sorted(known))}")
+    return names
 
 
 if __name__ == "__main__":

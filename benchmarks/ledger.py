@@ -1,0 +1,115 @@
+"""What a long benchmark has measured, kept beside its report so that it outlives the machine.
+
+A mini-TOFU run takes longer than one session's machine lives, and its cache of models (gigabytes, under
+--runs-dir) goes with the machine. The figures it measured do not need to: each method's per-epoch points, the
+target's and retain model's, and each stage's time are written here (a small JSON file, committed with the
+report) as soon as they exist. A rerun on a fresh machine takes them from here and measures only what is
+missing; it learns the target again only if a method is left, and says how the new target compares with the
+one the recorded methods started from.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+# Plan settings a record may differ in: which methods a plan runs only decides what is measured next.
+NOT_SETTINGS = ("methods",)
+
+
+class SettingsChanged(SystemExit):
+    """The record was measured under other settings: mixing the two would make a table of two protocols."""
+
+
+class Ledger:
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+        self.data.setdefault("plans", {})
+        self.data.setdefault("stages", {})
+        self.data.setdefault("wall_seconds", 0.0)
+
+    # ------------------------------------------------------------ plans
+    def plan(self, settings: dict) -> dict:
+        """The record of the plan with these settings ({} if none); refuses one measured under others."""
+        settings = _plain(settings)
+        record = self.data["plans"].get(_key(settings))
+        if record is None:
+            return {}
+        changed = sorted(k for k in set(settings) | set(record["plan"]) if k not in NOT_SETTINGS
+                         and settings.get(k) != record["plan"].get(k))
+        if changed:
+            raise SettingsChanged(
+                f"{self.path} records plan {_key(settings)!r} measured with other settings ({', '.join(changed)}); "
+                "rerun with those settings to go on with it, or pass --results to another folder to start anew")
+        return record
+
+    def keep_models(self, settings: dict, target: dict, retain: dict) -> str | None:
+        """Record the target's and retain model's points, the first time. A later machine learns them again
+        (the recorded methods started from the first); what changed is noted and returned."""
+        self.plan(settings)
+        record = self.data["plans"].setdefault(_key(settings), {"curves": {}, "diverged": {}, "relearned": []})
+        record["plan"] = _plain(settings)
+        if "target" not in record:
+            record.update(target=target, retain=retain, measured=_today())
+            self._save()
+            return None
+        change = {name: {figure: [then[figure], now[figure]] for figure in ("mu", "forget_prob", "fq")
+                         if then.get(figure) != now.get(figure)}
+                  for name, then, now in (("target", record["target"], target), ("retain", record["retain"], retain))}
+        note = {"date": _today(), **{name: diff for name, diff in change.items() if diff}}
+        record["relearned"].append(note)
+        self._save()
+        return (f"{settings['name']}: learned again; against the record (then, now): "
+                + (json.dumps({k: v for k, v in note.items() if k != "date"}) if len(note) > 1 else "identical figures"))
+
+    def keep_curve(self, settings: dict, method: str, points: list[dict], diverged: str | None) -> None:
+        record = self.data["plans"][_key(settings)]
+        record["plan"] = _plain(settings)
+        record["curves"][method] = points
+        if diverged:
+            record["diverged"][method] = diverged
+        record.setdefault("method_measured", {})[method] = _today()
+        self._save()
+
+    def result(self, settings: dict, methods: tuple[str, ...]) -> dict | None:
+        """The plan's result as run_plan returns it, from the record alone (None before its models are)."""
+        record = self.plan(settings)
+        if "target" not in record:
+            return None
+        return {"plan": _plain(settings), "target": record["target"], "retain": record["retain"],
+                "curves": {m: record["curves"][m] for m in methods if m in record["curves"]},
+                "diverged": record["diverged"], "relearned": record["relearned"]}
+
+    # ------------------------------------------------------------ time
+    def add_stage(self, key: str, wall: float, cpu: float) -> None:
+        """Wall and CPU seconds per stage, summed over the invocations (and machines) that ran it."""
+        stage = self.data["stages"].setdefault(key, {"wall": 0.0, "cpu": 0.0, "invocations": 0})
+        stage["wall"] = round(stage["wall"] + wall, 1)
+        stage["cpu"] = round(stage["cpu"] + cpu, 1)
+        stage["invocations"] += 1
+        self._save()
+
+    def add_wall(self, seconds: float) -> float:
+        self.data["wall_seconds"] = round(self.data["wall_seconds"] + seconds, 1)
+        self._save()
+        return self.data["wall_seconds"]
+
+    def _save(self) -> None:
+        from core.runs import write_text_atomic
+
+        write_text_atomic(self.path, json.dumps(self.data, indent=1))
+
+
+def _key(settings: dict) -> str:
+    """A plan's record, per weights dtype of its evaluations (as the cache keeps them apart)."""
+    return f"{settings['name']}@{settings['eval_dtype']}"
+
+
+def _plain(settings: dict) -> dict:
+    """As JSON keeps them (tuples become lists), so that settings compare equal with their record."""
+    return json.loads(json.dumps(settings))
+
+
+def _today() -> str:
+    return time.strftime("%Y-%m-%d")

@@ -1,0 +1,82 @@
+"""The benchmark ledger: what a mini-TOFU run measured outlives the machine and its cache of models."""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import pytest
+
+from benchmarks.ledger import Ledger, SettingsChanged
+from benchmarks.tofu_mini import Bench, forget50_plans, main, provenance, run_plan, stage_table
+
+
+def _point(mu, fq=0.5, forget_prob=0.2):
+    return {"mu": mu, "fq": fq, "forget_prob": forget_prob}
+
+
+def _recorded(path, plan, methods):
+    ledger = Ledger(path)
+    ledger.keep_models(asdict(plan), _point(0.32), _point(0.31, fq=None))
+    for method in methods:
+        ledger.keep_curve(asdict(plan), method, [{"epoch": 0, **_point(0.32)}, {"epoch": 1, **_point(0.3)}], None)
+    return ledger
+
+
+def test_a_plan_whose_methods_are_recorded_is_not_learned_again_on_a_fresh_machine(tmp_path):
+    plan = forget50_plans()[0]
+    _recorded(tmp_path / "record.json", plan, plan.methods)
+    runs = tmp_path / "runs"   # empty, as on a new machine
+    result = run_plan(plan, Bench(runs, "cpu", Ledger(tmp_path / "record.json")))
+    assert list(result["curves"]) == list(plan.methods)
+    assert result["target"]["mu"] == 0.32 and result["curves"]["ga"][1]["mu"] == 0.3
+    assert not (runs / plan.name).exists()   # no data written, nothing learned
+
+
+def test_methods_measured_now_may_be_fewer_than_the_plans_and_the_report_says_what_is_missing(tmp_path):
+    plan = forget50_plans()[1]
+    ledger = _recorded(tmp_path / "record.json", plan, ("ga", "npo_rt"))
+    result = run_plan(plan, Bench(tmp_path / "runs", "cpu", ledger), only=("npo_rt",))
+    assert list(result["curves"]) == ["ga", "npo_rt"]   # the plan's order, not the order recorded
+    lines = provenance(result)
+    assert lines[0] == "**Partial: not measured yet: GradDiff, NPO, SimNPO, RMU, SURE.**"
+    assert not (tmp_path / "runs" / plan.name).exists()
+
+
+def test_a_record_measured_under_other_settings_is_refused_not_mixed_in(tmp_path):
+    plan = forget50_plans()[0]
+    _recorded(tmp_path / "record.json", plan, ("ga",))
+    hotter = replace(plan, unlearn_lr=1e-4)
+    with pytest.raises(SettingsChanged, match="unlearn_lr") as refused:
+        Ledger(tmp_path / "record.json").plan(asdict(hotter))
+    assert "--results" in str(refused.value)
+    # which methods a plan runs is not a setting: a protocol that gains a method keeps its record
+    assert Ledger(tmp_path / "record.json").plan(asdict(replace(plan, methods=plan.methods + ("wga",))))
+
+
+def test_learning_again_is_noted_with_the_figures_that_changed(tmp_path):
+    plan = forget50_plans()[0]
+    ledger = _recorded(tmp_path / "record.json", plan, ("ga",))
+    same = ledger.keep_models(asdict(plan), _point(0.32), _point(0.31, fq=None))
+    changed = Ledger(tmp_path / "record.json").keep_models(asdict(plan), _point(0.33), _point(0.31, fq=None))
+    assert same.endswith("identical figures")
+    assert '"target": {"mu": [0.32, 0.33]}' in changed
+    result = Ledger(tmp_path / "record.json").result(asdict(plan), plan.methods)
+    assert result["target"]["mu"] == 0.32   # the target the recorded methods started from
+    notes = [line for line in provenance(result) if line.startswith("Learned again")]
+    assert len(notes) == 2 and "identical" in notes[0] and "[0.32, 0.33]" in notes[1]
+
+
+def test_stage_times_add_up_over_machines(tmp_path):
+    Ledger(tmp_path / "record.json").add_stage("forget50-target", 600.0, 1100.0)
+    ledger = Ledger(tmp_path / "record.json")   # the next machine
+    ledger.add_stage("forget50-target", 60.0, 100.0)
+    assert ledger.data["stages"]["forget50-target"] == {"wall": 660.0, "cpu": 1200.0, "invocations": 2}
+    assert "| forget50-target | 11m00s | 20m00s | 2 |" in stage_table(ledger)
+
+
+@pytest.mark.parametrize("option", [["--methods", "ga,gradient_ascent"], ["--splits", "forget99"]])
+def test_an_unknown_method_or_split_is_named_with_the_choices(option, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--forget50", "--runs-dir", "unused", *option])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert option[1].split(",")[-1] in error and ("grad_diff" in error or "forget05" in error)
