@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.tofu_mini import FORGET50_METHODS, LABELS  # noqa: E402
+from benchmarks.tofu_mini import FORGET50_METHODS, LABELS, require_plotting  # noqa: E402
 
 RUNS = REPO / "runs" / "tofu_forget50" / "forget50-10pct"
 
@@ -140,6 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--redo", default="", help="attacks to redo in the cached audits (`unlearn audit --update`)")
     parser.add_argument("--results", default=str(REPO / "docs" / "results"))
     args = parser.parse_args(argv)
+    require_plotting()
     runs, results = Path(args.runs).resolve(), Path(args.results)
     reports = {}
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:

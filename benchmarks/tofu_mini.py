@@ -613,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = _names(args.splits, {p.forget_split for p in plans}, "--splits", parser)
     methods = _names(args.methods, {m for p in plans for m in p.methods}, "--methods", parser)
     stem = "tofu_full" if args.full else "tofu_forget50" if args.forget50 else "tofu_mini"
+    require_plotting()
     bench = Bench(root, device, Ledger(results_dir / f"{stem}.record.json"), args.keep_checkpoints)
     bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}; "
               f"record {bench.ledger.path}")
@@ -632,6 +633,15 @@ def main(argv: list[str] | None = None) -> int:
     print((results_dir / f"{stem}.md").read_text())
     bench.say(f"done: results in {results_dir} (wall time {_clock(wall)})")
     return 0
+
+
+def require_plotting() -> None:
+    """The figure is drawn when a run that may take hours ends: check for its library before the first stage."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit("matplotlib is missing (the benchmarks draw their figures with it); install it with: "
+                         "bash scripts/setup.sh --bench") from None
 
 
 def _names(given: str | None, known: set[str], option: str, parser) -> tuple[str, ...] | None:

