@@ -2,10 +2,11 @@
 
 A mini-TOFU run takes longer than one session's machine lives, and its cache of models (gigabytes, under
 --runs-dir) goes with the machine. The figures it measured do not need to: each method's per-epoch points, the
-target's and retain model's, and each stage's time are written here (a small JSON file, committed with the
-report) as soon as they exist. A rerun on a fresh machine takes them from here and measures only what is
-missing; it learns the target again only if a method is left, and says how the new target compares with the
-one the recorded methods started from.
+target's and retain model's, and each stage's time are written to record.json in the ledger's folder
+(committed with the report) as soon as they exist, and so is the retain model's evaluation log, all that
+Forget Quality needs of that model (a few hundred KB). A rerun on a fresh machine takes them from there and
+measures only what is missing: it never learns a retain model again, learns the target again only if a method
+is left, and says how the new target compares with the one the recorded methods started from.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ class SettingsChanged(SystemExit):
 
 
 class Ledger:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, folder: Path):
+        self.folder, self.path = folder, folder / "record.json"
+        path = self.path
         self.data = json.loads(path.read_text()) if path.is_file() else {}
         self.data.setdefault("plans", {})
         self.data.setdefault("stages", {})
@@ -44,24 +46,25 @@ class Ledger:
                 "rerun with those settings to go on with it, or pass --results to another folder to start anew")
         return record
 
-    def keep_models(self, settings: dict, target: dict, retain: dict) -> str | None:
-        """Record the target's and retain model's points, the first time. A later machine learns them again
-        (the recorded methods started from the first); what changed is noted and returned."""
+    def keep_models(self, settings: dict, target: dict, retain: dict, weights: str) -> str | None:
+        """Record the target's and retain model's points and the target's weights (a digest), the first time.
+        A fresh machine learns the target again (the recorded methods started from the first one): that is
+        noted, with the figures that changed, and returned; the same weights seen again are not news."""
         self.plan(settings)
         record = self.data["plans"].setdefault(_key(settings), {"curves": {}, "diverged": {}, "relearned": []})
         record["plan"] = _plain(settings)
         if "target" not in record:
-            record.update(target=target, retain=retain, measured=_today())
+            record.update(target=target, retain=retain, target_weights=weights, measured=_today())
             self._save()
             return None
-        change = {name: {figure: [then[figure], now[figure]] for figure in ("mu", "forget_prob", "fq")
-                         if then.get(figure) != now.get(figure)}
-                  for name, then, now in (("target", record["target"], target), ("retain", record["retain"], retain))}
-        note = {"date": _today(), **{name: diff for name, diff in change.items() if diff}}
-        record["relearned"].append(note)
+        if weights in (record["target_weights"], *(n["target_weights"] for n in record["relearned"])):
+            return None
+        changed = {figure: [record["target"][figure], target[figure]] for figure in ("mu", "forget_prob", "fq")
+                   if record["target"].get(figure) != target.get(figure)}
+        record["relearned"].append({"date": _today(), "target_weights": weights, "target": changed})
         self._save()
-        return (f"{settings['name']}: learned again; against the record (then, now): "
-                + (json.dumps({k: v for k, v in note.items() if k != "date"}) if len(note) > 1 else "identical figures"))
+        return (f"{settings['name']}: the target was learned again; its figures against the record's (then, now): "
+                + (json.dumps(changed) if changed else "identical"))
 
     def keep_curve(self, settings: dict, method: str, points: list[dict], diverged: str | None) -> None:
         record = self.data["plans"][_key(settings)]
@@ -81,6 +84,23 @@ class Ledger:
                 "curves": {m: record["curves"][m] for m in methods if m in record["curves"]},
                 "diverged": record["diverged"], "relearned": record["relearned"]}
 
+    def retain_eval(self, settings: dict) -> Path | None:
+        """The recorded evaluation of the plan's retain model (an eval output folder), if any."""
+        folder = self._retain_folder(settings)
+        return folder if all((folder / name).is_file() for name in _retain_eval_files()) else None
+
+    def keep_retain_eval(self, settings: dict, evaluated: Path) -> Path:
+        """Copy the retain model's evaluation into the ledger (summary last: it marks the copy complete)."""
+        from core.runs import write_text_atomic
+
+        folder = self._retain_folder(settings)
+        for name in _retain_eval_files():
+            write_text_atomic(folder / name, (evaluated / name).read_text())
+        return folder
+
+    def _retain_folder(self, settings: dict) -> Path:
+        return self.folder / _key(settings) / "retain-eval"
+
     # ------------------------------------------------------------ time
     def add_stage(self, key: str, wall: float, cpu: float) -> None:
         """Wall and CPU seconds per stage, summed over the invocations (and machines) that ran it."""
@@ -99,6 +119,13 @@ class Ledger:
         from core.runs import write_text_atomic
 
         write_text_atomic(self.path, json.dumps(self.data, indent=1))
+
+
+def _retain_eval_files() -> tuple[str, ...]:
+    """What Forget Quality and PrivLeak read of a retain model's evaluation (read_eval_output), summary last."""
+    from core.evaluation.evaluator import AGGREGATED_LOG, SUMMARY
+
+    return AGGREGATED_LOG, SUMMARY
 
 
 def _key(settings: dict) -> str:

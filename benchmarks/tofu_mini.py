@@ -37,10 +37,10 @@ checkpoint but the best epoch's are deleted (the final model stays; `--keep-chec
 a full run of the 135M model then takes 1 GB instead of 2.6. Progress and elapsed time are printed as it
 goes; the total wall time is recorded in the results.
 
-The record (results/<report>.record.json, benchmarks/ledger.py) outlives the cache: every method's per-epoch
-figures, the target's and retain model's, and each stage's time go there as they are measured. On a fresh
-machine the run takes what is recorded and measures only the rest, learning the target again if a method is
-left (and saying how the new target compares). `--splits` and `--methods` pick what to measure now, so a
+The record (results/records/<report>/, benchmarks/ledger.py) outlives the cache: every method's per-epoch
+figures, the target's and retain model's, each stage's time and the retain model's evaluation log go there as
+they are measured. On a fresh machine the run takes what is recorded and measures only the rest, learning the
+target again if a method is left (and saying how the new target compares), never a retain model. `--splits` and `--methods` pick what to measure now, so a
 protocol longer than a machine's life is measured a few methods at a time:
 
     python benchmarks/tofu_mini.py --forget50 --splits forget01 --methods ga,grad_diff
@@ -279,19 +279,24 @@ def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> d
     learn = dict(method="sft", epochs=plan.learn_epochs, lr=plan.learn_lr, batch_size=plan.learn_batch,
                  save_steps=50, warmup_ratio=0.1, model="bundled", dtype=plan.train_dtype)
     target = bench.train(_target_dir(plan, bench.root, learned), forget=files["target"], **learn)
-    retain = bench.train(learned / "retain", forget=files["retain"], **learn)
     if not bench.keep_checkpoints:   # a finished learn run's checkpoints only served resuming it
-        for run in (target, retain):
-            _prune_checkpoints(run, keep_weights=lambda step: False)
+        _prune_checkpoints(target, keep_weights=lambda step: False)
     holdout = load_examples(files["holdout"], "holdout") if "holdout" in files else None
 
     target_model = open_model(str(target), bench.device, dtype=plan.eval_dtype)
     reference = (target_model.model, target_model.tokenizer)   # fluency is judged by the target model
-    retain_eval = eval_dir(learned, plan) / "retain"
-    retain_summary = bench.evaluate(str(retain), retain_eval, plan, reference, None, holdout)
+    retain_eval = bench.ledger.retain_eval(settings)
+    if retain_eval is None:   # learned and evaluated once; its evaluation is all that is needed of it
+        retain = bench.train(learned / "retain", forget=files["retain"], **learn)
+        if not bench.keep_checkpoints:
+            _prune_checkpoints(retain, keep_weights=lambda step: False)
+        bench.evaluate(str(retain), eval_dir(learned, plan) / "retain", plan, reference, None, holdout)
+        retain_eval = bench.ledger.keep_retain_eval(settings, eval_dir(learned, plan) / "retain")
+    retain_summary = json.loads((retain_eval / "summary.json").read_text())
     target_summary = bench.evaluate(str(target), eval_dir(learned, plan) / "target", plan, reference, retain_eval,
                                     holdout)
-    relearned = bench.ledger.keep_models(settings, _point(target_summary), _point(retain_summary))
+    relearned = bench.ledger.keep_models(settings, _point(target_summary), _point(retain_summary),
+                                         _weights_digest(target / "model"))
     if relearned:
         bench.say(relearned)
 
@@ -351,6 +356,18 @@ def _weights_worth_keeping(points: list[dict], steps_per_epoch: int, keep_all: b
         return lambda step: True
     best_step = best_point(points, points[0]["mu"])["evaluation"]["epoch"] * steps_per_epoch
     return lambda step: step == best_step
+
+
+def _weights_digest(model: Path) -> str:
+    """SHA-256 over a model folder's safetensors: tells a target learned again from the one recorded."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(model.glob("*.safetensors")):
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 24):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _require_weights(model: Path) -> None:
@@ -512,10 +529,9 @@ def provenance(result: dict) -> list[str]:
     if missing:
         lines += [f"**Partial: not measured yet: {', '.join(missing)}.**", ""]
     for note in result.get("relearned", []):
-        changes = {k: v for k, v in note.items() if k != "date"}
-        lines += [f"Learned again on {note['date']} (a fresh machine): "
-                  + ("the target's and retain model's figures came out identical." if not changes else
-                     "figures that changed (then, now): " + json.dumps(changes) + "."), ""]
+        lines += [f"The target was learned again on {note['date']} (a fresh machine; other weights): "
+                  + ("its figures came out identical." if not note["target"] else
+                     "its figures that changed (then, now): " + json.dumps(note["target"]) + "."), ""]
     return lines
 
 
@@ -614,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = _names(args.methods, {m for p in plans for m in p.methods}, "--methods", parser)
     stem = "tofu_full" if args.full else "tofu_forget50" if args.forget50 else "tofu_mini"
     require_plotting()
-    bench = Bench(root, device, Ledger(results_dir / f"{stem}.record.json"), args.keep_checkpoints)
+    bench = Bench(root, device, Ledger(results_dir / "records" / stem), args.keep_checkpoints)
     bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}; "
               f"record {bench.ledger.path}")
     results = [run_plan(plan, bench, methods) if splits is None or plan.forget_split in splits
