@@ -25,8 +25,7 @@ class SettingsChanged(SystemExit):
 class Ledger:
     def __init__(self, folder: Path):
         self.folder, self.path = folder, folder / "record.json"
-        path = self.path
-        self.data = json.loads(path.read_text()) if path.is_file() else {}
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.data.setdefault("plans", {})
         self.data.setdefault("stages", {})
         self.data.setdefault("wall_seconds", 0.0)
