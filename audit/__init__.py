@@ -188,10 +188,10 @@ def markdown(report: dict) -> str:
         f = r["forget"]
         rows.append([r["name"], r["verdict"].split(":")[0], r["worst_recovery"],
                      *(r["recovery"].get(k) for k in recovery.FIGURES),
-                     f["original"].get("nll"), f["unlearned"].get("nll"), f["attacked"].get("nll"),
-                     (r.get("retain_change") or {}).get("nll")])
+                     f["original"].get("nll"), (f.get("attacked_original") or {}).get("nll"),
+                     f["unlearned"].get("nll"), f["attacked"].get("nll"), (r.get("retain_change") or {}).get("nll")])
     header = ["attack", "verdict", "worst recovery", "NLL recovery", "prob. recovery", "ROUGE-L recovery",
-              "forget NLL original", "unlearned", "attacked", "retain NLL change"]
+              "forget NLL original", "original asked so (rephrasing)", "unlearned", "attacked", "retain NLL change"]
     return "\n".join([f"# Audit of {report['run']} ({report['method']})", "",
                       f"Overall: **{report['overall']}** (each attack's largest recovery over its figures: below "
                       f"{recovery.ROBUST} robust, above {recovery.SHALLOW} shallow). Recovery = (attacked − "

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from audit import recovery, rejudged, run_audit
+from audit import markdown, recovery, rejudged, run_audit
 from audit.attacks.relearn import split
 from conftest import quiet
 from core.cli import main
@@ -181,3 +181,15 @@ def test_a_stored_audit_is_judged_again_with_the_current_rules():
     assert report["results"][0]["recovery"] == {"nll": None, "rougeL": None}
     assert report["results"][0]["verdict"].startswith("undefined") and report["overall"] == "undefined"
     assert report["results"][0]["seconds"] == 60.0 and report["thresholds"]["robust_below"] == recovery.ROBUST
+
+
+def test_the_report_shows_the_original_asked_the_rephrased_way_beside_the_usual():
+    usual = {"original": {"nll": 0.2}, "unlearned": {"nll": 2.2}}
+    results = [{"name": "relearn", "forget": {**usual, "attacked": {"nll": 0.7}}},
+               {"name": "rephrase: plain", "forget": {**usual, "attacked_original": {"nll": 0.9},
+                                                      "attacked": {"nll": 2.5}}}]
+    text = markdown({"run": "r", "method": "npo", "wall_seconds": 1.0, **rejudged({"results": results})})
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert rows["relearn"][6:8] == ["0.2000", "-"] and rows["relearn"][3] == "0.7500"   # (2.2-0.7)/(2.2-0.2)
+    # asked plainly the original's NLL is 0.9: the gap 1.6 against the usual 2.0 -> recovery 1 - 1.6/2.0
+    assert rows["rephrase: plain"][6:8] == ["0.2000", "0.9000"] and rows["rephrase: plain"][3] == "0.2000"
