@@ -98,7 +98,9 @@ class Ledger:
         return folder
 
     def _retain_folder(self, settings: dict) -> Path:
-        return self.folder / _key(settings) / "retain-eval"
+        """Per plan that learned the retain model (a plan may reuse another's learned models)."""
+        learned = {**settings, "name": settings.get("learned_in") or settings["name"]}
+        return self.folder / _key(learned) / "retain-eval"
 
     # ------------------------------------------------------------ time
     def add_stage(self, key: str, wall: float, cpu: float) -> None:

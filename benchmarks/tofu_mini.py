@@ -40,8 +40,9 @@ goes; the total wall time is recorded in the results.
 The record (results/records/<report>/, benchmarks/ledger.py) outlives the cache: every method's per-epoch
 figures, the target's and retain model's, each stage's time and the retain model's evaluation log go there as
 they are measured. On a fresh machine the run takes what is recorded and measures only the rest, learning the
-target again if a method is left (and saying how the new target compares), never a retain model. `--splits` and `--methods` pick what to measure now, so a
-protocol longer than a machine's life is measured a few methods at a time:
+target again if a method is left (and saying how the new target compares), never a retain model. `--splits`
+and `--methods` pick what to measure now, so a protocol longer than a machine's life is measured a few
+methods at a time:
 
     python benchmarks/tofu_mini.py --forget50 --splits forget01 --methods ga,grad_diff
 """
@@ -270,9 +271,9 @@ def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> d
     settings = asdict(plan)
     recorded = bench.ledger.plan(settings).get("curves", {})
     missing = [m for m in plan.methods if (only is None or m in only) and m not in recorded]
-    if not missing and bench.ledger.result(settings, plan.methods):
-        bench.say(f"{plan.name}: nothing left to measure; taken from {bench.ledger.path.name}")
-        return bench.ledger.result(settings, plan.methods)
+    if not missing and (result := bench.ledger.result(settings, plan.methods)):
+        bench.say(f"{plan.name}: nothing left to measure; taken from {bench.ledger.path}")
+        return result
     root = bench.root / plan.name
     learned = bench.root / (plan.learned_in or plan.name)
     files = prepare_data(plan, root)
@@ -522,7 +523,7 @@ def markdown(result: dict, wall: float, device: str) -> str:
 
 
 def provenance(result: dict) -> list[str]:
-    """What is not measured yet, and each time a fresh machine learned the target and retain model again
+    """What is not measured yet, and each time a fresh machine learned the target again to other weights
     (the methods recorded before started from the first ones)."""
     lines = []
     missing = [LABELS[m] for m in result["plan"]["methods"] if m not in result["curves"]]
