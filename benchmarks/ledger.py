@@ -11,6 +11,7 @@ is left, and says how the new target compares with the one the recorded methods 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -29,6 +30,23 @@ class Ledger:
         self.data.setdefault("plans", {})
         self.data.setdefault("stages", {})
         self.data.setdefault("wall_seconds", 0.0)
+
+    def hold(self) -> None:
+        """Keep other invocations off this record while this one measures into it: each saves the whole
+        record, so two at once would lose each other's figures. Released when the process ends."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = (self.folder / ".lock").open("a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            raise SystemExit(f"another invocation (pid {self._lock.read().strip() or '?'}) is measuring into "
+                             f"{self.folder}; wait for it to end, or pass --results to another folder") from None
+        self._lock.truncate(0)
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
 
     # ------------------------------------------------------------ plans
     def plan(self, settings: dict) -> dict:

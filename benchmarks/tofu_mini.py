@@ -631,7 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     methods = _names(args.methods, {m for p in plans for m in p.methods}, "--methods", parser)
     stem = "tofu_full" if args.full else "tofu_forget50" if args.forget50 else "tofu_mini"
     require_plotting()
-    bench = Bench(root, device, Ledger(results_dir / "records" / stem), args.keep_checkpoints)
+    ledger = Ledger(results_dir / "records" / stem)
+    ledger.hold()
+    bench = Bench(root, device, ledger, args.keep_checkpoints)
     bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}; "
               f"record {bench.ledger.path}")
     results = [run_plan(plan, bench, methods) if splits is None or plan.forget_split in splits

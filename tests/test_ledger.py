@@ -1,7 +1,9 @@
 """The benchmark ledger: what a mini-TOFU run measured outlives the machine and its cache of models."""
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +116,16 @@ def test_the_weights_digest_tells_one_byte_apart(tmp_path):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(content)
     assert _weights_digest(first) == _weights_digest(second) != _weights_digest(third)
+
+
+def test_a_second_invocation_on_one_record_is_refused_while_the_first_measures(tmp_path):
+    import subprocess
+    import sys
+
+    measuring = Ledger(tmp_path / "ledger")
+    measuring.hold()   # this process measures into it, as long as the ledger lives
+    second = subprocess.run([sys.executable, "-c", "import sys; from benchmarks.ledger import Ledger; "
+                             "Ledger(__import__('pathlib').Path(sys.argv[1])).hold()", str(tmp_path / "ledger")],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert second.returncode == 1
+    assert f"another invocation (pid {os.getpid()})" in second.stderr and "--results" in second.stderr
