@@ -196,7 +196,7 @@ class Bench:
         self.count_wall()
 
     def count_wall(self) -> float:
-        """Add the time since the last call to the cache's running total (an interrupted invocation
+        """Add the time since the last call to the record's running total (an interrupted invocation
         keeps what it spent up to its last stage), and return the total."""
         now = time.time()
         total = self.ledger.add_wall(now - self.counted)
