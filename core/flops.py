@@ -43,8 +43,18 @@ def training_flops_per_token(model: torch.nn.Module) -> float:
     return 6.0 * trained + 4.0 * frozen
 
 
+def peak_flops(dtype: torch.dtype, device: str = "cpu") -> float:
+    """The machine's peak for work in `dtype`: its own matmul rate, or float32's where that is faster.
+
+    A CPU without bfloat16 units (AVX2 only) emulates bf16 matmuls ~80x slower than its float32 ones;
+    its hardware can still do that arithmetic at the float32 rate, so that is the peak a run is held to
+    (else a bf16 run's MFU could exceed 1)."""
+    peak = matmul_peak_flops(dtype, device)
+    return peak if dtype == torch.float32 else max(peak, matmul_peak_flops(torch.float32, device))
+
+
 def mfu(tokens_per_second: float, flops_per_token: float, dtype: torch.dtype, device: str = "cpu") -> float:
-    return tokens_per_second * flops_per_token / matmul_peak_flops(dtype, device)
+    return tokens_per_second * flops_per_token / peak_flops(dtype, device)
 
 
 def _sync(device: str) -> None:

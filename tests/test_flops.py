@@ -20,6 +20,14 @@ def test_mfu_is_achieved_over_measured_peak(monkeypatch):
     assert flops.mfu(tokens_per_second=1000, flops_per_token=5e8, dtype=torch.float32) == pytest.approx(0.5)
 
 
+def test_bf16_work_is_held_to_the_float32_peak_where_bf16_matmuls_are_emulated_and_slower(monkeypatch):
+    rates = {torch.float32: 1e11, torch.bfloat16: 1e9}   # an AVX2-only CPU: bf16 about 100x slower
+    monkeypatch.setattr(flops, "matmul_peak_flops", lambda dtype, device="cpu": rates[dtype])
+    assert flops.peak_flops(torch.bfloat16) == 1e11
+    rates[torch.bfloat16] = 4e11                           # AMX: bf16 faster, its own rate is the peak
+    assert flops.peak_flops(torch.bfloat16) == 4e11
+
+
 def test_measured_peak_is_a_real_rate():
     fp32 = flops.matmul_peak_flops(torch.float32)
     assert 1e9 < fp32 < 1e15   # between a slow core and a GPU: a timing, not a constant
