@@ -64,7 +64,8 @@ def _parity_table(report: dict) -> str:
             **report["formats"]}
     for name, s in rows.items():
         recovered = report["forgetting"].get(name, {}).get("recovers_forgotten", "")
-        lines.append(f"| {name} | {s['identical_runs']}/{s['runs']} | {s['token_agreement']:.3f} | "
+        ties = f" ({s['near_tie_flips']} of {s['flips']} flips near-ties)" if s.get("flips") else ""
+        lines.append(f"| {name} | {s['identical_runs']}/{s['runs']}{ties} | {s['token_agreement']:.3f} | "
                      f"{s['greedy_prefix_agreement']:.3f} | {s['first_logits_max_abs_diff']:.2e} | {s.get('forget_nll', float('nan')):.3f} | "
                      f"{s.get('retain_nll', float('nan')):.3f} | {s.get('forget_rougeL', float('nan')):.3f} | "
                      f"{'YES' if recovered is True else 'no' if recovered is False else ''} |")

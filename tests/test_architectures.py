@@ -2,7 +2,7 @@
 class and the kind of tokenizer the family ships (SentencePiece for Gemma / Phi-3, byte-level BPE for the
 others) trains (full, LoRA, a KL method with the adapter-off reference), runs the quick suite and exports
 to every format its runtimes take, each artifact matching PyTorch as the bundled model's do (the parity
-goals: identical greedy tokens for hf / gguf-f16 / onnx-fp32, 90 % token agreement for q8_0, the forget
+goals: identical greedy tokens for hf / gguf-f16 / onnx-fp32 but for near-ties, 90 % token agreement for q8_0, the forget
 patch identical to the merged GGUF). A format a runtime cannot take is refused before any work.
 
 Gemma 2 runs in the default suite (SentencePiece, sliding-window attention, the ONNX runner's cache);
