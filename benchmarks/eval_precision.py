@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.runs_dir or REPO / "runs" / ("tofu_mini_quick" if args.quick else "tofu_mini")).resolve()
     out = root / "results" if args.quick else REPO / "docs" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    bench = Bench(root, "cpu", Ledger(out / "records" / "eval_precision"))
+    ledger = Ledger(out / "records" / "eval_precision")
+    ledger.hold()   # as tofu_mini: a second invocation at once would overwrite this one's figures
+    bench = Bench(root, "cpu", ledger)
     results = {dtype: run_plan(replace(plan, eval_dtype=dtype), bench) for dtype in DTYPES}
     comparison = compare(results)
     (out / "eval_precision.json").write_text(json.dumps({"plan": plan.name, **comparison}, indent=2))
