@@ -19,7 +19,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 @pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-3), ("bfloat16", 0.2)])
 def test_npo_rt_steps_on_the_bundled_model(tmp_path, bundled_dir, dtype, tolerance):
     # 8 of forget01's 40 questions: the cache and the knowledge check score every forget example, and a CPU
-    # without bf16 units (CI's AVX2 machine) emulates bf16 ~80x slower (this test took 9 min there with 40, 7.7 min with 8: the steps themselves dominate)
+    # without bf16 units (CI's AVX2 machine) emulates bf16 ~80x slower: there this test took 9 min with 40,
+    # 7.7 min with 8 (the steps themselves dominate)
     forget = tmp_path / "forget.jsonl"
     forget.write_text("".join(json.dumps(r) + "\n" for r in load_records("forget01")[:8]))
     config = UnlearnConfig(model="bundled", method="npo_rt", forget=str(forget), retain="tofu:retain99",
