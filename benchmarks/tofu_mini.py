@@ -536,6 +536,11 @@ def provenance(result: dict) -> list[str]:
     return lines
 
 
+def method_colour(method: str) -> str:
+    """One colour per method in every panel and every report (matplotlib's cycle, in LABELS' order)."""
+    return f"C{list(LABELS).index(method) % 10}"
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -548,8 +553,9 @@ def plot(results: list[dict], path: Path) -> None:
         ax_fq, ax_mu = axes[row]
         for method, points in result["curves"].items():
             epochs = [p["epoch"] for p in points]
-            ax_fq.plot(epochs, [max(p["fq"], 1e-30) for p in points], marker="o", label=LABELS[method])
-            ax_mu.plot(epochs, [p["mu"] for p in points], marker="o", label=LABELS[method])
+            style = dict(marker="o", label=LABELS[method], color=method_colour(method))
+            ax_fq.plot(epochs, [max(p["fq"], 1e-30) for p in points], **style)
+            ax_mu.plot(epochs, [p["mu"] for p in points], **style)
         ax_fq.set_yscale("log")
         for ax in (ax_fq, ax_mu):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
