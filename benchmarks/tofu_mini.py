@@ -479,6 +479,7 @@ def headline_claims(results: list[dict]) -> list[str]:
         lines.append(f"- At 50 %, NPO+RT keeps Model Utility >= {HEADLINE_UTILITY:g} x the target's with a Forget "
                      f"Quality above GA's best at 10 % ({ga_best:.3g}) at some epoch: **{'yes' if good else 'no'}**; "
                      f"epoch {p['epoch']}: FQ {p['fq']:.3g}, MU {p['mu']:.3f} = {p['mu'] / large['target']['mu']:.2f} x target.")
+        lines.append(_against_ga_final(ga_small[-1], npo_rt_large, floor, small, large))
     for method in ("ga", "grad_diff"):
         points = small["curves"].get(method, [])[1:]
         if not points:
@@ -491,6 +492,18 @@ def headline_claims(results: list[dict]) -> list[str]:
                      f"{last['fq']:.3g}, MU {last['mu']:.3f} = {last['mu'] / target_mu:.2f} x target; epochs with "
                      f"both above those bounds: {fine or 'none'}.")
     return lines
+
+
+def _against_ga_final(ga_last: dict, npo_rt: list[dict], floor: float, small: dict, large: dict) -> str:
+    """The same test against GA's last epoch (where it ends up), and why FQs of the two sizes differ in scale:
+    a KS p-value shrinks with the number of forget answers for the same distance between the distributions."""
+    kept = [p for p in npo_rt if p["mu"] >= floor]
+    best = max((p["fq"] or 0 for p in kept), default=0)
+    sizes = small["plan"]["eval_sizes"]["eval_log_forget.json"], large["plan"]["eval_sizes"]["eval_log_forget.json"]
+    return (f"- Against GA's last epoch at 10 % instead (FQ {ga_last['fq']:.3g}): NPO+RT's best FQ with MU >= "
+            f"{HEADLINE_UTILITY:g} x target is {best:.3g}: **{'above' if best > (ga_last['fq'] or 0) else 'not above'}**. "
+            f"(Forget Quality is a KS p-value over {sizes[1]} forget answers at 50 % and {sizes[0]} at 10 %: the same "
+            f"distance between the distributions gives a smaller p-value at 50 %, so comparing them favours 10 %.)")
 
 
 def markdown(result: dict, wall: float, device: str) -> str:

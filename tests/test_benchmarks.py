@@ -51,3 +51,33 @@ def test_keep_checkpoints_keeps_every_epochs_weights_but_not_the_optimizer_state
     kept = sorted(p.relative_to(run).as_posix() for p in run.rglob("*.safetensors"))
     assert kept == ["checkpoints/step-000010/trainable.safetensors", "checkpoints/step-000020/trainable.safetensors",
                     "model/model.safetensors"]
+
+
+def _point(epoch, fq, mu):
+    return {"epoch": epoch, "fq": fq, "mu": mu}
+
+
+def _forget50_results(npo_rt_points):
+    start = _point(0, 1e-3, 0.35)
+    small = {"plan": {"name": "forget50-10pct", "eval_sizes": {"eval_log_forget.json": 40}},
+             "target": {"mu": 0.35},
+             "curves": {"ga": [start, _point(1, 0.05, 0.35), _point(2, 0.1, 0.30), _point(3, 1e-4, 0.05)]}}
+    large = {"plan": {"name": "forget50-50pct", "eval_sizes": {"eval_log_forget.json": 100}},
+             "target": {"mu": 0.35}, "curves": {"npo_rt": [start, *npo_rt_points]}}
+    return [small, large]
+
+
+@pytest.mark.parametrize("npo_rt, verdict, versus_final", [
+    # utility floor 0.8 x 0.35 = 0.28; GA's best FQ at 10 % is 0.1 (epoch 2), its last 1e-4 (epoch 3)
+    ([_point(1, 1e-3, 0.30), _point(2, 0.2, 0.25)], "no", "above"),     # FQ 0.2 only below the floor
+    ([_point(1, 0.2, 0.30)], "yes", "above"),
+    ([_point(1, 1e-5, 0.30)], "no", "not above"),
+])
+def test_the_forget50_headline_is_decided_by_its_stated_rule(npo_rt, verdict, versus_final):
+    from benchmarks.tofu_mini import headline_claims
+
+    headline, against_final, ga = headline_claims(_forget50_results(npo_rt))
+    assert f"above GA's best at 10 % (0.1) at some epoch: **{verdict}**" in headline
+    assert f"**{versus_final}**" in against_final and "over 100 forget answers at 50 % and 40 at 10 %" in against_final
+    # GA ends at MU 0.05 < 0.5 x 0.35: it fails at 10 %; epochs 1 and 2 were above both bounds
+    assert "GA already fails at 10 %" in ga and "**yes**" in ga and "[1, 2]" in ga
