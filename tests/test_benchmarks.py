@@ -57,14 +57,17 @@ def _point(epoch, fq, mu):
     return {"epoch": epoch, "fq": fq, "mu": mu}
 
 
-def _forget50_results(npo_rt_points):
+def _forget50_results(npo_rt_points, at_second_rate=()):
     start = _point(0, 1e-3, 0.35)
-    small = {"plan": {"name": "forget50-10pct", "eval_sizes": {"eval_log_forget.json": 40}},
+    small = {"plan": {"name": "forget50-10pct", "eval_sizes": {"eval_log_forget.json": 40}, "unlearn_lr": 5e-5},
              "target": {"mu": 0.35},
              "curves": {"ga": [start, _point(1, 0.05, 0.35), _point(2, 0.1, 0.30), _point(3, 1e-4, 0.05)]}}
-    large = {"plan": {"name": "forget50-50pct", "eval_sizes": {"eval_log_forget.json": 100}},
-             "target": {"mu": 0.35}, "curves": {"npo_rt": [start, *npo_rt_points]}}
-    return [small, large]
+
+    def half(name, lr, points):
+        return {"plan": {"name": name, "eval_sizes": {"eval_log_forget.json": 100}, "unlearn_lr": lr},
+                "target": {"mu": 0.35}, "curves": {"npo_rt": [start, *points]}}
+    second = [half("forget50-50pct-lr1e-4", 1e-4, at_second_rate)] if at_second_rate else []
+    return [small, half("forget50-50pct", 5e-5, npo_rt_points), *second]
 
 
 @pytest.mark.parametrize("npo_rt, verdict, versus_final", [
@@ -81,3 +84,10 @@ def test_the_forget50_headline_is_decided_by_its_stated_rule(npo_rt, verdict, ve
     assert f"**{versus_final}**" in against_final and "over 100 forget answers at 50 % and 40 at 10 %" in against_final
     # GA ends at MU 0.05 < 0.5 x 0.35: it fails at 10 %; epochs 1 and 2 were above both bounds
     assert "GA already fails at 10 %" in ga and "**yes**" in ga and "[1, 2]" in ga
+
+
+def test_the_forget50_headline_counts_every_learning_rate_tried_at_50_percent():
+    from benchmarks.tofu_mini import headline_claims
+
+    headline = headline_claims(_forget50_results([_point(1, 1e-3, 0.30)], at_second_rate=[_point(1, 0.3, 0.29)]))[0]
+    assert "**yes**; lr 0.0001, epoch 1: FQ 0.3, MU 0.290" in headline and "learning rates tried: 0.0001, 5e-05" in headline
