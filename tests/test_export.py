@@ -252,10 +252,13 @@ def test_identical_runs_allow_a_flip_only_where_pytorch_itself_nearly_ties(margi
     raw = run_probes(ScriptedRunner({1: 2, 2: 3, 3: 6, 4: 5, 6: 5}), probes, n_tokens=4, forced=reference["tokens"])
     words = SimpleNamespace(eos_token_id=0, decode=lambda ids, skip_special_tokens: " ".join(map(str, ids)))
     scores = summarise(raw, reference, probes, words)
-    assert (scores["identical_runs"], scores["flips"], scores["near_tie_flips"]) == (0, 1, int(met))
+    assert (scores["identical_runs"], scores["flips"], scores["near_tie_flips"], scores["near_tie_runs"]) == \
+        (0, 1, int(met), int(met))
     goal = goal_status("gguf-f16", scores)
     assert goal["met"] is met and ("near-ties only" in goal.get("note", "")) is met
     assert goal_status("gguf-f16", summarise(reference, reference, probes, words))["met"]   # no flip at all
+    # two runs parted, one of them without a near-tie flip of its own: the goal is missed
+    assert not goal_status("gguf-f16", {"identical_runs": 2, "runs": 4, "near_tie_runs": 1})["met"]
 
 
 # ---------------------------------------------------------------- atomic bundles
