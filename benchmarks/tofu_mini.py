@@ -474,7 +474,8 @@ def headline_claims(results: list[dict]) -> list[str]:
     lines = []
     ga_small = small["curves"].get("ga", [])[1:]
     npo_rt_large = [{**p, "lr": r["plan"]["unlearn_lr"]} for r in results   # every learning rate tried at 50 %
-                    if r["plan"]["name"].startswith(large["plan"]["name"]) for p in r["curves"].get("npo_rt", [])[1:]]
+                    if large["plan"]["name"] in (r["plan"]["name"], r["plan"].get("learned_in"))
+                    for p in r["curves"].get("npo_rt", [])[1:]]
     rates = ", ".join(sorted({f"{p['lr']:g}" for p in npo_rt_large}))
     if ga_small and npo_rt_large:
         ga_best = max(p["fq"] or 0 for p in ga_small)

@@ -63,10 +63,10 @@ def _forget50_results(npo_rt_points, at_second_rate=()):
              "target": {"mu": 0.35},
              "curves": {"ga": [start, _point(1, 0.05, 0.35), _point(2, 0.1, 0.30), _point(3, 1e-4, 0.05)]}}
 
-    def half(name, lr, points):
-        return {"plan": {"name": name, "eval_sizes": {"eval_log_forget.json": 100}, "unlearn_lr": lr},
-                "target": {"mu": 0.35}, "curves": {"npo_rt": [start, *points]}}
-    second = [half("forget50-50pct-lr1e-4", 1e-4, at_second_rate)] if at_second_rate else []
+    def half(name, lr, points, learned_in=None):
+        return {"plan": {"name": name, "eval_sizes": {"eval_log_forget.json": 100}, "unlearn_lr": lr,
+                         "learned_in": learned_in}, "target": {"mu": 0.35}, "curves": {"npo_rt": [start, *points]}}
+    second = [half("forget50-50pct-lr1e-4", 1e-4, at_second_rate, "forget50-50pct")] if at_second_rate else []
     return [small, half("forget50-50pct", 5e-5, npo_rt_points), *second]
 
 
