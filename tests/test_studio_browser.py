@@ -114,6 +114,20 @@ def test_bad_upload_shows_the_problem_and_the_page_keeps_working(page, tmp_path)
     page.get_by_text("8 question/answer examples").wait_for(timeout=90_000)
 
 
+def test_empty_tables_name_their_columns_and_the_command_box_says_what_comes(page):
+    """Before any data or run, a table showed gradio's placeholder headers 1, 2, 3."""
+    header = page.locator("#preview-table th").first
+    header.wait_for(timeout=30_000)
+    assert "answer / text" in page.locator("#preview-table").inner_text()
+    page.get_by_role("tab", name="2 · Train").click()
+    assert "appears here" in page.locator("#train-command").inner_text()
+    for tab, table, column in (("Evaluate", "#evaluate-table", "unlearned"), ("Audit", "#audit-table", "largest recovery"),
+                               ("Export", "#parity-table", "artifact")):
+        page.get_by_role("tab", name=tab).click()
+        page.locator(f"{table} th").first.wait_for(timeout=30_000)
+        assert column in page.locator(table).inner_text(), tab
+
+
 def test_nonsense_settings_are_explained(page, tmp_path):
     page.get_by_role("button", name="Example: private data (Elara Voss)").click()
     page.get_by_text("8 question/answer examples").wait_for(timeout=90_000)

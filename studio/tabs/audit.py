@@ -71,7 +71,7 @@ def create_audit_tab(studio: Studio, session, run_key):
         start = gr.Button("Audit this run", variant="primary", elem_id="audit-start")
         stop = gr.Button("Stop", variant="stop", elem_id="audit-stop")
     status = gr.Markdown("No audit yet.", elem_id="audit-status")
-    verdicts = gr.Dataframe(interactive=False, label="Verdict per attack", elem_id="audit-table")
+    verdicts = gr.Dataframe(verdict_table(None), interactive=False, label="Verdict per attack", elem_id="audit-table")
     chart = gr.Plot(show_label=False, elem_id="audit-chart")
     timer = gr.Timer(2.0)
 

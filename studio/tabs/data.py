@@ -28,6 +28,9 @@ def example_sets() -> dict[str, dict[str, str]]:
     }
 
 
+PREVIEW_COLUMNS = ["set", "#", "question", "answer / text", "tokens"]
+
+
 def preview(data: dict, tokenizer) -> tuple[pd.DataFrame, str]:
     """A table of the chosen sets and a one-line count per set (with the validation result)."""
     rows, notes = [], []
@@ -41,7 +44,7 @@ def preview(data: dict, tokenizer) -> tuple[pd.DataFrame, str]:
         for index, (ex, n) in enumerate(zip(examples[:PREVIEW_ROWS], lengths)):
             rows.append({"set": role, "#": index + 1, "question": ex.prompt or "", "answer / text": ex.answer[:300],
                          "tokens": n})
-    return pd.DataFrame(rows, columns=["set", "#", "question", "answer / text", "tokens"]), "  \n".join(notes)
+    return pd.DataFrame(rows, columns=PREVIEW_COLUMNS), "  \n".join(notes)
 
 
 def create_data_tab(studio: Studio, session, data, tokenizer_loader):
@@ -61,7 +64,8 @@ def create_data_tab(studio: Studio, session, data, tokenizer_loader):
     with gr.Accordion("Normal set (optional: the Yao method's normal data; default is the retain set)", open=False):
         uploads["normal"] = gr.File(label="normal set", file_types=FILE_TYPES, type="filepath")
     status = gr.Markdown(elem_id="data-status")
-    table = gr.Dataframe(label="Preview", interactive=False, wrap=True, max_height=360)
+    table = gr.Dataframe(pd.DataFrame(columns=PREVIEW_COLUMNS), label="Preview", interactive=False, wrap=True,
+                         max_height=360, elem_id="preview-table")
 
     def refresh(new_data: dict):
         frame, notes = preview(new_data, tokenizer_loader())

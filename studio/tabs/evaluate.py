@@ -59,7 +59,7 @@ def create_evaluate_tab(studio: Studio, session, data, run_key):
         tokens = gr.Number(48, label="generated tokens per answer", precision=0, minimum=1, maximum=200)
     about = gr.Markdown(suite_help(DEFAULT_SUITE))
     run = gr.Button("Evaluate this run", variant="primary", elem_id="evaluate")
-    table = gr.Dataframe(interactive=False, label="Original → unlearned", elem_id="evaluate-table")
+    table = gr.Dataframe(figure_table([]), interactive=False, label="Original → unlearned", elem_id="evaluate-table")
     chart = gr.Plot(show_label=False, elem_id="evaluate-chart")
 
     @guarded

@@ -20,7 +20,7 @@ _export_lock = threading.Lock()   # exports are heavy: one at a time per studio
 def parity_frame(manifest: dict) -> pd.DataFrame:
     rows = [{"artifact": name, **{k: v for k, v in scores.items() if not isinstance(v, (list, dict))}}
             for name, scores in manifest.get("metrics", {}).items()]
-    return pd.DataFrame(rows).round(4)
+    return pd.DataFrame(rows, columns=None if rows else ["artifact"]).round(4)
 
 
 def downloadable(bundle: Path, manifest: dict) -> list[str]:
@@ -41,7 +41,7 @@ def create_export_tab(studio: Studio, session, run_key):
     start = gr.Button("Export", variant="primary", elem_id="export")
     progress = gr.Textbox(label="Progress", lines=6, max_lines=6, autoscroll=True)
     warnings = gr.Markdown()
-    report = gr.Dataframe(interactive=False, label="Parity report", elem_id="parity-table")
+    report = gr.Dataframe(parity_frame({}), interactive=False, label="Parity report", elem_id="parity-table")
     files = gr.File(label="Download", file_count="multiple", interactive=False)
 
     @guarded

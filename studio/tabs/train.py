@@ -168,7 +168,8 @@ def create_train_tab(studio: Studio, session, data, run_key):
         stop = gr.Button("Stop", variant="stop", elem_id="stop")
         resume = gr.Button("Resume", elem_id="resume")
     status = gr.Markdown("No run yet.", elem_id="train-status")
-    command = gr.Code(label="The same run from the command line", language="shell", interactive=False, lines=2,
+    command = gr.Code("# Start a run: the command that does the same appears here",
+                      label="The same run from the command line", language="shell", interactive=False, lines=2,
                       elem_id="train-command")
     with gr.Row():
         loss_plot = gr.Plot(poll.line_chart(poll.empty_curves(), LOSS_TITLE), show_label=False, elem_id="loss-plot")
