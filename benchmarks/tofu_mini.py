@@ -561,19 +561,42 @@ def method_colour(method: str) -> str:
     return f"C{list(LABELS).index(method) % 10}"
 
 
-def plot(results: list[dict], path: Path) -> None:
+def panel_rows(results: list[dict], one_row_per_size: bool) -> list[tuple[dict, list[tuple[str, str, str, list]]]]:
+    """The figure's rows: (the result whose panels they are, its lines as (method, label, line style, points)).
+    One row per plan; with `one_row_per_size`, a plan learned in another (the same models and forget size at
+    another learning rate) is drawn dashed in that plan's panels, and a method drawn at several rates names
+    its rate in the label."""
+    names = {r["plan"]["name"] for r in results}
+    owners = {r["plan"]["name"]: (r["plan"].get("learned_in") if one_row_per_size and r["plan"].get("learned_in")
+                                  in names else r["plan"]["name"]) for r in results}
+    lines: dict[str, list] = {name: [] for name in owners.values()}
+    for r in results:
+        owner = owners[r["plan"]["name"]]
+        style = "-" if owner == r["plan"]["name"] else "--"
+        lines[owner] += [(method, r["plan"]["unlearn_lr"], style, points) for method, points in r["curves"].items()]
+    rows = []
+    for r in results:
+        if r["plan"]["name"] in lines:
+            drawn = lines[r["plan"]["name"]]
+            repeated = {m for m, *_ in drawn if sum(other == m for other, *_ in drawn) > 1}
+            rows.append((r, [(m, f"{LABELS[m]} (lr {lr:g})" if m in repeated else LABELS[m], style, points)
+                             for m, lr, style, points in drawn]))
+    return rows
+
+
+def plot(results: list[dict], path: Path, one_row_per_size: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(len(results), 2, figsize=(10, 3.6 * len(results)), squeeze=False)
-    for row, result in enumerate(results):
-        ax_fq, ax_mu = axes[row]
-        for method, points in result["curves"].items():
+    rows = panel_rows(results, one_row_per_size)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.6 * len(rows)), squeeze=False)
+    for (result, lines), (ax_fq, ax_mu) in zip(rows, axes):
+        for method, label, linestyle, points in lines:
             epochs = [p["epoch"] for p in points]
-            style = dict(marker="o", label=LABELS[method], color=method_colour(method))
+            style = dict(marker="o", label=label, color=method_colour(method), linestyle=linestyle)
             ax_fq.plot(epochs, [max(p["fq"], 1e-30) for p in points], **style)
             ax_mu.plot(epochs, [p["mu"] for p in points], **style)
         ax_fq.set_yscale("log")
@@ -674,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     (results_dir / f"{stem}.md").write_text("\n".join(
         (["# The NPO paper's headline: forget 10 % and 50 %", "", *headline, ""] if headline else [])
         + [markdown(r, wall, device) for r in results] + [stage_table(bench.ledger)]))
-    plot(results, results_dir / f"{stem}.png")
+    plot(results, results_dir / f"{stem}.png", one_row_per_size=args.forget50)   # the issue: a panel per size
     print((results_dir / f"{stem}.md").read_text())
     bench.say(f"done: results in {results_dir} (wall time {_clock(wall)})")
     return 0

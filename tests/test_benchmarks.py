@@ -91,3 +91,23 @@ def test_the_forget50_headline_counts_every_learning_rate_tried_at_50_percent():
 
     headline = headline_claims(_forget50_results([_point(1, 1e-3, 0.30)], at_second_rate=[_point(1, 0.3, 0.29)]))[0]
     assert "**yes**; lr 0.0001, epoch 1: FQ 0.3, MU 0.290" in headline and "learning rates tried: 0.0001, 5e-05" in headline
+
+
+def test_the_forget50_figure_draws_a_second_learning_rate_in_its_forget_sizes_panels(tmp_path):
+    from benchmarks.tofu_mini import panel_rows, plot
+
+    results = _forget50_results([_point(1, 1e-3, 0.30)], at_second_rate=[_point(1, 0.3, 0.29)])
+    rows = panel_rows(results, one_row_per_size=True)
+    assert [r["plan"]["name"] for r, _ in rows] == ["forget50-10pct", "forget50-50pct"]   # a row per forget size
+    assert [(label, style) for _, label, style, _ in rows[0][1]] == [("GA", "-")]
+    assert [(label, style, points[-1]["fq"]) for _, label, style, points in rows[1][1]] == [
+        ("NPO+RT (lr 5e-05)", "-", 1e-3), ("NPO+RT (lr 0.0001)", "--", 0.3)]
+    # the mini report keeps a row per plan: its learning rates are its two figures
+    assert len(panel_rows(results, one_row_per_size=False)) == 3
+    for key in ("target", "retain"):
+        for r in results:
+            r.setdefault(key, {"mu": 0.35})
+    plot(results, tmp_path / "figure.png", one_row_per_size=True)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "figure.png").size == (1200, 864)   # 10 x 7.2 inches at 120 dpi: two rows
