@@ -101,6 +101,20 @@ class Ledger:
                 "curves": {m: record["curves"][m] for m in methods if m in record["curves"]},
                 "diverged": record["diverged"], "relearned": record["relearned"]}
 
+    def points(self, settings: dict):
+        """Every recorded point of the plan, as (name, point): ("target", p), ("retain", p), ((method, epoch), p).
+        The points are the record's own: change one, then save()."""
+        record = self.plan(settings)
+        for name in ("target", "retain"):
+            if name in record:
+                yield name, record[name]
+        for method, curve in record.get("curves", {}).items():
+            for point in curve:
+                yield (method, point["epoch"]), point
+
+    def save(self) -> None:
+        self._save()
+
     def retain_eval(self, settings: dict) -> Path | None:
         """The recorded evaluation of the plan's retain model (an eval output folder), if any."""
         folder = self._retain_folder(settings)

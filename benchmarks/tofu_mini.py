@@ -299,7 +299,8 @@ def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> d
     retain_summary = json.loads((retain_eval / "summary.json").read_text())
     target_summary = bench.evaluate(str(target), eval_dir(learned, plan) / "target", plan, reference, retain_eval,
                                     holdout)
-    relearned = bench.ledger.keep_models(settings, _point(target_summary), _point(retain_summary),
+    relearned = bench.ledger.keep_models(settings, _point(target_summary, eval_dir(learned, plan) / "target"),
+                                         _point(retain_summary, retain_eval),
                                          _weights_digest(target / "model"))
     if relearned:
         bench.say(relearned)
@@ -311,11 +312,11 @@ def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> d
                           lr=plan.unlearn_lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype,
                           save_steps=steps_per_epoch, save_total_limit=plan.unlearn_epochs + 5)
         blown_up = diverged(run)
-        points = [{"epoch": 0, **_point(target_summary)}]
+        points = [{"epoch": 0, **_point(target_summary, eval_dir(learned, plan) / "target")}]
         for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None):
-            summary = bench.evaluate(str(model), eval_dir(root, plan) / f"{method}-epoch{epoch}", plan, reference,
-                                     retain_eval, holdout)
-            points.append({"epoch": epoch, **_point(summary)})
+            evaluated = eval_dir(root, plan) / f"{method}-epoch{epoch}"
+            summary = bench.evaluate(str(model), evaluated, plan, reference, retain_eval, holdout)
+            points.append({"epoch": epoch, **_point(summary, evaluated)})
         bench.ledger.keep_curve(settings, method, points, blown_up)
         _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch, bench.keep_checkpoints))
         bench.say(f"{LABELS[method]}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
@@ -401,17 +402,85 @@ def _epoch_models(run: Path, epochs: int, steps_per_epoch: int, blew_up: bool) -
     return models + [(epochs, run)]
 
 
-def _point(summary: dict) -> dict:
+def _point(summary: dict, evaluated: Path) -> dict:
+    """What the record keeps of one evaluation: its figures, and the forget answers' truth ratios (what Forget
+    Quality is computed from, so that it can be computed again over fewer answers)."""
     figures = summary["figures"]
     point = {"fq": figures.get("Forget Quality"), "mu": figures["Model Utility"],
              "forget_rouge": figures["Forget ROUGE"], "forget_prob": figures["Forget Prob."],
              "forget_fluency": summary["fluency"]["Forget"], "retain_fluency": summary["fluency"]["Retain"],
              "retain_rouge": figures["Retain ROUGE"], "forget_truth_ratio": figures["Forget Truth Ratio"],
              "retain_prob": figures["Retain Prob."], "retain_truth_ratio": figures["Retain Truth Ratio"],
-             "eval_seconds": summary.get("wall_seconds")}
+             "eval_seconds": summary.get("wall_seconds"), "forget_truth_ratios": forget_truth_ratios(evaluated)}
     if "mia" in summary:
         point.update(mia_auc=summary["mia"]["auc"], privleak=summary["mia"].get("privacy_leakage"))
     return point
+
+
+def forget_truth_ratios(evaluated: Path) -> list[float]:
+    """The forget answers' truth ratios of an evaluation folder, in sample order (as Forget Quality reads them)."""
+    from core.evaluation.evaluator import read_eval_output
+    from core.evaluation.tofu_metrics import forget_ratios
+
+    return forget_ratios(read_eval_output(evaluated)["logs"]).tolist()
+
+
+def fill_truth_ratios(bench: Bench, plan: Plan) -> int:
+    """Give the points recorded before truth ratios were kept (2026-12-02) their ratios, from this machine's cached
+    evaluations where it has them. Those are the recorded evaluations themselves (a recorded method is never
+    measured again; the target's only while its weights are the recorded ones), and each fill is checked: the
+    ratios must give the recorded Forget Quality again. Returns how many points were filled."""
+    settings = asdict(plan)
+    record = bench.ledger.plan(settings)
+    if "target" not in record:
+        return 0
+    learned = bench.root / (plan.learned_in or plan.name)
+    target = _target_dir(plan, bench.root, learned) / "model"
+    same_target = target.is_dir() and _weights_digest(target) == record["target_weights"]
+    retain_folder = bench.ledger.retain_eval(settings)
+    folders = {"retain": retain_folder, "target": eval_dir(learned, plan) / "target" if same_target else None}
+    retain = forget_truth_ratios(retain_folder) if retain_folder else None
+    filled = 0
+    for name, point in bench.ledger.points(settings):
+        if "forget_truth_ratios" in point:
+            continue
+        method, epoch = name if isinstance(name, tuple) else (name, None)
+        folder = (folders["target"] if epoch == 0 else folders.get(method) if epoch is None
+                  else eval_dir(bench.root / plan.name, plan) / f"{method}-epoch{epoch}")
+        if folder is None or not (folder / "summary.json").is_file():
+            continue
+        ratios = forget_truth_ratios(folder)
+        if name != "retain" and point["fq"] != _fq(ratios, retain):
+            bench.say(f"{plan.name}: {name}'s cached evaluation does not give its recorded Forget Quality; left out")
+            continue
+        point["forget_truth_ratios"] = ratios
+        filled += 1
+    if filled:
+        bench.ledger.save()
+        bench.say(f"{plan.name}: truth ratios of {filled} recorded points taken from this machine's evaluations")
+    return filled
+
+
+def _fq(ratios: list[float], retain: list[float] | None) -> float | None:
+    from core.evaluation.tofu_metrics import forget_quality
+
+    return forget_quality(ratios, retain)["Forget Quality"] if retain is not None else None
+
+
+MATCHED_DRAWS = 200   # random draws of answers for a size-matched Forget Quality
+
+
+def size_matched_fq(ratios: list[float], retain: list[float], size: int, draws: int = MATCHED_DRAWS) -> float:
+    """Forget Quality over `size` of the forget answers: the median over random draws of `size` answers, the same
+    answers under the model and the retain model. FQ is a KS p-value, which shrinks with the number of answers
+    for one distance between the two distributions: this compares forget sets of different sizes fairly."""
+    import numpy as np
+
+    if size >= len(ratios):
+        return _fq(ratios, retain)
+    model, reference, rng = np.asarray(ratios), np.asarray(retain), np.random.default_rng(0)
+    picks = (rng.choice(len(ratios), size, replace=False) for _ in range(draws))
+    return float(np.median([_fq(model[i].tolist(), reference[i].tolist()) for i in picks]))
 
 
 # ================================================================ report
@@ -487,6 +556,7 @@ def headline_claims(results: list[dict]) -> list[str]:
                      f"lr {p['lr']:g}, epoch {p['epoch']}: FQ {p['fq']:.3g}, MU {p['mu']:.3f} = "
                      f"{p['mu'] / large['target']['mu']:.2f} x target (learning rates tried: {rates}).")
         lines.append(_against_ga_final(ga_small[-1], npo_rt_large, floor, small, large))
+        lines.append(_size_matched(ga_best, npo_rt_large, floor, small, large))
     for method in ("ga", "grad_diff"):
         points = small["curves"].get(method, [])[1:]
         if not points:
@@ -511,6 +581,26 @@ def _against_ga_final(ga_last: dict, npo_rt: list[dict], floor: float, small: di
             f"{HEADLINE_UTILITY:g} x target is {best:.3g}: **{'above' if best > (ga_last['fq'] or 0) else 'not above'}**. "
             f"(Forget Quality is a KS p-value over {sizes[1]} forget answers at 50 % and {sizes[0]} at 10 %: the same "
             f"distance between the distributions gives a smaller p-value at 50 %, so comparing them favours 10 %.)")
+
+
+def _size_matched(ga_best: float, npo_rt: list[dict], floor: float, small: dict, large: dict) -> str:
+    """The headline test again with FQ at 50 % over as many answers as at 10 % (size_matched_fq)."""
+    size = small["plan"]["eval_sizes"]["eval_log_forget.json"]
+    retain = large["retain"].get("forget_truth_ratios")
+    kept = [p for p in npo_rt if p["mu"] >= floor and "forget_truth_ratios" in p]
+    unknown = sorted({f"{p['lr']:g}" for p in npo_rt if "forget_truth_ratios" not in p})
+    missing = (f" (not known at lr {', '.join(unknown)}: measured before the record kept per-answer truth ratios)"
+               if unknown else "")
+    head = (f"- Size-matched: NPO+RT's FQ at 50 % over {size} of its forget answers, as many as at 10 % (the median "
+            f"over {MATCHED_DRAWS} random draws, the same answers under the retain model), with MU >= "
+            f"{HEADLINE_UTILITY:g} x target")
+    if retain is None or not kept:
+        return f"{head}: not known yet{missing}."
+    matched = [(size_matched_fq(p["forget_truth_ratios"], retain, size), p) for p in kept]
+    fq, p = max(matched, key=lambda pair: pair[0])
+    return (f"{head}: best {fq:.3g} (lr {p['lr']:g}, epoch {p['epoch']}; over all its answers {p['fq']:.3g}): "
+            f"**{'above' if fq > ga_best else 'equal to' if fq == ga_best else 'below'}** GA's best at 10 % "
+            f"({ga_best:.3g}; KS p-values over {size} answers take few values){missing}.")
 
 
 def markdown(result: dict, wall: float, device: str) -> str:
@@ -685,6 +775,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(root, device, ledger, args.keep_checkpoints)
     bench.say(f"mini-TOFU on {device}: plans {', '.join(p.name for p in plans)}; cache {root}; "
               f"record {bench.ledger.path}")
+    for plan in plans:
+        fill_truth_ratios(bench, plan)
     results = [run_plan(plan, bench, methods) if splits is None or plan.forget_split in splits
                else bench.ledger.result(asdict(plan), plan.methods) for plan in plans]
     results = [r for r in results if r]   # a plan not measured now and never before has no result

@@ -65,7 +65,8 @@ def _forget50_results(npo_rt_points, at_second_rate=()):
 
     def half(name, lr, points, learned_in=None):
         return {"plan": {"name": name, "eval_sizes": {"eval_log_forget.json": 100}, "unlearn_lr": lr,
-                         "learned_in": learned_in}, "target": {"mu": 0.35}, "curves": {"npo_rt": [start, *points]}}
+                         "learned_in": learned_in}, "target": {"mu": 0.35}, "retain": {"mu": 0.36},
+                "curves": {"npo_rt": [start, *points]}}
     second = [half("forget50-50pct-lr1e-4", 1e-4, at_second_rate, "forget50-50pct")] if at_second_rate else []
     return [small, half("forget50-50pct", 5e-5, npo_rt_points), *second]
 
@@ -79,7 +80,8 @@ def _forget50_results(npo_rt_points, at_second_rate=()):
 def test_the_forget50_headline_is_decided_by_its_stated_rule(npo_rt, verdict, versus_final):
     from benchmarks.tofu_mini import headline_claims
 
-    headline, against_final, ga = headline_claims(_forget50_results(npo_rt))
+    headline, against_final, matched, ga = headline_claims(_forget50_results(npo_rt))
+    assert "not known yet" in matched   # hand-made points without truth ratios
     assert f"above GA's best at 10 % (0.1) at some epoch: **{verdict}**" in headline
     assert f"**{versus_final}**" in against_final and "over 100 forget answers at 50 % and 40 at 10 %" in against_final
     # GA ends at MU 0.05 < 0.5 x 0.35: it fails at 10 %; epochs 1 and 2 were above both bounds
@@ -111,3 +113,92 @@ def test_the_forget50_figure_draws_a_second_learning_rate_in_its_forget_sizes_pa
     from PIL import Image
 
     assert Image.open(tmp_path / "figure.png").size == (1200, 864)   # 10 x 7.2 inches at 120 dpi: two rows
+
+
+def _exact_ks_pvalue(n: int, k: int) -> float:
+    """P(D >= k/n) for two samples of n, by hand: 2 sum_j (-1)^(j+1) C(2n, n - jk) / C(2n, n) (lattice paths)."""
+    from math import comb
+
+    return 2 * sum((-1) ** (j + 1) * comb(2 * n, n - j * k) for j in range(1, n // k + 1)) / comb(2 * n, n)
+
+
+def _at_distance(n: int, k: int) -> tuple[list[float], list[float]]:
+    """Two samples of n whose KS distance is exactly k/n."""
+    return [float(i) for i in range(n)], [i + k - 0.5 for i in range(n)]
+
+
+def test_size_matched_forget_quality_takes_fewer_answers_for_the_same_distance():
+    from benchmarks.tofu_mini import size_matched_fq
+
+    model, retain = _at_distance(100, 25)
+    assert size_matched_fq(model, retain, 100) == pytest.approx(_exact_ks_pvalue(100, 25), rel=1e-9)  # 0.00373
+    assert size_matched_fq(model, retain, 200) == size_matched_fq(model, retain, 100)   # never more than all
+    matched = size_matched_fq(model, retain, 40)
+    assert matched == size_matched_fq(model, retain, 40)             # seeded: the same every time
+    assert matched == pytest.approx(_exact_ks_pvalue(40, 14), rel=1e-9)   # the median draw: D = 14/40
+    assert matched > _exact_ks_pvalue(100, 25)                     # the same shift, 40 answers: a larger p
+    assert size_matched_fq(retain, retain, 40) == pytest.approx(1.0)
+
+
+def test_the_size_matched_headline_line_says_which_rates_it_could_not_judge():
+    from benchmarks.tofu_mini import headline_claims
+
+    model, retain = _at_distance(100, 16)      # FQ 0.155 over all 100, 0.165 over 40
+    results = _forget50_results([_point(1, 1e-3, 0.30)], at_second_rate=[_point(1, 0.155, 0.29)])
+    results[1]["retain"]["forget_truth_ratios"] = retain
+    results[2]["curves"]["npo_rt"][1]["forget_truth_ratios"] = model
+    matched = headline_claims(results)[2]
+    assert "over 40 of its forget answers" in matched and "best 0.165 (lr 0.0001, epoch 1; over all its answers 0.155)" in matched
+    assert "**above** GA's best at 10 % (0.1)" in matched       # GA's best FQ in the fixture is 0.1
+    assert "not known at lr 5e-05" in matched
+
+
+def _write_eval(folder, paraphrased: list[float], perturbed: list[list[float]]) -> None:
+    """An evaluation folder holding what Forget Quality reads: the forget log's losses."""
+    import json
+
+    folder.mkdir(parents=True)
+    log = {"avg_paraphrased_loss": {str(i): v for i, v in enumerate(paraphrased)},
+           "average_perturb_loss": {str(i): v for i, v in enumerate(perturbed)}}
+    (folder / "eval_log_aggregated.json").write_text(json.dumps({"eval_log_forget.json": log}))
+    (folder / "summary.json").write_text("{}")
+
+
+def test_points_recorded_without_truth_ratios_get_them_from_the_cache_when_they_give_the_recorded_fq(tmp_path):
+    from dataclasses import asdict
+
+    from benchmarks.ledger import Ledger
+    from benchmarks.tofu_mini import Bench, _fq, _weights_digest, fill_truth_ratios, forget50_plans, forget_truth_ratios
+
+    plan = forget50_plans()[0]
+    settings, root = asdict(plan), tmp_path / "runs"
+    model = root / plan.shared_target / "model"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    evals = root / plan.name / "eval"
+    losses = {"retain": [0.5, 1.0, 1.5, 2.0], "target": [0.1, 0.2, 0.3, 0.4], "ga-epoch1": [3.0, 2.0, 1.0, 0.9],
+              "ga-epoch2": [0.9, 0.8, 0.7, 0.6]}
+    for name, paraphrased in losses.items():
+        _write_eval(evals / name, paraphrased, [[1.0, 1.2]] * 4)
+    ledger = Ledger(tmp_path / "records")
+    retain_folder = ledger.keep_retain_eval(settings, evals / "retain")
+    ratios = {name: forget_truth_ratios(evals / name) for name in losses}
+
+    def point(name, fq=None):
+        return {"fq": _fq(ratios[name], ratios["retain"]) if fq is None else fq, "mu": 0.3}
+    ledger.keep_models(settings, point("target"), {"fq": None, "mu": 0.3}, _weights_digest(model))
+    ledger.keep_curve(settings, "ga", [{"epoch": 0, **point("target")}, {"epoch": 1, **point("ga-epoch1")},
+                                       {"epoch": 2, **point("ga-epoch2", fq=0.123)}], None)   # not this cache's
+
+    assert fill_truth_ratios(Bench(root, "cpu", ledger), plan) == 4     # target, retain, epochs 0 and 1
+    again = Ledger(tmp_path / "records")                                # saved in the record
+    record = again.plan(settings)
+    assert record["retain"]["forget_truth_ratios"] == forget_truth_ratios(retain_folder)
+    assert record["target"]["forget_truth_ratios"] == ratios["target"]
+    curve = record["curves"]["ga"]
+    assert curve[1]["forget_truth_ratios"] == ratios["ga-epoch1"] and "forget_truth_ratios" not in curve[2]
+    assert fill_truth_ratios(Bench(root, "cpu", again), plan) == 0      # nothing left to fill
+
+    (model / "model.safetensors").write_bytes(b"learned again, other weights")
+    del record["target"]["forget_truth_ratios"]
+    assert fill_truth_ratios(Bench(root, "cpu", again), plan) == 0      # not the recorded target's evaluation
