@@ -149,7 +149,7 @@ def test_the_size_matched_headline_line_says_which_rates_it_could_not_judge():
     results[2]["curves"]["npo_rt"][1]["forget_truth_ratios"] = model
     matched = headline_claims(results)[2]
     assert "over 40 of its forget answers" in matched and "best 0.165 (lr 0.0001, epoch 1; over all its answers 0.155)" in matched
-    assert "**above** GA's best at 10 % (0.1)" in matched       # GA's best FQ in the fixture is 0.1
+    assert "**above** GA's best at 10 % (0.1;" in matched       # GA's best FQ in the fixture is 0.1
     assert "not known at lr 5e-05" in matched
 
 
