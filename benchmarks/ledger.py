@@ -72,14 +72,14 @@ class Ledger:
         record["plan"] = _plain(settings)
         if "target" not in record:
             record.update(target=target, retain=retain, target_weights=weights, measured=_today())
-            self._save()
+            self.save()
             return None
         if weights in (record["target_weights"], *(n["target_weights"] for n in record["relearned"])):
             return None
         changed = {figure: [record["target"][figure], target[figure]] for figure in ("mu", "forget_prob", "fq")
                    if record["target"].get(figure) != target.get(figure)}
         record["relearned"].append({"date": _today(), "target_weights": weights, "target": changed})
-        self._save()
+        self.save()
         return (f"{settings['name']}: the target was learned again; its figures against the record's (then, now): "
                 + (json.dumps(changed) if changed else "identical"))
 
@@ -90,7 +90,7 @@ class Ledger:
         if diverged:
             record["diverged"][method] = diverged
         record.setdefault("method_measured", {})[method] = _today()
-        self._save()
+        self.save()
 
     def result(self, settings: dict, methods: tuple[str, ...]) -> dict | None:
         """The plan's result as run_plan returns it, from the record alone (None before its models are)."""
@@ -111,9 +111,6 @@ class Ledger:
         for method, curve in record.get("curves", {}).items():
             for point in curve:
                 yield (method, point["epoch"]), point
-
-    def save(self) -> None:
-        self._save()
 
     def retain_eval(self, settings: dict) -> Path | None:
         """The recorded evaluation of the plan's retain model (an eval output folder), if any."""
@@ -141,14 +138,14 @@ class Ledger:
         stage["wall"] = round(stage["wall"] + wall, 1)
         stage["cpu"] = round(stage["cpu"] + cpu, 1)
         stage["invocations"] += 1
-        self._save()
+        self.save()
 
     def add_wall(self, seconds: float) -> float:
         self.data["wall_seconds"] = round(self.data["wall_seconds"] + seconds, 1)
-        self._save()
+        self.save()
         return self.data["wall_seconds"]
 
-    def _save(self) -> None:
+    def save(self) -> None:
         from core.runs import write_text_atomic
 
         write_text_atomic(self.path, json.dumps(self.data, indent=1))

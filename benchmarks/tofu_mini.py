@@ -299,8 +299,8 @@ def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> d
     retain_summary = json.loads((retain_eval / "summary.json").read_text())
     target_summary = bench.evaluate(str(target), eval_dir(learned, plan) / "target", plan, reference, retain_eval,
                                     holdout)
-    relearned = bench.ledger.keep_models(settings, _point(target_summary, eval_dir(learned, plan) / "target"),
-                                         _point(retain_summary, retain_eval),
+    target_point = _point(target_summary, eval_dir(learned, plan) / "target")
+    relearned = bench.ledger.keep_models(settings, target_point, _point(retain_summary, retain_eval),
                                          _weights_digest(target / "model"))
     if relearned:
         bench.say(relearned)
@@ -312,7 +312,7 @@ def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> d
                           lr=plan.unlearn_lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype,
                           save_steps=steps_per_epoch, save_total_limit=plan.unlearn_epochs + 5)
         blown_up = diverged(run)
-        points = [{"epoch": 0, **_point(target_summary, eval_dir(learned, plan) / "target")}]
+        points = [{"epoch": 0, **target_point}]
         for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None):
             evaluated = eval_dir(root, plan) / f"{method}-epoch{epoch}"
             summary = bench.evaluate(str(model), evaluated, plan, reference, retain_eval, holdout)
@@ -431,26 +431,32 @@ def fill_truth_ratios(bench: Bench, plan: Plan) -> int:
     measured again; the target's only while its weights are the recorded ones), and each fill is checked: the
     ratios must give the recorded Forget Quality again. Returns how many points were filled."""
     settings = asdict(plan)
-    record = bench.ledger.plan(settings)
-    if "target" not in record:
+    lacking = [(name, point) for name, point in bench.ledger.points(settings) if "forget_truth_ratios" not in point]
+    retain_folder = bench.ledger.retain_eval(settings)
+    if not lacking or retain_folder is None:
         return 0
     learned = bench.root / (plan.learned_in or plan.name)
     target = _target_dir(plan, bench.root, learned) / "model"
-    same_target = target.is_dir() and _weights_digest(target) == record["target_weights"]
-    retain_folder = bench.ledger.retain_eval(settings)
-    folders = {"retain": retain_folder, "target": eval_dir(learned, plan) / "target" if same_target else None}
-    retain = forget_truth_ratios(retain_folder) if retain_folder else None
+    same_target = target.is_dir() and _weights_digest(target) == bench.ledger.plan(settings)["target_weights"]
+    retain = forget_truth_ratios(retain_folder)
+
+    def cached(name) -> Path | None:
+        if name == "target" or name[1] == 0:
+            return eval_dir(learned, plan) / "target" if same_target else None
+        method, epoch = name
+        return eval_dir(bench.root / plan.name, plan) / f"{method}-epoch{epoch}"
+
     filled = 0
-    for name, point in bench.ledger.points(settings):
-        if "forget_truth_ratios" in point:
+    for name, point in lacking:
+        if name == "retain":
+            point["forget_truth_ratios"] = retain
+            filled += 1
             continue
-        method, epoch = name if isinstance(name, tuple) else (name, None)
-        folder = (folders["target"] if epoch == 0 else folders.get(method) if epoch is None
-                  else eval_dir(bench.root / plan.name, plan) / f"{method}-epoch{epoch}")
+        folder = cached(name)
         if folder is None or not (folder / "summary.json").is_file():
             continue
         ratios = forget_truth_ratios(folder)
-        if name != "retain" and point["fq"] != _fq(ratios, retain):
+        if point["fq"] != _fq(ratios, retain):
             bench.say(f"{plan.name}: {name}'s cached evaluation does not give its recorded Forget Quality; left out")
             continue
         point["forget_truth_ratios"] = ratios
@@ -480,7 +486,7 @@ def size_matched_fq(ratios: list[float], retain: list[float], size: int, draws: 
         return _fq(ratios, retain)
     model, reference, rng = np.asarray(ratios), np.asarray(retain), np.random.default_rng(0)
     picks = (rng.choice(len(ratios), size, replace=False) for _ in range(draws))
-    return float(np.median([_fq(model[i].tolist(), reference[i].tolist()) for i in picks]))
+    return float(np.median([_fq(model[i], reference[i]) for i in picks]))
 
 
 # ================================================================ report
