@@ -143,8 +143,8 @@ class RunDir:
                     "stop it first (unlearn stop DIR), then overwrite")
             if create:
                 shutil.rmtree(run.path)
-        elif run.path.exists():
-            require(run.path.is_dir() and not any(run.path.iterdir()),
+        elif run.path.exists():   # empty, or a start that failed before its run existed (a status, no config)
+            require(run.path.is_dir() and {p.name for p in run.path.iterdir()} <= {run.status_path.name},
                     f"{run.path} exists and is not an empty directory or a run",
                     "choose a new --out directory")
         if create:

@@ -143,3 +143,20 @@ def test_a_runs_folders_and_weights_get_the_usual_permissions(tiny_config, tmp_p
     assert {w.parent.name for w in weights} >= {"model", checkpoints[-1].name}
     assert {w.relative_to(run).as_posix(): oct(w.stat().st_mode & 0o777) for w in weights} == {
         w.relative_to(run).as_posix(): oct(0o666 & ~mask) for w in weights}
+
+
+def test_a_start_that_failed_before_its_run_existed_does_not_block_the_same_out_again(tmp_path):
+    """A start refused (e.g. no retain set) leaves its failed status for the studio; the corrected command with
+    the same --out must then work, while a folder holding anything else is still refused."""
+    import pytest
+
+    from core.errors import UnlearnError
+    from core.runs import RunDir
+
+    failed = RunDir(tmp_path / "run")
+    failed.path.mkdir()
+    failed.write_status("failed", error="method npo_rt needs a retain set")
+    assert RunDir.prepare(failed.path).path.is_dir()
+    (failed.path / "notes.txt").write_text("mine")
+    with pytest.raises(UnlearnError, match="not an empty directory or a run"):
+        RunDir.prepare(failed.path)
