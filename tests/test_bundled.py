@@ -15,8 +15,12 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 # bf16 rounds a batch's summed answer NLL differently with another batch shape (the cache is scored in other
-# batches than training sees): ~0.07 nats of ~50 summed, which moves (2/β)·log 2 by about as much.
-@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-3), ("bfloat16", 0.2)])
+# batches than training sees), and (2/β)·log 2 moves by about as much as the two sums differ. A bf16 logit near
+# 20 has a step of 0.125; where another accumulation order crosses a rounding boundary the answer token's
+# log-probability moves by up to that, so ~50 summed answer tokens differ by a few tenths (CI's AVX2 machine,
+# which emulates bf16: 0.24; AMX: ~0.07). 0.5 still fails a cache scored on the wrong answers: they differ by
+# tens of nats.
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-3), ("bfloat16", 0.5)])
 def test_npo_rt_steps_on_the_bundled_model(tmp_path, bundled_dir, dtype, tolerance):
     # 8 of forget01's 40 questions: the cache and the knowledge check score every forget example, and a CPU
     # without bf16 units (CI's AVX2 machine) emulates bf16 ~80x slower: there this test took 9 min with 40,
