@@ -112,7 +112,7 @@ def test_the_forget50_figure_draws_a_second_learning_rate_in_its_forget_sizes_pa
     plot(results, tmp_path / "figure.png", one_row_per_size=True)
     from PIL import Image
 
-    assert Image.open(tmp_path / "figure.png").size == (1200, 864)   # 10 x 7.2 inches at 120 dpi: two rows
+    assert Image.open(tmp_path / "figure.png").size == (1440, 864)   # 12 x 7.2 inches at 120 dpi: two rows
 
 
 def _exact_ks_pvalue(n: int, k: int) -> float:
