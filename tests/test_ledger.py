@@ -34,12 +34,13 @@ def test_a_plan_whose_methods_are_recorded_is_not_learned_again_on_a_fresh_machi
 
 
 def test_methods_measured_now_may_be_fewer_than_the_plans_and_the_report_says_what_is_missing(tmp_path):
-    plan = forget50_plans()[1]
+    # a protocol of its own, so the line pinned below does not change each time the protocol gains a method
+    plan = replace(forget50_plans()[1], methods=("ga", "grad_diff", "npo", "npo_rt", "simnpo"))
     ledger = _recorded(tmp_path / "ledger", plan, ("ga", "npo_rt"))
     result = run_plan(plan, Bench(tmp_path / "runs", "cpu", ledger), only=("npo_rt",))
     assert list(result["curves"]) == ["ga", "npo_rt"]   # the plan's order, not the order recorded
     lines = provenance(result)
-    assert lines[0] == "**Partial: not measured yet: GradDiff, NPO, SimNPO, RMU, SURE.**"
+    assert lines[0] == "**Partial: not measured yet: GradDiff, NPO, SimNPO.**"
     assert not (tmp_path / "runs" / plan.name).exists()
 
 
