@@ -656,11 +656,17 @@ def provenance(result: dict) -> list[str]:
 
 # matplotlib's ten-colour cycle (the colours the first reports used), then colours none of it resembles
 PALETTE = tuple(f"C{i}" for i in range(10)) + ("navy", "lime", "maroon", "gold")
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "d")   # twelve lines: some colours are close
 
 
 def method_colour(method: str) -> str:
     """One colour per method in every panel and every report (in LABELS' order)."""
     return PALETTE[list(LABELS).index(method) % len(PALETTE)]
+
+
+def method_marker(method: str) -> str:
+    """One marker per method, so lines of close colours (NPO and PDU, GA and CE-U) stay apart."""
+    return MARKERS[list(LABELS).index(method) % len(MARKERS)]
 
 
 def panel_rows(results: list[dict], one_row_per_size: bool) -> list[tuple[dict, list[tuple[str, str, str, list]]]]:
@@ -698,7 +704,7 @@ def plot(results: list[dict], path: Path, one_row_per_size: bool = False) -> Non
     for (result, lines), (ax_fq, ax_mu) in zip(rows, axes):
         for method, label, linestyle, points in lines:
             epochs = [p["epoch"] for p in points]
-            style = dict(marker="o", label=label, color=method_colour(method), linestyle=linestyle)
+            style = dict(marker=method_marker(method), label=label, color=method_colour(method), linestyle=linestyle)
             ax_fq.plot(epochs, [max(p["fq"], 1e-30) for p in points], **style)
             ax_mu.plot(epochs, [p["mu"] for p in points], **style)
         ax_fq.set_yscale("log")
