@@ -659,14 +659,11 @@ PALETTE = tuple(f"C{i}" for i in range(10)) + ("navy", "lime", "maroon", "gold")
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "d")   # twelve lines: some colours are close
 
 
-def method_colour(method: str) -> str:
-    """One colour per method in every panel and every report (in LABELS' order)."""
-    return PALETTE[list(LABELS).index(method) % len(PALETTE)]
-
-
-def method_marker(method: str) -> str:
-    """One marker per method, so lines of close colours (NPO and PDU, GA and CE-U) stay apart."""
-    return MARKERS[list(LABELS).index(method) % len(MARKERS)]
+def method_style(method: str) -> dict:
+    """One colour and one marker per method in every panel and every report (in LABELS' order); the marker
+    keeps lines of close colours (NPO and PDU, GA and CE-U) apart."""
+    index = list(LABELS).index(method)
+    return {"color": PALETTE[index % len(PALETTE)], "marker": MARKERS[index % len(MARKERS)]}
 
 
 def panel_rows(results: list[dict], one_row_per_size: bool) -> list[tuple[dict, list[tuple[str, str, str, list]]]]:
@@ -704,7 +701,7 @@ def plot(results: list[dict], path: Path, one_row_per_size: bool = False) -> Non
     for (result, lines), (ax_fq, ax_mu) in zip(rows, axes):
         for method, label, linestyle, points in lines:
             epochs = [p["epoch"] for p in points]
-            style = dict(marker=method_marker(method), label=label, color=method_colour(method), linestyle=linestyle)
+            style = dict(label=label, linestyle=linestyle, **method_style(method))
             ax_fq.plot(epochs, [max(p["fq"], 1e-30) for p in points], **style)
             ax_mu.plot(epochs, [p["mu"] for p in points], **style)
         ax_fq.set_yscale("log")
