@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from .errors import UnlearnError, require
+from .kinds import as_kind
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -21,7 +22,6 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 # Settings that name files: recorded as absolute paths (config.json keeps what was typed in `as_given`),
 # and `model` too when it is a local directory.
 PATH_FIELDS = ("model", "forget", "retain", "normal", "out")
-DTYPES = ("auto", "float32", "bfloat16")
 KL_POSITIONS = ("answer", "all")   # --dtype; core.models.inference_dtype resolves `auto`
 
 # Learning rates that move the model within a few hundred steps. LoRA needs a higher one: at 1e-5 a
@@ -140,6 +140,8 @@ class UnlearnConfig:
         require(self.save_steps >= 0, f"save_steps must be 0 or more, got {self.save_steps}")
         require(self.save_total_limit >= 1, f"save_total_limit must be at least 1, got {self.save_total_limit}")
         require(self.eval_examples >= 0, f"eval_examples must be 0 or more, got {self.eval_examples}")
+        from .models import DTYPES
+
         require(self.dtype in DTYPES, f"unknown dtype {self.dtype!r}", "use auto, float32 or bfloat16")
         require(self.device in ("auto", "cpu", "cuda", "mps"), f"unknown device {self.device!r}",
                 "use auto, cpu, cuda or mps")
@@ -191,26 +193,6 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     expected = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
     raise UnlearnError(f"setting {name} must be {expected}, got {value!r}", f"write for example {name}: "
                        + {bool: "true", int: "4", float: "0.0001"}[kind])
-
-
-def as_kind(value, kind: type):
-    """`value` as bool, int, float or str, numbers also from text ("1e-5", "4.0"); ValueError when it is not
-    one. YAML reads 1e-5 (no dot) as a string, and JSON may write whole numbers as 4.0."""
-    if kind in (bool, str):
-        if isinstance(value, kind):
-            return value
-        raise ValueError(value)
-    if isinstance(value, bool):
-        raise ValueError(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(value) from None
-    if kind is float:
-        return number
-    if number.is_integer():
-        return int(number)
-    raise ValueError(value)
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -40,9 +40,9 @@ class Example:
 def load_examples(source: str, role: str = "forget") -> list[Example]:
     """Read a file or a `tofu:` split; every problem becomes one UnlearnError naming the fix."""
     if source.startswith("tofu:"):
-        from .tofu import load_split
+        from .tofu import load_records
 
-        examples = load_split(source.removeprefix("tofu:"))
+        examples = [Example(answer=r["answer"], prompt=r["question"]) for r in load_records(source.removeprefix("tofu:"))]
     else:
         examples = _parse(Path(source), _read_text(Path(source), role), role)
     require(len(examples) > 0, f"the {role} set {source} holds no examples",

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from .config import DTYPES
 from .errors import UnlearnError, require
 from .runs import replace_with_staged, staging_dir
 
@@ -28,6 +27,7 @@ BUNDLED_NAME = "smollm2-135m-instruct"
 # TOFU authors (scripts/make_demo_adapter.sh), so there is something real to forget.
 DEMO = "demo"
 DEMO_NAME = "smollm2-135m-tofu-demo"
+DTYPES = ("auto", "float32", "bfloat16")   # a run's --dtype: auto is bf16 where the hardware runs it fast
 HUB_PREFIX = "hf:"   # "hf:org/name" is always a hub id, never a local path (the studio uses it)
 
 

@@ -44,12 +44,6 @@ def load_records(split: str) -> list[dict]:
                        f"use forgetNN / retainNN (e.g. forget01, retain99), full, or one of {', '.join(EXTRA_SPLITS)}")
 
 
-def load_split(split: str):
-    from .data import Example
-
-    return [Example(answer=r["answer"], prompt=r["question"]) for r in load_records(split)]
-
-
 def author_records(first: int, last: int) -> list[dict]:
     """QA of TOFU authors first..last inclusive (rows are grouped 20 per author)."""
     rows = read_jsonl(tofu_dir() / "full.json")

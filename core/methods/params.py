@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import UnlearnError
+from ..kinds import as_kind
 
 KINDS = {float: "a number", int: "a whole number", str: "text", bool: "true or false"}
 
@@ -53,8 +54,6 @@ class Param:
         return value
 
     def _coerce(self, value, method: str):
-        from ..config import as_kind
-
         try:
             return as_kind(value, self.kind)
         except ValueError:
