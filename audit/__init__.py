@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 
 from core.errors import require
-from core.runs import RunDir, RunState, read_json, write_json_atomic, write_text_atomic
+from core.runs import AUDIT_REPORT, RunDir, RunState, read_json, write_json_atomic, write_text_atomic
 
 from . import recovery
 from .attacks import AuditContext, get_attack
 
 DEFAULT_ATTACKS = ("relearn", "benign", "quantize", "rephrase")
 OPTIONS = {"relearn_fraction": 0.5, "relearn_steps": 30, "benign_steps": 30, "relearn_lr": None}
-AUDIT_JSON, AUDIT_MD = "audit.json", "audit.md"
+AUDIT_JSON, AUDIT_MD = AUDIT_REPORT, "audit.md"
 
 
 def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None, max_samples: int = 40,
@@ -71,8 +71,7 @@ def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None
 
 def _attack_all(context: AuditContext, chosen: list, status: RunDir, started: float) -> dict:
     from core.evaluation.evaluator import set_scores
-    from core.evaluation.loading import open_model
-    from core.models import dtype_name
+    from core.models import dtype_name, open_model
 
     run, config, settings, device, log = context.run, context.config, context.settings, context.device, context.log
     forget, retain = context.forget, context.retain

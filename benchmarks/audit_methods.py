@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.tofu_mini import FORGET50_METHODS, LABELS, require_plotting  # noqa: E402
+from benchmarks.tofu_plans import FORGET50_METHODS, LABELS  # noqa: E402
+from benchmarks.tofu_report import require_plotting  # noqa: E402
 
 RUNS = REPO / "runs" / "tofu_forget50" / "forget50-10pct"
 
@@ -32,18 +33,18 @@ RUNS = REPO / "runs" / "tofu_forget50" / "forget50-10pct"
 def audited(run: Path, max_samples: int, redo: list[str]) -> dict | None:
     """The run's audit report (made if missing; its `redo` attacks made again), or None when the run has not
     finished training."""
-    from audit import AUDIT_JSON, rejudged, run_audit
+    from audit import rejudged, run_audit
     from core.runs import RunDir, RunState
 
-    report = run / "audit" / AUDIT_JSON
+    report = RunDir(run).audit_report_path
     if report.is_file() and redo:
-        return run_audit(run, run / "audit", redo, max_samples=max_samples, update=True,
+        return run_audit(run, RunDir(run).audit_dir, redo, max_samples=max_samples, update=True,
                          log=lambda message: print(f"    {message}"))
     if report.is_file():   # judged again: the recovery rules may have changed since it was measured
         return rejudged(json.loads(report.read_text()))
     if not RunDir(run).holds_run() or RunDir(run).status().get("state") != RunState.FINISHED:
         return None
-    return run_audit(run, run / "audit", max_samples=max_samples, log=lambda message: print(f"    {message}"))
+    return run_audit(run, RunDir(run).audit_dir, max_samples=max_samples, log=lambda message: print(f"    {message}"))
 
 
 FIGURE_NAMES = {"nll": "NLL", "prob": "prob.", "rougeL": "ROUGE-L"}

@@ -70,7 +70,9 @@ def run(layout: str, steps: int, forget: str, retain: str, out: Path) -> dict:
         trainer.train(config, show_progress=False, log=lambda message: None)
     finally:
         trainer.load_model, trainer.frozen_linears_in_bf16 = original_load, original_layout
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    from core.runs import RunDir
+
+    rows = RunDir(out).metrics()
     walls = [row["wall_time"] for row in rows]
     return {"seconds_per_step": (walls[-1] - walls[0]) / max(len(walls) - 1, 1),
             "forget_nll": [row["forget_nll"] for row in rows]}

@@ -37,7 +37,7 @@ def one_method(name: str, root: Path) -> dict:
     from core.config import UnlearnConfig
     from core.data import load_examples
     from core.evaluation.evaluator import Settings, run_quick
-    from core.evaluation.loading import open_model
+    from core.models import open_model
     from core.runs import write_json_atomic
     from core.trainer import train
     from export.bundle import export_run
@@ -86,7 +86,7 @@ def gguf_recovery(parity: dict) -> dict:
 def step_seconds(name: str, root: Path, steps: int) -> float:
     """Median seconds per optimizer step of `steps` steps of the method (steps 2..N), cached per method."""
     from core.config import UnlearnConfig
-    from core.runs import write_json_atomic
+    from core.runs import RunDir, write_json_atomic
     from core.trainer import train
 
     cached = root / name / f"step_seconds-{steps}.json"
@@ -98,8 +98,7 @@ def step_seconds(name: str, root: Path, steps: int) -> float:
                             retain=str(DEMO / "retain.jsonl"), out=str(run), **{**BUDGET, "max_steps": steps},
                             logging_steps=1, save_steps=0, eval_examples=0),
               show_progress=False, log=lambda m: None)
-        clock = [json.loads(line)["wall_time"] for line in (run / "metrics.jsonl").read_text().splitlines()
-                 if '"wall_time"' in line]
+        clock = [row["wall_time"] for row in RunDir(run).metrics() if "wall_time" in row]
     median = statistics.median(b - a for a, b in zip(clock, clock[1:]))
     cached.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cached, {"median": round(median, 2), "steps": steps, "date": time.strftime("%Y-%m-%d")})

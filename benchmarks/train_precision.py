@@ -43,9 +43,10 @@ def run(lora: bool, dtype: str, seed: int, steps: int) -> dict:
         code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.train_precision import child; "
                 f"child({lora}, {dtype!r}, {seed}, {steps}, {str(out)!r})")
         subprocess.run([sys.executable, "-c", code], check=True)
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        summary = json.loads((out / "summary.json").read_text())
-        config = json.loads((out / "config.json").read_text())
+        from core.runs import RunDir, read_json
+
+        run = RunDir(out)
+        rows, summary, config = run.metrics(), read_json(run.summary_path), run.config()
     walls = [row["wall_time"] for row in rows]
     return {"dtype": config["dtype"], "seconds_per_step": statistics.median(b - a for a, b in zip(walls, walls[1:])),
             "mfu": summary.get("mfu"), "tokens_per_second": summary.get("tokens_per_second"),

@@ -1,4 +1,5 @@
-"""Benchmark: our NPO+RT trainer against a faithful two-model baseline of the NPO paper's code.
+"""Benchmark: our NPO+RT trainer against two faithful two-model baselines, the NPO paper's code and
+open-unlearning's NPO trainer.
 
 Run from the repository root (about 10-15 minutes on an idle 2-core CPU; 43 minutes when the 2 cores
 were shared with other jobs, see docs/benchmarks.md):
@@ -9,13 +10,18 @@ were shared with other jobs, see docs/benchmarks.md):
     python benchmarks/trainer.py --device cuda         # on a GPU (bf16 autocast, CUDA peak memory)
     python benchmarks/trainer.py --variants ours,ours_lora,ours_lora_gc --dtype auto   # LoRA / full in bf16
 
-Three variants (a fourth on request), each in its own fresh subprocess (`sys.executable`) so that peak memory is per variant;
-the rounds alternate their order so that other load on the machine hits every variant alike:
+Four variants by default (a fifth with --variants), each in its own fresh subprocess (`sys.executable`) so
+that peak memory is per variant; the rounds alternate their order so that other load on the machine hits every
+variant alike:
 
-baseline   The NPO repository's `npo_grad_diff` as a plain loop (see /work/shared/ANCHORS.md): a policy
-           model plus a second frozen reference copy forwarded under no_grad on the forget batch at every
-           step; every sample padded to 500 tokens with EOS, question tokens labelled -100, one EOS after
-           the answer as a label; NPO on the per-sequence summed NLL of full logits + retain mean-token NLL.
+baseline   The NPO paper's code (github.com/licong-lin/negative-preference-optimization, `TOFU/`):
+           `npo_grad_diff` as a plain loop: a policy model plus a second frozen reference copy forwarded
+           under no_grad on the forget batch at every step; every sample padded to 500 tokens with EOS,
+           question tokens labelled -100, one EOS after the answer as a label; NPO on the per-sequence
+           summed NLL of full logits + retain mean-token NLL.
+open_unlearning  open-unlearning's NPO (src/trainer/unlearn/npo.py) as a Hugging Face Trainer: a
+           deep-copied reference model forwarded on each forget batch, every part padded to the longest
+           sequence in its batch, plus the retain NLL.
 ours       `core.trainer.train` with method npo_rt, full fine-tuning.
 ours_lora  the same with `lora=True` (default rank), for the LoRA / full memory ratio.
 ours_lora_gc  (only with --variants) LoRA plus `gradient_checkpointing=True`, to show what activations cost.
@@ -184,8 +190,9 @@ def run_ours(device: str, total_steps: int, lora: bool, checkpointing: bool = Fa
             device=device, dtype=dtype if device == "cpu" else "auto",
             logging_steps=1, save_steps=0, eval_examples=0)
         result = trainer_module.train(config, show_progress=False, log=lambda message: None, callbacks=[Metered()])
-        rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        resolved = json.loads((result.run_dir / "config.json").read_text())
+        from core.runs import RunDir
+
+        rows, resolved = RunDir(result.run_dir).metrics(), RunDir(result.run_dir).config()
     walls = [row["wall_time"] for row in rows]
     step_s = [later - earlier for earlier, later in zip([0.0] + walls[:-1], walls)]
     return {

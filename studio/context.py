@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from core.errors import UnlearnError
+from core.runs import RunDir
 from core.probe import Prober, load_prober
 
 from .jobs import JobManager
@@ -52,7 +53,7 @@ class Studio:
         """One probed run in memory at a time; reloaded when the run has a newer model or checkpoint, or is
         wanted on another device (a ZeroGPU call lends a GPU; the next may not)."""
         run = self.workspace.open_run(session_id, run_key)
-        stamp = (_model_stamp(run.path), device)
+        stamp = (_model_stamp(run), device)
         with self._prober_lock:
             if self._prober is None or self._prober[:2] != (run_key, stamp):
                 self._prober = None   # free the previous models first
@@ -60,8 +61,8 @@ class Studio:
             return self._prober[2]
 
 
-def _model_stamp(run_path: Path) -> float:
-    candidates = [run_path / "model"] + sorted((run_path / "checkpoints").glob("step-*"))
+def _model_stamp(run: RunDir) -> float:
+    candidates = [run.model_dir, *run.checkpoints()]
     return max((p.stat().st_mtime for p in candidates if p.exists()), default=0.0)
 
 

@@ -17,7 +17,6 @@ from core.errors import require
 from core.runs import ENDED_STATES, RESUMABLE_STATES, RunDir
 
 EXIT_GRACE_SECONDS = 20   # a run that wrote "stopped" is saving and exiting; don't call it busy
-AUDIT_FOLDER = "audit"    # where the studio's audits go: RUN/audit (export carries it into the bundle)
 
 
 @dataclass
@@ -43,7 +42,7 @@ class JobManager:
             require(running is None, f"an audit is already running here ({Path(running.run_key).name if running else ''})",
                     "wait for it to finish, or stop it, then start again")
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            out = run.path / AUDIT_FOLDER
+            out = run.audit_dir   # export carries it into the bundle
             command = [sys.executable, "-m", "core.cli", "audit", str(run.path), "--out", str(out),
                        "--nice", str(TRAINING_NICENESS), *args]
             log = open(log_path, "ab")

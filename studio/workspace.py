@@ -99,10 +99,10 @@ class Workspace:
         """Run keys this session may open, newest first."""
         own = self.session_dir(session_id) / "runs"
         # a run started here is listed from its first status line, before its config exists
-        found = [p for p in own.glob("*") if (p / "status.json").is_file()] if own.is_dir() else []
+        found = [p for p in own.glob("*") if RunDir(p).has_started()] if own.is_dir() else []
         if self.shared:
-            found += [p.parent for p in self.root.glob("*/config.json")]
-            found += [p.parent for p in self.root.glob("*/*/config.json") if "studio" not in p.parts]
+            found += [p for p in self.root.glob("*") if RunDir(p).holds_run()]
+            found += [p for p in self.root.glob("*/*") if "studio" not in p.parts and RunDir(p).holds_run()]
         unique = {p.resolve(): p for p in found}
         ordered = sorted(unique, key=lambda p: p.stat().st_mtime, reverse=True)
         return [self.key(p) for p in ordered]

@@ -8,7 +8,7 @@ import torch
 from conftest import StopAfter, quiet
 from core.errors import UnlearnError
 from core.models import load_model
-from core.run_model import load_run_model
+from core.models import load_run_model
 from core.runs import RunDir
 from core.trainer import train
 

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 from core.config import UnlearnConfig
-from core.evaluation.loading import open_model
-from core.models import load_tokenizer
-from core.run_model import load_run_model, run_base
+from core.models import merged_copy, open_model
 from core.trainer import train
 
 
@@ -21,11 +19,7 @@ def write_examples(examples, path: Path) -> Path:
 def finetuned_copy(context, examples, steps: int, lr: float | None, name: str):
     """The unlearned model after `steps` of NLL on `examples`: (LoadedModel, steps run)."""
     config = context.config
-    merged = context.work / f"{name}-start"
-    if not (merged / "config.json").is_file():
-        model = load_run_model(context.run, merge=True)
-        model.save_pretrained(merged)
-        load_tokenizer(run_base(config)).save_pretrained(merged)
+    merged = merged_copy(context.run, context.work / f"{name}-start")
     data = write_examples(examples, context.work / f"{name}.jsonl")
     out = context.work / name
     result = train(UnlearnConfig(

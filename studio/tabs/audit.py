@@ -3,13 +3,11 @@ background and show how much of what it forgot each attack brings back, with the
 a subprocess writing RUN/audit/status.json, so it survives a page reload and can be stopped."""
 from __future__ import annotations
 
-import json
-
 import gradio as gr
 import pandas as pd
 
 from core.errors import require
-from core.runs import RunDir, RunState
+from core.runs import RunDir, RunState, read_json
 
 from ..context import Studio, guarded, message, public_text
 
@@ -19,9 +17,8 @@ FIGURE_NAMES = {"nll": "NLL", "prob": "probability", "rougeL": "ROUGE-L"}
 
 def audit_status(run: RunDir) -> tuple[str, dict | None]:
     """(status line, the report when there is one) of a run's audit folder."""
-    folder = RunDir(run.path / "audit")
-    report_path = folder.path / "audit.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else None
+    folder = RunDir(run.audit_dir)   # an audit folder keeps its status.json the way a run does
+    report = read_json(run.audit_report_path)
     if not folder.status_path.is_file():
         return "No audit of this run yet.", report
     status = folder.status()

@@ -66,7 +66,7 @@ def create_evaluate_tab(studio: Studio, session, data, run_key):
     @on_gpu
     def on_evaluate(session_id, key, current_data, name, max_samples, max_new_tokens):
         from core.evaluation.evaluator import Settings
-        from core.evaluation.loading import open_model
+        from core.models import open_model
         from core.evaluation.suites import EvalContext, get_suite
 
         chosen = get_suite(name)
