@@ -24,7 +24,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.ledger import Ledger  # noqa: E402
-from benchmarks.tofu_mini import LABELS, Bench, best_points, expectations, mini_plans, quick_plan, run_plan  # noqa: E402
+from benchmarks.tofu_claims import best_points, expectations  # noqa: E402
+from benchmarks.tofu_plans import LABELS, mini_plans, quick_plan  # noqa: E402
+from benchmarks.tofu_stages import Bench, run_plan  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 FIGURES = ("fq", "mu", "forget_rouge", "forget_prob", "forget_truth_ratio", "retain_rouge", "retain_prob",

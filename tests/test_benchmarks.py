@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.tofu_mini import _prune_checkpoints, _require_weights, _weights_worth_keeping
+from benchmarks.tofu_stages import _prune_checkpoints, _require_weights, _weights_worth_keeping
 from core.checkpoint import OPTIMIZER, STATE, WEIGHTS
 
 
@@ -78,7 +78,7 @@ def _forget50_results(npo_rt_points, at_second_rate=()):
     ([_point(1, 1e-5, 0.30)], "no", "not above"),
 ])
 def test_the_forget50_headline_is_decided_by_its_stated_rule(npo_rt, verdict, versus_final):
-    from benchmarks.tofu_mini import headline_claims
+    from benchmarks.tofu_claims import headline_claims
 
     headline, against_final, matched, ga = headline_claims(_forget50_results(npo_rt))
     assert "not known yet" in matched   # hand-made points without truth ratios
@@ -89,14 +89,14 @@ def test_the_forget50_headline_is_decided_by_its_stated_rule(npo_rt, verdict, ve
 
 
 def test_the_forget50_headline_counts_every_learning_rate_tried_at_50_percent():
-    from benchmarks.tofu_mini import headline_claims
+    from benchmarks.tofu_claims import headline_claims
 
     headline = headline_claims(_forget50_results([_point(1, 1e-3, 0.30)], at_second_rate=[_point(1, 0.3, 0.29)]))[0]
     assert "**yes**; lr 0.0001, epoch 1: FQ 0.3, MU 0.290" in headline and "learning rates tried: 0.0001, 5e-05" in headline
 
 
 def test_the_forget50_figure_draws_a_second_learning_rate_in_its_forget_sizes_panels(tmp_path):
-    from benchmarks.tofu_mini import panel_rows, plot
+    from benchmarks.tofu_report import panel_rows, plot
 
     results = _forget50_results([_point(1, 1e-3, 0.30)], at_second_rate=[_point(1, 0.3, 0.29)])
     rows = panel_rows(results, one_row_per_size=True)
@@ -128,7 +128,7 @@ def _at_distance(n: int, k: int) -> tuple[list[float], list[float]]:
 
 
 def test_size_matched_forget_quality_takes_fewer_answers_for_the_same_distance():
-    from benchmarks.tofu_mini import size_matched_fq
+    from benchmarks.tofu_claims import size_matched_fq
 
     model, retain = _at_distance(100, 25)
     assert size_matched_fq(model, retain, 100) == pytest.approx(_exact_ks_pvalue(100, 25), rel=1e-9)  # 0.00373
@@ -141,7 +141,7 @@ def test_size_matched_forget_quality_takes_fewer_answers_for_the_same_distance()
 
 
 def test_the_size_matched_headline_line_says_which_rates_it_could_not_judge():
-    from benchmarks.tofu_mini import headline_claims
+    from benchmarks.tofu_claims import headline_claims
 
     model, retain = _at_distance(100, 16)      # FQ 0.155 over all 100, 0.165 over 40
     results = _forget50_results([_point(1, 1e-3, 0.30)], at_second_rate=[_point(1, 0.155, 0.29)])
@@ -168,7 +168,9 @@ def test_points_recorded_without_truth_ratios_get_them_from_the_cache_when_they_
     from dataclasses import asdict
 
     from benchmarks.ledger import Ledger
-    from benchmarks.tofu_mini import Bench, _fq, _weights_digest, fill_truth_ratios, forget50_plans, forget_truth_ratios
+    from benchmarks.tofu_claims import forget_quality_over
+    from benchmarks.tofu_plans import forget50_plans
+    from benchmarks.tofu_stages import Bench, _weights_digest, fill_truth_ratios, forget_truth_ratios
 
     plan = forget50_plans()[0]
     settings, root = asdict(plan), tmp_path / "runs"
@@ -185,7 +187,7 @@ def test_points_recorded_without_truth_ratios_get_them_from_the_cache_when_they_
     ratios = {name: forget_truth_ratios(evals / name) for name in losses}
 
     def point(name, fq=None):
-        return {"fq": _fq(ratios[name], ratios["retain"]) if fq is None else fq, "mu": 0.3}
+        return {"fq": forget_quality_over(ratios[name], ratios["retain"]) if fq is None else fq, "mu": 0.3}
     ledger.keep_models(settings, point("target"), {"fq": None, "mu": 0.3}, _weights_digest(model))
     ledger.keep_curve(settings, "ga", [{"epoch": 0, **point("target")}, {"epoch": 1, **point("ga-epoch1")},
                                        {"epoch": 2, **point("ga-epoch2", fq=0.123)}], None)   # not this cache's

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.ledger import Ledger, SettingsChanged
-from benchmarks.tofu_mini import Bench, forget50_plans, main, provenance, run_plan, stage_table
+from benchmarks.tofu_mini import main
+from benchmarks.tofu_plans import forget50_plans
+from benchmarks.tofu_report import provenance, stage_table
+from benchmarks.tofu_stages import Bench, run_plan
 
 
 def _point(mu, fq=0.5, forget_prob=0.2):
@@ -110,7 +113,7 @@ def test_an_unknown_method_or_split_is_named_with_the_choices(option, capsys):
 
 
 def test_the_weights_digest_tells_one_byte_apart(tmp_path):
-    from benchmarks.tofu_mini import _weights_digest
+    from benchmarks.tofu_stages import _weights_digest
 
     first, second, third = (tmp_path / name for name in ("first", "second", "third"))
     for folder, content in ((first, b"\x00" * 100), (second, b"\x00" * 100), (third, b"\x00" * 99 + b"\x01")):
