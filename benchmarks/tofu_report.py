@@ -3,11 +3,12 @@ and Model Utility against epochs, one line per method, its style from the method
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 from benchmarks.ledger import Ledger
 from benchmarks.tofu_claims import best_points, expectations, headline_claims
-from benchmarks.tofu_plans import LABELS, label
+from benchmarks.tofu_plans import label
 
 
 def write_report(results: list[dict], ledger: Ledger, wall: float, device: str, folder: Path, stem: str,
@@ -77,15 +78,23 @@ def provenance(result: dict) -> list[str]:
     return lines
 
 
-# matplotlib's ten-colour cycle (the colours the first reports used), then colours none of it resembles
-PALETTE = tuple(f"C{i}" for i in range(10)) + ("navy", "lime", "maroon", "gold")
-MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "d")   # twelve lines: some colours are close
+# matplotlib's ten-colour cycle (the colours the first reports used) but its grey C7, the reference lines'
+# colour; then colours none of it resembles: one each for today's registered methods (the markers tell apart
+# any colour a later method repeats)
+PALETTE = tuple(f"C{i}" for i in range(10) if i != 7) + ("navy", "lime", "maroon", "gold", "teal", "salmon",
+                                                           "darkviolet")
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "d")   # a dozen lines: some colours are close
 
 
 def method_style(method: str) -> dict:
-    """One colour and one marker per method in every panel and every report (in LABELS' order); the marker
-    keeps lines of close colours (NPO and PDU, GA and CE-U) apart."""
-    index = list(LABELS).index(method)
+    """One colour and one marker per method in every panel and every report, by the method's place among the
+    registry's names (sorted: the same whatever order they register in); the marker keeps lines of close
+    colours apart. A name the registry does not list (a test double, a method kept elsewhere) gets a style
+    from a checksum of its name: the same in every run, never an error."""
+    from core.methods import unlearning_methods
+
+    registered = list(unlearning_methods())
+    index = registered.index(method) if method in registered else zlib.crc32(method.encode())
     return {"color": PALETTE[index % len(PALETTE)], "marker": MARKERS[index % len(MARKERS)]}
 
 

@@ -115,6 +115,22 @@ def test_the_forget50_figure_draws_a_second_learning_rate_in_its_forget_sizes_pa
     assert Image.open(tmp_path / "figure.png").size == (1440, 864)   # 12 x 7.2 inches at 120 dpi: two rows
 
 
+def test_every_registered_method_has_a_style_of_its_own_and_any_other_name_gets_a_steady_one(tmp_path):
+    from benchmarks.tofu_report import MARKERS, PALETTE, method_style, plot
+    from core.methods import unlearning_methods
+
+    styles = [method_style(name) for name in unlearning_methods()]
+    assert len({(style["color"], style["marker"]) for style in styles}) == len(styles) > 0
+    double = method_style("_test_double")            # not in the registry: a test double, a method added later
+    assert double == method_style("_test_double") and double["color"] in PALETTE and double["marker"] in MARKERS
+    results = _forget50_results([_point(1, 1e-3, 0.30)])
+    results[0]["curves"]["_test_double"] = [_point(0, 1e-3, 0.35), _point(1, 0.2, 0.3)]
+    for r in results:
+        r.setdefault("retain", {"mu": 0.36})
+    plot(results, tmp_path / "figure.png", one_row_per_size=True)   # drawn, not a KeyError
+    assert (tmp_path / "figure.png").stat().st_size > 0
+
+
 def _exact_ks_pvalue(n: int, k: int) -> float:
     """P(D >= k/n) for two samples of n, by hand: 2 sum_j (-1)^(j+1) C(2n, n - jk) / C(2n, n) (lattice paths)."""
     from math import comb
