@@ -1,4 +1,6 @@
-"""`unlearn`: the command line over the same core as the studio and the Python API.
+"""Core's commands: `train`, `finetune`, `methods`, `stop`, `status`, `prepare-model`, and evaluation's
+(`eval`, `suites`, ...). The `unlearn` command (unlearn/cli.py) composes these with the other parts'
+commands; `python -m core.cli` runs core's alone (what `accelerate launch -m core.cli train` uses).
 
 Settings come from UnlearnConfig's fields: defaults < `--config FILE` (YAML/JSON) < flags given.
 Bad input prints one `error:` line and a `fix:` line, never a traceback.
@@ -6,24 +8,26 @@ Bad input prints one `error:` line and a `fix:` line, never a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 
 from .config import UnlearnConfig, cli_fields, read_config_file
 from .errors import UnlearnError
 from .runs import RunState
 
-
-# Other parts of the product add their own subcommands (`add_commands(subparsers)`), so this file stays
-# the one entry point without knowing how evaluation, export or the studio work.
-COMMAND_MODULES = ("core.evaluation.cli", "export.cli", "audit.cli", "studio.cli")
+# The settings only unlearning has: `finetune` (plain supervised training) shares every other flag of `train`.
+UNLEARNING_ONLY = ("method", "forget", "retain", "normal", "kl_positions", "salient_modules")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    return run_command(build_parser(), argv)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse `argv` and run the chosen command: an UnlearnError becomes `error:` and `fix:` lines, exit 2."""
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
@@ -37,17 +41,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unlearn", description="Make a language model forget chosen data.")
-    commands = parser.add_subparsers(title="commands")
+    add_commands(parser.add_subparsers(title="commands"))
+    return parser
+
+
+def add_commands(commands) -> None:
+    """Add core's subcommands (training, runs, evaluation) to a parser's subparsers."""
+    from .evaluation.cli import add_commands as add_evaluation_commands
 
     train = commands.add_parser("train", help="unlearn a forget set from a model",
                                 description="Unlearn a forget set. Example: unlearn train --model bundled "
                                             "--method npo_rt --forget tofu:forget01 --retain tofu:retain99 --out runs/demo")
-    train.add_argument("--config", help="YAML or JSON file of settings (flags given here override it)")
-    train.add_argument("--nice", type=int, default=0, metavar="N",
-                       help="lower this process's CPU priority by N (the studio uses 10 so its page stays "
-                            "responsive while training)")
+    add_training_flags(train)
     add_config_flags(train)
     train.set_defaults(handler=run_train)
+
+    finetune = commands.add_parser(
+        "finetune", help="supervised fine-tuning on QA data (TOFU's learn stage); same run directory as train",
+        description="Plain supervised fine-tuning (answer NLL), LoRA or full, with the training flags of "
+                    "`unlearn train`. Example: unlearn finetune --model bundled --data tofu:full "
+                    "--out runs/tofu_target --epochs 5 --lr 2e-5")
+    finetune.add_argument("--data", dest="forget", metavar="DATA", default=argparse.SUPPRESS,
+                          help="training data: .txt/.jsonl/.json/.csv or a TOFU split such as tofu:full")
+    add_training_flags(finetune)
+    add_config_flags(finetune, skip=UNLEARNING_ONLY, method_flags=False)
+    finetune.set_defaults(handler=run_finetune)
 
     methods = commands.add_parser("methods", help="list the unlearning methods and their defaults")
     methods.set_defaults(handler=run_methods)
@@ -62,14 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare-model", help="convert the bundled (and demo) model once; print the paths")
     prepare.set_defaults(handler=run_prepare_model)
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).add_commands(commands)
-    return parser
+    add_evaluation_commands(commands)
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per UnlearnConfig field; only flags actually given reach the config (SUPPRESS)."""
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """What `train` and `finetune` take besides the config fields."""
+    parser.add_argument("--config", help="YAML or JSON file of settings (flags given here override it)")
+    parser.add_argument("--nice", type=int, default=0, metavar="N",
+                        help="lower this process's CPU priority by N (the studio uses 10 so its page stays "
+                             "responsive while training)")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), method_flags: bool = True) -> None:
+    """One flag per UnlearnConfig field (but `skip`); only flags actually given reach the config (SUPPRESS)."""
     for f in cli_fields():
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
         help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
@@ -79,7 +105,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             convert = int if "int" in kind else float if "float" in kind else str
             metavar = {int: "N", float: "X", str: "TEXT"}[convert]
             parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
-    add_method_flags(parser)
+    if method_flags:
+        add_method_flags(parser)
 
 
 def add_method_flags(parser: argparse.ArgumentParser) -> None:
@@ -127,11 +154,23 @@ def config_from_args(args: argparse.Namespace) -> UnlearnConfig:
 # ---------------------------------------------------------------- commands
 
 def run_train(args) -> int:
-    from .trainer import train
+    return _train_and_report(config_from_args(args), args.nice)
+
+
+def run_finetune(args) -> int:
+    from .errors import require
 
     config = config_from_args(args)
-    if args.nice and hasattr(os, "nice"):
-        os.nice(args.nice)
+    require(config.resume or bool(config.forget), "no training data given",
+            "pass --data FILE (or a TOFU split such as tofu:full)")
+    return _train_and_report(replace(config, method="sft"), args.nice)
+
+
+def _train_and_report(config: UnlearnConfig, nice: int) -> int:
+    from .trainer import train
+
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
     stop_event = threading.Event()
     _stop_on_signals(stop_event)
     result = train(config, stop_event=stop_event)
@@ -154,22 +193,31 @@ def _stop_on_signals(stop_event: threading.Event) -> None:
 
 
 def format_summary(result) -> str:
+    from .runs import RunDir
+
+    finetuning = RunDir(result.run_dir).config().get("method") == "sft"
+    command = "finetune" if finetuning else "train"
     if result.state == RunState.STOPPED:
         return (f"Stopped at step {result.step}. Checkpoint kept in {result.run_dir}/checkpoints; "
-                f"continue with: unlearn train --out {result.run_dir} --resume")
+                f"continue with: unlearn {command} --out {result.run_dir} --resume")
     s = result.summary
-    what = "Fine-tuning" if s.get("method") == "sft" else "Unlearning"
-    lines = [f"{what} finished: {s['steps']} steps in {_duration(s['wall_seconds'])}."]
-    for key, label in (("forget_nll", "forget NLL"), ("retain_nll", "retain NLL")):
+    lines = [f"{'Fine-tuning' if finetuning else 'Unlearning'} finished: {s['steps']} steps in "
+             f"{_duration(s['wall_seconds'])}."]
+    labels = (("forget_nll", "training-data NLL"),) if finetuning else (("forget_nll", "forget NLL"),
+                                                                       ("retain_nll", "retain NLL"))
+    for key, label in labels:
         if key in s.get("before", {}) and key in s.get("after", {}):
             lines.append(f"  {label:<11} {s['before'][key]:.3f} -> {s['after'][key]:.3f}")
-    lines.append("  (answer-token NLL: higher on forget = more forgotten; retain should stay close)")
+    if not finetuning:
+        lines.append("  (answer-token NLL: higher on forget = more forgotten; retain should stay close)")
     if s.get("mfu") is not None:
         lines.append(f"  speed: {s['tokens_per_second']:.0f} tokens/s, MFU {100 * s['mfu']:.1f}% of this machine's "
                      f"measured {s['mfu_dtype']} matmul peak")
     kind = "LoRA adapter" if s.get("lora") else "model"
     lines.append(f"  {kind}: {s['model']}")
     lines.append(f"  metrics: {result.run_dir}/metrics.jsonl   config: {result.run_dir}/config.json")
+    if finetuning:
+        lines.append(f"  evaluate it: unlearn eval {result.run_dir} --suite tofu --out {result.run_dir}/eval")
     return "\n".join(lines)
 
 

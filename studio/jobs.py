@@ -43,7 +43,7 @@ class JobManager:
                     "wait for it to finish, or stop it, then start again")
             log_path.parent.mkdir(parents=True, exist_ok=True)
             out = run.audit_dir   # export carries it into the bundle
-            command = [sys.executable, "-m", "core.cli", "audit", str(run.path), "--out", str(out),
+            command = [sys.executable, "-m", "unlearn", "audit", str(run.path), "--out", str(out),
                        "--nice", str(TRAINING_NICENESS), *args]
             log = open(log_path, "ab")
             self.audit = Job(run_key, out, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,

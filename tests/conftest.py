@@ -121,13 +121,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_unlearn(*args, env: dict | None = None, cwd=None, timeout: int = 300):
-    """`unlearn ARGS` in a fresh interpreter (`python -m core.cli`), output captured; `env` adds variables
+    """`unlearn ARGS` in a fresh interpreter (`python -m unlearn`), output captured; `env` adds variables
     to this process's environment."""
     import os
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "core.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "unlearn", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
 
 

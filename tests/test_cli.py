@@ -115,7 +115,7 @@ def test_stop_and_status_commands(tmp_path):
 
 def test_every_command_prints_its_help(capsys):
     """Help texts are generated from the methods' and suites' declarations: a stray % once broke one."""
-    from core.cli import build_parser, main
+    from unlearn.cli import build_parser, main
 
     commands = build_parser()._subparsers._group_actions[0].choices
     for name in commands:

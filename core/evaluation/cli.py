@@ -1,4 +1,4 @@
-"""`unlearn eval`, `unlearn tofu-aggregate` and `unlearn finetune` (TOFU's learn stage)."""
+"""`unlearn eval`, `unlearn suites`, `unlearn tofu-aggregate` and `unlearn best-checkpoint`."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +7,10 @@ from pathlib import Path
 
 
 def add_commands(commands) -> None:
-    """Add this part's subparsers to `unlearn` (called by core.cli.build_parser)."""
+    """Add evaluation's subcommands (called by core.cli.add_commands)."""
     _add_eval(commands)
     _add_aggregate(commands)
     _add_best_checkpoint(commands)
-    _add_finetune(commands)
 
 
 # ---------------------------------------------------------------- eval
@@ -89,39 +88,18 @@ def add_dtype_flag(parser) -> None:
 
 
 def run_eval(args) -> int:
-    from ..errors import require
-    from .evaluator import Settings
-    from .loading import open_model
-    from .suites import EvalContext, get_suite
+    from .evaluator import evaluate
+    from .suites import get_suite
 
     suite = get_suite(args.suite)
-    settings = Settings(max_samples=_default(args.max_samples, suite.max_samples),
-                        max_new_tokens=_default(args.max_new_tokens, suite.max_new_tokens), batch_size=args.batch_size)
-    settings.validate()
-    given = {k.removeprefix(NEED_PREFIX): v for k, v in vars(args).items() if k.startswith(NEED_PREFIX) and v}
-    unused = [n for n in given if n not in {need.name for need in suite.needs}]
-    require(not unused, f"the {suite.name} suite does not read --{', --'.join(u.replace('_', '-') for u in unused)}",
-            "drop it, or choose the suite that does (`unlearn suites`)")
-    options = suite.resolve_options({k.removeprefix(OPTION_PREFIX): v for k, v in vars(args).items()
-                                     if k.startswith(OPTION_PREFIX) and v is not None and
-                                     k.removeprefix(OPTION_PREFIX) in {o.name for o in suite.options}})
-    suite.check_inputs(given)                    # bad data fails before any model is loaded
-    loaded = open_model(args.model, args.device, args.trust_remote_code, args.dtype)
-    data = {need.name: given.get(need.name) or ((loaded.run_config or {}).get(need.name) if need.from_run else None)
-            for need in suite.needs}
-    original_name = args.original or loaded.original
-    original = None
-    if original_name:
-        opened = open_model(original_name, args.device, args.trust_remote_code, args.dtype)
-        original = (opened.model, opened.tokenizer)
-    summary = suite.run(EvalContext(loaded, Path(args.out), settings, data, options, original, original_name))
+    data = {k.removeprefix(NEED_PREFIX): v for k, v in vars(args).items() if k.startswith(NEED_PREFIX)}
+    options = {k.removeprefix(OPTION_PREFIX): v for k, v in vars(args).items()   # other suites' flags are left unset
+               if k.startswith(OPTION_PREFIX) and k.removeprefix(OPTION_PREFIX) in {o.name for o in suite.options}}
+    summary = evaluate(args.model, args.suite, args.out, data, options, args.original, args.max_samples,
+                       args.max_new_tokens, args.batch_size, args.device, args.dtype, args.trust_remote_code)
     print(suite.table(summary))
     print(f"\nlogs and summary.json in {args.out} ({summary['wall_seconds']} s)")
     return 0
-
-
-def _default(value, default):
-    return default if value is None else value
 
 
 # ---------------------------------------------------------------- tofu-aggregate
@@ -138,7 +116,7 @@ def _add_aggregate(commands) -> None:
 
 
 def run_aggregate(args) -> int:
-    from .evaluator import read_eval_output
+    from .suites.tofu import read_eval_output
     from .tofu_metrics import tofu_aggregate
 
     result = tofu_aggregate(read_eval_output(args.target)["logs"], read_eval_output(args.retain)["logs"])
@@ -162,7 +140,7 @@ def _add_best_checkpoint(commands) -> None:
 
 
 def run_best_checkpoint(args) -> int:
-    from .evaluator import SUMMARY, read_json_file
+    from .report import SUMMARY, read_json_file
     from .selection import select_best
 
     def figures(directory):
@@ -173,65 +151,4 @@ def run_best_checkpoint(args) -> int:
     chosen = pick["evaluation"]
     print(json.dumps({"best": chosen["eval"], "meets_floor": pick["meets_floor"], "rule": pick["rule"],
                       "Forget Quality": chosen["Forget Quality"], "Model Utility": chosen["Model Utility"]}, indent=2))
-    return 0
-
-
-# ---------------------------------------------------------------- finetune
-
-def _add_finetune(commands) -> None:
-    p = commands.add_parser(
-        "finetune", help="supervised fine-tuning on QA data (TOFU's learn stage); same run directory as train",
-        description="Plain supervised fine-tuning (answer NLL), LoRA or full. Example: unlearn finetune "
-                    "--model bundled --data tofu:full --out runs/tofu_target --epochs 5 --lr 2e-5")
-    p.add_argument("--model", default=argparse.SUPPRESS, help="'bundled', a model directory or a hub id")
-    p.add_argument("--data", dest="forget", metavar="DATA", default=argparse.SUPPRESS,
-                   help="training data: .txt/.jsonl/.json/.csv or a TOFU split such as tofu:full")
-    p.add_argument("--out", default=argparse.SUPPRESS, help="run directory to write")
-    for flag, kind in (("--epochs", float), ("--max-steps", int), ("--lr", float), ("--batch-size", int),
-                       ("--grad-accum", int), ("--max-length", int), ("--lora-r", int), ("--lora-alpha", int),
-                       ("--seed", int), ("--save-steps", int), ("--weight-decay", float)):
-        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help="as for `unlearn train`")
-    for flag in ("--lora-targets", "--device"):
-        p.add_argument(flag, default=argparse.SUPPRESS, help="as for `unlearn train`")
-    for flag in ("--lora", "--resume", "--overwrite", "--trust-remote-code"):
-        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                       help="as for `unlearn train`")
-    p.set_defaults(handler=run_finetune)
-
-
-FINETUNE_KEYS = ("model", "forget", "out", "epochs", "max_steps", "lr", "batch_size", "grad_accum", "max_length",
-                 "lora_r", "lora_alpha", "seed", "save_steps", "weight_decay", "lora_targets", "device", "lora",
-                 "resume", "overwrite", "trust_remote_code")
-
-
-def finetune_config(args):
-    from ..config import UnlearnConfig
-    from ..errors import require
-
-    settings = {k: getattr(args, k) for k in FINETUNE_KEYS if hasattr(args, k)}
-    require(settings.get("resume") or "forget" in settings, "no training data given",
-            "pass --data FILE (or a TOFU split such as tofu:full)")
-    return UnlearnConfig.from_dict({**settings, "method": "sft"})
-
-
-def run_finetune(args) -> int:
-    from ..cli import _duration, _stop_on_signals
-    from ..runs import RunState
-    from ..trainer import train
-    import threading
-
-    stop_event = threading.Event()
-    _stop_on_signals(stop_event)
-    result = train(finetune_config(args), stop_event=stop_event)
-    if not result.is_main_process:
-        return 0
-    if result.state == RunState.STOPPED:
-        print(f"Stopped at step {result.step}; continue with: unlearn finetune --out {result.run_dir} --resume")
-        return 0
-    s = result.summary
-    print(f"Fine-tuning finished: {s['steps']} steps in {_duration(s['wall_seconds'])}.")
-    if "forget_nll" in s.get("before", {}):
-        print(f"  training-data NLL {s['before']['forget_nll']:.3f} -> {s['after']['forget_nll']:.3f}")
-    print(f"  {'LoRA adapter' if s.get('lora') else 'model'}: {s['model']}\n"
-          f"  evaluate it: unlearn eval {result.run_dir} --suite tofu --out {result.run_dir}/eval")
     return 0
