@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import require
+from .paths import writable_folder
 
 class RunState(str, Enum):
     """A run's state in status.json, the one vocabulary of the trainer, the studio and export. A str enum:
@@ -179,6 +180,8 @@ class RunDir:
                 create: bool = True) -> "RunDir":
         """Check the directory against the user's intent; with create, clear/create it to match."""
         run = cls(path)
+        if not resume:   # before any model loads: a folder that cannot be written fails here, in one line
+            writable_folder(run.path, "--out")
         if resume:
             require(run.holds_run(), f"there is no run to resume in {run.path}",
                     "check --out, or start a new run without --resume")
