@@ -58,13 +58,12 @@ def timed_export(run: Path, out: Path, **options) -> tuple[dict, float]:
 
 
 def open_runners(bundle: Path) -> dict:
+    from core.models import load_run_model
     from export.bundle import open_runner, read_manifest
     from export.hf import TorchRunner
-    from export.merge import load_unlearned
-    from export.source import read_run
 
     manifest = read_manifest(bundle)
-    runners = {"pytorch-fp32": TorchRunner(load_unlearned(read_run(manifest["source_run"]["path"])))}
+    runners = {"pytorch-fp32": TorchRunner(load_run_model(manifest["source_run"]["path"]).eval())}
     for name in RUNNERS[1:]:
         runners[name] = open_runner(name, manifest["artifacts"][name], bundle)
     return runners
@@ -141,10 +140,9 @@ def main(argv=None) -> int:
                                            onnx_precisions=("fp32", "int4"))
     parity = json.loads((work / "bundle" / "parity.json").read_text())
     runners = open_runners(work / "bundle")
-    from export.merge import load_run_tokenizer
-    from export.source import read_run
+    from core.models import run_tokenizer
 
-    tokenizer = load_run_tokenizer(read_run(run))
+    tokenizer = run_tokenizer(run)
     prompt = list(tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about the history of Rome."}],
                                                 add_generation_prompt=True, tokenize=True)["input_ids"])
     print(f"decode speed: {args.tokens} tokens, {args.rounds} rounds ...", flush=True)

@@ -1,5 +1,6 @@
-"""`export_run`: one unlearning run -> one bundle of Hugging Face / GGUF / ONNX artifacts with parity.json,
-manifest.json and a model card, written atomically.
+"""`export_run`: one unlearning run -> one bundle of artifacts, one set per export format (export/formats/:
+Hugging Face, GGUF, ONNX, and any format registered beside them), with parity.json, manifest.json and a
+model card, written atomically. This module knows no format by name: it asks the registry.
 
 The bundle is assembled in a hidden staging directory beside `out` and renamed into place only when
 everything, checks included, is done; any failure or interruption removes the staging directory, so `out`
@@ -25,25 +26,36 @@ from pathlib import Path
 from typing import Callable
 
 from core.errors import UnlearnError, require
+from core.models import load_model, load_run_model, run_tokenizer
 from core.runs import AUDIT_REPORT, RunDir, read_json, staging_dir, usual_permissions, write_json_atomic
 
-from . import card, gguf, hf, onnx, parity
-from .merge import load_original, load_run_tokenizer, load_unlearned
+from .card import model_card
+from .parity import (GREEDY_TOKENS, build_probes, forgetting_check, goal_status, run_probes,
+                     summarise)
+from .formats import WriteJob, format_of, formats, get_format, pick_formats
+from .hf import TorchRunner, write_hf
 from .source import RunSource, read_run
 
-FORMATS = ("hf", "gguf", "onnx")
-DEFAULT_QUANTS = ("f16", "q8_0", "q4_k_m")
 MANIFEST_VERSION = 1
 PARTIAL_MARK = ".partial-"
+# The unlearned model, merged, is written here first: every converter reads it, and the hf format keeps it
+# as its artifact; when no format keeps it, it is removed once every format is written.
+MERGED_FOLDER = "hf"
 
 
-def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, gguf_quants=DEFAULT_QUANTS,
-               onnx_precisions=onnx.PRECISIONS, parity_check: bool = True, parity_examples: int = 8,
-               forget: str | None = None, retain: str | None = None, overwrite: bool = False,
-               log: Callable[[str], None] = print) -> dict:
-    """Export a finished run; returns the manifest (also written to out/manifest.json)."""
+def default_formats() -> list[str]:
+    """What `unlearn export` makes when --formats is not given."""
+    return [fmt.name for fmt in formats() if fmt.in_default]
+
+
+def export_run(run_dir: str | Path, out: str | Path, formats=None, parity_check: bool = True,
+               parity_examples: int = 8, forget: str | None = None, retain: str | None = None,
+               overwrite: bool = False, log: Callable[[str], None] = print, **variants) -> dict:
+    """Export a finished run; returns the manifest (also written to out/manifest.json). `formats`: names
+    from export.formats (default: default_formats()); `variants`: each format's variants under its own
+    keyword (gguf_quants=("f16", "q8_0"), onnx_precisions=("fp32",)), its defaults where not given."""
     source = read_run(run_dir)
-    plan = _plan(source, formats, gguf_quants, onnx_precisions)
+    plan = _plan(source, default_formats() if formats is None else formats, variants)
     target = _check_target(Path(out), overwrite)
     _remove_stale_partials(target)
     staging = staging_dir(f".{target.name}{PARTIAL_MARK}{os.getpid()}-", target.parent)
@@ -59,28 +71,45 @@ def export_run(run_dir: str | Path, out: str | Path, formats=FORMATS, gguf_quant
 
 # ---------------------------------------------------------------- checks before any work
 
-def _plan(source: RunSource, formats, gguf_quants, onnx_precisions) -> dict:
-    formats = [f.strip().lower() for f in formats if f.strip()]
-    unknown = [f for f in formats if f not in FORMATS]
-    require(not unknown, f"unknown export format(s): {', '.join(unknown)}", f"choose from {', '.join(FORMATS)}")
-    require(formats, "no export format given", "pass e.g. --formats hf,gguf,onnx")
-    plan = {"formats": formats, "gguf": [], "onnx": []}
-    if "gguf" in formats:
-        plan["gguf"] = gguf.check_quants(list(gguf_quants))
-    if "onnx" in formats:
-        plan["onnx"] = onnx.check_precisions(list(onnx_precisions))
-    refused = {fmt: why for fmt, why in refusals(source).items() if fmt in formats}
+def _plan(source: RunSource, names, variants: dict) -> dict:
+    """The formats asked for (as given, for the manifest) and {format: its variants} in the order they are
+    written; every problem is found here, before any work."""
+    keywords = {fmt.variants.keyword for fmt in formats() if fmt.variants}
+    unexpected = sorted(set(variants) - keywords)
+    if unexpected:
+        raise TypeError(f"export_run() got unexpected keyword argument(s) {', '.join(unexpected)} "
+                        f"(the formats' variants are {', '.join(sorted(keywords))})")
+    chosen = pick_formats(names)
+    require(chosen, "no export format given", f"pass e.g. --formats {','.join(default_formats())}")
+    ordered = sorted(set(chosen), key=formats().index)
+    plan = {"formats": [fmt.name for fmt in chosen],
+            "variants": {fmt.name: _checked_variants(fmt, variants) for fmt in ordered}}
+    missing = {fmt: why for fmt in ordered if (why := fmt.available())}
+    if missing:
+        raise UnlearnError("; ".join(missing.values()),
+                           "; ".join(fmt.install for fmt in missing if fmt.install) or "install what it needs")
+    refused = {fmt.name: why for fmt in ordered if (why := fmt.refusal(source))}
     if refused:   # every format that cannot be made, in one message, before any work
-        possible = [fmt for fmt in formats if fmt not in refused] or ["hf"]
-        raise UnlearnError("this run cannot be exported to " + "; ".join(f"{fmt}: {why}" for fmt, why in refused.items()),
+        possible = [fmt.name for fmt in chosen if fmt.name not in refused] or \
+            [name for name in default_formats() if name not in refusals(source)]
+        reasons = "; ".join(f"{fmt}: {why}" for fmt, why in refused.items())
+        raise UnlearnError(f"this run cannot be exported to {reasons}",
                            f"export the formats that work for it: --formats {','.join(possible)}")
     return plan
 
 
+def _checked_variants(fmt, given: dict) -> list[str]:
+    """The variants asked of one format (its defaults when its keyword was not given), checked."""
+    if not fmt.variants:
+        return []
+    return fmt.variants.check(given.get(fmt.variants.keyword, fmt.variants.default))
+
+
 def refusals(source: RunSource) -> dict[str, str]:
-    """Each format this run's model cannot be exported to, with the reason (hf always works)."""
-    reasons = {"gguf": gguf.refusal(source.architecture), "onnx": onnx.refusal(source.model_config)}
-    return {fmt: why for fmt, why in reasons.items() if why}
+    """Each registered format this run cannot be exported to here, with the reason: a package that is not
+    installed, or a model the format's converter does not take (hf always works)."""
+    reasons = {fmt.name: fmt.available() or fmt.refusal(source) for fmt in formats()}
+    return {name: why for name, why in reasons.items() if why}
 
 
 def _check_target(target: Path, overwrite: bool) -> Path:
@@ -123,147 +152,83 @@ def _swap_in(staging: Path, target: Path) -> None:
 # ---------------------------------------------------------------- building
 
 def _build(source: RunSource, plan: dict, staging: Path, log, parity_check: bool, **parity_options) -> dict:
-    timings: dict[str, float] = {}
+    job = WriteJob(source, staging, staging / MERGED_FOLDER, log)
     log(f"loading the run's model ({'LoRA merged into ' + source.base_model if source.is_lora else 'full'})")
-    tokenizer = load_run_tokenizer(source)
-    model = load_unlearned(source)
-    with _timed(timings, "export_total"):
-        artifacts = _write_artifacts(source, plan, model, tokenizer, staging, log, timings)
+    tokenizer = run_tokenizer(source.run_dir)
+    model = load_run_model(source.run_dir).eval()
+    with job.timed("export_total"):
+        artifacts = _write_artifacts(job, plan, model, tokenizer)
     report = None
     if parity_check:
         log("checking parity and forgetting in every runtime")
-        with _timed(timings, "parity"):
+        with job.timed("parity"):
             report = _check(source, model, tokenizer, staging, artifacts, **parity_options)
         write_json_atomic(staging / "parity.json", report)
-    manifest = _manifest(source, plan, artifacts, report, timings)
+    manifest = _manifest(source, plan, artifacts, report, job.timings)
     audit = run_audit(source)
     if audit:   # the run's `unlearn audit`, carried into the bundle, its card and its manifest
-        (staging / AUDIT_FOLDER).mkdir()
+        run = RunDir(source.run_dir)
+        (staging / run.audit_dir.name).mkdir()
         for name in ("audit.json", "audit.md"):
-            if (source.run_dir / AUDIT_FOLDER / name).is_file():
-                shutil.copy2(source.run_dir / AUDIT_FOLDER / name, staging / AUDIT_FOLDER / name)
+            if (run.audit_dir / name).is_file():
+                shutil.copy2(run.audit_dir / name, staging / run.audit_dir.name / name)
         manifest["audit"] = audit_summary(audit)
-    (staging / "README.md").write_text(card.model_card(source, manifest, report, audit), encoding="utf-8")
+    (staging / "README.md").write_text(model_card(source, manifest, report, audit), encoding="utf-8")
     manifest["files"] = _file_list(staging)
     write_json_atomic(staging / "manifest.json", manifest)
     return manifest
 
 
-def _write_artifacts(source: RunSource, plan: dict, model, tokenizer, staging: Path, log, timings: dict) -> dict:
-    """Every requested artifact; the merged HF directory is written in any case (the converters read it)."""
-    tokenizer.save_pretrained(staging / "tokenizer")
+def _write_artifacts(job: WriteJob, plan: dict, model, tokenizer) -> dict:
+    """Every requested artifact, each format's in turn, all read from the merged model folder."""
+    tokenizer.save_pretrained(job.bundle / "tokenizer")
+    with job.timed("hf"):
+        write_hf(model, tokenizer, job.merged_dir)
     artifacts: dict[str, dict] = {}
-    with _timed(timings, "hf"):
-        merged_dir = staging / ("hf" if "hf" in plan["formats"] else ".merged")
-        hf.write_hf(model, tokenizer, merged_dir)
-        if "hf" in plan["formats"]:
-            artifacts["hf"] = {"path": "hf"}
-            if source.is_lora:
-                hf.copy_adapter(source, staging / "adapter")
-    if plan["gguf"]:
-        log(f"GGUF: {', '.join(plan['gguf'])} (llama.cpp converter and quantiser)")
-        with _timed(timings, "gguf"):
-            artifacts.update(_write_gguf(source, merged_dir, staging / "gguf", plan["gguf"], timings))
-    if plan["onnx"]:
-        log(f"ONNX: {', '.join(plan['onnx'])} (onnxruntime-genai model builder)")
-        with _timed(timings, "onnx"):
-            artifacts.update(_write_onnx(merged_dir, staging / "onnx", plan["onnx"], timings))
-    shutil.rmtree(staging / ".merged", ignore_errors=True)
-    return artifacts
-
-
-class _timed:
-    def __init__(self, timings: dict, key: str):
-        self.timings, self.key = timings, key
-
-    def __enter__(self):
-        self.started = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.timings[self.key] = round(time.perf_counter() - self.started, 2)
-
-
-def _write_gguf(source: RunSource, merged_dir: Path, target: Path, quants: list[str], timings: dict) -> dict:
-    target.mkdir(parents=True)
-    artifacts = {}
-    source_dir = Path(source.base_model)
-    f16 = gguf.convert(merged_dir, target / "model-f16.gguf", "f16", source_dir)
-    for quant in quants:
-        path = target / f"model-{quant}.gguf"
-        fallbacks = []
-        with _timed(timings, f"gguf_{quant}"):
-            if quant in gguf.CONVERTER_TYPES and quant != "f16":
-                gguf.convert(merged_dir, path, quant, source_dir)
-            elif quant != "f16":
-                fallbacks = gguf.quantize(f16, path, quant)
-        artifacts[f"gguf-{quant}"] = {"path": str(path.relative_to(target.parent)),
-                                      **gguf.tensor_report(path, fallbacks)}
-    if "f16" not in quants:
-        f16.unlink()
-    if source.is_lora:  # the forget patch: base GGUF + adapter GGUF applied at load time
-        with _timed(timings, "gguf_lora"):
-            base = gguf.convert(Path(source.base_model), target / "base-f16.gguf", "f16")
-            patch = gguf.convert_lora(source.model_dir, Path(source.base_model), target / "forget-patch-f16.gguf",
-                                      base)
-        artifacts["gguf-lora"] = {"path": str(patch.relative_to(target.parent)),
-                                  "base": str(base.relative_to(target.parent))}
-    return artifacts
-
-
-def _write_onnx(merged_dir: Path, target: Path, precisions: list[str], timings: dict) -> dict:
-    artifacts = {}
-    cache = target / ".builder-cache"
-    for precision in precisions:
-        with _timed(timings, f"onnx_{precision}"):
-            onnx.build(merged_dir, target / precision, precision, cache)
-        artifacts[f"onnx-{precision}"] = {"path": f"onnx/{precision}"}
-    shutil.rmtree(cache, ignore_errors=True)
+    for name, variants in plan["variants"].items():
+        artifacts.update(get_format(name).write(job, variants))
+    if not any(artifact["path"] == MERGED_FOLDER for artifact in artifacts.values()):
+        shutil.rmtree(job.merged_dir)
     return artifacts
 
 
 # ---------------------------------------------------------------- checks
 
-def open_runner(name: str, artifact: dict, bundle: Path):
-    """The real runtime for one artifact of a bundle (also used by chat and the benchmark)."""
-    if name == "hf":
-        from core.models import load_model
-
-        return hf.TorchRunner(load_model(str(bundle / artifact["path"])), name="hf")
-    if name == "gguf-lora":
-        return gguf.GGUFRunner(bundle / artifact["base"], lora_path=bundle / artifact["path"], name=name)
-    if name.startswith("gguf-"):
-        return gguf.GGUFRunner(bundle / artifact["path"], name=name)
-    return onnx.OnnxRunner(bundle / artifact["path"], name=name)
+def open_runner(name: str, artifact: dict, bundle: str | Path):
+    """The real runtime for one artifact of a bundle (also used by chat and the benchmark); an artifact no
+    registered format makes is refused."""
+    return format_of(name).open_runner(name, artifact, Path(bundle))
 
 
 def _check(source: RunSource, model, tokenizer, bundle: Path, artifacts: dict, parity_examples: int,
            forget: str | None, retain: str | None) -> dict:
-    probes = parity.build_probes(source.config, tokenizer, parity_examples, forget, retain)
-    reference = parity.run_probes(hf.TorchRunner(model), probes)
+    probes = build_probes(source.config, tokenizer, parity_examples, forget, retain)
+    reference = run_probes(TorchRunner(model), probes)
     forced = reference["tokens"]
-    original_raw = parity.run_probes(hf.TorchRunner(load_original(source), name="original"), probes,
-                                     forced=forced)
-    unlearned = parity.summarise(reference, reference, probes, tokenizer)
-    original = parity.summarise(original_raw, reference, probes, tokenizer)
-    formats, raws = {}, {}
+    original_raw = run_probes(TorchRunner(load_model(source.base_model).eval(), name="original"), probes,
+                              forced=forced)
+    unlearned = summarise(reference, reference, probes, tokenizer)
+    original = summarise(original_raw, reference, probes, tokenizer)
+    formats_scores, raws = {}, {}
     for name, artifact in artifacts.items():
         runner = open_runner(name, artifact, bundle)
         try:
-            raws[name] = parity.run_probes(runner, probes, forced=forced)
+            raws[name] = run_probes(runner, probes, forced=forced)
         finally:
             runner.close()
-        formats[name] = parity.summarise(raws[name], reference, probes, tokenizer)
-        goal = parity.goal_status(name, formats[name])
+        formats_scores[name] = summarise(raws[name], reference, probes, tokenizer)
+        goal = goal_status(format_of(name).goals.get(name), formats_scores[name])
         if goal:
-            formats[name]["goal"] = goal
-    if "gguf-lora" in raws and "gguf-f16" in raws:  # the patch must act like the merged model
-        formats["gguf-lora"]["vs_merged_f16"] = parity.summarise(raws["gguf-lora"], raws["gguf-f16"], probes,
-                                                                 tokenizer)
-    forgetting, warnings = parity.forgetting_check(formats, unlearned, original)
+            formats_scores[name]["goal"] = goal
+    for fmt in formats():
+        for name, other, key in fmt.cross_checks:
+            if name in raws and other in raws:
+                formats_scores[name][key] = summarise(raws[name], raws[other], probes, tokenizer)
+    forgetting, warnings = forgetting_check(formats_scores, unlearned, original)
     return {"probes": {"forget": sum(p.role == "forget" for p in probes),
-                       "retain": sum(p.role == "retain" for p in probes), "greedy_tokens": parity.GREEDY_TOKENS},
+                       "retain": sum(p.role == "retain" for p in probes), "greedy_tokens": GREEDY_TOKENS},
             "reference": "unlearned model in PyTorch fp32", "pytorch": unlearned, "original": original,
-            "formats": formats, "forgetting": forgetting, "warnings": warnings}
+            "formats": formats_scores, "forgetting": forgetting, "warnings": warnings}
 
 
 # ---------------------------------------------------------------- audit
@@ -295,7 +260,8 @@ def _manifest(source: RunSource, plan: dict, artifacts: dict, report: dict | Non
                            "base_model": source.base_model, "architecture": source.architecture,
                            "forget": source.config.get("forget"), "retain": source.config.get("retain"),
                            "summary": source.summary},
-            "formats": plan["formats"], "gguf_quants": plan["gguf"], "onnx_precisions": plan["onnx"],
+            "formats": plan["formats"],
+            **{fmt.variants.keyword: plan["variants"].get(fmt.name, []) for fmt in formats() if fmt.variants},
             "artifacts": artifacts, "metrics": metrics, "warnings": report["warnings"] if report else [],
             "timings_s": timings}
 

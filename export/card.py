@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from .formats import formats
 from .source import RunSource
 
 
@@ -79,16 +80,12 @@ def _files(manifest: dict) -> str:
 
 
 def _usage(manifest: dict) -> str:
-    lines = ["## Running it", "", "```bash"]
-    for name in manifest["artifacts"]:
-        if name == "hf" or name.startswith(("gguf-q", "onnx-fp32")):
-            fmt = name.split("-")[0]
-            variant = f" --variant {name.split('-', 1)[1]}" if "-" in name else ""
-            lines.append(f"unlearn chat BUNDLE --format {fmt}{variant}")
-    lines += ["```", "", "The GGUF files load in llama.cpp unmodified (`llama-cli -m gguf/model-q8_0.gguf`); "
-              "`gguf/forget-patch-f16.gguf` applies on `gguf/base-f16.gguf` with `--lora`. "
-              "The ONNX decoders run in onnxruntime with `past_key_values.N.key/value` inputs."]
-    return "\n".join(lines)
+    """A chat command per artifact worth chatting with, then what each format's files load in."""
+    present = [fmt for fmt in formats() if fmt.name in manifest["formats"]]
+    commands = [line for fmt in present for line in fmt.card_lines(manifest["artifacts"])]
+    lines = ["## Running it", "", "```bash", *commands, "```"]
+    notes = [fmt.card_note for fmt in present if fmt.card_note]
+    return "\n".join(lines + (["", " ".join(notes)] if notes else []))
 
 
 def _audit(audit: dict) -> str:

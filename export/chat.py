@@ -1,4 +1,4 @@
-"""`unlearn chat BUNDLE --format gguf|onnx|hf`: a streamed chat with any artifact of a bundle.
+"""`unlearn chat BUNDLE --format FORMAT`: a streamed chat with any artifact of a bundle, in its format's runtime.
 
 Every format is prompted through the same tokenizer and chat template (the bundle's tokenizer/), so the
 only thing that changes between formats is the runtime that computes the next token.
@@ -11,10 +11,12 @@ from typing import Callable, Iterator
 from core.errors import require
 
 from .bundle import open_runner, read_manifest
+from .formats import get_format
 
 
 def pick_artifact(manifest: dict, fmt: str, variant: str | None) -> str:
     """The artifact name for a format (and variant: a GGUF quant or an ONNX precision)."""
+    fmt = get_format(fmt).name
     names = [n for n in manifest["artifacts"] if n == fmt or n.startswith(fmt + "-")]
     require(names, f"the bundle has no {fmt} artifact (it has {', '.join(manifest['artifacts'])})",
             "choose --format among those, or export again with that format")

@@ -1,17 +1,14 @@
-"""Hugging Face artifact: the merged model as safetensors with tokenizer, chat template and generation
-config, the run's PEFT adapter kept alongside; and the PyTorch runner every other format is checked against."""
+"""The PyTorch side of every bundle: the merged model written as a Hugging Face folder (what the `hf`
+artifact is, export/formats/hf.py, and what every converter reads), and the runner every format is
+checked against."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .runtime import Runner
-from .source import RunSource
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def write_hf(model, tokenizer, target: Path) -> list[Path]:
@@ -20,14 +17,6 @@ def write_hf(model, tokenizer, target: Path) -> list[Path]:
     model.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     return sorted(p for p in target.iterdir() if p.is_file())
-
-
-def copy_adapter(source: RunSource, target: Path) -> list[Path]:
-    """The run's LoRA adapter as trained (PEFT format), for users who apply it to their own base copy."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ADAPTER_FILES:
-        shutil.copy2(source.model_dir / name, target / name)
-    return [target / name for name in ADAPTER_FILES]
 
 
 class TorchRunner(Runner):

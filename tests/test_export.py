@@ -21,9 +21,11 @@ from conftest import merged_reference, run_unlearn, sentencepiece_model_dir, wri
 from core.config import UnlearnConfig
 from core.errors import UnlearnError
 from core.trainer import train
-from export import bundle as bundle_module
-from export.bundle import export_run, open_runner, read_manifest
+from export.bundle import export_run, open_runner, read_manifest, refusals
+from export.formats import IDENTICAL, get_format
+from export.formats import gguf as gguf_module
 from export.parity import Probe, forgetting_check, goal_status, run_probes, summarise
+from export.source import read_run
 from export.runtime import Runner
 
 ALL_QUANTS = ("f16", "q8_0", "q4_k_m")
@@ -155,7 +157,7 @@ def test_artifact_in_its_runtime_matches_pytorch_greedy(lora_bundle, lora_run, t
 
 
 def test_gguf_forget_patch_on_the_base_equals_the_merged_model(lora_bundle, tokenizer):
-    from export.gguf import GGUFRunner
+    from export.formats.gguf import GGUFRunner
 
     gguf_dir = lora_bundle / "gguf"
     patched = GGUFRunner(gguf_dir / "base-f16.gguf", lora_path=gguf_dir / "forget-patch-f16.gguf")
@@ -254,11 +256,11 @@ def test_identical_runs_allow_a_flip_only_where_pytorch_itself_nearly_ties(margi
     scores = summarise(raw, reference, probes, words)
     assert (scores["identical_runs"], scores["flips"], scores["near_tie_flips"], scores["near_tie_runs"]) == \
         (0, 1, int(met), int(met))
-    goal = goal_status("gguf-f16", scores)
+    goal = goal_status(IDENTICAL, scores)
     assert goal["met"] is met and ("near-ties only" in goal.get("note", "")) is met
-    assert goal_status("gguf-f16", summarise(reference, reference, probes, words))["met"]   # no flip at all
+    assert goal_status(IDENTICAL, summarise(reference, reference, probes, words))["met"]   # no flip at all
     # two runs parted, one of them without a near-tie flip of its own: the goal is missed
-    assert not goal_status("gguf-f16", {"identical_runs": 2, "runs": 4, "near_tie_runs": 1})["met"]
+    assert not goal_status(IDENTICAL, {"identical_runs": 2, "runs": 4, "near_tie_runs": 1})["met"]
 
 
 # ---------------------------------------------------------------- atomic bundles
@@ -304,7 +306,7 @@ def test_interrupted_export_leaves_no_partial_bundle(lora_run, tmp_path, monkeyp
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bundle_module.gguf, "quantize", interrupted)
+    monkeypatch.setattr(gguf_module, "quantize", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_run(lora_run, tmp_path / "bundle", formats=("hf", "gguf"), gguf_quants=("f16", "q8_0"), log=quiet)
     assert list(tmp_path.iterdir()) == []
@@ -376,6 +378,17 @@ def test_unsupported_architecture_is_refused(tiny64_dir, lora_run, tmp_path):
     assert "onnx: onnxruntime-genai's model builder does not support" in message
     assert message.endswith("fix: export the formats that work for it: --formats hf")
     assert not (tmp_path / "bundle").exists()
+
+
+def test_a_format_whose_package_is_missing_is_refused_before_any_work(lora_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(type(get_format("gguf")), "packages", {"llama_cpp_is_not_here": "llama-cpp-python"})
+    with pytest.raises(UnlearnError) as refused:
+        export_run(lora_run, tmp_path / "bundle", formats=("hf", "gguf"), log=quiet)
+    assert refused.value.problem == "GGUF export needs llama-cpp-python, which is not installed"
+    assert "pip install llama-cpp-python" in refused.value.fix and not (tmp_path / "bundle").exists()
+    assert get_format("gguf").available() == refused.value.problem
+    # what the audit's quantize attack reads to skip a format: the same reason, not an exception
+    assert refusals(read_run(lora_run))["gguf"] == refused.value.problem and "hf" not in refusals(read_run(lora_run))
 
 
 def test_onnx_refuses_heads_narrower_than_16(tiny_model_dir, data_files, tmp_path):

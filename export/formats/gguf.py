@@ -1,6 +1,7 @@
-"""GGUF artifacts through llama.cpp's own tools: convert_hf_to_gguf.py writes f32/f16/bf16,
+"""GGUF, for llama.cpp, through its own tools: convert_hf_to_gguf.py writes f32/f16/bf16,
 llama_cpp.llama_model_quantize makes every other type from the f16 file, and convert_lora_to_gguf.py turns
-the run's LoRA adapter into a small "forget patch" that llama.cpp applies to the base GGUF at load time."""
+the run's LoRA adapter into a small "forget patch" that llama.cpp applies to the base GGUF at load time.
+llama.cpp's scripts (export/llamacpp.py) and llama_cpp are loaded only when an artifact is written or run."""
 from __future__ import annotations
 
 import contextlib
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import UnlearnError, require
+from core.errors import UnlearnError
 
-from . import llamacpp
-from .runtime import Runner, default_threads
+from ..runtime import Runner, default_threads
+from .base import IDENTICAL, ExportFormat, Variants, WriteJob, chat_command, register_format
 
 CONVERTER_TYPES = ("f32", "f16", "bf16")          # written directly by convert_hf_to_gguf.py
 QUANT_TYPES = {                                    # made by llama_model_quantize from the f16 file
@@ -34,27 +35,13 @@ FALLBACK_LINE = re.compile(r"(\S+)\s+- ncols\s+(\d+) not divisible by \d+ \(requ
                            r"-> falling back to\s+(\w+)")
 
 
-def check_quants(quants: list[str]) -> list[str]:
-    names = [q.strip().lower() for q in quants if q.strip()]
-    unknown = [q for q in names if q not in CONVERTER_TYPES and q not in QUANT_TYPES]
-    require(not unknown, f"unknown GGUF quantisation type(s): {', '.join(unknown)}",
-            f"choose from {', '.join(CONVERTER_TYPES + tuple(QUANT_TYPES))}")
-    require(names, "no GGUF quantisation type given", "pass e.g. --gguf-quant f16,q8_0,q4_k_m")
-    return names
-
-
-def refusal(architecture: str) -> str | None:
-    """Why this model cannot become a GGUF, or None."""
-    if architecture not in llamacpp.supported_architectures():
-        return f"llama.cpp's converter does not support the architecture {architecture}"
-    return None
-
-
 def convert(model_dir: Path, out: Path, outtype: str = "f16", source_dir: Path | None = None) -> Path:
     """A Hugging Face model directory -> one GGUF file (tokenizer and chat template included). `source_dir`:
     the model it came from, whose files transformers may not have written again (see converter_view)."""
+    from ..llamacpp import run_script
+
     with converter_view(model_dir, source_dir) as readable:
-        llamacpp.run_script("convert_hf_to_gguf.py", [str(readable), "--outtype", outtype, "--outfile", str(out)])
+        run_script("convert_hf_to_gguf.py", [str(readable), "--outtype", outtype, "--outfile", str(out)])
     return out
 
 
@@ -100,7 +87,7 @@ def _readable_config(model_dir: Path, source_dir: Path | None) -> dict:
 
 def quantize(f16: Path, out: Path, quant: str, threads: int | None = None) -> list[dict]:
     """llama_model_quantize f16 -> `quant`; returns the tensors llama.cpp had to quantise to another type."""
-    script = Path(__file__).with_name("_quantize.py")
+    script = Path(__file__).parent.parent / "_quantize.py"
     result = subprocess.run([sys.executable, str(script), str(f16), str(out), QUANT_TYPES[quant],
                              str(threads or default_threads())], capture_output=True, text=True)
     if result.returncode != 0 or not out.is_file():
@@ -114,9 +101,11 @@ def quantize(f16: Path, out: Path, quant: str, threads: int | None = None) -> li
 def convert_lora(adapter_dir: Path, base_model_dir: Path, out: Path, base_gguf: Path) -> Path:
     """The PEFT adapter alone as a GGUF LoRA; needs only the base model's config, not its weights. Checked
     against `base_gguf` before anything loads it: llama.cpp crashes on a patch whose shapes do not fit."""
+    from ..llamacpp import run_script
+
     with converter_view(base_model_dir) as base, adapter_view(adapter_dir) as adapter:
-        llamacpp.run_script("convert_lora_to_gguf.py", ["--base", str(base), "--outtype", "f16",
-                                                        "--outfile", str(out), str(adapter)])
+        run_script("convert_lora_to_gguf.py", ["--base", str(base), "--outtype", "f16",
+                                               "--outfile", str(out), str(adapter)])
     misfits = lora_misfits(out, base_gguf)
     if misfits:
         out.unlink()
@@ -214,3 +203,70 @@ class GGUFRunner(Runner):
 
     def close(self) -> None:
         self.llm.close()
+
+
+# ---------------------------------------------------------------- the format
+
+@register_format
+class GGUF(ExportFormat):
+    name = "gguf"
+    title = "GGUF"
+    summary = "llama.cpp files, one per quantisation type (+ the LoRA forget patch on the base)"
+    order = 10
+    packages = {"llama_cpp": "llama-cpp-python", "gguf": "gguf"}
+    install = ('run: CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python==0.3.36 '
+               "(a source build: about 5 minutes)")
+    variants = Variants("GGUF quantisation type", CONVERTER_TYPES + tuple(QUANT_TYPES),
+                        default=("f16", "q8_0", "q4_k_m"), keyword="gguf_quants", flag="--gguf-quant",
+                        studio=("f16", "q8_0"))
+    studio_ticked = True
+    goals = {"gguf-f16": IDENTICAL, "gguf-q8_0": (False, 0.9)}
+    cross_checks = (("gguf-lora", "gguf-f16", "vs_merged_f16"),)   # the patch must act like the merged model
+    card_note = ("The GGUF files load in llama.cpp unmodified (`llama-cli -m gguf/model-q8_0.gguf`); "
+                 "`gguf/forget-patch-f16.gguf` applies on `gguf/base-f16.gguf` with `--lora`.")
+
+    def refusal(self, source) -> str | None:
+        from ..llamacpp import supported_architectures
+
+        if source.architecture not in supported_architectures():
+            return f"llama.cpp's converter does not support the architecture {source.architecture}"
+        return None
+
+    def write(self, job: WriteJob, variants: list[str]) -> dict[str, dict]:
+        job.log(f"GGUF: {', '.join(variants)} (llama.cpp converter and quantiser)")
+        with job.timed("gguf"):
+            return _write_gguf(job, variants)
+
+    def open_runner(self, name: str, artifact: dict, bundle: Path):
+        if name == "gguf-lora":
+            return GGUFRunner(bundle / artifact["base"], lora_path=bundle / artifact["path"], name=name)
+        return GGUFRunner(bundle / artifact["path"], name=name)
+
+    def card_lines(self, artifacts: dict[str, dict]) -> list[str]:
+        return [chat_command(name) for name in artifacts if name.startswith("gguf-q")]
+
+
+def _write_gguf(job: WriteJob, quants: list[str]) -> dict[str, dict]:
+    """One GGUF per type from the merged model (quantised from its f16 file), and a LoRA run's patch."""
+    source, target = job.source, job.bundle / "gguf"
+    target.mkdir(parents=True)
+    artifacts = {}
+    source_dir = Path(source.base_model)
+    f16 = convert(job.merged_dir, target / "model-f16.gguf", "f16", source_dir)
+    for quant in quants:
+        path = target / f"model-{quant}.gguf"
+        fallbacks = []
+        with job.timed(f"gguf_{quant}"):
+            if quant in CONVERTER_TYPES and quant != "f16":
+                convert(job.merged_dir, path, quant, source_dir)
+            elif quant != "f16":
+                fallbacks = quantize(f16, path, quant)
+        artifacts[f"gguf-{quant}"] = {"path": str(path.relative_to(job.bundle)), **tensor_report(path, fallbacks)}
+    if "f16" not in quants:
+        f16.unlink()
+    if source.is_lora:  # the forget patch: base GGUF + adapter GGUF applied at load time
+        with job.timed("gguf_lora"):
+            base = convert(Path(source.base_model), target / "base-f16.gguf", "f16")
+            patch = convert_lora(source.model_dir, Path(source.base_model), target / "forget-patch-f16.gguf", base)
+        artifacts["gguf-lora"] = {"path": str(patch.relative_to(job.bundle)), "base": str(base.relative_to(job.bundle))}
+    return artifacts

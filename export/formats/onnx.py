@@ -1,4 +1,4 @@
-"""ONNX artifacts: a decoder with KV cache (past_key_values.N.key/value in, present.N.key/value out) in
+"""ONNX, for onnxruntime: a decoder with KV cache (past_key_values.N.key/value in, present.N.key/value out) in
 fp32, fp16 and int4, built by onnxruntime-genai's model builder from the merged Hugging Face model.
 
 Why the builder and not our own torch.onnx export: measured on the bundled model it exports about 10x
@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ import numpy as np
 
 from core.errors import UnlearnError, require
 
-from .runtime import Runner, default_threads
+from ..runtime import Runner, default_threads
+from .base import IDENTICAL, ExportFormat, Variants, WriteJob, chat_command, register_format
 
 PRECISIONS = ("fp32", "fp16", "int4")
 TARGETS = ("cpu", "cuda")
@@ -33,14 +35,6 @@ MODEL_FILE = "model.onnx"
 # ~10 % slower decode and 112 MB instead of 86 MB (docs/export.md). Asymmetric blocks would halve the logit
 # error too, but the builder's tied-embedding path then emits a graph onnxruntime 1.31 rejects.
 INT4_OPTIONS = ("block_size=32", "accuracy_level=4", "algo_config=k_quant_mixed")
-
-
-def check_precisions(precisions: list[str]) -> list[str]:
-    names = [p.strip().lower() for p in precisions if p.strip()]
-    unknown = [p for p in names if p not in PRECISIONS]
-    require(not unknown, f"unknown ONNX precision(s): {', '.join(unknown)}", f"choose from {', '.join(PRECISIONS)}")
-    require(names, "no ONNX precision given", "pass e.g. --onnx-precision fp32,int4")
-    return names
 
 
 def _builder_source() -> Path:
@@ -55,17 +49,6 @@ def supported_architectures() -> set[str]:
     """Architectures the installed builder dispatches on, read from its source without importing it."""
     text = _builder_source().read_text(encoding="utf-8")
     return set(re.findall(r'config\.architectures\[0\] == "(\w+)"', text))
-
-
-def refusal(config: dict) -> str | None:
-    """Why this model cannot become an ONNX model, or None."""
-    architecture = (config.get("architectures") or ["unknown"])[0]
-    if architecture not in supported_architectures():
-        return f"onnxruntime-genai's model builder does not support the architecture {architecture}"
-    head_size = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    if head_size % 16:
-        return f"onnxruntime's GroupQueryAttention needs a head size that is a multiple of 16; this model's is {head_size}"
-    return None
 
 
 def build(model_dir: Path, target: Path, precision: str, cache_dir: Path, execution_provider: str = "cpu") -> Path:
@@ -158,3 +141,47 @@ class OnnxRunner(Runner):
     def close(self) -> None:
         self.past = {}
         self.session = None
+
+
+# ---------------------------------------------------------------- the format
+
+@register_format
+class ONNX(ExportFormat):
+    name = "onnx"
+    title = "ONNX"
+    summary = "onnxruntime decoders with KV cache, one per precision (onnxruntime-genai's model builder)"
+    order = 20
+    packages = {"onnxruntime_genai": "onnxruntime-genai", "onnxruntime": "onnxruntime", "onnx": "onnx"}
+    install = "run: pip install onnxruntime-genai==0.18.0 (with onnxruntime-gpu: add --no-deps)"
+    variants = Variants("ONNX precision", PRECISIONS, default=PRECISIONS, keyword="onnx_precisions",
+                        flag="--onnx-precision", studio=("fp32",))
+    goals = {"onnx-fp32": IDENTICAL}
+    card_note = "The ONNX decoders run in onnxruntime with `past_key_values.N.key/value` inputs."
+
+    def refusal(self, source) -> str | None:
+        config = source.model_config
+        architecture = (config.get("architectures") or ["unknown"])[0]
+        if architecture not in supported_architectures():
+            return f"onnxruntime-genai's model builder does not support the architecture {architecture}"
+        head_size = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        if head_size % 16:
+            return (f"onnxruntime's GroupQueryAttention needs a head size that is a multiple of 16; "
+                    f"this model's is {head_size}")
+        return None
+
+    def write(self, job: WriteJob, variants: list[str]) -> dict[str, dict]:
+        job.log(f"ONNX: {', '.join(variants)} (onnxruntime-genai model builder)")
+        artifacts, target = {}, job.bundle / "onnx"
+        with job.timed("onnx"):
+            for precision in variants:
+                with job.timed(f"onnx_{precision}"):
+                    build(job.merged_dir, target / precision, precision, target / ".builder-cache")
+                artifacts[f"onnx-{precision}"] = {"path": f"onnx/{precision}"}
+            shutil.rmtree(target / ".builder-cache", ignore_errors=True)
+        return artifacts
+
+    def open_runner(self, name: str, artifact: dict, bundle: Path):
+        return OnnxRunner(bundle / artifact["path"], name=name)
+
+    def card_lines(self, artifacts: dict[str, dict]) -> list[str]:
+        return [chat_command(name) for name in artifacts if name == "onnx-fp32"]

@@ -9,11 +9,10 @@ import gradio as gr
 import pandas as pd
 
 from core.errors import UnlearnError, require
+from export.formats import format_names, formats
 
 from ..context import Studio, guarded, public_text
 
-GGUF_QUANTS = ["f16", "q8_0", "q4_k_m"]
-ONNX_PRECISIONS = ["fp32", "fp16", "int4"]
 _export_lock = threading.Lock()   # exports are heavy: one at a time per studio
 
 
@@ -30,14 +29,26 @@ def downloadable(bundle: Path, manifest: dict) -> list[str]:
     return [str(bundle / n) for n in keep if (bundle / n).is_file()]
 
 
+def with_variants() -> list:
+    """The formats that have variants, one checkbox group each, in the order the export button passes them."""
+    return [fmt for fmt in formats() if fmt.variants]
+
+
+def chosen_variants(chosen: list[list[str]]) -> dict[str, list[str]]:
+    """export_run's variant keywords from the ticked boxes; an empty box takes the format's first ticked default."""
+    return {fmt.variants.keyword: list(ticked) or list(fmt.variants.studio or fmt.variants.default)[:1]
+            for fmt, ticked in zip(with_variants(), chosen)}
+
+
 def create_export_tab(studio: Studio, session, run_key):
-    gr.Markdown("Export the unlearned model for llama.cpp (GGUF), onnxruntime (ONNX) and Hugging Face. Every "
+    gr.Markdown(f"Export the unlearned model as {', '.join(fmt.title or fmt.name for fmt in formats())}. Every "
                 "artifact is run in its own runtime and compared with PyTorch; the report warns if a format "
                 "(a low-bit quantisation, say) brings back what was forgotten.")
     with gr.Row():
-        formats = gr.CheckboxGroup(["hf", "gguf", "onnx"], value=["hf", "gguf"], label="Formats")
-        quants = gr.CheckboxGroup(GGUF_QUANTS, value=["f16", "q8_0"], label="GGUF quantisations")
-        precisions = gr.CheckboxGroup(ONNX_PRECISIONS, value=["fp32"], label="ONNX precisions")
+        picked_formats = gr.CheckboxGroup(format_names(), value=[fmt.name for fmt in formats() if fmt.studio_ticked],
+                                          label="Formats")
+        variant_boxes = [gr.CheckboxGroup(list(fmt.variants.default), value=list(fmt.variants.studio),
+                                          label=f"{fmt.variants.kind}s") for fmt in with_variants()]
     start = gr.Button("Export", variant="primary", elem_id="export")
     progress = gr.Textbox(label="Progress", lines=6, max_lines=6, autoscroll=True)
     warnings = gr.Markdown()
@@ -45,7 +56,7 @@ def create_export_tab(studio: Studio, session, run_key):
     files = gr.File(label="Download", file_count="multiple", interactive=False)
 
     @guarded
-    def on_export(session_id, key, chosen_formats, chosen_quants, chosen_precisions):
+    def on_export(session_id, key, chosen_formats, *chosen):
         from export.bundle import export_run
 
         run = studio.workspace.open_run(session_id, key)
@@ -58,14 +69,13 @@ def create_export_tab(studio: Studio, session, run_key):
         try:
             target = run.path / "export"
             yield "exporting…", "", None, None
-            manifest = export_run(run.path, target, formats=chosen_formats, gguf_quants=chosen_quants or ["f16"],
-                                  onnx_precisions=chosen_precisions or ["fp32"], overwrite=True,
-                                  log=lines.append)
+            manifest = export_run(run.path, target, formats=chosen_formats, overwrite=True, log=lines.append,
+                                  **chosen_variants(chosen))
         finally:
             _export_lock.release()
         notes = "  \n".join(f"⚠️ {w}" for w in manifest.get("warnings", [])) or "✅ no format recovered what was forgotten"
         yield (public_text("\n".join(lines)), public_text(notes), parity_frame(manifest),
                downloadable(target, manifest))
 
-    start.click(on_export, [session, run_key, formats, quants, precisions], [progress, warnings, report, files],
+    start.click(on_export, [session, run_key, picked_formats, *variant_boxes], [progress, warnings, report, files],
                 api_name="export")
