@@ -15,17 +15,17 @@ from core.errors import require
 from core.runs import AUDIT_REPORT, RunDir, RunState, read_json, write_json_atomic, write_text_atomic
 
 from . import recovery
-from .attacks import AuditContext, get_attack
+from .attacks import AuditContext, default_attacks, get_attack, resolve_options
 
-DEFAULT_ATTACKS = ("relearn", "benign", "quantize", "rephrase")
-OPTIONS = {"relearn_fraction": 0.5, "relearn_steps": 30, "benign_steps": 30, "relearn_lr": None}
 AUDIT_JSON, AUDIT_MD = AUDIT_REPORT, "audit.md"
 
 
-def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None, max_samples: int = 40,
+def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_samples: int = 40,
               max_new_tokens: int = 48, batch_size: int = 8, device: str = "cpu", log=print,
               dtype: str = "auto", update: bool = False) -> dict:
-    """Attack the run in `run_dir` and write OUT/audit.json and audit.md. `update`: redo only `attacks` and
+    """Attack the run in `run_dir` (a path or RunDir) and write OUT/audit.json and audit.md. `attacks`: names
+    (default: every attack enabled by default); `options`: attack options by their declared names (each
+    attack's `params`), checked against the chosen attacks' declarations. `update`: redo only `attacks` and
     keep the other attacks' results of the audit already in OUT (after one attack's definition changed, or
     to add one), which must have measured the same samples."""
     from core.data import load_examples
@@ -33,11 +33,13 @@ def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None
 
     started = time.time()
     run = RunDir(run_dir)
-    require(run.holds_run(), f"{run_dir} is not a run directory", "name the --out directory of a finished run")
+    require(run.holds_run(), f"{run.path} is not a run directory", "name the --out directory of a finished run")
     config = run.config()
-    require(bool(config.get("forget")), f"the run in {run_dir} records no forget set", "audit a run of `unlearn train`")
-    chosen = [get_attack(name) for name in dict.fromkeys(a.strip() for a in attacks if a.strip())]
-    require(bool(chosen), "no audit attack given", f"pass e.g. --attacks {','.join(DEFAULT_ATTACKS)}")
+    require(bool(config.get("forget")), f"the run in {run.path} records no forget set", "audit a run of `unlearn train`")
+    names = default_attacks() if attacks is None else attacks
+    chosen = [get_attack(name) for name in dict.fromkeys(a.strip() for a in names if a.strip())]
+    require(bool(chosen), "no audit attack given", f"pass e.g. --attacks {','.join(default_attacks())}")
+    chosen_options = resolve_options(chosen, options)
     settings = Settings(max_samples=max_samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
     settings.validate()
     forget = load_examples(config["forget"], "forget")[:max_samples]
@@ -48,12 +50,12 @@ def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None
     status = RunDir(out)   # audit/status.json: the studio follows (and outlives) the audit through it
     status.write_status(RunState.RUNNING, pid=os.getpid(), message="checking the attacks")
     context = AuditContext(run=run.path, config=config, work=out / ".work", forget=forget, retain=retain,
-                           measure=None, baseline=None, settings=settings, device=device, dtype=dtype, log=log,
-                           options={**OPTIONS, **(options or {})})
+                           measure=None, baseline=None, settings=settings, device=device, dtype=dtype, log=log)
     try:
         for attack in chosen:        # every refusal before any model is loaded
+            context.options = chosen_options[attack.name]
             attack.check(context)
-        report = _attack_all(context, chosen, status, started)
+        report = _attack_all(context, chosen, chosen_options, status, started)
         if earlier:
             report = _merged(earlier, report)
     except KeyboardInterrupt:
@@ -69,7 +71,7 @@ def run_audit(run_dir, out, attacks=DEFAULT_ATTACKS, options: dict | None = None
     return report
 
 
-def _attack_all(context: AuditContext, chosen: list, status: RunDir, started: float) -> dict:
+def _attack_all(context: AuditContext, chosen: list, options: dict[str, dict], status: RunDir, started: float) -> dict:
     from core.evaluation.evaluator import set_scores
     from core.models import dtype_name, open_model
 
@@ -105,6 +107,7 @@ def _attack_all(context: AuditContext, chosen: list, status: RunDir, started: fl
                             progress=round(number / len(chosen), 4), attack=attack.name)
         attack_started = time.time()
         context.work.mkdir(parents=True, exist_ok=True)
+        context.options = options[attack.name]
         try:
             found = attack.run(context)
         finally:
@@ -113,6 +116,7 @@ def _attack_all(context: AuditContext, chosen: list, status: RunDir, started: fl
             result.update(judged(result), seconds=round(time.time() - attack_started, 1))
             results.append(result)
     return {"run": str(run), "method": config.get("method"), "attacks": [a.name for a in chosen],
+            "options": {a.name: options[a.name] for a in chosen if options[a.name]},
             "dtype": dtype_name(unlearned.model.dtype),
               **_summed_up(results), "samples": {"forget": len(forget), "retain": len(retain or [])},
               "wall_seconds": round(time.time() - started, 1)}
@@ -149,7 +153,8 @@ def _merged(earlier: dict, report: dict) -> dict:
     results = [r for a in attacks for r in by_attack[a]]
     updated = earlier.get("updated", []) + [{"attacks": report["attacks"], "at": time.strftime("%Y-%m-%d %H:%M"),
                                               "wall_seconds": report["wall_seconds"]}]
-    return {**rejudged({**report, "results": results}), "attacks": attacks, "updated": updated,
+    options = {**earlier.get("options", {}), **report["options"]}
+    return {**rejudged({**report, "results": results}), "attacks": attacks, "options": options, "updated": updated,
             "wall_seconds": round(earlier["wall_seconds"] + report["wall_seconds"], 1)}
 
 
@@ -198,5 +203,14 @@ def markdown(report: dict) -> str:
                       "asked the same way (docs/audit.md); '-' where unlearning changed the figure too little "
                       "to measure a recovery.", "", table(header, rows), "",
                       f"Models scored in {report.get('dtype', 'float32')}. Wall time {report['wall_seconds']} s.",
-                      ""])
+                      *_options_line(report.get("options")), ""])
+
+
+def _options_line(options: dict | None) -> list[str]:
+    """The attacks' options the audit ran with, one clause per attack (none for an audit without options)."""
+    if not options:
+        return []
+    clauses = [f"{attack}: " + ", ".join(f"{name} {value}" for name, value in values.items())
+               for attack, values in options.items()]
+    return ["", f"Attack options: {'; '.join(clauses)}."]
 

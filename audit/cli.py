@@ -1,19 +1,25 @@
-"""`unlearn audit RUN --out DIR [--attacks relearn,benign,quantize,rephrase]`."""
+"""`unlearn audit RUN --out DIR [--attacks relearn,benign,quantize,rephrase]`: the --attacks help and one flag
+per attack option are made from the attack registry (audit/attacks/), so a new attack needs no edit here."""
 from __future__ import annotations
+
+import argparse
+
+OPTION_PREFIX = "attack_option__"   # argparse destinations of the attack options, apart from the other flags
 
 
 def add_commands(commands) -> None:
+    from .attacks import ATTACKS, attack_names, default_attacks
+
     p = commands.add_parser("audit", help="does the forgetting survive relearning, quantisation and rephrasing?",
                             description="Attack a finished run and report how much of the forgotten data comes "
                                         "back. Example: unlearn audit runs/demo --out runs/demo/audit")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--out", required=True, help="where audit.json and audit.md go")
-    p.add_argument("--attacks", default="relearn,benign,quantize,rephrase",
-                   help="comma-separated: relearn, benign, quantize, rephrase (default: all)")
-    p.add_argument("--relearn-steps", type=int, default=30, help="fine-tuning steps of the relearn attack")
-    p.add_argument("--relearn-fraction", type=float, default=0.5, help="share of the forget set relearned")
-    p.add_argument("--benign-steps", type=int, default=30, help="fine-tuning steps on retain data (benign)")
-    p.add_argument("--relearn-lr", type=float, default=None, help="their learning rate (default: the run's)")
+    p.add_argument("--attacks", default=",".join(default_attacks()),
+                   help="comma-separated, from: " + "; ".join(f"{name} ({ATTACKS[name].summary})"
+                                                              for name in attack_names())
+                        + f" (default: {','.join(default_attacks())})")
+    add_attack_flags(p)
     p.add_argument("--max-samples", type=int, default=40, help="forget and retain examples measured")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=8)
@@ -26,17 +32,32 @@ def add_commands(commands) -> None:
     p.set_defaults(handler=run)
 
 
+def add_attack_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per option name the registered attacks declare. Values stay text here: the audit checks them
+    against the chosen attacks' declarations, so a bad one is an `error:` naming the attack, not a usage line."""
+    from .attacks import declared_options
+
+    group = parser.add_argument_group("attack options (each attack reads its own)")
+    for name, takers in declared_options().items():
+        param = takers[0][1]
+        help_text = f"{param.help}, {param.range_text()} (default {param.default}; " \
+                    f"attacks: {', '.join(attack.name for attack, _ in takers)})"
+        group.add_argument(param.flag, dest=OPTION_PREFIX + name, default=argparse.SUPPRESS,
+                           type=_true_or_false if param.kind is bool else str,
+                           metavar={int: "N", float: "X"}.get(param.kind, "VALUE"),
+                           help=help_text.replace("%", "%%"))   # argparse formats help with %
+
+
+def _true_or_false(text: str):
+    """A yes/no option's text as a bool; anything else stays text, which the declaration then refuses."""
+    return {"true": True, "yes": True, "false": False, "no": False}.get(text.lower(), text)
+
+
 def run(args) -> int:
-    from core.errors import require
-
-    from . import markdown, run_audit
-
-    require(0 < args.relearn_fraction < 1, f"--relearn-fraction must be between 0 and 1, got {args.relearn_fraction}",
-            "use for example --relearn-fraction 0.5")
-    require(args.relearn_steps >= 1 and args.benign_steps >= 1, "the fine-tuning attacks need at least one step",
-            "use for example --relearn-steps 30")
     import os
     import signal
+
+    from . import markdown, run_audit
 
     if args.nice and hasattr(os, "nice"):
         os.nice(args.nice)
@@ -44,10 +65,9 @@ def run(args) -> int:
     def stop(signum, frame):   # Stop in the studio, or Ctrl-C: status "stopped", no half report
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
-    report = run_audit(args.run, args.out, args.attacks.split(","),
-                       {"relearn_steps": args.relearn_steps, "relearn_fraction": args.relearn_fraction,
-                        "benign_steps": args.benign_steps, "relearn_lr": args.relearn_lr},
-                       args.max_samples, args.max_new_tokens, args.batch_size, args.device, dtype=args.dtype,
-                       update=args.update)
+    options = {key.removeprefix(OPTION_PREFIX): value for key, value in vars(args).items()
+               if key.startswith(OPTION_PREFIX)}
+    report = run_audit(args.run, args.out, args.attacks.split(","), options, args.max_samples, args.max_new_tokens,
+                       args.batch_size, args.device, dtype=args.dtype, update=args.update)
     print(markdown(report))
     return 0

@@ -10,7 +10,7 @@ import pytest
 from audit import markdown, recovery, rejudged, run_audit
 from audit.attacks.relearn import split
 from conftest import quiet
-from core.cli import main
+from unlearn.cli import main
 from core.errors import UnlearnError
 from core.runs import RunDir
 from core.trainer import train
@@ -123,6 +123,12 @@ def test_bad_audit_input_gets_one_clear_error(lora_run, tmp_path, capsys):
         run_audit(no_retain.out, tmp_path / "c", ["benign"], log=lambda m: None, **FAST)
     assert main(["audit", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+    assert main(["audit", lora_run.out, "--out", str(tmp_path / "e"), "--relearn-fraction", "1.5"]) == 2
+    assert "error: relearn's relearn_fraction must be in (0, 1], got 1.5" in capsys.readouterr().err
+    with pytest.raises(UnlearnError, match="no audit attack takes the option relearn_step") as refused:
+        run_audit(lora_run.out, tmp_path / "f", ["relearn"], {"relearn_step": 3}, log=lambda m: None)
+    assert "relearn_steps (relearn)" in refused.value.fix
+    assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()   # refused before anything was written
 
 
 def test_export_carries_the_audit_into_the_bundle_card_and_manifest(lora_run, tmp_path):
@@ -134,6 +140,7 @@ def test_export_carries_the_audit_into_the_bundle_card_and_manifest(lora_run, tm
                       **{**FAST, "options": {"relearn_steps": 12, "relearn_lr": 5e-2}})
     manifest = export_run(run.out, tmp_path / "bundle", formats=("hf",), parity_examples=1, log=lambda m: None)
     assert manifest["audit"]["overall"] == audit["overall"]
+    assert audit["options"] == {"relearn": {"relearn_fraction": 0.5, "relearn_steps": 12, "relearn_lr": 5e-2}}
     assert manifest["audit"]["attacks"]["relearn"]["worst_recovery"] == audit["results"][0]["worst_recovery"]
     assert (tmp_path / "bundle" / "audit" / "audit.json").is_file()
     card = (tmp_path / "bundle" / "README.md").read_text()
@@ -142,6 +149,26 @@ def test_export_carries_the_audit_into_the_bundle_card_and_manifest(lora_run, tm
         assert "relearn restores what was forgotten" in card
     else:
         assert "No attack restored more than a quarter" in card
+
+
+def test_the_attacks_declare_their_options_and_the_flags_are_made_from_them(monkeypatch):
+    import audit
+    from audit.attacks import Attack, declared_options, default_attacks, register_attack
+    from core.methods.params import Param
+
+    assert default_attacks() == ["relearn", "benign", "quantize", "rephrase"]
+    assert {name: [a.name for a, _ in takers] for name, takers in declared_options().items()} == {
+        "relearn_fraction": ["relearn"], "relearn_steps": ["relearn"], "relearn_lr": ["relearn", "benign"],
+        "benign_steps": ["benign"]}
+    calls = []
+    monkeypatch.setattr(audit, "run_audit", lambda *args, **kwargs: calls.append(args) or {})
+    monkeypatch.setattr(audit, "markdown", lambda report: "")
+    assert main(["audit", "r", "--out", "o", "--relearn-steps", "7", "--relearn-lr", "1e-4"]) == 0
+    run, out, attacks, options = calls[0][:4]
+    assert attacks == ["relearn", "benign", "quantize", "rephrase"]
+    assert options == {"relearn_steps": "7", "relearn_lr": "1e-4"}   # text: checked by each attack's declaration
+    with pytest.raises(TypeError, match="one name, one type"):
+        register_attack(type("Clash", (Attack,), {"name": "clash", "params": (Param("relearn_steps", 0.5, "x"),)}))
 
 
 def test_the_export_forgetting_check_uses_the_audits_recovery():

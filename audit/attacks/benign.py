@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from core.errors import require
 
-from .base import Attack, register_attack
+from .base import ATTACK_LR, Attack, fine_tuning_steps, register_attack
 from .finetune import finetuned_copy
 
 
@@ -12,6 +12,10 @@ from .finetune import finetuned_copy
 class Benign(Attack):
     name = "benign"
     summary = "fine-tune on retain data only, measure the forget set"
+    order = 20
+    params = (fine_tuning_steps("benign", 30, "fine-tuning steps on retain data (benign)",
+                                "the relearn attack's budget, so the two compare (docs/audit.md)"),
+              ATTACK_LR)
 
     def check(self, context):
         require(bool(context.retain), "the benign attack fine-tunes on the run's retain set, and this run has none",
@@ -20,7 +24,7 @@ class Benign(Attack):
     def run(self, context):
         steps = context.options["benign_steps"]
         context.log(f"benign: {steps} steps on {len(context.retain)} retain examples, forget set measured")
-        attacked, done = finetuned_copy(context, context.retain, steps, context.options["relearn_lr"], "benign")
+        attacked, done = finetuned_copy(context, context.retain, steps, context.options[ATTACK_LR.name], "benign")
         return [{"name": self.name, "trained_on": len(context.retain), "steps": done,
                  "forget": {"set": "forget", **context.baseline("forget", context.forget),
                             "attacked": context.measure(attacked.model, attacked.tokenizer, context.forget,

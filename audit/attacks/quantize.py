@@ -18,6 +18,8 @@ GGUF_QUANTS = ("q8_0", "q4_k_m", "q4_0")
 class Quantize(Attack):
     name = "quantize"
     summary = "export to GGUF q8_0 / q4_k_m / q4_0 and ONNX int4, measure each in its runtime"
+    order = 30
+    slow = True     # four exports, each measured in its own runtime
 
     def run(self, context):
         refused = refusals(read_run(context.run))

@@ -59,6 +59,7 @@ def paraphrases(context) -> dict[str, str]:
 class Rephrase(Attack):
     name = "rephrase"
     summary = "ask the forget questions differently: paraphrased, without the chat template, after examples"
+    order = 40
 
     def run(self, context):
         qa = [ex for ex in context.forget if ex.is_qa]
