@@ -6,12 +6,14 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from audit.attacks import ATTACKS, attack_names, default_attacks
+from audit.attacks.base import is_step_count
 from core.errors import require
+from core.methods.params import Param
 from core.runs import RunDir, RunState, read_json
 
 from ..context import Studio, guarded, message, public_text
 
-ATTACKS = ["relearn", "benign", "quantize", "rephrase"]
 FIGURE_NAMES = {"nll": "NLL", "prob": "probability", "rougeL": "ROUGE-L"}
 
 
@@ -28,6 +30,30 @@ def audit_status(run: RunDir) -> tuple[str, dict | None]:
     if state == RunState.FINISHED and report:
         return f"audit finished: overall **{report['overall']}** ({report['wall_seconds']} s)", report
     return f"audit {state}: {status.get('error') or status.get('message', '')}", report
+
+
+def ticked_attacks() -> list[str]:
+    """Ticked when the tab opens: the default attacks but the slow ones (quantize: four exports)."""
+    return [name for name in default_attacks() if not ATTACKS[name].slow]
+
+
+def step_params() -> list[tuple[str, Param]]:
+    """(attack, its fine-tuning step count `<attack>_steps`) for every attack that fine-tunes: the tab's one
+    steps field sets them all."""
+    return [(name, p) for name in attack_names() for p in ATTACKS[name].params if is_step_count(p)]
+
+
+def step_flags(chosen: list[str], steps: int) -> list[str]:
+    """The steps field as flags, for the chosen attacks that fine-tune."""
+    flags = dict.fromkeys(p.flag for attack, p in step_params() if attack in chosen)
+    return [text for flag in flags for text in (flag, str(steps))]
+
+
+def step_field():
+    declared = step_params()
+    label = f"fine-tuning steps ({', '.join(dict.fromkeys(attack for attack, _ in declared))})"
+    return gr.Number(max((p.default for _, p in declared), default=30), label=label, precision=0, minimum=1,
+                     maximum=500, visible=bool(declared))
 
 
 def recovery_rows(report: dict) -> list[dict]:
@@ -61,9 +87,8 @@ def create_audit_tab(studio: Studio, session, run_key):
     gr.Markdown("Does the forgetting survive? Each attack tries to bring back what this run forgot; "
                 "recovery 0 means still forgotten, 1 fully restored (robust below 0.25, shallow above 0.5).")
     with gr.Row():
-        attacks = gr.CheckboxGroup(ATTACKS, value=["relearn", "benign", "rephrase"], label="Attacks",
-                                   elem_id="audit-attacks")
-        steps = gr.Number(30, label="fine-tuning steps (relearn, benign)", precision=0, minimum=1, maximum=500)
+        attacks = gr.CheckboxGroup(attack_names(), value=ticked_attacks(), label="Attacks", elem_id="audit-attacks")
+        steps = step_field()
     with gr.Row():
         start = gr.Button("Audit this run", variant="primary", elem_id="audit-start")
         stop = gr.Button("Stop", variant="stop", elem_id="audit-stop")
@@ -78,9 +103,8 @@ def create_audit_tab(studio: Studio, session, run_key):
         require(run.status().get("state") == RunState.FINISHED, "this run has not finished",
                 "audit a finished run (the Runs tab lists them)")
         require(bool(chosen), "no attack is chosen", "tick at least one attack")
-        steps_text = str(int(fine_tune_steps))
-        studio.jobs.start_audit(run, key, ["--attacks", ",".join(chosen), "--relearn-steps", steps_text,
-                                           "--benign-steps", steps_text, "--device", studio.device],
+        studio.jobs.start_audit(run, key, ["--attacks", ",".join(chosen), *step_flags(chosen, int(fine_tune_steps)),
+                                           "--device", studio.device],
                                 studio.workspace.log_path(key).with_suffix(".audit.log"))
         return message("audit started: it runs in the background; this page follows it", "info")
 
