@@ -22,6 +22,14 @@ class SalientNeurons:
         self.fraction = fraction
         self.masks: dict[str, torch.Tensor] = {}
         self.kept = 0.0   # share of the trainable weights the last mask let through (for the log)
+        self.observed = False   # this step's neurons are chosen (mask_gradients starts the next step)
+
+    def after_backward(self, term: str, model) -> None:
+        """Called after each loss term's backward: the gradient just after a step's first forget term is
+        the forget-loss gradient."""
+        if term.startswith("forget") and not self.observed:
+            self.observe_forget_gradient(model)
+            self.observed = True
 
     def observe_forget_gradient(self, model) -> None:
         """Choose this step's neurons from the gradients as they are now (just after the forget term)."""
@@ -37,7 +45,9 @@ class SalientNeurons:
         self.kept = kept / max(total, 1)
 
     def mask_gradients(self, model) -> None:
-        """Zero the gradient of every neuron not chosen (before clipping and the optimizer step)."""
+        """Zero the gradient of every neuron not chosen (before clipping and the optimizer step); the next
+        step chooses its own."""
+        self.observed = False
         for name, param in model.named_parameters():
             if param.grad is None:
                 continue
