@@ -1,6 +1,7 @@
 """Checkpoints in safetensors + JSON only: no pickle is written or read, so a checkpoint from a stranger
-cannot run code. A checkpoint holds the trainable weights, the optimizer moments, the scheduler and the
-step; it is written into a hidden directory and renamed into place, so it is either whole or absent."""
+cannot run code. A checkpoint holds the trainable weights, the optimizer moments, the scheduler, the step
+and the method's state, plus one file per extra weights a method asked to save (ExtraWeights.saved); it is
+written into a hidden directory and renamed into place, so it is either whole or absent."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .errors import require
 from .runs import replace_with_staged, staging_dir
@@ -16,6 +17,11 @@ from .runs import replace_with_staged, staging_dir
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "trainer_state.json"
+
+
+def extra_weights_file(name: str) -> str:
+    """The file of a method's saved extra weights `name` in a checkpoint."""
+    return f"extra-{name}.safetensors"
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -45,7 +51,10 @@ def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int) -> Path:
+def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int,
+                    extra_weights: dict[str, torch.nn.Module] | None = None) -> Path:
+    """Write checkpoint step-NNNNNN (`extra`: more trainer_state.json fields; `extra_weights`: modules
+    saved whole, a file each) and keep the newest `keep`."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:06d}"
     staging = staging_dir(f".step-{step:06d}-", directory)
@@ -53,6 +62,8 @@ def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, ext
         save_file(trainable_state(model), str(staging / WEIGHTS))
         tensors, meta = optimizer_tensors(optimizer.state_dict())
         save_file(tensors, str(staging / OPTIMIZER))
+        for name, module in (extra_weights or {}).items():
+            save_model(module, str(staging / extra_weights_file(name)), force_contiguous=True)   # tied weights once
         state = {"step": step, "optimizer": meta, "scheduler": scheduler.state_dict(), **extra}
         (staging / STATE).write_text(json.dumps(state, indent=2, default=str))
         replace_with_staged(staging, final)
@@ -79,3 +90,19 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(optimizer_state(load_file(str(path / OPTIMIZER)), state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     return state
+
+
+def load_trained_weights(path: Path, module) -> None:
+    """Put a checkpoint's trained weights into `module` (a copy of the model being trained): it then holds
+    the weights the model had at that step."""
+    module.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+
+
+def load_extra_weights(path: Path, name: str, module) -> None:
+    """Restore the extra weights `name` saved in checkpoint `path` into `module`, in place."""
+    file = path / extra_weights_file(name)
+    require(file.is_file(), f"checkpoint {path} holds no extra weights {name!r} ({file.name})",
+            "resume with the method the run was started with (see its config.json), or start again with --overwrite")
+    missing, unexpected = load_model(module, str(file), strict=False, device=str(next(module.parameters()).device))
+    require(not missing and not unexpected, f"the extra weights {name!r} in {path} do not match this model",
+            "resume with the settings the run was started with (they are in its config.json)")

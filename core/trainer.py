@@ -13,13 +13,15 @@ import platform
 import threading
 import time
 from contextlib import nullcontext
+from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from .checkpoint import load_checkpoint, read_trainer_state, save_checkpoint
+from .checkpoint import (load_checkpoint, load_extra_weights, load_trained_weights, read_trainer_state,
+                         save_checkpoint)
 from .config import PATH_FIELDS, UnlearnConfig
 from .data import make_collate
 from .errors import UnlearnError
@@ -28,36 +30,39 @@ from .methods.base import MethodSetup
 from .models import (add_lora, frozen_linears_in_bf16, load_model, load_tokenizer, mixed_precision,
                      model_summary, pick_device, resolve_model, save_model_atomic)
 from .reference import OriginalModel, cache_reference_nll
-from .runs import RunDir, RunState
+from .runs import RunDir, RunState, write_json_atomic
 from .saliency import SalientNeurons
 from .scoring import mean_token_nll
 from .views import build_dataset, read_sets
 
 
 @dataclass
-class LoopState:
-    """Where the loop is, for callbacks (read it; the trainer writes it)."""
-    step: int = 0
+class Progress:
+    """The loop's counters, in one place: the trainer writes them, callbacks read them."""
+    step: int = 0                   # optimizer steps done (the checkpoint's step at the start of a resume)
     total_steps: int = 0
     steps_per_epoch: int = 0
+    start_step: int = 0             # where this invocation began: 0, or the step resumed from
     epoch: float = 0.0
     tokens: int = 0                 # non-padding tokens through the model this invocation
     started: float = 0.0            # time.time() when the loop began
     params: int = 0
     trainable_params: int = 0
     reference_seconds: float = 0.0  # the cached reference NLL's one-time cost (0 when read back)
+    early_stop_reason: str | None = None   # why the method's rule ended the run early
+    forget_nlls: list[float] = field(default_factory=list)   # the forget NLL of this step's micro-batches
     metrics: dict = field(default_factory=dict)   # the last metrics.jsonl line
 
 
 class Callback:
     """Observe a run without reaching into the trainer (benchmarks, the studio, a user's own logging).
-    Every hook gets the LoopState; none may change training."""
+    Every hook gets the run's Progress; none may change training."""
 
-    def on_loop_begin(self, state: LoopState) -> None: ...
-    def on_step_end(self, state: LoopState) -> None: ...
-    def on_log(self, state: LoopState, row: dict) -> None: ...
-    def on_checkpoint(self, state: LoopState, path: Path) -> None: ...
-    def on_loop_end(self, state: LoopState, outcome: "RunState") -> None: ...
+    def on_loop_begin(self, progress: Progress) -> None: ...
+    def on_step_end(self, progress: Progress) -> None: ...
+    def on_log(self, progress: Progress, row: dict) -> None: ...
+    def on_checkpoint(self, progress: Progress, path: Path) -> None: ...
+    def on_loop_end(self, progress: Progress, outcome: "RunState") -> None: ...
 
 
 @dataclass
@@ -67,6 +72,30 @@ class TrainResult:
     step: int
     summary: dict = field(default_factory=dict)
     is_main_process: bool = True   # under `accelerate launch`, only rank 0 reports
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The run's examples, read and tokenised."""
+    source: str          # the model, resolved (a local folder or a hub id)
+    tokenizer: object
+    dataset: object      # what the loader draws from (views.build_dataset), with the cached reference NLL
+    sets: dict           # view -> its encoded examples
+    raw_forget: list     # the forget examples as read (the knowledge check asks about them)
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """Everything the loop uses, built before it starts (Trainer._build)."""
+    data: RunData
+    model: torch.nn.Module          # as accelerate prepared it (DDP-wrapped under several processes)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: object
+    original: OriginalModel | None  # the original model's outputs, for KL terms and hidden states
+    weights: dict                   # the method's extra weights by name (ExtraWeights), unwrapped
+    before: dict                    # forget/retain NLL of the original model
+    knowledge: dict | None          # core.knowledge's check of the original model (rank 0)
 
 
 def train(config: UnlearnConfig, stop_event: threading.Event | None = None, show_progress: bool = True,
@@ -92,6 +121,9 @@ def config_for_resume(out: str | Path) -> UnlearnConfig:
 
 
 class Trainer:
+    """One run: the settings, the accelerator and the run directory at construction; `run()` builds the
+    rest (`_build`, before anything loops), then loops. The loop's counters live in `self.progress`."""
+
     def __init__(self, config: UnlearnConfig, stop_event=None, show_progress=True, log=print, callbacks=()):
         if config.resume:
             config = config_for_resume(config.out)
@@ -100,31 +132,23 @@ class Trainer:
                          if getattr(config, name) != getattr(self.cfg, name)}
         self.method = get_method(self.cfg.method)(self.cfg.method_params)
         self.saliency = SalientNeurons(self.cfg.salient_modules) if self.cfg.salient_modules else None
-        self.saliency_observed = False
         self.stop_event = stop_event or threading.Event()
         self.show_progress = show_progress
         self._log = log
         self.callbacks = list(callbacks)
-        self.state = LoopState()
+        self.progress = Progress()
         self.device = pick_device(self.cfg.device)
+        self.accelerator = _accelerator(self.cfg, self.device)
+        self.is_main = self.accelerator.is_main_process
+        self.run_dir = self._open_run_dir()
 
     # ================================================================ entry point
     def run(self) -> TrainResult:
-        from accelerate import Accelerator, DataLoaderConfiguration
-        from accelerate.state import AcceleratorState
-
-        cfg = self.cfg
-        # accelerate keeps one precision per process; a second run in the same process (the Python API, a
-        # benchmark) may want another. The distributed set-up (PartialState) is kept.
-        AcceleratorState._reset_state()
-        self.accelerator = Accelerator(
-            cpu=self.device.type == "cpu", mixed_precision=mixed_precision(cfg.dtype, self.device),
-            gradient_accumulation_steps=cfg.grad_accum,
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-        self.is_main = self.accelerator.is_main_process
-        self.run_dir = self._open_run_dir()
         try:
-            return self._run()
+            parts = self._build()
+            outcome = self._loop(parts)
+            self._notify("on_loop_end", outcome)
+            return self._finish(parts, outcome)
         except UnlearnError as exc:
             self._status(RunState.FAILED, error=str(exc))
             raise
@@ -142,57 +166,66 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return RunDir(cfg.out)
 
-    def _run(self) -> TrainResult:
+    def _notify(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self.progress, *args)
+
+    # ================================================================ the build, before anything loops
+    def _build(self) -> RunParts:
+        """Data, model, reference, extra weights, the method's set-up, optimizer, loader and schedule; on
+        resume the checkpoint's weights, optimizer and schedule come last, into what was built."""
         from accelerate.utils import set_seed
 
-        cfg, accelerator = self.cfg, self.accelerator
-        if self.saliency and accelerator.num_processes > 1:
-            raise UnlearnError("--salient-modules (SURE) needs the forget gradient apart from the others, which "
-                               "a multi-process run does not keep", "run it in one process, or pass --salient-modules 0")
+        cfg = self.cfg
+        self._refuse_what_several_processes_cannot_do()
         set_seed(cfg.seed)
         self._status(RunState.RUNNING, message="reading data")
-        raw = read_sets(cfg, self.method)
-        self.raw_forget = raw.forget
-        source = resolve_model(cfg.model)
-        self.tokenizer = load_tokenizer(source, cfg.trust_remote_code)
-        self.dataset, self.sets = build_dataset(raw, cfg, self.method, self.tokenizer)
-        for encoded in self.sets.values():
-            self.log(encoded.describe())
+        data = self._read_data()
         if not cfg.resume:
-            self._write_config(source)
-
+            self._write_config(data)
         self._status(RunState.RUNNING, message="loading model")
-        model = self._load_model(source)
+        model = self._load_model(data.source)
         self._status(RunState.RUNNING, message="scoring the original model")
-        self._prepare_reference(model)
-        self._prepare_method(model)
-        before = self._score(model) if not cfg.resume else self.run_dir.config().get("before", {})
-        if not cfg.resume and self.is_main:
-            self.knowledge = self._knowledge_check(model)
-            self.run_dir.write_config({**self.run_dir.config(), "before": before, "knowledge_check": self.knowledge})
-        elif cfg.resume:
-            self.knowledge = self.run_dir.config().get("knowledge_check")
+        self._cache_reference(model, data)
+        checkpoint = self.run_dir.latest_checkpoint() if cfg.resume else None
+        weights = self._extra_weights(model, data.source, checkpoint)
+        original = self._original(model, data.source, weights)
+        self._prepare_method(model, weights, checkpoint)
+        before, knowledge = self._before(model, data)
 
         optimizer = self._optimizer(model)
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=cfg.batch_size, shuffle=True,
-            collate_fn=make_collate(self.tokenizer.pad_token_id, self.dataset.reference_nll))
-        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-        self.steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum)
-        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
-        scheduler = _linear_schedule(optimizer, self.total_steps, cfg.warmup_ratio)
-        start_step = self._resume(model, optimizer, scheduler) if cfg.resume else 0
+            data.dataset, batch_size=cfg.batch_size, shuffle=True,
+            collate_fn=make_collate(data.tokenizer.pad_token_id, data.dataset.reference_nll))
+        model, optimizer, loader = self.accelerator.prepare(model, optimizer, loader)
+        self._count_steps(len(loader))
+        scheduler = _linear_schedule(optimizer, self.progress.total_steps, cfg.warmup_ratio)
+        if cfg.resume:
+            self._resume(checkpoint, model, optimizer, scheduler)
+        return RunParts(data, model, optimizer, scheduler, loader, original, weights, before, knowledge)
 
-        outcome, step = self._loop(model, optimizer, scheduler, loader, start_step)
-        self._notify("on_loop_end", outcome)
-        return self._finish(model, optimizer, scheduler, outcome, step, before)
+    def _refuse_what_several_processes_cannot_do(self) -> None:
+        if self.accelerator.num_processes == 1:
+            return
+        if self.saliency:
+            raise UnlearnError("--salient-modules (SURE) needs the forget gradient apart from the others, which "
+                               "a multi-process run does not keep", "run it in one process, or pass --salient-modules 0")
+        trained = [spec.name for spec in self.method.extra_weights if spec.trainable]
+        if trained:   # each process would train its copy on its own batches, and the copies would drift apart
+            raise UnlearnError(f"method {self.cfg.method} trains its own copy of the model ({', '.join(trained)}), "
+                               "which the processes of a multi-process run would each train apart",
+                               "run it in one process (without accelerate launch)")
 
-    def _notify(self, hook: str, *args) -> None:
-        for callback in self.callbacks:
-            getattr(callback, hook)(self.state, *args)
+    def _read_data(self) -> RunData:
+        raw = read_sets(self.cfg, self.method)
+        source = resolve_model(self.cfg.model)
+        tokenizer = load_tokenizer(source, self.cfg.trust_remote_code)
+        dataset, sets = build_dataset(raw, self.cfg, self.method, tokenizer)
+        for encoded in sets.values():
+            self.log(encoded.describe())
+        return RunData(source, tokenizer, dataset, sets, raw.forget)
 
-    # ================================================================ set-up
-    def _write_config(self, source: str) -> None:
+    def _write_config(self, data: RunData) -> None:
         if not self.is_main:
             return
         import accelerate
@@ -202,8 +235,8 @@ class Trainer:
         self.run_dir.write_config({
             **self.cfg.to_dict(),
             "as_given": self.as_given,   # the paths as typed, for display; the fields above are absolute
-            "resolved_model": model_summary(source),
-            "data": {name: s.report() for name, s in self.sets.items()},
+            "resolved_model": model_summary(data.source),
+            "data": {name: s.report() for name, s in data.sets.items()},
             "method_info": {"name": self.method.name, "paper": self.method.paper, "views": self.method.views},
             "environment": {
                 "device": str(self.device), "mixed_precision": self.accelerator.mixed_precision,
@@ -229,42 +262,73 @@ class Trainer:
             model.enable_input_require_grads()
         if cfg.lora:
             model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-        self.source = source
         return model.to(self.accelerator.device)
 
-    def _prepare_reference(self, model) -> None:
-        """Cache NLL_ref of fixed sequences once; set up the KL reference if the method has a KL term."""
-        views = {view: self.sets[view].items for view in self.method.cached_reference}
+    def _cache_reference(self, model, data: RunData) -> None:
+        """Cache NLL_ref of fixed sequences once (NPO, IdkDPO), before any weight changes."""
+        views = {view: data.sets[view].items for view in self.method.cached_reference}
         started = time.perf_counter()
-        self.dataset.reference_nll.update(
-            cache_reference_nll(model, views, self.tokenizer.pad_token_id, self.run_dir, self.cfg,
+        data.dataset.reference_nll.update(
+            cache_reference_nll(model, views, data.tokenizer.pad_token_id, self.run_dir, self.cfg,
                                 self.accelerator, is_lora=self.cfg.lora))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        self.state.reference_seconds = time.perf_counter() - started
-        self.original = None
-        if self.method.needs_original():
-            frozen = None if self.cfg.lora else self._frozen_copy()
-            self.original = OriginalModel(model, frozen, self.accelerator.autocast)
+        self.progress.reference_seconds = time.perf_counter() - started
 
-    def _frozen_copy(self):
-        """Full fine-tuning's original for KL terms and hidden states: a second, frozen copy (+1x weights)."""
-        frozen = load_model(self.source, torch.float32, self.cfg.trust_remote_code).to(self.accelerator.device)
-        frozen.eval().requires_grad_(False)
-        return frozen
+    def _extra_weights(self, model, source: str, checkpoint: Path | None) -> dict[str, torch.nn.Module]:
+        """The copies of the model the method declared (ExtraWeights), on this process's device and
+        unwrapped; one more set of weights each. On resume a saved copy comes back from the checkpoint, and
+        an unsaved copy of the current model takes the checkpoint's trained weights."""
+        weights = {}
+        for spec in self.method.extra_weights:
+            copy = self._load_original(source) if spec.init == "original" else deepcopy(model)
+            if checkpoint is not None and spec.saved:
+                load_extra_weights(checkpoint, spec.name, copy)
+            elif checkpoint is not None and spec.init == "current":
+                load_trained_weights(checkpoint, copy)
+            weights[spec.name] = copy.train() if spec.trainable else copy.eval().requires_grad_(False)
+        return weights
 
-    def _prepare_method(self, model) -> None:
+    def _original(self, model, source: str, weights: dict) -> OriginalModel | None:
+        """The original model for KL terms and hidden states: under --lora the trained model with its adapter
+        off; under full fine-tuning a frozen copy (+1x weights), the method's own frozen original if it
+        declared one."""
+        if not self.method.needs_original():
+            return None
+        frozen = None
+        if not self.cfg.lora:
+            declared = [weights[s.name] for s in self.method.extra_weights if s.init == "original" and not s.trainable]
+            frozen = declared[0] if declared else self._load_original(source).eval().requires_grad_(False)
+        return OriginalModel(model, frozen, self.accelerator.autocast)
+
+    def _load_original(self, source: str) -> torch.nn.Module:
+        """A second copy of the model as loaded (the base, without adapter), on this process's device."""
+        return load_model(source, torch.float32, self.cfg.trust_remote_code).to(self.accelerator.device)
+
+    def _prepare_method(self, model, weights: dict, checkpoint: Path | None) -> None:
         """The method's own set-up (what trains, what it derives from the model); on resume its saved
         state first, so that it makes the same choices as when the run started."""
-        checkpoint = self.run_dir.latest_checkpoint() if self.cfg.resume else None
         if checkpoint is not None:
             self.method.load_state_dict(read_trainer_state(checkpoint).get("method_state", {}))
 
-        self.method.prepare(MethodSetup(model, self.cfg, self.log))
+        self.method.prepare(MethodSetup(model, self.cfg, self.log, weights))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if not trainable:
             raise UnlearnError(f"method {self.cfg.method} left no parameter to train",
                                "check its module and layer settings (`unlearn methods`)")
+
+    def _before(self, model, data: RunData) -> tuple[dict, dict | None]:
+        """The original model's scores and knowledge check: measured when the run starts (the check on rank
+        0), read back from config.json on resume."""
+        if self.cfg.resume:
+            saved = self.run_dir.config()
+            return saved.get("before", {}), saved.get("knowledge_check")
+        before = self._score(model, data)
+        if not self.is_main:
+            return before, None
+        knowledge = self._knowledge_check(model, data)
+        self.run_dir.write_config({**self.run_dir.config(), "before": before, "knowledge_check": knowledge})
+        return before, knowledge
 
     def _optimizer(self, model) -> torch.optim.Optimizer:
         # As transformers' Trainer (the reference code's): no weight decay on biases and norms.
@@ -276,116 +340,111 @@ class Trainer:
         # fused: one kernel for all parameters, 5-8x faster than the default loop on CPU (same algorithm)
         return torch.optim.AdamW(groups, lr=self.cfg.lr, fused=True)
 
-    def _resume(self, model, optimizer, scheduler) -> int:
-        checkpoint = self.run_dir.latest_checkpoint()
+    def _count_steps(self, batches_per_epoch: int) -> None:
+        progress = self.progress
+        progress.steps_per_epoch = math.ceil(batches_per_epoch / self.cfg.grad_accum)
+        progress.total_steps = self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * progress.steps_per_epoch))
+
+    def _resume(self, checkpoint: Path | None, model, optimizer, scheduler) -> None:
         if checkpoint is None:
             self.log("no checkpoint yet: the run restarts from step 0")
             if self.is_main:   # the lost attempt's lines would be drawn beside the new ones
                 self.run_dir.truncate_metrics(0)
-            return 0
-        state = load_checkpoint(checkpoint, self.accelerator.unwrap_model(model), optimizer, scheduler)
+            return
+        saved = load_checkpoint(checkpoint, self.accelerator.unwrap_model(model), optimizer, scheduler)
         if self.is_main:
-            self.run_dir.truncate_metrics(state["step"])
+            self.run_dir.truncate_metrics(saved["step"])
         self.log(f"resumed from {checkpoint.name}")
-        return state["step"]
+        self.progress.step = self.progress.start_step = saved["step"]
 
     # ================================================================ the loop
-    def _loop(self, model, optimizer, scheduler, loader, step: int) -> tuple[str, int]:
+    def _loop(self, parts: RunParts) -> RunState:
         from tqdm.auto import tqdm
 
-        cfg, accelerator = self.cfg, self.accelerator
-        self.started = time.time()
-        self.start_step = step
-        self.loop_tokens = 0
-        self.step_forget_nlls: list[float] = []
-        self.early_stop_reason: str | None = None
-        bar = tqdm(total=self.total_steps, initial=step, disable=not (self.is_main and self.show_progress),
+        cfg, accelerator, progress = self.cfg, self.accelerator, self.progress
+        model, optimizer, scheduler, loader = parts.model, parts.optimizer, parts.scheduler, parts.loader
+        params = list(model.parameters())
+        progress.params = sum(p.numel() for p in params)
+        progress.trainable_params = sum(p.numel() for p in params if p.requires_grad)
+        progress.started = time.time()
+        bar = tqdm(total=progress.total_steps, initial=progress.step, disable=not (self.is_main and self.show_progress),
                    desc="fine-tuning" if cfg.method == "sft" else f"unlearning ({cfg.method})", unit="step")
         window = _Window()
-        params = list(model.parameters())
-        self.state = replace(self.state, step=step, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
-                             started=self.started, params=sum(p.numel() for p in params),
-                             trainable_params=sum(p.numel() for p in params if p.requires_grad))
         self._notify("on_loop_begin")
         model.train()
-        while step < self.total_steps:
-            epoch, done_in_epoch = divmod(step, self.steps_per_epoch)
-            self.dataset.set_epoch(epoch)
+        while progress.step < progress.total_steps:
+            epoch, done_in_epoch = divmod(progress.step, progress.steps_per_epoch)
+            parts.data.dataset.set_epoch(epoch)
             loader.set_epoch(epoch)
             batches = loader
             if done_in_epoch:
                 batches = accelerator.skip_first_batches(loader, done_in_epoch * cfg.grad_accum)
             for batch in batches:
                 with accelerator.accumulate(model):
-                    self._micro_step(model, batch, step, window)
+                    self._micro_step(parts, batch, window)
                     if self.saliency and accelerator.sync_gradients:
                         self.saliency.mask_gradients(model)
-                        self.saliency_observed = False
                     grad_norm = self._clip(model) if accelerator.sync_gradients else None
                     optimizer.step()
                     optimizer.zero_grad()
                 if not accelerator.sync_gradients:
                     continue
                 scheduler.step()
-                step += 1
-                self.method.after_step(step, self.total_steps)
-                self.state.step, self.state.epoch, self.state.tokens = step, step / self.steps_per_epoch, self.loop_tokens
+                progress.step += 1
+                progress.epoch = progress.step / progress.steps_per_epoch
+                self.method.after_step(progress.step, progress.total_steps)
                 self._notify("on_step_end")
                 bar.update(1)
                 window.grad_norm = grad_norm
-                stop, early = self._step_control(step)
-                if step % cfg.logging_steps == 0 or step == self.total_steps or early:
-                    self._log_metrics(step, epoch, scheduler, window)
+                stop, early = self._step_control()
+                if progress.step % cfg.logging_steps == 0 or progress.step == progress.total_steps or early:
+                    self._log_metrics(scheduler, window)
                     window = _Window()
-                self._status(RunState.RUNNING, step=step)
+                self._status(RunState.RUNNING, step=progress.step)
                 if stop:
                     bar.close()
-                    return RunState.STOPPED, step
-                if early or step >= self.total_steps:
+                    return RunState.STOPPED
+                if early or progress.step >= progress.total_steps:
                     break
-                if cfg.save_steps and step % cfg.save_steps == 0:
-                    self._checkpoint(model, optimizer, scheduler, step)
-            if self.early_stop_reason:
+                if cfg.save_steps and progress.step % cfg.save_steps == 0:
+                    self._checkpoint(parts)
+            if progress.early_stop_reason:
                 break
         bar.close()
-        return RunState.FINISHED, step
+        return RunState.FINISHED
 
-    def _micro_step(self, model, batch: dict, step: int, window: "_Window") -> None:
-        inputs = StepInputs(model, batch, self.original, self.cfg.kl_positions)
+    def _micro_step(self, parts: RunParts, batch: dict, window: "_Window") -> None:
+        model = parts.model
+        inputs = StepInputs(model, batch, parts.original, self.cfg.kl_positions, parts.weights)
         if self.accelerator.num_processes == 1:
+            saliency = self.saliency
+            after = (lambda name: saliency.after_backward(name, model)) if saliency else (lambda name: None)
             terms = backward_each_term(self.method.loss_terms(inputs), inputs, self.accelerator.backward,
-                                       lambda term, terms: self._guard_finite(term, terms, step),
-                                       lambda name: self._after_backward(name, model))
+                                       self._guard_finite, after)
         else:  # DDP syncs gradients on every backward: one backward of the sum per micro-batch
             terms = dict(self.method.loss_terms(inputs))
             loss = sum(terms.values())
-            self._guard_finite(loss, terms, step)
+            self._guard_finite(loss, terms)
             self.accelerator.backward(loss)
         with torch.no_grad():   # for the log; free when the loss already read it (RMU does not)
             forget_nll = _token_mean(*inputs.nll("forget"))
         tokens = _batch_tokens(batch)
-        self.loop_tokens += tokens
-        window.add(terms, tokens, forget_nll, self._retain_nll(model, inputs, step))
-        self.step_forget_nlls.append(forget_nll)
+        self.progress.tokens += tokens
+        window.add(terms, tokens, forget_nll, self._retain_nll(inputs))
+        self.progress.forget_nlls.append(forget_nll)
 
-    def _after_backward(self, name: str, model) -> None:
-        """SURE: the gradient just after a step's first forget term is the forget-loss gradient."""
-        if self.saliency and name.startswith("forget") and not self.saliency_observed:
-            self.saliency.observe_forget_gradient(model)
-            self.saliency_observed = True
-
-    def _retain_nll(self, model, inputs: StepInputs, step: int) -> float | None:
+    def _retain_nll(self, inputs: StepInputs) -> float | None:
         """Retain NLL for the log: free when the method forwards retain, else a no-grad pass on log steps."""
         if "retain" not in inputs.batch:
             return None
         if not inputs.forwarded("retain"):
-            if (step + 1) % self.cfg.logging_steps:
+            if (self.progress.step + 1) % self.cfg.logging_steps:
                 return None
             with torch.no_grad():
                 return _token_mean(*inputs.nll("retain"))
         return _token_mean(*inputs.nll("retain"))
 
-    def _guard_finite(self, loss: torch.Tensor, terms: dict, step: int) -> None:
+    def _guard_finite(self, loss: torch.Tensor, terms: dict) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
         if self.accelerator.reduce(bad, "sum").item() == 0:
             return
@@ -393,7 +452,7 @@ class Trainer:
         last = self.run_dir.latest_checkpoint()
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
         raise UnlearnError(
-            f"the loss became non-finite at step {step + 1} ({values}); training stopped and {kept}",
+            f"the loss became non-finite at step {self.progress.step + 1} ({values}); training stopped and {kept}",
             "lower --lr (or raise --beta), then start again" + (" or --resume" if last else ""))
 
     def _clip(self, model) -> float:
@@ -401,97 +460,100 @@ class Trainer:
         max_norm = self.cfg.max_grad_norm or float("inf")
         return float(self.accelerator.clip_grad_norm_(params, max_norm))
 
-    def _step_control(self, step: int) -> tuple[bool, bool]:
+    def _step_control(self) -> tuple[bool, bool]:
         """(stop requested, method's early-stop rule met) after an optimizer step, agreed by every process
         in one reduce: a stop event or STOP file anywhere, or the rule on any process's forget NLL."""
-        nlls, self.step_forget_nlls = self.step_forget_nlls, []
+        progress = self.progress
+        nlls, progress.forget_nlls = progress.forget_nlls, []
         reason = self.method.early_stop(sum(nlls) / len(nlls)) if nlls else None
         wanted = self.stop_event.is_set() or self.run_dir.stop_requested()
         flags = torch.tensor([float(wanted), float(reason is not None)], device=self.accelerator.device)
         stop, early = (self.accelerator.reduce(flags, "sum") > 0).tolist()
         if early:
-            self.early_stop_reason = reason or "another process met the method's early-stop rule"
-            self.log(f"stopped early at step {step}: {self.early_stop_reason}")
+            progress.early_stop_reason = reason or "another process met the method's early-stop rule"
+            self.log(f"stopped early at step {progress.step}: {progress.early_stop_reason}")
         return stop, early
 
     # ================================================================ logging, saving, finishing
-    def _log_metrics(self, step: int, epoch: int, scheduler, window: "_Window") -> None:
+    def _log_metrics(self, scheduler, window: "_Window") -> None:
         if not self.is_main:
             return
-        row = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), **window.summary(),
+        progress = self.progress
+        row = {"step": progress.step, "epoch": round(progress.step / progress.steps_per_epoch, 4), **window.summary(),
                **self.method.extra_log(), **({"salient_share": round(self.saliency.kept, 5)} if self.saliency else {}),
                "lr": scheduler.get_last_lr()[0], "grad_norm": window.grad_norm,
-               "wall_time": round(time.time() - self.started, 3)}
+               "wall_time": round(time.time() - progress.started, 3)}
         self.run_dir.append_metrics(row)
-        self.state.metrics = row
+        progress.metrics = row
         self._notify("on_log", row)
 
-    def _status(self, state: str, **fields) -> None:
-        if not getattr(self, "is_main", True) or not hasattr(self, "run_dir"):
+    def _status(self, state: RunState, **fields) -> None:
+        if not self.is_main:
             return
-        step = fields.get("step", 0)
-        total = getattr(self, "total_steps", None)
+        step, total = fields.get("step", 0), self.progress.total_steps
         extra = {}
         if total:
             extra = {"total_steps": total, "progress": round(step / total, 4), "eta_seconds": self._eta(step)}
         self.run_dir.write_status(state, pid=_pid(), method=self.cfg.method, **extra, **fields)
 
     def _eta(self, step: int) -> float | None:
-        done = step - getattr(self, "start_step", 0)
+        progress = self.progress
+        done = step - progress.start_step
         if done <= 0:
             return None
-        return round((time.time() - self.started) / done * (self.total_steps - step), 1)
+        return round((time.time() - progress.started) / done * (progress.total_steps - step), 1)
 
-    def _checkpoint(self, model, optimizer, scheduler, step: int) -> None:
+    def _checkpoint(self, parts: RunParts) -> None:
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            path = save_checkpoint(self.run_dir.checkpoints_dir, step, self.accelerator.unwrap_model(model), optimizer,
-                                   scheduler, {"epoch": step / self.steps_per_epoch,
-                                               "method_state": self.method.state_dict()}, self.cfg.save_total_limit)
+            step = self.progress.step
+            saved = {spec.name: parts.weights[spec.name] for spec in self.method.extra_weights if spec.saved}
+            path = save_checkpoint(self.run_dir.checkpoints_dir, step, self.accelerator.unwrap_model(parts.model),
+                                   parts.optimizer, parts.scheduler,
+                                   {"epoch": step / self.progress.steps_per_epoch, "method_state": self.method.state_dict()},
+                                   self.cfg.save_total_limit, saved)
             self._notify("on_checkpoint", path)
         self.accelerator.wait_for_everyone()
 
-    def _finish(self, model, optimizer, scheduler, outcome: str, step: int, before: dict) -> TrainResult:
-        summary = {}
+    def _finish(self, parts: RunParts, outcome: RunState) -> TrainResult:
+        progress, summary = self.progress, {}
         if outcome == RunState.STOPPED:  # a finished run needs no checkpoint: its model is in model/
-            self._status(RunState.STOPPING, step=step, message="saving a checkpoint")
-            self._checkpoint(model, optimizer, scheduler, step)
+            self._status(RunState.STOPPING, step=progress.step, message="saving a checkpoint")
+            self._checkpoint(parts)
         if outcome == RunState.FINISHED:
-            unwrapped = self.accelerator.unwrap_model(model)
-            after = self._score(unwrapped)
+            unwrapped = self.accelerator.unwrap_model(parts.model)
+            after = self._score(unwrapped, parts.data)
             if self.is_main:
-                save_model_atomic(unwrapped, self.tokenizer, self.run_dir.model_dir)
-            summary = {"method": self.cfg.method, "before": before, "after": after, "steps": step,
-                       "knowledge_check": getattr(self, "knowledge", None),
-                       "stopped_early": self.early_stop_reason,
-                       "wall_seconds": round(time.time() - self.started, 1),
+                save_model_atomic(unwrapped, parts.data.tokenizer, self.run_dir.model_dir)
+            summary = {"method": self.cfg.method, "before": parts.before, "after": after, "steps": progress.step,
+                       "knowledge_check": parts.knowledge,
+                       "stopped_early": progress.early_stop_reason,
+                       "wall_seconds": round(time.time() - progress.started, 1),
                        **self._throughput(unwrapped),
                        "model": str(self.run_dir.model_dir), "lora": self.cfg.lora}
             if self.is_main:
-                from .runs import write_json_atomic
-
                 write_json_atomic(self.run_dir.summary_path, summary)
-        else:
-            if self.is_main:
-                self.run_dir.clear_stop()
-        done = f"done early: {self.early_stop_reason}" if self.early_stop_reason else "done"
-        self._status(outcome, step=step, message=done if outcome == RunState.FINISHED else "stopped; resume with --resume")
+        elif self.is_main:
+            self.run_dir.clear_stop()
+        done = f"done early: {progress.early_stop_reason}" if progress.early_stop_reason else "done"
+        self._status(outcome, step=progress.step,
+                     message=done if outcome == RunState.FINISHED else "stopped; resume with --resume")
         self.accelerator.wait_for_everyone()
-        return TrainResult(self.run_dir.path, outcome, step, summary, self.is_main)
+        return TrainResult(self.run_dir.path, outcome, progress.step, summary, self.is_main)
 
     def _throughput(self, model) -> dict:
         """Tokens per second over this invocation's loop, and the model FLOPs utilisation they mean."""
         from .flops import mfu, training_flops_per_token
 
-        seconds = time.time() - self.started
-        if not self.loop_tokens or seconds <= 0:
+        seconds = time.time() - self.progress.started
+        if not self.progress.tokens or seconds <= 0:
             return {}
-        per_second = self.loop_tokens / seconds * self.accelerator.num_processes
+        per_second = self.progress.tokens / seconds * self.accelerator.num_processes
         dtype = getattr(torch, self.cfg.dtype)   # resolved when the run started: float32 or bfloat16
         utilisation = mfu(per_second, training_flops_per_token(model), dtype, self.device.type)
         return {"tokens_per_second": round(per_second, 1), "mfu": round(utilisation, 4), "mfu_dtype": self.cfg.dtype}
 
-    def _knowledge_check(self, model) -> dict | None:
+    def _knowledge_check(self, model, data: RunData) -> dict | None:
         """Does the original model know the forget answers at all? (core.knowledge); unlearning runs only."""
         from .evaluation.probes import answer_nll
         from .knowledge import knowledge_check, warning
@@ -501,28 +563,41 @@ class Trainer:
         def score(pairs):
             adapter_off = model.disable_adapter() if self.cfg.lora else nullcontext()
             with adapter_off, self.accelerator.autocast():   # a bf16 frozen base needs the autocast of training
-                sums, counts = answer_nll(model, self.tokenizer, pairs, self.cfg.batch_size, "knowledge check")
+                sums, counts = answer_nll(model, data.tokenizer, pairs, self.cfg.batch_size, "knowledge check")
             return [s / max(n, 1) for s, n in zip(sums, counts)]
-        check = knowledge_check(score, self.raw_forget[:self.cfg.eval_examples or 32])
+        check = knowledge_check(score, data.raw_forget[:self.cfg.eval_examples or 32])
         note = warning(check)
         if note:
             self.log(f"warning: {note}")
         return check
 
-    def _score(self, model) -> dict:
+    def _score(self, model, data: RunData) -> dict:
         """Mean answer-token NLL on the first `eval_examples` forget and retain examples."""
         n = self.cfg.eval_examples
         if n == 0:
             return {}
-        pad, autocast = self.tokenizer.pad_token_id, self.accelerator.autocast
-        scores = {"forget_nll": mean_token_nll(model, self.sets["forget"].items[:n], pad, autocast=autocast)}
-        if "retain" in self.sets:
-            scores["retain_nll"] = mean_token_nll(model, self.sets["retain"].items[:n], pad, autocast=autocast)
+        pad, autocast = data.tokenizer.pad_token_id, self.accelerator.autocast
+        scores = {"forget_nll": mean_token_nll(model, data.sets["forget"].items[:n], pad, autocast=autocast)}
+        if "retain" in data.sets:
+            scores["retain_nll"] = mean_token_nll(model, data.sets["retain"].items[:n], pad, autocast=autocast)
         return scores
 
     def log(self, message: str) -> None:
-        if getattr(self, "is_main", True):
+        if self.is_main:
             self._log(message)
+
+
+def _accelerator(cfg: UnlearnConfig, device: torch.device):
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one precision per process; a second run in the same process (the Python API, a
+    # benchmark) may want another. The distributed set-up (PartialState) is kept.
+    AcceleratorState._reset_state()
+    return Accelerator(
+        cpu=device.type == "cpu", mixed_precision=mixed_precision(cfg.dtype, device),
+        gradient_accumulation_steps=cfg.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
 
 
 # ==================================================================== helpers

@@ -3,7 +3,9 @@
 retain, ...) and slices its outputs."""
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Iterator
+import re
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator, Literal
 
 import torch
 
@@ -39,6 +41,32 @@ def parameter_names() -> list[str]:
     return list(dict.fromkeys(p.name for method in METHODS.values() for p in method.params))
 
 
+@dataclass(frozen=True)
+class ExtraWeights:
+    """A second set of weights a method needs beside the model being trained, built by the trainer before
+    prepare() and handed over in `MethodSetup.weights[name]` and `StepInputs.weights(name)`.
+
+    init "original": a copy of the model as loaded (the base model, without adapter, under --lora);
+    "current": a copy of the model being trained as the run starts (LoRA-wrapped under --lora; on a resume
+    without `saved`, the checkpoint's weights). Each copy costs one more set of weights in memory.
+    trainable False: eval mode, no gradients (a teacher). True: train mode, its parameters as copied
+    (a copy of the current model trains what it trains); never in the trainer's optimizer: the method
+    updates it itself (e.g. with an optimizer it builds in prepare()).
+    saved: written into every checkpoint and loaded back on resume, so a stopped run resumes exactly.
+    """
+    name: str
+    init: Literal["original", "current"]
+    trainable: bool = False
+    saved: bool = False
+    help: str = ""
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):   # it names a checkpoint file
+            raise ValueError(f"extra weights name {self.name!r}: use lower-case letters, digits and _")
+        if self.init not in ("original", "current"):
+            raise ValueError(f"extra weights {self.name!r}: init must be 'original' or 'current', not {self.init!r}")
+
+
 class UnlearningMethod:
     """A method is its loss. Subclasses set the class attributes and write `loss_terms`."""
     name: ClassVar[str]
@@ -52,6 +80,7 @@ class UnlearningMethod:
     reads_original: ClassVar[bool] = False                # reads the original's logits or hidden states
     listed: ClassVar[bool] = True                         # offered as an unlearning method
     salient_modules: ClassVar[float] = 0.0                # SURE's update fraction when --salient-modules is not given
+    extra_weights: ClassVar[tuple[ExtraWeights, ...]] = ()  # copies of the model it needs (a teacher, an adversary)
 
     def __init__(self, params: dict):
         self.params = params
@@ -107,10 +136,12 @@ class UnlearningMethod:
 
 
 class MethodSetup:
-    """What prepare() may use: the model being trained (LoRA-wrapped if --lora), the run's settings and the log."""
+    """What prepare() may use: the model being trained (LoRA-wrapped if --lora), the run's settings, the log,
+    and the extra weights the method declared, by name."""
 
-    def __init__(self, model, config, log: Callable[[str], None]):
+    def __init__(self, model, config, log: Callable[[str], None], weights: dict[str, torch.nn.Module] | None = None):
         self.model, self.config, self.log = model, config, log
+        self.weights = dict(weights or {})
 
 
 class StepInputs:
@@ -122,11 +153,13 @@ class StepInputs:
     tokens are materialised (see scoring.forward_logits).
     """
 
-    def __init__(self, model, batch: dict, original: "OriginalModel | None" = None, kl_positions: str = "answer"):
+    def __init__(self, model, batch: dict, original: "OriginalModel | None" = None, kl_positions: str = "answer",
+                 weights: dict[str, torch.nn.Module] | None = None):
         self.model = model
         self.batch = batch
         self.original = original
         self.kl_positions = kl_positions
+        self._weights = weights or {}
         self._outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._nll: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -179,6 +212,13 @@ class StepInputs:
     def answer_mask(self, view: str) -> torch.Tensor:
         """[B, T] true at the positions of answer tokens (the labelled ones, unshifted)."""
         return self.batch[view]["labels"] != IGNORE_INDEX
+
+    def weights(self, name: str) -> torch.nn.Module:
+        """The extra weights the method declared as `name` (ExtraWeights); run them on `self.batch[view]`."""
+        if name not in self._weights:
+            raise UnlearnError(f"this method reads extra weights {name!r} but none were set up (internal error: "
+                               f"declare them in extra_weights; set up: {', '.join(self._weights) or 'none'})")
+        return self._weights[name]
 
     def _original(self) -> "OriginalModel":
         if self.original is None:
