@@ -19,7 +19,8 @@ from .errors import UnlearnError
 from .runs import RunState
 
 # The settings only unlearning has: `finetune` (plain supervised training) shares every other flag of `train`.
-UNLEARNING_ONLY = ("method", "forget", "retain", "normal", "kl_positions", "salient_modules")
+UNLEARNING_ONLY = ("method", "forget", "retain", "normal", "retain_columns", "normal_columns", "kl_positions",
+                   "salient_modules")
 
 
 def main(argv: list[str] | None = None) -> int:

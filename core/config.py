@@ -35,9 +35,19 @@ class UnlearnConfig:
     # --- what to unlearn, from which model, into which run directory
     model: str = _opt("bundled", "'bundled' (SmolLM2-135M-Instruct), a local Hugging Face model directory or a hub id")
     method: str = _opt("npo_rt", "unlearning method; `unlearn methods` lists them")
-    forget: str = _opt("", "forget set: .txt/.jsonl/.json/.csv file or a TOFU split such as tofu:forget01")
+    forget: str = _opt("", "forget set: a .txt/.jsonl/.json/.csv/.parquet/.arrow file, a save_to_disk folder "
+                           "(FOLDER@SPLIT), a Hub dataset hf:ORG/NAME[:CONFIG][@SPLIT] or a TOFU split such as "
+                           "tofu:forget01")
     retain: Optional[str] = _opt(None, "retain set (same formats); needed by methods with a retain term")
     normal: Optional[str] = _opt(None, "normal set for the Yao method's mismatch and KL terms (default: the retain set)")
+    # One column map per set: a forget and a retain set often come from different datasets (WMDP's corpora,
+    # wikitext, TOFU), so one map could not serve both.
+    forget_columns: Optional[str] = _opt(None, "the forget set's columns when they are not question/answer, "
+                                               "prompt/completion, prompt/response or text: "
+                                               "question=COL,answer=COL or text=COL")
+    retain_columns: Optional[str] = _opt(None, "the retain set's columns, as --forget-columns (they also serve the "
+                                               "normal set when it is the retain set)")
+    normal_columns: Optional[str] = _opt(None, "the normal set's columns, as --forget-columns")
     out: str = _opt("runs/unlearn", "run directory to write")
 
     # --- schedule
@@ -103,11 +113,12 @@ class UnlearnConfig:
 
     def absolute_paths(self) -> dict:
         """--out and the data files as absolute paths: a run is read later from any folder (resume,
-        export, the studio), and must not depend on the one it was started in. `tofu:` splits stay."""
+        export, the studio), and must not depend on the one it was started in. `tofu:` splits and `hf:`
+        Hub datasets stay."""
         from .models import BUNDLED, DEMO, HUB_PREFIX
 
         def absolute(value: str | None) -> str | None:
-            if not value or value.startswith("tofu:"):
+            if not value or value.startswith(("tofu:", HUB_PREFIX)):
                 return value
             return os.path.abspath(Path(value).expanduser())
         paths = {name: absolute(getattr(self, name)) for name in PATH_FIELDS if name != "model"}

@@ -1,8 +1,10 @@
 """Forget / retain / normal sets: read files into examples, tokenise them, and batch them.
 
 Formats: `.txt` (passages separated by blank lines), `.jsonl` / `.json` (JSON Lines or a JSON list of
-objects), `.csv`; records carry question/answer, prompt/completion or text fields. `tofu:SPLIT` names a
-split of the TOFU benchmark bundled in `assets/tofu/`.
+objects), `.csv`, and through Hugging Face `datasets` (core/hf_datasets.py) `.parquet` / `.arrow` files,
+`save_to_disk` folders and Hub ids `hf:ORG/NAME[:CONFIG][@SPLIT]`; records carry question/answer,
+prompt/completion, prompt/response or text fields, or the columns a `--forget-columns`-style map names.
+`tofu:SPLIT` names a split of the TOFU benchmark bundled in `assets/tofu/`.
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ from pathlib import Path
 import torch
 
 from .errors import UnlearnError, require
+from .hf_datasets import DATASET_SUFFIXES, Table, is_dataset_source, read_table
 from .losses import IGNORE_INDEX
 
 # Accepted record layouts, first match wins: (prompt field, answer field); None = raw text.
 FIELD_PAIRS = (("question", "answer"), ("prompt", "completion"), ("prompt", "response"), (None, "text"))
 SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
+COLUMN_ROLES = ("forget", "retain", "normal")   # the sets whose columns a --ROLE-columns flag maps
 BINARY_SNIFF_BYTES = 8192
 
 
@@ -37,14 +41,20 @@ class Example:
 
 # ---------------------------------------------------------------- reading
 
-def load_examples(source: str, role: str = "forget") -> list[Example]:
-    """Read a file or a `tofu:` split; every problem becomes one UnlearnError naming the fix."""
+def load_examples(source: str, role: str = "forget", columns: str | None = None) -> list[Example]:
+    """Read a file, a dataset or a `tofu:` split; every problem becomes one UnlearnError naming the fix.
+    `columns` ("question=COL,answer=COL" or "text=COL") names the columns when they are not the usual ones."""
+    pairs = column_pairs(columns, role)
     if source.startswith("tofu:"):
         from .tofu import load_records
 
+        require(columns is None, f"the {role} set {source} is a TOFU split, whose columns are fixed",
+                f"drop --{role}-columns")
         examples = [Example(answer=r["answer"], prompt=r["question"]) for r in load_records(source.removeprefix("tofu:"))]
+    elif is_dataset_source(source):
+        examples = _table_examples(read_table(source, role), pairs, f"{role} set {source}", role)
     else:
-        examples = _parse(Path(source), _read_text(Path(source), role), role)
+        examples = _parse(Path(source), _read_text(Path(source), role), role, pairs)
     require(len(examples) > 0, f"the {role} set {source} holds no examples",
             "add at least one passage or question/answer record")
     return examples
@@ -54,7 +64,7 @@ def _read_text(path: Path, role: str) -> str:
     require(path.exists(), f"{role} file {path} does not exist", "check the path and the file name")
     require(path.is_file(), f"{role} path {path} is a directory, not a file", "name a file inside it")
     require(path.suffix.lower() in SUFFIXES, f"{role} file {path} has an unsupported type '{path.suffix}'",
-            f"use one of {', '.join(SUFFIXES)}")
+            f"use one of {', '.join(SUFFIXES + DATASET_SUFFIXES)}, a save_to_disk folder or hf:ORG/NAME")
     raw = path.read_bytes()
     require(b"\x00" not in raw[:BINARY_SNIFF_BYTES], f"{role} file {path} is binary, not text",
             "give a UTF-8 text file (.txt, .jsonl, .json or .csv)")
@@ -67,15 +77,16 @@ def _read_text(path: Path, role: str) -> str:
     return text
 
 
-def _parse(path: Path, text: str, role: str) -> list[Example]:
+def _parse(path: Path, text: str, role: str, pairs: tuple = FIELD_PAIRS) -> list[Example]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
+        require(pairs == FIELD_PAIRS, f"{role} file {path} is plain text, without columns", f"drop --{role}-columns")
         return [Example(answer=p.strip()) for p in _split_passages(text)]
     if suffix == ".csv":
         records = _read_csv(path, text, role)
     else:
         records = _read_json(path, text, role)
-    return [_record_to_example(r, f"{role} file {path}, record {i + 1}") for i, r in enumerate(records)]
+    return [_record_to_example(r, f"{role} file {path}, record {i + 1}", pairs, role) for i, r in enumerate(records)]
 
 
 def _split_passages(text: str) -> list[str]:
@@ -126,20 +137,62 @@ def _read_csv(path: Path, text: str, role: str) -> list[dict]:
     return rows
 
 
-def _record_to_example(record, where: str) -> Example:
+def _record_to_example(record, where: str, pairs: tuple = FIELD_PAIRS, role: str = "forget") -> Example:
     require(isinstance(record, dict), f"{where} is not an object with named fields",
             'write records like {"question": "...", "answer": "..."} or {"text": "..."}')
-    for prompt_key, answer_key in FIELD_PAIRS:
-        if answer_key in record and (prompt_key is None or prompt_key in record):
-            answer = record[answer_key]
-            prompt = None if prompt_key is None else record[prompt_key]
-            require(isinstance(answer, str) and answer.strip() != "", f"{where} has an empty '{answer_key}'",
-                    "fill it in or remove the record")
-            require(prompt is None or isinstance(prompt, str), f"{where}: '{prompt_key}' must be text")
-            return Example(answer=answer, prompt=prompt)
-    expected = " or ".join("/".join(k for k in pair if k) for pair in FIELD_PAIRS)
-    raise UnlearnError(f"{where} has columns {sorted(record)} but needs {expected}",
-                       "rename the columns, e.g. question and answer")
+    return _example(record, _matching_pair(record, pairs, where, role), where)
+
+
+def _table_examples(table: Table, pairs: tuple, where: str, role: str) -> list[Example]:
+    """A dataset's rows as examples: its columns are checked once, then every row is read the same way."""
+    pair = _matching_pair(table.columns, pairs, where, role)
+    return [_example(row, pair, f"{where}, row {i + 1}") for i, row in enumerate(table.rows)]
+
+
+def _matching_pair(columns, pairs: tuple, where: str, role: str) -> tuple[str | None, str]:
+    """The first (prompt, answer) column pair present in `columns`, or one error naming what is missing."""
+    for prompt_key, answer_key in pairs:
+        if answer_key in columns and (prompt_key is None or prompt_key in columns):
+            return prompt_key, answer_key
+    expected = " or ".join("/".join(k for k in pair if k) for pair in pairs)
+    if pairs != FIELD_PAIRS:
+        fix = f"fix the column names given to --{role}-columns: they must be among the ones listed"
+    elif role in COLUMN_ROLES:
+        fix = (f"rename the columns (e.g. question and answer) or name yours with "
+               f"--{role}-columns question=COLUMN,answer=COLUMN")
+    else:
+        fix = "rename the columns, e.g. question and answer"
+    raise UnlearnError(f"{where} has columns {sorted(columns)} but needs {expected}", fix)
+
+
+def _example(record: dict, pair: tuple[str | None, str], where: str) -> Example:
+    prompt_key, answer_key = pair
+    answer = record[answer_key]
+    prompt = None if prompt_key is None else record[prompt_key]
+    require(answer is not None and (not isinstance(answer, str) or answer.strip() != ""),
+            f"{where} has an empty '{answer_key}'", "fill it in or remove the record")
+    require(isinstance(answer, str), f"{where}: '{answer_key}' must be text, not {type(answer).__name__}",
+            "name a text column as the answer")
+    require(prompt is None or isinstance(prompt, str), f"{where}: '{prompt_key}' must be text",
+            "name a text column as the question")
+    return Example(answer=answer, prompt=prompt)
+
+
+def column_pairs(columns: str | None, role: str) -> tuple:
+    """FIELD_PAIRS, or the one pair a column map names: "question=COL,answer=COL" or "text=COL"."""
+    if not columns:
+        return FIELD_PAIRS
+    flag, example = f"--{role}-columns", "question=prompt,answer=response"
+    mapping = {}
+    for part in columns.split(","):
+        key, equals, column = (piece.strip() for piece in part.partition("="))
+        require(bool(equals and key and column), f"{flag} {columns!r}: '{part.strip()}' is not NAME=COLUMN",
+                f"write for example {flag} {example}")
+        mapping[key] = column
+    require(set(mapping) in ({"question", "answer"}, {"text"}),
+            f"{flag} {columns!r} must name question and answer, or text alone",
+            f"write for example {flag} {example} (or text=content for raw text)")
+    return ((mapping.get("question"), mapping.get("answer") or mapping["text"]),)
 
 
 # ---------------------------------------------------------------- tokenising

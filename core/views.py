@@ -25,19 +25,20 @@ class RawSets:
 
 def read_sets(config, method) -> RawSets:
     """Read every file the method needs, failing early (before any model is loaded)."""
-    forget = load_examples(config.forget, "forget")
+    forget = load_examples(config.forget, "forget", config.forget_columns)
     needs_retain = "retain" in method.views
     require(config.retain or not needs_retain, f"method {method.name} needs a retain set",
             "pass --retain FILE (e.g. tofu:retain99), or pick a forget-only method such as npo or ga")
-    retain = load_examples(config.retain, "retain") if config.retain else None
+    retain = load_examples(config.retain, "retain", config.retain_columns) if config.retain else None
     normal = None
     if "normal" in method.views:
         require(config.normal or retain, f"method {method.name} needs normal data for its KL and mismatch terms",
                 "pass --normal FILE or --retain FILE")
-        normal = load_examples(config.normal, "normal") if config.normal else retain
+        normal = load_examples(config.normal, "normal", config.normal_columns) if config.normal else retain
     if "mismatch" in method.views or "idk" in method.views:
         require(all(ex.is_qa for ex in forget), f"method {method.name} needs question/answer forget data",
-                "give a .jsonl/.json/.csv file with question and answer fields")
+                "give question/answer data (.jsonl/.json/.csv/.parquet, a dataset folder or hf:ORG/NAME), "
+                "naming other columns with --forget-columns question=COLUMN,answer=COLUMN")
     return RawSets(forget, retain, normal)
 
 

@@ -64,6 +64,7 @@ def test_tofu_splits_are_slices_of_full():
     ("cols.jsonl", '{"q": "x", "a": "y"}\n', "w", "needs question/answer"),
     ("cols.csv", "foo,bar\n1,2\n", "w", "needs question/answer"),
     ("empty_answer.jsonl", '{"question": "q", "answer": "  "}\n', "w", "empty 'answer'"),
+    ("number_answer.jsonl", '{"question": "q", "answer": 5}\n', "w", "'answer' must be text, not int"),
     ("scalar.jsonl", '"just a string"\n', "w", "not an object"),
     ("bad.csv", 'question,answer\n"unterminated,x\n', "w", "not valid CSV"),
     ("f.pdf", "hello", "w", "unsupported type"),
@@ -83,6 +84,20 @@ def test_missing_file_and_unknown_tofu_split(tmp_path):
         load_examples("tofu:forget_everything")
     with pytest.raises(UnlearnError, match="is a directory"):
         load_examples(str(tmp_path))
+
+
+def test_column_map_serves_text_formats_too(tmp_path):
+    path = write(tmp_path, "f.jsonl", json.dumps({"q": "Q?", "a": "A."}) + "\n")
+    assert load_examples(path, "forget", "question=q,answer=a") == [Example("A.", "Q?")]
+    csv_path = write(tmp_path, "f.csv", "title,body\nT,Some text.\n")
+    assert load_examples(csv_path, "retain", "text=body") == [Example("Some text.")]
+
+
+def test_columns_make_no_sense_for_tofu_or_plain_text(tmp_path):
+    with pytest.raises(UnlearnError, match="whose columns are fixed"):
+        load_examples("tofu:forget01", "forget", "question=q,answer=a")
+    with pytest.raises(UnlearnError, match="is plain text, without columns"):
+        load_examples(write(tmp_path, "f.txt", "A passage."), "forget", "text=body")
 
 
 def test_empty_json_list_is_an_empty_set(tmp_path):
