@@ -4,9 +4,7 @@ Every module in this package is imported, and so registered, on first use: addin
 file. Attacks kept elsewhere are named in UNLEARN_ATTACK_MODULES (comma-separated importable modules).
 `unlearn audit`'s --attacks and option flags, the studio's Audit tab and the default list are made from the
 registry."""
-import importlib
-import os
-import pkgutil
+from core.extensions import import_extensions
 
 from .base import (ATTACKS, Attack, AuditContext, attack_names, declared_options, default_attacks, get_attack,
                    register_attack, resolve_options)
@@ -16,13 +14,4 @@ __all__ = ["ATTACKS", "Attack", "AuditContext", "attack_names", "declared_option
 INFRASTRUCTURE = {"base", "finetune"}    # what the attacks share, not attacks themselves
 EXTRA_MODULES_VARIABLE = "UNLEARN_ATTACK_MODULES"
 
-
-def _import_all() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        if module.name not in INFRASTRUCTURE:
-            importlib.import_module(f"{__name__}.{module.name}")
-    for name in filter(None, (n.strip() for n in os.environ.get(EXTRA_MODULES_VARIABLE, "").split(","))):
-        importlib.import_module(name)
-
-
-_import_all()
+import_extensions(__name__, __path__, EXTRA_MODULES_VARIABLE, INFRASTRUCTURE)
