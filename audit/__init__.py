@@ -35,7 +35,8 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     run = RunDir(run_dir)
     require(run.holds_run(), f"{run.path} is not a run directory", "name the --out directory of a finished run")
     config = run.config()
-    require(bool(config.get("forget")), f"the run in {run.path} records no forget set", "audit a run of `unlearn train`")
+    require(bool(config.get("forget")), f"the run in {run.path} records no forget set",
+            "audit a run of `unlearn train`")
     names = default_attacks() if attacks is None else attacks
     chosen = [get_attack(name) for name in dict.fromkeys(a.strip() for a in names if a.strip())]
     require(bool(chosen), "no audit attack given", f"pass e.g. --attacks {','.join(default_attacks())}")

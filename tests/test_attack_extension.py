@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-from conftest import module_env, quiet, run_unlearn, write_qa_files
+from conftest import module_env, run_unlearn
 from core.errors import UnlearnError
+from test_audit import lora_run  # noqa: F401  (the tiny LoRA run the audit's own tests attack)
 
 NOISE_ATTACK = '''
 import copy
@@ -46,20 +47,6 @@ class Noise(Attack):
 FAST = ["--max-samples", "4", "--max-new-tokens", "4", "--batch-size", "4", "--device", "cpu", "--dtype", "float32"]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_model_dir):
-    from core.config import UnlearnConfig
-    from core.trainer import train
-
-    root = tmp_path_factory.mktemp("noise_run")
-    files = write_qa_files(root, 4, 4)
-    config = UnlearnConfig(model=str(tiny_model_dir), method="npo", forget=str(files["forget"]),
-                           retain=str(files["retain"]), out=str(root / "run"), max_steps=4, batch_size=4, lr=5e-2,
-                           device="cpu", save_steps=0, eval_examples=0)
-    train(config, **quiet())
-    return config.out
-
-
 @pytest.fixture
 def attack_folder(tmp_path):
     folder = tmp_path / "attacks"
@@ -72,13 +59,13 @@ def noise_env(attack_folder):
     return module_env(attack_folder, "UNLEARN_ATTACK_MODULES", "noise_attack", NOISE_ATTACK)
 
 
-def test_the_new_attack_gets_its_flag_and_runs_through_unlearn_audit(noise_env, tiny_run, tmp_path):
+def test_the_new_attack_gets_its_flag_and_runs_through_unlearn_audit(noise_env, lora_run, tmp_path):
     usage = " ".join(run_unlearn("audit", "--help", env=noise_env).stdout.split())   # argparse wraps lines
     assert "--noise-scale X" in usage and "noise (add Gaussian noise to the unlearned weights" in usage
     assert "(default: relearn,benign,quantize,rephrase)" in usage      # not enabled by default: listed, not run
 
     out = tmp_path / "audit"
-    done = run_unlearn("audit", tiny_run, "--out", out, "--attacks", "noise", "--noise-scale", "0.05", *FAST,
+    done = run_unlearn("audit", lora_run.out, "--out", out, "--attacks", "noise", "--noise-scale", "0.05", *FAST,
                        env=noise_env)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "audit.json").read_text())
@@ -96,8 +83,8 @@ def test_the_new_attack_gets_its_flag_and_runs_through_unlearn_audit(noise_env, 
     assert written.strip() in done.stdout
 
 
-def test_a_bad_option_of_the_new_attack_is_one_clear_error(noise_env, tiny_run, tmp_path):
-    refused = run_unlearn("audit", tiny_run, "--out", tmp_path / "bad", "--attacks", "noise", "--noise-scale", "-1",
+def test_a_bad_option_of_the_new_attack_is_one_clear_error(noise_env, lora_run, tmp_path):
+    refused = run_unlearn("audit", lora_run.out, "--out", tmp_path / "bad", "--attacks", "noise", "--noise-scale", "-1",
                           *FAST, env=noise_env)
     assert refused.returncode == 2
     assert "error: noise's noise_scale must be > 0, got -1.0" in refused.stderr
@@ -118,7 +105,7 @@ def noise_attack(noise_env, attack_folder, monkeypatch):
         sys.modules.pop("noise_attack", None)
 
 
-def test_the_studio_offers_the_new_attack_and_the_python_entry_point_checks_it(noise_attack, tiny_run, tmp_path):
+def test_the_studio_offers_the_new_attack_and_the_python_entry_point_checks_it(noise_attack, lora_run, tmp_path):
     from audit import run_audit
     from audit.attacks import attack_names, default_attacks
     from studio.tabs.audit import step_flags, ticked_attacks
@@ -126,4 +113,4 @@ def test_the_studio_offers_the_new_attack_and_the_python_entry_point_checks_it(n
     assert attack_names()[-1] == "noise" and "noise" not in default_attacks() + ticked_attacks()
     assert step_flags(["noise", "relearn"], 5) == ["--relearn-steps", "5"]   # noise has no fine-tuning steps
     with pytest.raises(UnlearnError, match="noise's noise_scale must be a number, got 'loud'"):
-        run_audit(tiny_run, tmp_path / "audit", ["noise"], {"noise_scale": "loud"}, log=lambda m: None)
+        run_audit(lora_run.out, tmp_path / "audit", ["noise"], {"noise_scale": "loud"}, log=lambda m: None)

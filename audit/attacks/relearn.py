@@ -31,7 +31,8 @@ class Relearn(Attack):
               "choice (docs/audit.md)", low=0.0, high=1.0, above=True),
         fine_tuning_steps("relearn", 30, "fine-tuning steps of the relearn attack",
                           "this project's choice (docs/audit.md): a small budget, as relearning attacks use "
-                          "(Hu et al. 2024); it restored 0.62-0.92 of what five methods removed (docs/results/audit.md)"),
+                          "(Hu et al. 2024); it restored 0.62-0.92 of what five methods removed "
+                          "(docs/results/audit.md)"),
         ATTACK_LR,
     )
 
