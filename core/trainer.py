@@ -189,7 +189,7 @@ class Trainer:
         self._cache_reference(model, data)
         checkpoint = self.run_dir.latest_checkpoint() if cfg.resume else None
         weights = self._extra_weights(model, data.source, checkpoint)
-        original = self._original(model, data.source, weights)
+        original = self._original(model, data.source)
         self._prepare_method(model, weights, checkpoint)
         before, knowledge = self._before(model, data)
 
@@ -289,16 +289,12 @@ class Trainer:
             weights[spec.name] = copy.train() if spec.trainable else copy.eval().requires_grad_(False)
         return weights
 
-    def _original(self, model, source: str, weights: dict) -> OriginalModel | None:
+    def _original(self, model, source: str) -> OriginalModel | None:
         """The original model for KL terms and hidden states: under --lora the trained model with its adapter
-        off; under full fine-tuning a frozen copy (+1x weights), the method's own frozen original if it
-        declared one."""
+        off; under full fine-tuning a frozen copy (+1x weights)."""
         if not self.method.needs_original():
             return None
-        frozen = None
-        if not self.cfg.lora:
-            declared = [weights[s.name] for s in self.method.extra_weights if s.init == "original" and not s.trainable]
-            frozen = declared[0] if declared else self._load_original(source).eval().requires_grad_(False)
+        frozen = None if self.cfg.lora else self._load_original(source).eval().requires_grad_(False)
         return OriginalModel(model, frozen, self.accelerator.autocast)
 
     def _load_original(self, source: str) -> torch.nn.Module:

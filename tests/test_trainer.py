@@ -253,3 +253,16 @@ def test_callbacks_observe_the_loop_without_patching_it(tiny_config):
                                ("step", 3, True), ("checkpoint", 3, True), ("step", 4, True), ("log", 4, True),
                                ("end", 4, RunState.FINISHED)]
     assert [row["step"] for row in RunDir(result.run_dir).metrics()] == [2, 4]
+
+
+def test_the_trainer_builds_everything_at_construction_and_before_its_loop(tiny_config):
+    """Every attribute exists once Trainer() returns: run() builds the rest into RunParts and counts in
+    Progress, and adds nothing to the trainer."""
+    from core.trainer import Progress, Trainer
+
+    trainer = Trainer(replace(tiny_config, max_steps=2), **quiet())
+    attributes = set(vars(trainer))
+    assert trainer.run_dir.path.is_dir() and trainer.progress == Progress()
+    result = trainer.run()
+    assert set(vars(trainer)) == attributes
+    assert result.step == trainer.progress.step == trainer.progress.total_steps == 2
