@@ -11,9 +11,9 @@ import torch
 
 from core.cli import main
 from core.errors import UnlearnError
-from core.evaluation import evaluator
-from core.evaluation.evaluator import Settings
-from core.evaluation.loading import open_model
+from core.evaluation.scores import Settings
+from core.evaluation.suites import quick, tofu
+from core.models import open_model
 from core.tofu import load_records
 
 # The per-sample keys TOFU's evaluate_util.py writes (normalized_gt_loss only for the two option sets).
@@ -37,7 +37,7 @@ def tofu_eval(tiny_model_dir, tmp_path_factory):
 
 def test_tofu_suite_writes_tofu_format_logs(tofu_eval):
     aggregated = json.loads((tofu_eval / "eval_log_aggregated.json").read_text())
-    assert list(aggregated) == list(evaluator.TOFU_FILES)
+    assert list(aggregated) == list(tofu.TOFU_FILES)
     for name, log in aggregated.items():
         expected = TOFU_KEYS + (["normalized_gt_loss"] if "wo_options" in name else [])
         assert list(log) == expected
@@ -99,8 +99,8 @@ def test_forget_quality_and_privacy_leakage_against_retain_logs(tofu_eval, tiny_
 
     holdout = load_records("full")[3900:3903]
     loaded = open_model(str(tiny_model_dir), "cpu")
-    summary = evaluator.run_tofu(loaded, tmp_path / "again", Settings(3, 4, 4), retain_logs=tofu_eval,
-                                 holdout=[Example(answer=r["answer"], prompt=r["question"]) for r in holdout])
+    summary = tofu.run_tofu(loaded, tmp_path / "again", Settings(3, 4, 4), retain_logs=tofu_eval,
+                            holdout=[Example(answer=r["answer"], prompt=r["question"]) for r in holdout])
     assert summary["figures"]["Forget Quality"] == pytest.approx(1.0)   # same model, same samples
     assert summary["mia"]["privacy_leakage"] == pytest.approx(0.0)
 
@@ -202,8 +202,8 @@ def test_full_finetune_run_evaluates(tiny_model_dir, qa_files, tmp_path):
                  "--max-steps", "1", "--batch-size", "4", "--device", "cpu"]) == 0
     loaded = open_model(str(out), "cpu")
     assert loaded.original == str(tiny_model_dir)
-    summary = evaluator.run_quick(loaded, tmp_path / "q", evaluator_examples(qa_files["forget"]), None,
-                                  Settings(2, 2, 2))
+    summary = quick.run_quick(loaded, tmp_path / "q", evaluator_examples(qa_files["forget"]), None,
+                              Settings(2, 2, 2))
     assert summary["after"]["forget"]["samples"] == 2 and "before" not in summary
 
 
@@ -218,7 +218,7 @@ def evaluator_examples(path):
 def test_records_without_perturbed_answers_get_a_clear_error():
     records = [{"question": "q", "answer": "a", "paraphrased_answer": "p"}]
     with pytest.raises(UnlearnError, match="perturbed_answer") as err:
-        evaluator.check_records(records, "paraphrased_answer", "eval_log.json")
+        tofu.check_records(records, "paraphrased_answer", "eval_log.json")
     assert "--suite quick" in err.value.fix
 
 
@@ -226,15 +226,15 @@ def test_records_with_unequal_perturbed_counts_are_rejected():
     records = [{"question": "q", "answer": "a", "paraphrased_answer": "p", "perturbed_answer": ["x", "y"]},
                {"question": "q", "answer": "a", "paraphrased_answer": "p", "perturbed_answer": ["x"]}]
     with pytest.raises(UnlearnError, match="different numbers"):
-        evaluator.check_records(records, "paraphrased_answer", "eval_log.json")
+        tofu.check_records(records, "paraphrased_answer", "eval_log.json")
 
 
 def test_empty_eval_set_is_rejected(tiny_model_dir, tmp_path):
     with pytest.raises(UnlearnError, match="holds no samples"):
-        evaluator.check_records([], "answer", "eval_real_author_wo_options.json")
+        tofu.check_records([], "answer", "eval_real_author_wo_options.json")
     loaded = open_model(str(tiny_model_dir), "cpu")
     with pytest.raises(UnlearnError, match="empty"):
-        evaluator.run_quick(loaded, tmp_path / "q", [], None, Settings(2, 2, 2))
+        quick.run_quick(loaded, tmp_path / "q", [], None, Settings(2, 2, 2))
 
 
 def test_cli_errors_are_one_line_with_a_fix(tiny_model_dir, tmp_path, capsys):
@@ -278,49 +278,3 @@ def test_best_checkpoint_command_applies_the_stated_rule(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["best-checkpoint", *evals])    # --original is required
 
-
-THROWAWAY_SUITE = '''
-from core.evaluation.suites import Need, Suite, register_suite
-from core.methods import Param
-
-
-@register_suite
-class Echo(Suite):
-    name = "echo"
-    summary = "a suite that exists only for this test"
-    needs = (Need("forget", "forget data", required=True, from_run=True),)
-    options = (Param("loudness", 3, "how many times to count", "this test", low=1),)
-
-    def run(self, context):
-        import json
-        from core.data import load_examples
-
-        count = len(load_examples(context.require_data("forget", self), "forget"))
-        summary = {"suite": "echo", "model": context.loaded.source, "examples": count * context.options["loudness"],
-                   "wall_seconds": 0.0}
-        context.out.mkdir(parents=True, exist_ok=True)
-        (context.out / "summary.json").write_text(json.dumps(summary))
-        return summary
-
-    def table(self, summary):
-        return f"echo: {summary['examples']}"
-'''
-
-
-def test_a_suite_in_a_module_of_its_own_appears_in_eval_and_suites(tmp_path, tiny_model_dir, qa_files):
-    from conftest import module_env, run_unlearn
-
-    env = module_env(tmp_path, "UNLEARN_SUITE_MODULES", "echo_suite", THROWAWAY_SUITE)
-
-    def unlearn(*args):
-        return run_unlearn(*args, env=env)
-    listed = unlearn("suites").stdout
-    assert "echo    a suite that exists only for this test" in listed and "--loudness 3" in listed
-    assert "--loudness VALUE" in unlearn("eval", "--help").stdout
-    done = unlearn("eval", tiny_model_dir, "--suite", "echo", "--forget", qa_files["forget"], "--loudness", "2",
-                   "--out", tmp_path / "out", "--device", "cpu")
-    assert done.returncode == 0, done.stderr
-    assert "echo: 16" in done.stdout      # 8 examples, counted twice
-    refused = unlearn("eval", tiny_model_dir, "--suite", "echo", "--forget", qa_files["forget"], "--loudness", "0",
-                      "--out", tmp_path / "bad")
-    assert "the echo suite's loudness must be >= 1" in refused.stderr

@@ -1,5 +1,7 @@
 """Evaluation: TOFU metrics, fluency and membership inference, as plain functions (`tofu_metrics`,
-`text_metrics`, `mia`), model probes (`probes`), the two suites (`evaluator`) and the CLI (`cli`).
+`text_metrics`, `mia`), model probes (`probes`), scoring shared by the suites (`scores`), the output files
+(`report`), the suites, one module each (`suites/`: tofu, quick, muse, mcq), the driver that runs one
+(`evaluator.evaluate`) and the CLI (`cli`).
 
 Importing this package loads no model and no torch-heavy module beyond what the submodules need."""
 from .mia import auc, min_k_score, privacy_leakage

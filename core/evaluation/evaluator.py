@@ -1,302 +1,51 @@
-"""The two evaluation suites.
+"""The driver: `evaluate` opens a model or run (and the original model), checks the inputs and runs one
+suite of the registry (`core.evaluation.suites`: tofu, quick, muse, mcq, and any named in
+UNLEARN_SUITE_MODULES). `unlearn eval` is this function behind flags.
 
-tofu   TOFU's protocol: for the retain set, the forget set, Real Authors and World Facts, per-sample logs
-       in TOFU's own format (the four eval_*.json files plus eval_log_aggregated.json), the twelve figures
-       and Model Utility, Forget Quality against a retain model's logs, fluency, and min-k% MIA when a
-       held-out set is given.
-quick  Any forget / retain data (no perturbed answers needed): NLL, Prob., ROUGE-L recall and fluency,
-       before (the original model) and after.
-"""
+The other names here are where audit, studio and benchmarks have always imported them from; each lives in its
+own module: shared scoring in `scores`, the output files in `report`, a suite's protocol in `suites/<name>.py`."""
 from __future__ import annotations
 
-import json
-import math
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
+from ..errors import require
+from ..models import open_model
+from .report import SUMMARY
+from .scores import Settings, set_scores
+from .suites import EvalContext, get_suite
+from .suites.quick import run_quick
+from .suites.tofu import AGGREGATED_LOG, read_eval_output, run_tofu, tofu_records
 
-from ..data import Example
-from ..errors import UnlearnError, require
-from ..runs import write_json_atomic, write_text_atomic
-from . import attacks, memorisation, mia, text_metrics, tofu_metrics
-from .probes import answer_nll, answer_token_logprobs, generate, token_statistics
-
-# eval file -> (TOFU split, the answer field truth ratios compare the perturbed answers with)
-TOFU_FILES = {
-    "eval_log.json": ("retain_perturbed", "paraphrased_answer"),
-    "eval_real_author_wo_options.json": ("real_authors_perturbed", "answer"),
-    "eval_real_world_wo_options.json": ("world_facts_perturbed", "answer"),
-    "eval_log_forget.json": (None, "paraphrased_answer"),   # the forgetNN_perturbed split evaluated
-}
-AGGREGATED_LOG = "eval_log_aggregated.json"
-EXTRA_LOG = "eval_extra.json"
-SUMMARY = "summary.json"
-TABLE = "summary.md"
+__all__ = ["AGGREGATED_LOG", "SUMMARY", "Settings", "evaluate", "read_eval_output", "run_quick", "run_tofu",
+           "set_scores", "tofu_records"]
 
 
-@dataclass
-class Settings:
-    max_samples: int = 300        # TOFU's ds_size: the first 300 samples of every set
-    max_new_tokens: int = 200     # TOFU generates up to 200 tokens
-    batch_size: int = 8
+def evaluate(model: str, suite: str, out, data: dict | None = None, options: dict | None = None,
+             original: str | None = None, max_samples: int | None = None, max_new_tokens: int | None = None,
+             batch_size: int = 8, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> dict:
+    """Evaluate `model` (a run directory, a checkpoint, a model directory, a LoRA adapter or 'bundled') with the
+    suite named `suite`; write its files into `out` and return its summary (also out/summary.json, summary.md).
 
-    def validate(self) -> None:
-        require(self.max_samples >= 1, f"max_samples must be at least 1, got {self.max_samples}", "use --max-samples 300")
-        require(self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        require(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}", "use --batch-size 8")
-
-
-# ================================================================ TOFU suite
-
-def tofu_records(forget_split: str = "forget01") -> dict[str, list[dict]]:
-    """The records of each eval file, from the bundled TOFU slice."""
-    from ..tofu import load_records
-
-    require(forget_split in ("forget01", "forget05", "forget10"), f"TOFU has no perturbed answers for {forget_split!r}",
-            "use --forget-split forget01, forget05 or forget10")
-    return {name: load_records(split or f"{forget_split}_perturbed") for name, (split, _) in TOFU_FILES.items()}
-
-
-def check_records(records: list[dict], base_key: str, where: str) -> int:
-    """Every record needs question, answer, the base answer and equally many perturbed answers."""
-    require(len(records) > 0, f"{where} holds no samples", "evaluate a non-empty set")
-    counts = set()
-    for index, record in enumerate(records):
-        for key in ("question", "answer", base_key, "perturbed_answer"):
-            require(key in record, f"{where}, sample {index} has no '{key}' field",
-                    "the tofu suite needs TOFU's perturbed splits; for your own data use --suite quick")
-        perturbed = record["perturbed_answer"]
-        require(isinstance(perturbed, list) and len(perturbed) > 0,
-                f"{where}, sample {index}: 'perturbed_answer' must be a non-empty list", "give a list of wrong answers")
-        counts.add(len(perturbed))
-    require(len(counts) == 1, f"{where}: samples have different numbers of perturbed answers ({sorted(counts)})",
-            "give every sample the same number of perturbed answers")
-    return counts.pop()
-
-
-def task_log(model, tokenizer, records: list[dict], base_key: str, normalise: bool, settings: Settings,
-             name: str) -> dict:
-    """One eval file's per-sample log, with TOFU's keys and TOFU's definitions."""
-    k = check_records(records, base_key, name)
-    questions = [r["question"] for r in records]
-    answers = [r["answer"] for r in records]
-    bs = settings.batch_size
-    gt_sum, gt_n = answer_nll(model, tokenizer, list(zip(questions, answers)), bs, f"{name}: answers")
-    generations = generate(model, tokenizer, questions, settings.max_new_tokens, bs, f"{name}: generating")
-    rouge = text_metrics.rouge_recall(generations, answers)
-    base_sum, base_n = answer_nll(model, tokenizer, [(r["question"], r[base_key]) for r in records], bs,
-                                  f"{name}: paraphrased")
-    flat = [(r["question"], p) for r in records for p in r["perturbed_answer"]]
-    pert_sum, pert_n = answer_nll(model, tokenizer, flat, bs, f"{name}: perturbed")
-    pert_sum = [pert_sum[i * k:(i + 1) * k] for i in range(len(records))]
-    pert_n = [pert_n[i * k:(i + 1) * k] for i in range(len(records))]
-
-    avg_gt = [s / n for s, n in zip(gt_sum, gt_n)]
-    avg_base = [s / n for s, n in zip(base_sum, base_n)]
-    avg_pert = [[s / n for s, n in zip(row_s, row_n)] for row_s, row_n in zip(pert_sum, pert_n)]
-    ratios = tofu_metrics.truth_ratios(avg_base, avg_pert).tolist()
-    log = {
-        "avg_gt_loss": avg_gt, "gt_loss": gt_sum, "num_token_gt": gt_n,
-        "generated_text": [[q, g, a] for q, g, a in zip(questions, generations, answers)],
-        "rouge1_recall": rouge["rouge1_recall"], "rougeL_recall": rouge["rougeL_recall"],
-        "average_perturb_loss": avg_pert, "avg_paraphrased_loss": avg_base, "truth_ratio": ratios,
-        "paraphrased_loss": base_sum, "perturb_loss": pert_sum, "num_token_paraphrased": base_n,
-        "num_token_perturb": pert_n,
-    }
-    if normalise:   # Real Authors / World Facts: -log of the true answer's probability among the options
-        log["normalized_gt_loss"] = [-math.log(p) for p in _normalised_probs(avg_gt, avg_pert)]
-    return {key: _indexed(values) for key, values in log.items()}
-
-
-def _normalised_probs(avg_gt: list[float], avg_pert: list[list[float]]) -> list[float]:
-    true = np.exp(-np.asarray(avg_gt))
-    return (true / (true + np.exp(-np.asarray(avg_pert)).sum(-1))).tolist()
-
-
-def _indexed(values: list) -> dict:
-    return {str(i): v for i, v in enumerate(values)}
-
-
-def fluency_log(reference, questions: list[str], generations: list[str], batch_size: int, name: str) -> dict:
-    """Per-sample fluency of generations scored by the reference (original) model; see text_metrics."""
-    model, tokenizer = reference
-    sums, counts = answer_nll(model, tokenizer, list(zip(questions, generations)), batch_size, f"{name}: fluency")
-    nll = [s / n for s, n in zip(sums, counts)]
-    return {"fluency": [text_metrics.fluency(g, x) for g, x in zip(generations, nll)],
-            "repetition": [text_metrics.repetition(g) for g in generations],
-            "generation_nll": nll}
-
-
-def mia_log(model, tokenizer, forget: list[Example], holdout: list[Example], batch_size: int) -> dict:
-    """Min-k% probability on forget (members) and held-out (non-members) answers, and the attack's AUC."""
-    require(len(holdout) > 0, "the held-out set for membership inference is empty", "give a non-empty --holdout")
-    scores = {}
-    for role, examples in (("forget", forget), ("holdout", holdout)):
-        logprobs = answer_token_logprobs(model, tokenizer, examples, batch_size, f"MIA: {role}")
-        scores[role] = [mia.min_k_score(mia.scored_tokens(lp)) for lp in logprobs]
-    return {"auc": mia.auc(scores["forget"], scores["holdout"]), "forget_min_k": scores["forget"],
-            "holdout_min_k": scores["holdout"]}
-
-
-def run_tofu(loaded, out: Path, settings: Settings, forget_split: str = "forget01", reference=None,
-             holdout: list[Example] | None = None, retain_logs: Path | None = None,
-             records: dict[str, list[dict]] | None = None, reference_name: str | None = None,
-             extra_attacks: tuple[str, ...] = ()) -> dict:
-    """Evaluate `loaded` (a LoadedModel) with TOFU's protocol and write every file into `out`.
-
-    reference: (model, tokenizer) scoring fluency, normally the original model (default: the model itself),
-    named by reference_name in the summary.
-    retain_logs: a retain model's eval output (directory or aggregated log) for Forget Quality / PrivLeak.
-    records: eval file -> records, to evaluate other TOFU-format data than the bundled splits.
-    """
+    data: need name -> path or spec (a run's own setting fills a need marked from_run); options: the suite's
+    options by name (defaults for the rest); original: the model before unlearning (default: a run's base
+    model); max_samples / max_new_tokens: the suite's defaults when None."""
+    chosen = get_suite(suite)
+    settings = Settings(max_samples=chosen.max_samples if max_samples is None else max_samples,
+                        max_new_tokens=chosen.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                        batch_size=batch_size)
     settings.validate()
-    started = time.time()
-    out = _prepare_out(out)
-    retain = read_eval_output(retain_logs) if retain_logs else None   # fail before the slow part
-    records = records or tofu_records(forget_split)
-    reference = reference or (loaded.model, loaded.tokenizer)
-    logs, extra = {}, {"dtype": loaded.dtype, "fluency": {}}
-    for eval_file, (_, base_key) in TOFU_FILES.items():
-        subset = records[eval_file][:settings.max_samples]
-        normalise = eval_file in tofu_metrics.NORMALISED_FILES
-        log = task_log(loaded.model, loaded.tokenizer, subset, base_key, normalise, settings, eval_file)
-        logs[eval_file] = log
-        write_json_atomic(out / eval_file, log)
-        questions = [r["question"] for r in subset]
-        generations = [log["generated_text"][str(i)][1] for i in range(len(subset))]
-        extra["fluency"][eval_file] = _indexed_dict(
-            fluency_log(reference, questions, generations, settings.batch_size, eval_file))
-    write_json_atomic(out / AGGREGATED_LOG, logs)
-
-    figures = tofu_metrics.aggregate(logs)
-    if retain:
-        figures.update(tofu_metrics.forget_quality(tofu_metrics.forget_ratios(logs),
-                                                   tofu_metrics.forget_ratios(retain["logs"], "retain model's log")))
-    summary = {"suite": "tofu", "model": loaded.source, "dtype": loaded.dtype, "forget_split": forget_split,
-               "figures": figures,
-               "fluency": {tofu_metrics.TASKS[f]: _mean(v["fluency"]) for f, v in extra["fluency"].items()},
-               "repetition": {tofu_metrics.TASKS[f]: _mean(v["repetition"]) for f, v in extra["fluency"].items()}}
-    if holdout is not None:
-        forget = [Example(answer=r["answer"], prompt=r["question"])
-                  for r in records["eval_log_forget.json"][:settings.max_samples]]
-        extra["mia"] = mia_log(loaded.model, loaded.tokenizer, forget, holdout, settings.batch_size)
-        summary["mia"] = {"auc": extra["mia"]["auc"], "holdout_samples": len(holdout)}
-        retain_auc = ((retain or {}).get("summary") or {}).get("mia", {}).get("auc")
-        if retain_auc is not None:
-            summary["mia"]["retain_auc"] = retain_auc
-            summary["mia"]["privacy_leakage"] = mia.privacy_leakage(extra["mia"]["auc"], retain_auc)
-        if extra_attacks:   # the rest of the attack family, beside min-k% (kept as it was)
-            results = attacks.membership(loaded.model, loaded.tokenizer, forget, holdout, extra_attacks,
-                                         settings.batch_size, reference if reference_name else None)
-            extra["attacks"] = {name: {"forget": r["forget"], "holdout": r["holdout"]} for name, r in results.items()}
-            summary["attacks"] = {name: r["auc"] for name, r in results.items()}
-            retain_attacks = ((retain or {}).get("summary") or {}).get("attacks", {})
-            leaks = {name: mia.privacy_leakage(auc, retain_attacks[name])
-                     for name, auc in summary["attacks"].items() if name in retain_attacks}
-            if leaks:
-                summary["attacks_privacy_leakage"] = leaks
-    summary["settings"] = {**asdict(settings), "retain_logs": str(retain_logs) if retain_logs else None,
-                           "fluency_reference": reference_name or "the evaluated model itself"}
-    summary["wall_seconds"] = round(time.time() - started, 1)
-    write_json_atomic(out / EXTRA_LOG, extra)
-    _write_summary(out, summary)
-    return summary
-
-
-def _indexed_dict(columns: dict) -> dict:
-    return {key: _indexed(values) for key, values in columns.items()}
-
-
-def _mean(indexed: dict) -> float:
-    return float(np.mean(list(indexed.values())))
-
-
-# ================================================================ quick suite
-
-def set_scores(model, tokenizer, examples: list[Example], settings: Settings, reference, name: str) -> tuple[dict, dict]:
-    """Aggregate and per-sample scores of one set: NLL and Prob. on all, ROUGE-L and fluency on QA."""
-    require(len(examples) > 0, f"the {name} set is empty", "give at least one example")
-    examples = examples[:settings.max_samples]
-    sums, counts = answer_nll(model, tokenizer, examples, settings.batch_size, f"{name}: scoring")
-    per = {"avg_loss": [s / n for s, n in zip(sums, counts)]}
-    scores = {"nll": sum(sums) / max(sum(counts), 1), "prob": float(np.mean(np.exp(-np.asarray(per["avg_loss"]))))}
-    stats = token_statistics(model, tokenizer, examples, settings.batch_size, f"{name}: memorisation")
-    per["exact_memorisation"] = [memorisation.exact_memorisation(s) for s in stats]
-    per["extraction_strength"] = [memorisation.extraction_strength(s) for s in stats]
-    scores.update(exact_memorisation=float(np.mean(per["exact_memorisation"])),
-                  extraction_strength=float(np.mean(per["extraction_strength"])))
-    qa = [ex for ex in examples if ex.is_qa]
-    if qa:
-        generations = generate(model, tokenizer, [ex.prompt for ex in qa], settings.max_new_tokens,
-                               settings.batch_size, f"{name}: generating")
-        per["generated_text"] = generations
-        per["rougeL_recall"] = text_metrics.rouge_recall(generations, [ex.answer for ex in qa])["rougeL_recall"]
-        per.update(fluency_log(reference, [ex.prompt for ex in qa], generations, settings.batch_size, name))
-        scores.update(rougeL_recall=float(np.mean(per["rougeL_recall"])), fluency=float(np.mean(per["fluency"])),
-                      repetition=float(np.mean(per["repetition"])))
-    scores["samples"] = len(examples)
-    return scores, per
-
-
-def run_quick(loaded, out: Path, forget: list[Example], retain: list[Example] | None, settings: Settings,
-              original=None, original_name: str | None = None) -> dict:
-    """Scores of the model (and of the original model, when known) on forget and retain data."""
-    settings.validate()
-    started = time.time()
-    out = _prepare_out(out)
-    models = {"after": (loaded.model, loaded.tokenizer)}
-    if original is not None:
-        models = {"before": original, **models}
-    reference = original or models["after"]
-    sets = {"forget": forget, **({"retain": retain} if retain else {})}
-    summary, per_sample = {"suite": "quick", "model": loaded.source, "dtype": loaded.dtype}, {}
-    for stage, (model, tokenizer) in models.items():
-        summary[stage], per_sample[stage] = {}, {}
-        for name, examples in sets.items():
-            scores, per = set_scores(model, tokenizer, examples, settings, reference, f"{stage} {name}")
-            summary[stage][name], per_sample[stage][name] = scores, {k: _indexed(v) for k, v in per.items()}
-    summary["settings"] = {**asdict(settings), "original": original_name,
-                           "fluency_reference": original_name or "the evaluated model itself"}
-    summary["wall_seconds"] = round(time.time() - started, 1)
-    write_json_atomic(out / "quick_log.json", {"dtype": loaded.dtype, **per_sample})
-    _write_summary(out, summary)
-    return summary
-
-
-# ================================================================ files
-
-def _prepare_out(out) -> Path:
-    out = Path(out)
-    require(not out.exists() or out.is_dir(), f"--out {out} is a file", "name a directory for the eval results")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _write_summary(out: Path, summary: dict) -> None:
-    from .report import summary_table
-
-    write_json_atomic(out / SUMMARY, summary)
-    write_text_atomic(out / TABLE, summary_table(summary) + "\n")
-
-
-def read_json_file(path: Path, what: str):
-    require(path.is_file(), f"{what} {path} does not exist", "check the path")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UnlearnError(f"{what} {path} is not valid JSON: {exc}", "give the file `unlearn eval` wrote") from None
-
-
-def read_eval_output(path) -> dict:
-    """An aggregated TOFU eval log (file), or an `unlearn eval` output directory: {"logs", "summary"}."""
-    path = Path(path)
-    if path.is_dir():
-        logs = read_json_file(path / AGGREGATED_LOG, "aggregated eval log")
-        summary = read_json_file(path / SUMMARY, "eval summary") if (path / SUMMARY).is_file() else None
-        return {"logs": logs, "summary": summary}
-    logs = read_json_file(path, "aggregated eval log")
-    require(isinstance(logs, dict), f"{path} is not an aggregated TOFU eval log (a JSON object keyed by file name)",
-            f"give an {AGGREGATED_LOG} as written by TOFU or `unlearn eval --suite tofu`")
-    return {"logs": logs, "summary": None}
+    given = {name: value for name, value in (data or {}).items() if value}
+    unused = [n for n in given if n not in {need.name for need in chosen.needs}]
+    require(not unused, f"the {chosen.name} suite does not read --{', --'.join(u.replace('_', '-') for u in unused)}",
+            "drop it, or choose the suite that does (`unlearn suites`)")
+    resolved = chosen.resolve_options(options)
+    chosen.check_inputs(given)                    # bad data fails before any model is loaded
+    loaded = open_model(model, device, trust_remote_code, dtype)
+    inputs = {need.name: given.get(need.name) or ((loaded.run_config or {}).get(need.name) if need.from_run else None)
+              for need in chosen.needs}
+    original_name = original or loaded.original
+    before = None
+    if original_name:
+        opened = open_model(original_name, device, trust_remote_code, dtype)
+        before = (opened.model, opened.tokenizer)
+    return chosen.run(EvalContext(loaded, Path(out), settings, inputs, resolved, before, original_name))

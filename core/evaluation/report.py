@@ -1,9 +1,16 @@
-"""Small human-readable tables (Markdown) of an eval summary."""
+"""What every evaluation writes into its --out directory, and how it reads one back: summary.json,
+summary.md (a Markdown table made by the suite), and the small table helpers the suites share.
+Suites import this module; it imports no suite."""
 from __future__ import annotations
 
-from .tofu_metrics import METRICS
+import json
+from pathlib import Path
 
-TASK_ORDER = ("Forget", "Retain", "Real Authors", "Real World")
+from ..errors import UnlearnError, require
+from ..runs import write_json_atomic, write_text_atomic
+
+SUMMARY = "summary.json"
+TABLE = "summary.md"
 
 
 def _fmt(value) -> str:
@@ -20,38 +27,27 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def tofu_table(summary: dict) -> str:
-    figures = summary["figures"]
-    rows = [[task] + [figures.get(f"{task} {m}") for m in METRICS]
-            + [summary.get("fluency", {}).get(task)] for task in TASK_ORDER]
-    text = table(["set", *METRICS, "fluency"], rows)
-    totals = [["Model Utility", figures.get("Model Utility")], ["Forget Quality", figures.get("Forget Quality")]]
-    if "mia" in summary:
-        totals.append(["MIA AUC (min-k%)", summary["mia"]["auc"]])
-        totals.append(["PrivLeak %", summary["mia"].get("privacy_leakage")])
-    for name, value in summary.get("attacks", {}).items():
-        totals.append([f"MIA AUC ({name})", value])
-    for name, value in summary.get("attacks_privacy_leakage", {}).items():
-        totals.append([f"PrivLeak % ({name})", value])
-    return f"{_title(summary, 'TOFU')}\n\n{text}\n\n{table(['figure', 'value'], totals)}"
-
-
-def quick_table(summary: dict) -> str:
-    stages = [s for s in ("before", "after") if s in summary]
-    sets = list(summary[stages[-1]])
-    keys = ("nll", "prob", "rougeL_recall", "fluency", "repetition", "exact_memorisation", "extraction_strength")
-    header = ["metric"] + [f"{name} {stage}" for name in sets for stage in stages]
-    rows = [[key] + [summary[stage][name].get(key) for name in sets for stage in stages] for key in keys]
-    return f"{_title(summary, 'quick')}\n\n{table(header, rows)}"
-
-
-def _title(summary: dict, suite: str) -> str:
+def title(summary: dict, suite: str) -> str:
     dtype = f", {summary['dtype']} weights" if summary.get("dtype") else ""   # older summaries lack it
     return f"Evaluation of {summary['model']} ({suite} suite{dtype})"
 
 
-def summary_table(summary: dict) -> str:
-    """The table of whichever suite wrote the summary."""
-    from .suites import get_suite
+def prepare_out(out) -> Path:
+    """The --out directory, created; refused when a file has that name."""
+    out = Path(out)
+    require(not out.exists() or out.is_dir(), f"--out {out} is a file", "name a directory for the eval results")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
-    return get_suite(summary.get("suite", "quick")).table(summary)
+
+def write_summary(out: Path, summary: dict, markdown: str) -> None:
+    write_json_atomic(Path(out) / SUMMARY, summary)
+    write_text_atomic(Path(out) / TABLE, markdown + "\n")
+
+
+def read_json_file(path: Path, what: str):
+    require(path.is_file(), f"{what} {path} does not exist", "check the path")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnlearnError(f"{what} {path} is not valid JSON: {exc}", "give the file `unlearn eval` wrote") from None

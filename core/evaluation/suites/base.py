@@ -1,15 +1,18 @@
 """What a suite declares: the data it needs (each one a CLI flag and a studio input), its options (typed
-`Param`s, as the methods'), how it runs, and how its summary is tabulated and charted."""
+`Param`s, as the methods'), how it runs, and how its summary is tabulated and charted. Every suite module
+(tofu, quick, muse, mcq, or one of yours) subclasses `Suite` and registers it with `register_suite`."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from ...errors import require
 from ...methods.params import Param
-from ..evaluator import Settings
+from ...runs import write_json_atomic
+from ..report import write_summary
+from ..scores import Settings
 
 SUITES: dict[str, "Suite"] = {}
 
@@ -77,17 +80,11 @@ class Suite:
 
     def finish(self, context: EvalContext, summary: dict, log: dict, log_name: str, started: float) -> dict:
         """Complete the summary (settings, wall time) and write the log, summary.json and summary.md."""
-        from dataclasses import asdict
-
-        from ...runs import write_json_atomic, write_text_atomic
-        from ..evaluator import SUMMARY, TABLE
-
         summary["settings"] = {**asdict(context.settings), **context.options, "original": context.original_name}
         summary["wall_seconds"] = round(time.time() - started, 1)
         out = Path(context.out)
         write_json_atomic(out / log_name, log)
-        write_json_atomic(out / SUMMARY, summary)
-        write_text_atomic(out / TABLE, self.table(summary) + "\n")
+        write_summary(out, summary, self.table(summary))
         return summary
 
     def chart(self, summary: dict) -> list[dict]:
@@ -103,8 +100,3 @@ def register_suite(cls: type[Suite]) -> type[Suite]:
 def get_suite(name: str) -> Suite:
     require(name in SUITES, f"unknown suite {name!r}", f"choose one of: {', '.join(sorted(SUITES))}")
     return SUITES[name]
-
-
-def title(summary: dict, suite: str) -> str:
-    dtype = f", {summary['dtype']} weights" if summary.get("dtype") else ""   # older summaries lack it
-    return f"Evaluation of {summary['model']} ({suite} suite{dtype})"

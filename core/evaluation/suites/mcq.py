@@ -23,8 +23,8 @@ from pathlib import Path
 
 from ...errors import UnlearnError, require
 from ...methods.params import Param
-from ..report import table
-from .base import EvalContext, Need, Suite, register_suite, title
+from ..report import prepare_out, table, title
+from .base import EvalContext, Need, Suite, register_suite
 
 LOG = "mcq_log.json"
 LETTERS = "ABCDEFGHIJ"
@@ -53,8 +53,7 @@ class McqSuite(Suite):
 
     def run(self, context: EvalContext) -> dict:
         started = time.time()
-        out = Path(context.out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = prepare_out(context.out)
         sets = {role: str(Path(context.data[role]).resolve()) for role in ("forget", "retain") if context.data.get(role)}
         require("forget" in sets, "the mcq suite needs forget-topic multiple-choice questions", "pass --forget FILE")
         for role, path in sets.items():

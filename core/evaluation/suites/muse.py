@@ -27,11 +27,10 @@ from ...errors import require
 from ...methods.params import Param
 from .. import attacks as attack_family
 from .. import mia
-from ..evaluator import SUMMARY, read_json_file
 from ..probes import generate, generate_from_ids
-from ..report import table
+from ..report import SUMMARY, prepare_out, read_json_file, table, title
 from ..text_metrics import rouge_l_f1
-from .base import EvalContext, Need, Suite, register_suite, title
+from .base import EvalContext, Need, Suite, register_suite
 
 LOG = "muse_log.json"
 FIGURES = (("verbmem_forget", "VerbMem forget"), ("verbmem_retain", "VerbMem retain"),
@@ -64,8 +63,7 @@ class MuseSuite(Suite):
 
     def run(self, context: EvalContext) -> dict:
         started = time.time()
-        out = Path(context.out)
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_out(context.out)
         sets = muse_sets(context.data, context.options, context.loaded.tokenizer, context.settings.max_samples)
         attacks = attack_family.check_attacks(context.options["attacks"].split(","))
         models = {"after": (context.loaded.model, context.loaded.tokenizer)}

@@ -1,11 +1,20 @@
-"""The quick suite: your own forget (and retain) data, the original model (before) against the unlearned
-one (after): answer NLL and probability, ROUGE-L recall of greedy answers, fluency, repetition."""
+"""The quick suite: your own forget (and retain) data, no perturbed answers needed; the original model
+(before) against the unlearned one (after): answer NLL and probability, ROUGE-L recall of greedy answers,
+fluency, repetition, Exact Memorisation and Extraction Strength."""
 from __future__ import annotations
 
-from .. import evaluator
-from ..report import quick_table
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ...data import Example, load_examples
+from ...runs import write_json_atomic
+from ..report import prepare_out, table, title, write_summary
+from ..scores import Settings, indexed, set_scores
 from .base import EvalContext, Need, Suite, register_suite
 
+LOG = "quick_log.json"
+FIGURES = ("nll", "prob", "rougeL_recall", "fluency", "repetition", "exact_memorisation", "extraction_strength")
 CHARTED = (("prob", "Prob."), ("rougeL_recall", "ROUGE-L"), ("fluency", "fluency"))
 
 
@@ -17,18 +26,45 @@ class QuickSuite(Suite):
              Need("retain", "retain data", from_run=True))
 
     def run(self, context: EvalContext) -> dict:
-        from ...data import load_examples
-
         forget = load_examples(context.require_data("forget", self), "forget")
         retain = load_examples(context.data["retain"], "retain") if context.data.get("retain") else None
-        return evaluator.run_quick(context.loaded, context.out, forget, retain, context.settings, context.original,
-                                   context.original_name)
+        return run_quick(context.loaded, context.out, forget, retain, context.settings, context.original,
+                         context.original_name)
 
     def table(self, summary: dict) -> str:
-        return quick_table(summary)
+        stages = [s for s in ("before", "after") if s in summary]
+        sets = list(summary[stages[-1]])
+        header = ["metric"] + [f"{name} {stage}" for name in sets for stage in stages]
+        rows = [[key] + [summary[stage][name].get(key) for name in sets for stage in stages] for key in FIGURES]
+        return f"{title(summary, 'quick')}\n\n{table(header, rows)}"
 
     def chart(self, summary: dict) -> list[dict]:
         stages = {"before": "original", "after": "unlearned"}
         return [{"figure": f"{name} {label}", "model": stages[stage], "value": summary[stage][name][key]}
                 for stage in stages if stage in summary for name in summary[stage]
                 for key, label in CHARTED if key in summary[stage][name]]
+
+
+def run_quick(loaded, out: Path, forget: list[Example], retain: list[Example] | None, settings: Settings,
+              original=None, original_name: str | None = None) -> dict:
+    """Scores of the model (and of the original model, when known) on forget and retain data."""
+    settings.validate()
+    started = time.time()
+    out = prepare_out(out)
+    models = {"after": (loaded.model, loaded.tokenizer)}
+    if original is not None:
+        models = {"before": original, **models}
+    reference = original or models["after"]
+    sets = {"forget": forget, **({"retain": retain} if retain else {})}
+    summary, per_sample = {"suite": "quick", "model": loaded.source, "dtype": loaded.dtype}, {}
+    for stage, (model, tokenizer) in models.items():
+        summary[stage], per_sample[stage] = {}, {}
+        for name, examples in sets.items():
+            scores, per = set_scores(model, tokenizer, examples, settings, reference, f"{stage} {name}")
+            summary[stage][name], per_sample[stage][name] = scores, {k: indexed(v) for k, v in per.items()}
+    summary["settings"] = {**asdict(settings), "original": original_name,
+                           "fluency_reference": original_name or "the evaluated model itself"}
+    summary["wall_seconds"] = round(time.time() - started, 1)
+    write_json_atomic(out / LOG, {"dtype": loaded.dtype, **per_sample})
+    write_summary(out, summary, QuickSuite().table(summary))
+    return summary
