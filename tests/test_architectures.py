@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import quiet, sentencepiece_model_dir, write_qa_files
-from core.cli import main
+from unlearn.cli import main
 from core.config import UnlearnConfig
 from core.errors import UnlearnError
 from core.trainer import train

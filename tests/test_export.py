@@ -313,7 +313,7 @@ def test_interrupted_export_leaves_no_partial_bundle(lora_run, tmp_path, monkeyp
 
 
 def test_sigterm_during_cli_export_leaves_no_partial_bundle(lora_run, tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "core.cli", "export", str(lora_run), "--out",
+    process = subprocess.Popen([sys.executable, "-m", "unlearn", "export", str(lora_run), "--out",
                                 str(tmp_path / "bundle"), "--formats", "hf,gguf"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
