@@ -8,6 +8,7 @@ Bad input prints one `error:` line and a `fix:` line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -28,16 +29,41 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse `argv` and run the chosen command: an UnlearnError becomes `error:` and `fix:` lines, exit 2."""
+    """Parse `argv` and run the chosen command: an UnlearnError becomes `error:` and `fix:` lines (exit 2),
+    Ctrl-C or SIGTERM one line (exit 130); never a traceback. Each command writes atomically, so an
+    interrupted one leaves its old files or none."""
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 0
+    with _sigterm_as_ctrl_c():
+        try:
+            return args.handler(args) or 0
+        except UnlearnError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: nothing half-written was left behind", file=sys.stderr)
+            return INTERRUPTED_EXIT
+
+
+INTERRUPTED_EXIT = 130   # the shell's code for a process ended by Ctrl-C
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (a `kill`, a stopped container) unwinds like Ctrl-C, so that `finally` blocks clean up; the
+    handlers are put back afterwards (tests call main() in one process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        return args.handler(args) or 0
-    except UnlearnError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,24 +194,32 @@ def run_finetune(args) -> int:
 
 
 def _train_and_report(config: UnlearnConfig, nice: int) -> int:
-    from .trainer import train
+    from .trainer import StopRequest, train
 
     if nice and hasattr(os, "nice"):
         os.nice(nice)
-    stop_event = threading.Event()
-    _stop_on_signals(stop_event)
-    result = train(config, stop_event=stop_event)
+    stop = StopRequest()
+    _stop_on_signals(stop)
+    try:
+        result = train(config, stop_event=stop)
+    except KeyboardInterrupt:   # the trainer has recorded the run as stopped or interrupted
+        from .runs import RunDir
+
+        print(RunDir(config.out).status().get("message", "interrupted"), file=sys.stderr)
+        return INTERRUPTED_EXIT
     if result.is_main_process:
         print(format_summary(result))
     return 0
 
 
-def _stop_on_signals(stop_event: threading.Event) -> None:
-    """First Ctrl-C (or SIGTERM): stop at the next step with a checkpoint. Second: abort."""
+def _stop_on_signals(stop) -> None:
+    """Inside the training loop the first Ctrl-C (or SIGTERM) stops at the next step with a checkpoint, and a
+    second aborts. Outside it (loading, scoring the original, saving) there is no step to wait for: the
+    first signal interrupts at once (core.trainer.StopRequest)."""
     def handler(signum, frame):
-        if stop_event.is_set():
+        if stop.is_set() or not stop.at_step_boundary:
             raise KeyboardInterrupt
-        stop_event.set()
+        stop.set()
         print("\nstopping after this step (a checkpoint is kept; Ctrl-C again to abort)", file=sys.stderr)
 
     if threading.current_thread() is threading.main_thread():

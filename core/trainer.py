@@ -30,6 +30,7 @@ from .methods.base import MethodSetup
 from .models import (add_lora, frozen_linears_in_bf16, load_model, load_tokenizer, mixed_precision,
                      model_summary, pick_device, resolve_model, save_model_atomic)
 from .reference import OriginalModel, cache_reference_nll
+from .quantization import quant_aware_terms
 from .runs import RunDir, RunState, write_json_atomic
 from .saliency import SalientNeurons
 from .scoring import mean_token_nll
@@ -98,6 +99,17 @@ class RunParts:
     knowledge: dict | None          # core.knowledge's check of the original model (rank 0)
 
 
+class StopRequest(threading.Event):
+    """A stop asked for from outside (Ctrl-C, SIGTERM, the Python API). While the training loop runs, the run
+    stops at the next step boundary and keeps a checkpoint; before the loop (reading data, loading, scoring
+    the original) and after it (scoring, saving) there is no step to wait for, and a signal interrupts at
+    once (core/cli.py). The trainer says which through `at_step_boundary`."""
+
+    def __init__(self):
+        super().__init__()
+        self.at_step_boundary = False
+
+
 def train(config: UnlearnConfig, stop_event: threading.Event | None = None, show_progress: bool = True,
           log=print, callbacks: list[Callback] = ()) -> TrainResult:
     """Run (or resume) an unlearning run; raises UnlearnError with a fix for every user-fixable problem."""
@@ -132,7 +144,7 @@ class Trainer:
                          if getattr(config, name) != getattr(self.cfg, name)}
         self.method = get_method(self.cfg.method)(self.cfg.method_params)
         self.saliency = SalientNeurons(self.cfg.salient_modules) if self.cfg.salient_modules else None
-        self.stop_event = stop_event or threading.Event()
+        self.stop_event = stop_event if stop_event is not None else StopRequest()
         self.show_progress = show_progress
         self._log = log
         self.callbacks = list(callbacks)
@@ -152,9 +164,24 @@ class Trainer:
         except UnlearnError as exc:
             self._status(RunState.FAILED, error=str(exc))
             raise
+        except KeyboardInterrupt:   # a signal outside the loop's step boundaries (or a second one)
+            state, fields = self._interrupted()
+            self._status(state, **fields)
+            raise
         except Exception as exc:
             self._status(RunState.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
+
+    def _interrupted(self) -> tuple[RunState, dict]:
+        """(state, fields) for a run a signal ended: stopped, resumable, once it has a checkpoint; else
+        interrupted, with the command that picks it up again."""
+        phase = self.run_dir.status().get("message", "starting")
+        if self.run_dir.latest_checkpoint() is not None:
+            return RunState.STOPPED, {"message": f"stopped while {phase}; resume with: unlearn train --out "
+                                                 f"{self.run_dir.path} --resume", "step": self.progress.step}
+        again = (f"unlearn train --out {self.run_dir.path} --resume" if self.run_dir.holds_run()
+                 else "the same command again")
+        return RunState.INTERRUPTED, {"message": f"interrupted while {phase}; start again with: {again}"}
 
     def _open_run_dir(self) -> RunDir:
         cfg = self.cfg
@@ -207,6 +234,9 @@ class Trainer:
     def _refuse_what_several_processes_cannot_do(self) -> None:
         if self.accelerator.num_processes == 1:
             return
+        if self.cfg.quant_aware and self.cfg.gradient_checkpointing:   # its backward runs after the weights are back
+            raise UnlearnError("--quant-aware with --gradient-checkpointing needs one process: recomputed activations "
+                               "would not see the quantised weights", "run it in one process, or drop one of them")
         if self.saliency:
             raise UnlearnError("--salient-modules (SURE) needs the forget gradient apart from the others, which "
                                "a multi-process run does not keep", "run it in one process, or pass --salient-modules 0")
@@ -368,6 +398,19 @@ class Trainer:
         window = _Window()
         self._notify("on_loop_begin")
         model.train()
+        self._stops_at_step_boundary(True)
+        try:
+            return self._steps(parts, bar, window)
+        finally:
+            self._stops_at_step_boundary(False)
+
+    def _stops_at_step_boundary(self, inside_loop: bool) -> None:
+        if isinstance(self.stop_event, StopRequest):
+            self.stop_event.at_step_boundary = inside_loop
+
+    def _steps(self, parts: RunParts, bar, window: "_Window") -> RunState:
+        cfg, accelerator, progress = self.cfg, self.accelerator, self.progress
+        model, optimizer, scheduler, loader = parts.model, parts.optimizer, parts.scheduler, parts.loader
         while progress.step < progress.total_steps:
             epoch, done_in_epoch = divmod(progress.step, progress.steps_per_epoch)
             parts.data.dataset.set_epoch(epoch)
@@ -415,10 +458,10 @@ class Trainer:
         if self.accelerator.num_processes == 1:
             saliency = self.saliency
             after = (lambda name: saliency.after_backward(name, model)) if saliency else (lambda name: None)
-            terms = backward_each_term(self.method.loss_terms(inputs), inputs, self.accelerator.backward,
+            terms = backward_each_term(self._loss_terms(inputs), inputs, self.accelerator.backward,
                                        self._guard_finite, after)
         else:  # DDP syncs gradients on every backward: one backward of the sum per micro-batch
-            terms = dict(self.method.loss_terms(inputs))
+            terms = dict(self._loss_terms(inputs))
             loss = sum(terms.values())
             self._guard_finite(loss, terms)
             self.accelerator.backward(loss)
@@ -428,6 +471,12 @@ class Trainer:
         self.progress.tokens += tokens
         window.add(terms, tokens, forget_nll, self._retain_nll(inputs))
         self.progress.forget_nlls.append(forget_nll)
+
+    def _loss_terms(self, inputs: StepInputs) -> Iterator[tuple[str, torch.Tensor]]:
+        """The method's terms, then (--quant-aware) its forget terms on the fake-quantised model."""
+        yield from self.method.loss_terms(inputs)
+        if self.cfg.quant_aware:
+            yield from quant_aware_terms(self.method, inputs, self.cfg.quant_aware)
 
     def _retain_nll(self, inputs: StepInputs) -> float | None:
         """Retain NLL for the log: free when the method forwards retain, else a no-grad pass on log steps."""
