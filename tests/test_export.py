@@ -175,6 +175,51 @@ def test_gguf_forget_patch_on_the_base_equals_the_merged_model(lora_bundle, toke
     assert (gguf_dir / "forget-patch-f16.gguf").stat().st_size < (gguf_dir / "base-f16.gguf").stat().st_size / 5
 
 
+def modelfile_fields(text: str) -> dict:
+    """FROM / ADAPTER / TEMPLATE / PARAMETER lines of a Modelfile as Ollama reads them (""" + '"""' + """ blocks)."""
+    import re
+
+    fields = {"PARAMETER": []}
+    template = re.search(r'^TEMPLATE """(.*?)"""$', text, re.S | re.M)
+    fields["TEMPLATE"] = template.group(1) if template else None
+    for line in re.sub(r'^TEMPLATE """.*?"""$', "", text, flags=re.S | re.M).splitlines():
+        key, _, value = line.partition(" ")
+        if key == "PARAMETER":
+            fields["PARAMETER"].append(value)
+        elif key in ("FROM", "ADAPTER"):
+            fields[key] = value
+    return fields
+
+
+def test_each_gguf_has_an_ollama_modelfile_that_prompts_as_the_tokenizer_does(lora_bundle, tokenizer):
+    from export.modelfile import gguf_adds_bos, ollama_prompt
+
+    artifacts = read_manifest(lora_bundle)["artifacts"]
+    gguf_names = [name for name in artifacts if name.startswith("gguf-")]
+    assert {artifacts[name]["modelfile"] for name in gguf_names} == {
+        "gguf/model-f16.Modelfile", "gguf/model-q8_0.Modelfile", "gguf/model-q4_k_m.Modelfile",
+        "gguf/forget-patch-f16.Modelfile"}
+    for name in gguf_names:
+        modelfile = lora_bundle / artifacts[name]["modelfile"]
+        fields = modelfile_fields(modelfile.read_text())
+        weights = modelfile.parent / fields["FROM"]     # Ollama reads FROM relative to the Modelfile
+        assert weights.is_file() and weights.suffix == ".gguf"
+        if name == "gguf-lora":
+            assert weights.name == "base-f16.gguf" and (modelfile.parent / fields["ADAPTER"]).name == "forget-patch-f16.gguf"
+        else:
+            assert weights == lora_bundle / artifacts[name]["path"] and "ADAPTER" not in fields
+        assert 'stop "<|im_end|>"' in fields["PARAMETER"] and "num_ctx 1024" in fields["PARAMETER"]
+        bos = tokenizer.bos_token if gguf_adds_bos(weights) else ""
+        for messages in ([("user", "Who wrote book number 1?")],
+                         [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello."), ("user", "2+2?")]):
+            expected = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in messages],
+                                                     tokenize=False, add_generation_prompt=True)
+            assert ollama_prompt(fields["TEMPLATE"], bos, messages) == expected
+    card = (lora_bundle / "README.md").read_text()
+    assert "ollama create unlearned-q8_0 -f gguf/model-q8_0.Modelfile" in card
+    assert "ollama create unlearned-lora -f gguf/forget-patch-f16.Modelfile" in card
+
+
 @pytest.mark.parametrize("fmt", ["gguf", "onnx", "hf"])
 def test_chat_streams_the_greedy_answer_of_each_format(lora_bundle, lora_run, tokenizer, fmt):
     from export.chat import ChatSession, chat_loop

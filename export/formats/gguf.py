@@ -223,7 +223,9 @@ class GGUF(ExportFormat):
     goals = {"gguf-f16": IDENTICAL, "gguf-q8_0": (False, 0.9)}
     cross_checks = (("gguf-lora", "gguf-f16", "vs_merged_f16"),)   # the patch must act like the merged model
     card_note = ("The GGUF files load in llama.cpp unmodified (`llama-cli -m gguf/model-q8_0.gguf`); "
-                 "`gguf/forget-patch-f16.gguf` applies on `gguf/base-f16.gguf` with `--lora`.")
+                 "`gguf/forget-patch-f16.gguf` applies on `gguf/base-f16.gguf` with `--lora`. Each GGUF has an "
+                 "Ollama Modelfile beside it (chat template, stop tokens; the forget patch as ADAPTER): "
+                 "`ollama create NAME -f gguf/model-q8_0.Modelfile`.")
 
     def refusal(self, source) -> str | None:
         from ..llamacpp import supported_architectures
@@ -243,11 +245,18 @@ class GGUF(ExportFormat):
         return GGUFRunner(bundle / artifact["path"], name=name)
 
     def card_lines(self, artifacts: dict[str, dict]) -> list[str]:
-        return [chat_command(name) for name in artifacts if name.startswith("gguf-q")]
+        chats = [chat_command(name) for name in artifacts if name.startswith("gguf-q")]
+        return chats + [f"ollama create unlearned-{name.removeprefix('gguf-')} -f {artifact['modelfile']}"
+                        for name, artifact in artifacts.items() if "modelfile" in artifact]
 
 
 def _write_gguf(job: WriteJob, quants: list[str]) -> dict[str, dict]:
-    """One GGUF per type from the merged model (quantised from its f16 file), and a LoRA run's patch."""
+    """One GGUF per type from the merged model (quantised from its f16 file), and a LoRA run's patch, each
+    with its Ollama Modelfile."""
+    from core.models import load_tokenizer
+
+    from ..modelfile import write_modelfiles
+
     source, target = job.source, job.bundle / "gguf"
     target.mkdir(parents=True)
     artifacts = {}
@@ -269,4 +278,5 @@ def _write_gguf(job: WriteJob, quants: list[str]) -> dict[str, dict]:
             base = convert(Path(source.base_model), target / "base-f16.gguf", "f16")
             patch = convert_lora(source.model_dir, Path(source.base_model), target / "forget-patch-f16.gguf", base)
         artifacts["gguf-lora"] = {"path": str(patch.relative_to(job.bundle)), "base": str(base.relative_to(job.bundle))}
+    write_modelfiles(target, job.merged_dir, load_tokenizer(str(job.merged_dir)), artifacts, job.bundle, job.log)
     return artifacts
