@@ -9,6 +9,7 @@ event, SIGINT/SIGTERM in the CLI) and resumes from its last checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import threading
 import time
@@ -153,6 +154,10 @@ class Trainer:
         self.accelerator = _accelerator(self.cfg, self.device)
         self.is_main = self.accelerator.is_main_process
         self.run_dir = self._open_run_dir()
+        if launched_for_several_but_one_runs(self.accelerator.num_processes):
+            self.log("warning: accelerate launch was asked for several processes, but this run is one process "
+                     "(accelerate's single-process launcher); for several, add --multi_gpu to accelerate launch "
+                     "(with --cpu on a machine without GPUs)")
 
     # ================================================================ entry point
     def run(self) -> TrainResult:
@@ -271,6 +276,8 @@ class Trainer:
             "environment": {
                 "device": str(self.device), "mixed_precision": self.accelerator.mixed_precision,
                 "num_processes": self.accelerator.num_processes, "python": platform.python_version(),
+                # how it really ran (NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED): a silent fallback shows here
+                "distributed_type": str(self.accelerator.distributed_type).rpartition(".")[2],
                 "torch": torch.__version__, "transformers": transformers.__version__,
                 "peft": peft.__version__, "accelerate": accelerate.__version__,
             },
@@ -643,6 +650,14 @@ def _accelerator(cfg: UnlearnConfig, device: torch.device):
         cpu=device.type == "cpu", mixed_precision=mixed_precision(cfg.dtype, device),
         gradient_accumulation_steps=cfg.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+
+
+def launched_for_several_but_one_runs(num_processes: int, environ=os.environ) -> bool:
+    """`accelerate launch --num_processes N` (N > 1) without --multi_gpu (or a config that says so) starts
+    accelerate's single-process launcher, which still sets MASTER_PORT for the N it was asked for; a real
+    multi-process launch also sets WORLD_SIZE. Seen here, a user asked for N processes and got one."""
+    by_accelerate = "ACCELERATE_MIXED_PRECISION" in environ
+    return by_accelerate and "MASTER_PORT" in environ and "WORLD_SIZE" not in environ and num_processes == 1
 
 
 # ==================================================================== helpers

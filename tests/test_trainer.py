@@ -266,3 +266,13 @@ def test_the_trainer_builds_everything_at_construction_and_before_its_loop(tiny_
     result = trainer.run()
     assert set(vars(trainer)) == attributes
     assert result.step == trainer.progress.step == trainer.progress.total_steps == 2
+
+
+def test_a_single_process_launcher_asked_for_several_is_told_apart():
+    from core.trainer import launched_for_several_but_one_runs as one_of_several
+
+    simple = {"ACCELERATE_MIXED_PRECISION": "no", "MASTER_PORT": "29500"}   # accelerate launch --num_processes 2
+    assert one_of_several(1, simple)
+    assert not one_of_several(2, {**simple, "WORLD_SIZE": "2"})            # --multi_gpu: torchrun, two ranks
+    assert not one_of_several(1, {"ACCELERATE_MIXED_PRECISION": "no"})     # accelerate launch, one process asked
+    assert not one_of_several(1, {})                                        # plain `unlearn train`
