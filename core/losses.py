@@ -146,3 +146,16 @@ def kl_all_positions(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Te
     log_p = F.log_softmax(logits.float(), dim=-1).flatten(0, 1)
     log_ref = F.log_softmax(ref_logits.float(), dim=-1).flatten(0, 1)
     return (log_ref.exp() * (log_ref - log_p)).sum(-1).mean()
+
+
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of several tensors taken together, as if flattened into one vector (in fp32)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))
+
+
+def sam_perturbation(grads: list[torch.Tensor], rho: float) -> list[torch.Tensor]:
+    """SAM's worst-case weight step ε = ρ·g/‖g‖₂ for the gradients g of the loss being minimised, the norm
+    over all tensors together (Foret et al. 2021; Fan et al. 2025 apply it to the forget loss). A zero
+    gradient gives a zero step (the 1e-12 floor only matters there)."""
+    scale = rho / global_norm(grads).clamp(min=1e-12)
+    return [g * scale.to(g.dtype) for g in grads]
