@@ -153,7 +153,8 @@ class Ledger:
 
 def _retain_eval_files() -> tuple[str, ...]:
     """What Forget Quality and PrivLeak read of a retain model's evaluation (read_eval_output), summary last."""
-    from core.evaluation.evaluator import AGGREGATED_LOG, SUMMARY
+    from core.evaluation.report import SUMMARY
+    from core.evaluation.suites.tofu import AGGREGATED_LOG
 
     return AGGREGATED_LOG, SUMMARY
 

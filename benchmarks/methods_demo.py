@@ -36,7 +36,8 @@ QUANTS = ("q4_0", "q4_k_m")
 def one_method(name: str, root: Path) -> dict:
     from core.config import UnlearnConfig
     from core.data import load_examples
-    from core.evaluation.evaluator import Settings, run_quick
+    from core.evaluation.scores import Settings
+    from core.evaluation.suites.quick import run_quick
     from core.models import open_model
     from core.runs import write_json_atomic
     from core.trainer import train

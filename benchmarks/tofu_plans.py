@@ -127,7 +127,7 @@ def prepare_data(plan: Plan, root: Path) -> dict[str, str]:
 
 def eval_records(plan: Plan) -> dict[str, list[dict]]:
     """TOFU's four eval sets, cut to the plan's sizes; checked to hold exactly the forget authors."""
-    from core.evaluation.evaluator import tofu_records
+    from core.evaluation.suites.tofu import tofu_records
     from core.tofu import author_records
 
     records = tofu_records(plan.forget_split)

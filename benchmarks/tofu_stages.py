@@ -74,7 +74,8 @@ class Bench:
     def evaluate(self, model: str, out: Path, plan: Plan, reference, retain_eval: Path | None,
                  holdout) -> dict:
         """The tofu suite on `model` (a run, checkpoint or model dir), cached by its summary.json."""
-        from core.evaluation.evaluator import Settings, run_tofu
+        from core.evaluation.scores import Settings
+        from core.evaluation.suites.tofu import run_tofu
         from core.models import open_model
 
         summary_path = out / "summary.json"
@@ -247,7 +248,7 @@ def _point(summary: dict, evaluated: Path) -> dict:
 
 def forget_truth_ratios(evaluated: Path) -> list[float]:
     """The forget answers' truth ratios of an evaluation folder, in sample order (as Forget Quality reads them)."""
-    from core.evaluation.evaluator import read_eval_output
+    from core.evaluation.suites.tofu import read_eval_output
     from core.evaluation.tofu_metrics import forget_ratios
 
     return forget_ratios(read_eval_output(evaluated)["logs"]).tolist()

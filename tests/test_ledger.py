@@ -77,7 +77,7 @@ def test_a_target_learned_again_is_noted_with_the_figures_that_changed(tmp_path)
 
 
 def test_the_retain_models_evaluation_is_kept_whole_so_it_is_never_learned_again(tmp_path):
-    from core.evaluation.evaluator import read_eval_output
+    from core.evaluation.suites.tofu import read_eval_output
 
     plan = forget50_plans()[0]
     evaluated = tmp_path / "runs" / "eval" / "retain"

@@ -1,23 +1,14 @@
 """The driver: `evaluate` opens a model or run (and the original model), checks the inputs and runs one
 suite of the registry (`core.evaluation.suites`: tofu, quick, muse, mcq, and any named in
-UNLEARN_SUITE_MODULES). `unlearn eval` is this function behind flags.
-
-The other names here are where audit, studio and benchmarks have always imported them from; each lives in its
-own module: shared scoring in `scores`, the output files in `report`, a suite's protocol in `suites/<name>.py`."""
+UNLEARN_SUITE_MODULES). `unlearn eval` is this function behind flags."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import require
 from ..models import open_model
-from .report import SUMMARY
-from .scores import Settings, set_scores
+from .scores import Settings
 from .suites import EvalContext, get_suite
-from .suites.quick import run_quick
-from .suites.tofu import AGGREGATED_LOG, read_eval_output, run_tofu, tofu_records
-
-__all__ = ["AGGREGATED_LOG", "SUMMARY", "Settings", "evaluate", "read_eval_output", "run_quick", "run_tofu",
-           "set_scores", "tofu_records"]
 
 
 def evaluate(model: str, suite: str, out, data: dict | None = None, options: dict | None = None,

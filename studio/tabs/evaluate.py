@@ -10,14 +10,14 @@ from core.errors import require
 
 from ..context import Studio, guarded, public_text
 from ..gpu import call_device, on_gpu
+from ..offer import not_offered_note, offered_suites, suite_refusals
 
 DEFAULT_SUITE = "quick"
 
 
 def suite_choices() -> list[str]:
-    from core.evaluation.suites import SUITES
-
-    return sorted(SUITES)
+    """The suites this installation can run (one whose package is missing is named below the list instead)."""
+    return offered_suites()
 
 
 def suite_help(name: str) -> str:
@@ -58,6 +58,7 @@ def create_evaluate_tab(studio: Studio, session, data, run_key):
         samples = gr.Number(20, label="examples per set", precision=0, minimum=1, maximum=300)
         tokens = gr.Number(48, label="generated tokens per answer", precision=0, minimum=1, maximum=200)
     about = gr.Markdown(suite_help(DEFAULT_SUITE))
+    gr.Markdown(not_offered_note(suite_refusals()), elem_id="evaluate-not-offered")
     run = gr.Button("Evaluate this run", variant="primary", elem_id="evaluate")
     table = gr.Dataframe(figure_table([]), interactive=False, label="Original → unlearned", elem_id="evaluate-table")
     chart = gr.Plot(show_label=False, elem_id="evaluate-chart")
@@ -65,7 +66,7 @@ def create_evaluate_tab(studio: Studio, session, data, run_key):
     @guarded
     @on_gpu
     def on_evaluate(session_id, key, current_data, name, max_samples, max_new_tokens):
-        from core.evaluation.evaluator import Settings
+        from core.evaluation.scores import Settings
         from core.models import open_model
         from core.evaluation.suites import EvalContext, get_suite
 
@@ -76,6 +77,7 @@ def create_evaluate_tab(studio: Studio, session, data, run_key):
         for need in chosen.needs:
             require(not need.required or bool(inputs[need.name]), f"the {name} suite needs {need.help}",
                     "this run has none: upload it in the Data tab")
+        chosen.check_inputs(inputs)   # a missing package or unreadable data fails before any model loads
         device = call_device()   # inside spaces.GPU: the GPU this call was lent
         loaded = open_model(str(run_dir.path), device=device, dtype=studio.dtype)
         original = open_model(loaded.original, device=device, dtype=studio.dtype)
