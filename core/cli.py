@@ -21,7 +21,7 @@ from .runs import RunState
 
 # The settings only unlearning has: `finetune` (plain supervised training) shares every other flag of `train`.
 UNLEARNING_ONLY = ("method", "forget", "retain", "normal", "retain_columns", "normal_columns", "kl_positions",
-                   "salient_modules")
+                   "salient_modules", "quant_aware")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,8 +243,12 @@ def format_summary(result) -> str:
     for key, label in labels:
         if key in s.get("before", {}) and key in s.get("after", {}):
             lines.append(f"  {label:<11} {s['before'][key]:.3f} -> {s['after'][key]:.3f}")
+    if s.get("scored_on"):   # the same model gives the same NLL in eval/export/audit on the same basis
+        from .scoring import describe_scored_on
+
+        lines.append(f"  (answer-token NLL over the {describe_scored_on(s['scored_on'])})")
     if not finetuning:
-        lines.append("  (answer-token NLL: higher on forget = more forgotten; retain should stay close)")
+        lines.append("  (higher on forget = more forgotten; retain should stay close)")
     if s.get("mfu") is not None:
         lines.append(f"  speed: {s['tokens_per_second']:.0f} tokens/s, MFU {100 * s['mfu']:.1f}% of this machine's "
                      f"measured {s['mfu_dtype']} matmul peak")

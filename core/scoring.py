@@ -50,3 +50,22 @@ def score_nll(model, items: list[Encoded], pad_id: int, batch_size: int = 8, aut
 def mean_token_nll(model, items: list[Encoded], pad_id: int, batch_size: int = 8, autocast=nullcontext) -> float:
     nll, n_tokens = score_nll(model, items, pad_id, batch_size, autocast)
     return float(nll.sum() / n_tokens.sum().clamp(min=1))
+
+
+def scored_on(examples: dict[str, int], dtype: str, prompts: str) -> dict:
+    """What NLL figures were computed on — how many examples of each set (the first N), the precision and
+    the prompt form — written beside them wherever they are shown (run summary, eval, export parity, audit,
+    studio, card). The same model on the same examples in the same precision and prompts gives the same
+    figure in every command; when two figures differ, this says why."""
+    return {"examples": dict(examples), "dtype": dtype, "prompts": prompts}
+
+
+def describe_scored_on(basis: dict) -> str:
+    """'first 32 forget / 32 retain examples, float32, chat-template prompts'."""
+    sets = " / ".join(f"{n} {name}" for name, n in basis["examples"].items())
+    return f"first {sets} examples, {basis['dtype']}, {basis['prompts']} prompts"
+
+
+def prompt_form(tokenizer) -> str:
+    """How question/answer pairs are put to the model (core.data.encode_example)."""
+    return "chat-template" if getattr(tokenizer, "chat_template", None) else "plain"

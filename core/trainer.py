@@ -21,8 +21,8 @@ from typing import Callable, Iterator
 
 import torch
 
-from .checkpoint import (load_checkpoint, load_extra_weights, load_trained_weights, read_trainer_state,
-                         save_checkpoint)
+from .checkpoint import (load_checkpoint, load_extra_weights, load_method_tensors, load_trained_weights,
+                         read_trainer_state, save_checkpoint)
 from .config import PATH_FIELDS, UnlearnConfig
 from .data import make_collate
 from .errors import UnlearnError
@@ -34,7 +34,7 @@ from .reference import OriginalModel, cache_reference_nll
 from .quantization import quant_aware_terms
 from .runs import RunDir, RunState, write_json_atomic
 from .saliency import SalientNeurons
-from .scoring import mean_token_nll
+from .scoring import mean_token_nll, prompt_form, scored_on
 from .views import build_dataset, read_sets
 
 
@@ -210,6 +210,7 @@ class Trainer:
 
         cfg = self.cfg
         self._refuse_what_several_processes_cannot_do()
+        self._refuse_switches_an_own_update_ignores()
         set_seed(cfg.seed)
         self._status(RunState.RUNNING, message="reading data")
         data = self._read_data()
@@ -250,6 +251,15 @@ class Trainer:
             raise UnlearnError(f"method {self.cfg.method} trains its own copy of the model ({', '.join(trained)}), "
                                "which the processes of a multi-process run would each train apart",
                                "run it in one process (without accelerate launch)")
+
+    def _refuse_switches_an_own_update_ignores(self) -> None:
+        """A method that applies its own update reads the gradient as its own (mudman: the retain gradient):
+        a switch that masks it or adds terms to it would be silently lost or wrong."""
+        switches = [flag for flag, on in (("--salient-modules", self.saliency), ("--quant-aware", self.cfg.quant_aware))
+                    if on]
+        if self.method.own_update and switches:
+            raise UnlearnError(f"method {self.cfg.method} applies its own update, which {' and '.join(switches)} "
+                               "cannot act on", f"drop {' and '.join(switches)}, or choose another method")
 
     def _read_data(self) -> RunData:
         raw = read_sets(self.cfg, self.method)
@@ -345,6 +355,8 @@ class Trainer:
             self.method.load_state_dict(read_trainer_state(checkpoint).get("method_state", {}))
 
         self.method.prepare(MethodSetup(model, self.cfg, self.log, weights))
+        if checkpoint is not None:
+            self.method.load_tensor_state_dict(load_method_tensors(checkpoint, self.accelerator.device))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if not trainable:
             raise UnlearnError(f"method {self.cfg.method} left no parameter to train",
@@ -431,7 +443,7 @@ class Trainer:
                     if self.saliency and accelerator.sync_gradients:
                         self.saliency.mask_gradients(model)
                     grad_norm = self._clip(model) if accelerator.sync_gradients else None
-                    optimizer.step()
+                    self._step_weights(parts)
                     optimizer.zero_grad()
                 if not accelerator.sync_gradients:
                     continue
@@ -508,9 +520,23 @@ class Trainer:
             "lower --lr (or raise --beta), then start again" + (" or --resume" if last else ""))
 
     def _clip(self, model) -> float:
+        """The gradient's norm (for the log), clipped to --max-grad-norm unless the method updates itself."""
         params = [p for p in model.parameters() if p.requires_grad]
-        max_norm = self.cfg.max_grad_norm or float("inf")
+        max_norm = float("inf") if self.method.own_update else (self.cfg.max_grad_norm or float("inf"))
         return float(self.accelerator.clip_grad_norm_(params, max_norm))
+
+    def _step_weights(self, parts: RunParts) -> None:
+        """AdamW's step, or the method's own update (at the end of each optimizer step, with the schedule's
+        learning rate for this step)."""
+        if not self.method.own_update:
+            parts.optimizer.step()
+            return
+        if not self.accelerator.sync_gradients:
+            return
+        model = self.accelerator.unwrap_model(parts.model)
+        trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        with torch.no_grad():
+            self.method.update(trained, parts.scheduler.get_last_lr()[0], self.progress.step + 1)
 
     def _step_control(self) -> tuple[bool, bool]:
         """(stop requested, method's early-stop rule met) after an optimizer step, agreed by every process
@@ -563,7 +589,7 @@ class Trainer:
             path = save_checkpoint(self.run_dir.checkpoints_dir, step, self.accelerator.unwrap_model(parts.model),
                                    parts.optimizer, parts.scheduler,
                                    {"epoch": step / self.progress.steps_per_epoch, "method_state": self.method.state_dict()},
-                                   self.cfg.save_total_limit, saved)
+                                   self.cfg.save_total_limit, saved, self.method.tensor_state_dict())
             self._notify("on_checkpoint", path)
         self.accelerator.wait_for_everyone()
 
@@ -582,7 +608,8 @@ class Trainer:
                        "stopped_early": progress.early_stop_reason,
                        "wall_seconds": round(time.time() - progress.started, 1),
                        **self._throughput(unwrapped),
-                       "model": str(self.run_dir.model_dir), "lora": self.cfg.lora}
+                       "model": str(self.run_dir.model_dir), "lora": self.cfg.lora,
+                       "scored_on": self._scored_on(parts.data)}
             if self.is_main:
                 write_json_atomic(self.run_dir.summary_path, summary)
         elif self.is_main:
@@ -633,6 +660,13 @@ class Trainer:
         if "retain" in data.sets:
             scores["retain_nll"] = mean_token_nll(model, data.sets["retain"].items[:n], pad, autocast=autocast)
         return scores
+
+    def _scored_on(self, data: RunData) -> dict:
+        """What _score's figures were computed on (core.scoring.scored_on)."""
+        n = self.cfg.eval_examples
+        examples = {name: min(n, len(data.sets[name].items)) for name in ("forget", "retain") if name in data.sets}
+        dtype = "bfloat16 autocast" if self.accelerator.mixed_precision == "bf16" else "float32"
+        return scored_on(examples, dtype, prompt_form(data.tokenizer))
 
     def log(self, message: str) -> None:
         if self.is_main:
