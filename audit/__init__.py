@@ -6,7 +6,9 @@ recovery fraction per figure and a verdict per attack and overall follow (audit/
 files are only read; everything an attack builds lives in a scratch folder removed afterwards."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -16,20 +18,26 @@ from core.runs import AUDIT_REPORT, RunDir, RunState, read_json, write_json_atom
 
 from . import recovery
 from .attacks import AuditContext, default_attacks, get_attack, resolve_options
+from .groups import forget_groups, spread_over_groups
+from .measure import Scorer
+from .report import markdown
 
 AUDIT_JSON, AUDIT_MD = AUDIT_REPORT, "audit.md"
 
 
 def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_samples: int = 40,
               max_new_tokens: int = 48, batch_size: int = 8, device: str = "cpu", log=print,
-              dtype: str = "auto", update: bool = False) -> dict:
+              dtype: str = "auto", update: bool = False, control: str | None = None, seeds: int = 1) -> dict:
     """Attack the run in `run_dir` (a path or RunDir) and write OUT/audit.json and audit.md. `attacks`: names
     (default: every attack enabled by default); `options`: attack options by their declared names (each
-    attack's `params`), checked against the chosen attacks' declarations. `update`: redo only `attacks` and
-    keep the other attacks' results of the audit already in OUT (after one attack's definition changed, or
-    to add one), which must have measured the same samples."""
-    from core.data import load_examples
-    from core.evaluation.evaluator import Settings
+    attack's `params`), checked against the chosen attacks' declarations. `control`: a never-learned model
+    (a folder, `bundled`, `demo`, a run) that every fine-tuning attack trains alike, the verdicts then resting
+    on the residual (audit/recovery.py). `seeds`: how many times the fine-tuning attacks repeat their split
+    and training, each with the next seed. `update`: redo only `attacks` and keep the other attacks' results
+    of the audit already in OUT (after one attack's definition changed, or to add one), which must have
+    measured the same samples. Each finished attack (and sweep point) is kept in OUT/.partial until the
+    report is written: the same command after a stop resumes there."""
+    from core.evaluation.scores import Settings
 
     started = time.time()
     run = RunDir(run_dir)
@@ -43,84 +51,157 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     chosen_options = resolve_options(chosen, options)
     settings = Settings(max_samples=max_samples, max_new_tokens=max_new_tokens, batch_size=batch_size)
     settings.validate()
-    forget = load_examples(config["forget"], "forget")[:max_samples]
-    retain = load_examples(config["retain"], "retain")[:max_samples] if config.get("retain") else None
+    require(isinstance(seeds, int) and seeds >= 1, f"--seeds must be a whole number of 1 or more, got {seeds!r}",
+            "use --seeds 1 (one split and training per attack) or more for intervals over seeds")
+    forget, groups, retain = _audited_sets(config, chosen, chosen_options, max_samples)
+    if control:
+        check_control(run, control)
     out = Path(out)
     earlier = _earlier_report(out, len(forget), len(retain or []), device, dtype) if update else None
+    context = AuditContext(run=run.path, config=config, work=out / ".work", forget=forget, retain=retain,
+                           measure=None, baseline=None, settings=settings, device=device, dtype=dtype, log=log,
+                           seeds=seeds, control=control, groups=groups, starts=out / ".work" / "starts")
+    for attack in chosen:        # every refusal before anything is written or loaded
+        context.options = chosen_options[attack.name]
+        attack.check(context)
     out.mkdir(parents=True, exist_ok=True)
     status = RunDir(out)   # audit/status.json: the studio follows (and outlives) the audit through it
-    status.write_status(RunState.RUNNING, pid=os.getpid(), message="checking the attacks")
-    context = AuditContext(run=run.path, config=config, work=out / ".work", forget=forget, retain=retain,
-                           measure=None, baseline=None, settings=settings, device=device, dtype=dtype, log=log)
+    status.write_status(RunState.RUNNING, pid=os.getpid(), message="starting the attacks")
+    about = {"run": str(run.path), "samples": [len(forget), len(retain or [])], "max_new_tokens": max_new_tokens,
+             "dtype": dtype, "options": chosen_options, "control": control, "seeds": seeds}
+    context.kept = Kept(out / PARTIAL, about, log)
     try:
-        for attack in chosen:        # every refusal before any model is loaded
-            context.options = chosen_options[attack.name]
-            attack.check(context)
         report = _attack_all(context, chosen, chosen_options, status, started)
         if earlier:
             report = _merged(earlier, report)
     except KeyboardInterrupt:
-        status.write_status(RunState.STOPPED, pid=os.getpid(), message="stopped; no report was written")
+        status.write_status(RunState.STOPPED, pid=os.getpid(),
+                            message=f"stopped; finished attacks are kept in {out / PARTIAL}: the same command resumes")
         raise
     except Exception as exc:
         status.write_status(RunState.FAILED, pid=os.getpid(), error=str(exc))
         raise
+    finally:
+        shutil.rmtree(out / ".work", ignore_errors=True)
     write_json_atomic(out / AUDIT_JSON, report)
     write_text_atomic(out / AUDIT_MD, markdown(report))
+    shutil.rmtree(out / PARTIAL, ignore_errors=True)
     status.write_status(RunState.FINISHED, pid=os.getpid(), message=f"overall: {report['overall']}",
                         progress=1.0)
     return report
 
 
+PARTIAL = ".partial"    # OUT/.partial: each finished attack and sweep point of an audit not yet written
+
+
+class Kept:
+    """Results kept on disk as they finish (atomically, one JSON file each), for an audit with the same
+    settings (`about`) to pick up after a stop; a folder kept for other settings is cleared."""
+
+    def __init__(self, folder: Path, about: dict, log):
+        self.folder, self.log = folder, log
+        if read_json(folder / "about.json") != json.loads(json.dumps(about)):
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(folder / "about.json", about)
+
+    def __call__(self, key: str, compute):
+        path = self.folder / (re.sub(r"[^\w.-]+", "_", key) + ".json")
+        found = read_json(path)
+        if found is not None:
+            self.log(f"audit: {key} kept from the stopped audit")
+            return found
+        value = compute()
+        write_json_atomic(path, value)
+        return value
+
+
+def _audited_sets(config: dict, chosen: list, options: dict, max_samples: int) -> tuple[list, list | None, list | None]:
+    """(forget examples, their groups when an attack splits by group, retain examples). Splitting by group,
+    the examples are taken from every group in turn, so that as many subjects as possible are measured."""
+    from core.data import load_examples
+
+    forget = load_examples(config["forget"], "forget")
+    retain = load_examples(config["retain"], "retain")[:max_samples] if config.get("retain") else None
+    if not any(attack.needs_groups(options[attack.name]) for attack in chosen):
+        return forget[:max_samples], None, retain
+    groups = forget_groups(config["forget"], len(forget))
+    require(groups is not None, f"the forget set {config['forget']} names no groups, so it cannot be split by group",
+            "use --relearn-split example, or give forget data with a `group` field (one subject per group) or a "
+            "TOFU split (grouped by author)")
+    forget, groups = spread_over_groups(forget, groups, max_samples)
+    return forget, groups, retain
+
+
+def check_control(run: RunDir, control: str) -> None:
+    """Refuse a control that cannot be set against this run: another tokenizer (the figures would not
+    compare), or the run's own target (it learned the forget data)."""
+    from core.models import load_tokenizer, resolve_model, run_tokenizer
+
+    from .attacks.finetune import control_run
+
+    target = resolve_model(run.base_model())
+    as_run = control_run(control)
+    source = None if as_run else resolve_model(control)
+    require(source is None or not _same_model(source, target),
+            f"the control {control} is the model this run unlearned from ({target}), which learned the forget data",
+            "name a model that never saw the forget data: the same model family trained without it (e.g. a run "
+            "fine-tuned on the retain data only), or `bundled` for a demo run")
+    theirs = run_tokenizer(as_run) if as_run else load_tokenizer(source)
+    ours = run_tokenizer(run)
+    require(theirs.get_vocab() == ours.get_vocab(),
+            f"the control {control}'s tokenizer differs from the run's ({len(theirs)} tokens against {len(ours)}): "
+            "their answer NLLs would not compare",
+            f"name a control of the run's model family, with the tokenizer of {target}")
+
+
+def _same_model(source: str, target: str) -> bool:
+    paths = [Path(p) for p in (source, target)]
+    if all(p.exists() for p in paths):
+        return paths[0].resolve() == paths[1].resolve()
+    return source == target
+
+
 def _attack_all(context: AuditContext, chosen: list, options: dict[str, dict], status: RunDir, started: float) -> dict:
-    from core.evaluation.evaluator import set_scores
     from core.models import dtype_name, open_model
 
-    run, config, settings, device, log = context.run, context.config, context.settings, context.device, context.log
-    forget, retain = context.forget, context.retain
-
-    unlearned = open_model(str(run), device, dtype=context.dtype)
-    original = open_model(unlearned.original, device, dtype=context.dtype)
+    run, config, log, scratch = context.run, context.config, context.log, context.work
+    unlearned = open_model(str(run), context.device, dtype=context.dtype)
+    original = open_model(unlearned.original, context.device, dtype=context.dtype)
     context.models = {"original": (original.model, original.tokenizer),
                       "unlearned": (unlearned.model, unlearned.tokenizer)}
-    reference = (original.model, original.tokenizer)
-
-    def measure(model, tokenizer, examples, name):
-        scores, _ = set_scores(model, tokenizer, examples, settings, reference, name)
-        figures = {"nll": scores["nll"], "prob": scores["prob"]}
-        if "rougeL_recall" in scores:
-            figures["rougeL"] = scores["rougeL_recall"]
-        return figures
-
-    baselines: dict[str, dict] = {}
-
-    def baseline(name, examples):
-        if name not in baselines:
-            baselines[name] = {stage: measure(model, tokenizer, examples, f"{stage} {name}")
-                               for stage, (model, tokenizer) in context.models.items()}
-        return baselines[name]
-
-    context.measure, context.baseline = measure, baseline
+    scored = dict(context.models)
+    if context.control:
+        controlled = open_model(context.control, context.device, dtype=context.dtype)
+        scored["control"] = (controlled.model, controlled.tokenizer)
+    scorer = Scorer(scored, context.settings)
+    context.measure, context.score = scorer.measure, scorer.score
+    context.baseline, context.baseline_each = scorer.baseline, scorer.baseline_each
     results = []
     for number, attack in enumerate(chosen):
         log(f"audit: {attack.name} — {attack.summary}")
         status.write_status(RunState.RUNNING, pid=os.getpid(), message=f"{attack.name}: {attack.summary}",
                             progress=round(number / len(chosen), 4), attack=attack.name)
-        attack_started = time.time()
-        context.work.mkdir(parents=True, exist_ok=True)
         context.options = options[attack.name]
-        try:
-            found = attack.run(context)
-        finally:
-            shutil.rmtree(context.work, ignore_errors=True)
-        for result in found:
-            result.update(judged(result), seconds=round(time.time() - attack_started, 1))
-            results.append(result)
+        found = context.kept(f"attack-{attack.name}", lambda: _attacked(context, attack, scratch / attack.name))
+        results += [{**result, **judged(result)} for result in found]
     return {"run": str(run), "method": config.get("method"), "attacks": [a.name for a in chosen],
             "options": {a.name: options[a.name] for a in chosen if options[a.name]},
-            "dtype": dtype_name(unlearned.model.dtype),
-              **_summed_up(results), "samples": {"forget": len(forget), "retain": len(retain or [])},
-              "wall_seconds": round(time.time() - started, 1)}
+            "dtype": dtype_name(unlearned.model.dtype), "control": context.control, "seeds": context.seeds,
+            **_summed_up(results), "samples": {"forget": len(context.forget), "retain": len(context.retain or [])},
+            "wall_seconds": round(time.time() - started, 1)}
+
+
+def _attacked(context: AuditContext, attack, work: Path) -> list[dict]:
+    """One attack's results, each with its wall time; its scratch folder `work` removed afterwards."""
+    attack_started = time.time()
+    context.work = work
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        found = attack.run(context)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return [{**result, "seconds": round(time.time() - attack_started, 1)} for result in found]
 
 
 def _earlier_report(out: Path, forget: int, retain: int, device: str, dtype: str) -> dict:
@@ -173,45 +254,37 @@ def _summed_up(results: list[dict]) -> dict:
 
 
 def judged(result: dict) -> dict:
+    """A result's figures judged: recovery (and, for a fine-tuning sweep with a control, residual) per figure,
+    the verdict and the largest figure; a sweep's forget and retain figures are its weakest learning rate's,
+    averaged over its seeds."""
+    if "points" in result:
+        return _judged_sweep(result)
     forget = result["forget"]
     values = recovery.recoveries(forget["original"], forget["unlearned"], forget["attacked"],
                                  forget.get("attacked_original"))
     verdict, worst = recovery.verdict(values)
     judgement = {"recovery": values, "verdict": verdict, "worst_recovery": worst}
     if "retain" in result:
-        retain = result["retain"]
-        judgement["retain_change"] = {f: retain["attacked"][f] - retain["unlearned"][f]
-                                      for f in retain["attacked"] if f in retain["unlearned"]}
+        judgement["retain_change"] = _retain_change(result["retain"])
     return judgement
 
 
-def markdown(report: dict) -> str:
-    from core.evaluation.report import table
-
-    rows = []
-    for r in report["results"]:
-        f = r["forget"]
-        rows.append([r["name"], r["verdict"].split(":")[0], r["worst_recovery"],
-                     *(r["recovery"].get(k) for k in recovery.FIGURES),
-                     f["original"].get("nll"), (f.get("attacked_original") or {}).get("nll"),
-                     f["unlearned"].get("nll"), f["attacked"].get("nll"), (r.get("retain_change") or {}).get("nll")])
-    header = ["attack", "verdict", "worst recovery", "NLL recovery", "prob. recovery", "ROUGE-L recovery",
-              "forget NLL original", "original asked so (rephrasing)", "unlearned", "attacked", "retain NLL change"]
-    return "\n".join([f"# Audit of {report['run']} ({report['method']})", "",
-                      f"Overall: **{report['overall']}** (each attack's largest recovery over its figures: below "
-                      f"{recovery.ROBUST} robust, above {recovery.SHALLOW} shallow). Recovery = (attacked − "
-                      "unlearned) / (original − unlearned); rephrasing sets each prompt against the original model "
-                      "asked the same way (docs/audit.md); '-' where unlearning changed the figure too little "
-                      "to measure a recovery.", "", table(header, rows), "",
-                      f"Models scored in {report.get('dtype', 'float32')}. Wall time {report['wall_seconds']} s.",
-                      *_options_line(report.get("options")), ""])
+def _judged_sweep(result: dict) -> dict:
+    judgement = recovery.judge_points(result["points"])
+    chosen = [p for p in result["points"] if p["lr"] == judgement["lr"]]
+    judgement["forget"] = {"set": result.get("forget_set", "forget"), **_mean_figures([p["forget"] for p in chosen])}
+    if all("retain" in p for p in chosen):
+        judgement["retain"] = _mean_figures([p["retain"] for p in chosen])
+        judgement["retain_change"] = _retain_change(judgement["retain"])
+    return judgement
 
 
-def _options_line(options: dict | None) -> list[str]:
-    """The attacks' options the audit ran with, one clause per attack (none for an audit without options)."""
-    if not options:
-        return []
-    clauses = [f"{attack}: " + ", ".join(f"{name} {value}" for name, value in values.items())
-               for attack, values in options.items()]
-    return ["", f"Attack options: {'; '.join(clauses)}."]
+def _mean_figures(stages: list[dict]) -> dict:
+    """{stage: {figure: mean over the seeds}} of several points' {stage: figures}."""
+    return {stage: {f: sum(s[stage][f] for s in stages) / len(stages) for f in stages[0][stage]}
+            for stage in stages[0]}
+
+
+def _retain_change(retain: dict) -> dict:
+    return {f: retain["attacked"][f] - retain["unlearned"][f] for f in retain["attacked"] if f in retain["unlearned"]}
 

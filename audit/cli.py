@@ -26,6 +26,11 @@ def add_commands(commands) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="weights of the scored models (auto: bf16 where the CPU/GPU runs it fast)")
+    p.add_argument("--control", metavar="MODEL",
+                   help="a model that never learned the forget data (a folder, bundled, demo, a run: its final "
+                        "model); every fine-tuning attack trains it alike and the verdicts rest on the residual")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="repeat the fine-tuning attacks' split and training with N seeds (intervals over seeds too)")
     p.add_argument("--update", action="store_true",
                    help="redo only --attacks and keep the other attacks' results of the audit already in --out")
     p.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's CPU priority by N")
@@ -68,6 +73,7 @@ def run(args) -> int:
     options = {key.removeprefix(OPTION_PREFIX): value for key, value in vars(args).items()
                if key.startswith(OPTION_PREFIX)}
     report = run_audit(args.run, args.out, args.attacks.split(","), options, args.max_samples, args.max_new_tokens,
-                       args.batch_size, args.device, dtype=args.dtype, update=args.update)
+                       args.batch_size, args.device, dtype=args.dtype, update=args.update,
+                       control=args.control, seeds=args.seeds)
     print(markdown(report))
     return 0

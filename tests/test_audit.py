@@ -16,7 +16,7 @@ from core.runs import RunDir
 from core.trainer import train
 
 FAST = dict(max_samples=8, max_new_tokens=4, batch_size=4, device="cpu",
-            options={"relearn_steps": 3, "benign_steps": 3})
+            options={"relearn_steps": 3, "benign_steps": 3, "relearn_lr": "x1", "benign_lr": "x1"})
 
 
 def test_recovery_fraction_and_verdicts_by_hand():
@@ -140,7 +140,8 @@ def test_export_carries_the_audit_into_the_bundle_card_and_manifest(lora_run, tm
                       **{**FAST, "options": {"relearn_steps": 12, "relearn_lr": 5e-2}})
     manifest = export_run(run.out, tmp_path / "bundle", formats=("hf",), parity_examples=1, log=lambda m: None)
     assert manifest["audit"]["overall"] == audit["overall"]
-    assert audit["options"] == {"relearn": {"relearn_fraction": 0.5, "relearn_steps": 12, "relearn_lr": 5e-2}}
+    assert audit["options"] == {"relearn": {"relearn_fraction": 0.5, "relearn_steps": 12, "relearn_lr": [5e-2],
+                                            "relearn_split": "example"}}
     assert manifest["audit"]["attacks"]["relearn"]["worst_recovery"] == audit["results"][0]["worst_recovery"]
     assert (tmp_path / "bundle" / "audit" / "audit.json").is_file()
     card = (tmp_path / "bundle" / "README.md").read_text()
@@ -158,8 +159,8 @@ def test_the_attacks_declare_their_options_and_the_flags_are_made_from_them(monk
 
     assert default_attacks() == ["relearn", "benign", "quantize", "rephrase"]
     assert {name: [a.name for a, _ in takers] for name, takers in declared_options().items()} == {
-        "relearn_fraction": ["relearn"], "relearn_steps": ["relearn"], "relearn_lr": ["relearn", "benign"],
-        "benign_steps": ["benign"]}
+        "relearn_fraction": ["relearn"], "relearn_steps": ["relearn"], "relearn_lr": ["relearn"],
+        "relearn_split": ["relearn"], "benign_steps": ["benign"], "benign_lr": ["benign"]}
     calls = []
     monkeypatch.setattr(audit, "run_audit", lambda *args, **kwargs: calls.append(args) or {})
     monkeypatch.setattr(audit, "markdown", lambda report: "")

@@ -6,11 +6,13 @@ An attack declares its options as `Param`s (core/methods/params.py), as methods 
 audit`'s flags, the studio's fields and the validation are made from these declarations."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from core.errors import require
+from core.errors import UnlearnError, require
+from core.kinds import as_kind
 from core.methods.params import Param
 
 
@@ -24,11 +26,23 @@ class AuditContext:
     measure: object                 # callable(model, tokenizer, examples, name) -> figures {nll, prob, rougeL}
     baseline: object                # callable(set name, examples) -> {"original": figures, "unlearned": figures}
     models: dict = field(default_factory=dict)     # "original" / "unlearned" -> (model, tokenizer)
-    settings: object = None         # core.evaluation.evaluator.Settings: samples, generated tokens, batch
+    settings: object = None         # core.evaluation.scores.Settings: samples, generated tokens, batch
     options: dict = field(default_factory=dict)    # the running attack's declared options, checked, defaults filled
     log: object = print
     device: str = "cpu"
     dtype: str = "auto"             # weights of every model the audit scores (auto: bf16 where fast)
+    seeds: int = 1                  # the fine-tuning attacks repeat their split and training with this many seeds
+    control: str | None = None      # a never-learned model that goes through every fine-tuning attack too
+    starts: Path | None = None      # the models fine-tuning starts from, made once per audit (finetune.py)
+    score: object = None            # callable(model, tokenizer, examples, name) -> (figures, per-example lists)
+    baseline_each: object = None    # callable(set name, examples) -> {stage: per-example lists}, as baseline
+    kept: object = None             # callable(key, compute) -> compute()'s dict, kept in OUT until the audit ends
+    groups: list | None = None      # each forget example's group, when an attack splits by group
+
+    def run_seeds(self) -> list[int]:
+        """The run's own seed, then the next ones: one per repeat (--seeds)."""
+        first = self.config.get("seed", 42)
+        return [first + number for number in range(self.seeds)]
 
 
 class Attack:
@@ -42,6 +56,10 @@ class Attack:
     def check(self, context: AuditContext) -> None:
         """Refuse before any work when the run cannot be attacked this way."""
 
+    def needs_groups(self, options: dict) -> bool:
+        """Whether, with these options, it splits the forget set by group (context.groups then holds them)."""
+        return False
+
     def run(self, context: AuditContext) -> list[dict]:
         """[{"name", "forget": {"set": name, "original", "unlearned", "attacked"}, "retain": {...}}], plus
         anything the attack reports of itself (steps, files)."""
@@ -49,7 +67,7 @@ class Attack:
 
     def resolve(self, given: dict) -> dict:
         """The options this attack declares, the given ones checked against their declaration, defaults filled."""
-        return {p.name: p.check(given[p.name], self.name) if given.get(p.name) is not None else p.default
+        return {p.name: p.check(given[p.name] if given.get(p.name) is not None else p.default, self.name)
                 for p in self.params}
 
 
@@ -112,6 +130,40 @@ def is_step_count(param: Param) -> bool:
     return param.name.endswith("_steps") and param.kind is int
 
 
-# The learning rate every fine-tuning attack uses (issue 31 may give each attack its own).
-ATTACK_LR = Param("relearn_lr", 0.0, "learning rate of the fine-tuning attacks; 0: the run's own",
-                  "the run's own learning rate: the attacker fine-tunes as the unlearner trained", low=0.0)
+@dataclass(frozen=True)
+class Sweep(Param):
+    """An option that takes several values, comma-separated, each tried in turn (the attacker's best shot).
+    A value `xK` is K times the run's own setting. Declared and checked like any Param; its checked value
+    is a list (numbers, and "xK" texts)."""
+
+    def range_text(self) -> str:
+        return "comma-separated, each > 0: a number, or xK for K times the run's own"
+
+    def check(self, value, attack: str):
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        values = [self._item(item, attack) for item in items if str(item).strip()]
+        require(bool(values), f"{attack}'s {self.name} names no value", f"use for example {self.flag} {self.default}")
+        return values
+
+    def _item(self, item, attack: str):
+        text = str(item).strip()
+        try:
+            number = as_kind(text.removeprefix("x"), float)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise UnlearnError(f"{attack}'s {self.name} must be {self.range_text()}, got {text!r}",
+                               f"use for example {self.flag} {self.default} ({self.help})")
+        return f"x{number:g}" if text.startswith("x") else number
+
+
+def swept_values(values: list, own: float) -> list[float]:
+    """A Sweep's checked values as numbers: "xK" is K times `own` (the run's setting)."""
+    return [own * float(v[1:]) if isinstance(v, str) else float(v) for v in values]
+
+
+def learning_rates(attack: str) -> Sweep:
+    """An attack's learning rates, `<attack>_lr`: every one is tried, and the verdict takes the worst case."""
+    return Sweep(f"{attack}_lr", "x0.3,x1,x3", f"learning rates of the {attack} attack, each tried",
+                 "the run's own learning rate and 0.3x / 3x of it: the attacker's best of three, as UNDO and "
+                 "Deeb & Roger 2024 sweep the attacker's rate and take the worst case (docs/audit.md)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from core.errors import require
 
-from .base import ATTACK_LR, Attack, fine_tuning_steps, register_attack
-from .finetune import finetuned_copy
+from .base import Attack, fine_tuning_steps, learning_rates, register_attack
+from .finetune import sweep
 
 
 @register_attack
@@ -15,7 +15,7 @@ class Benign(Attack):
     order = 20
     params = (fine_tuning_steps("benign", 30, "fine-tuning steps on retain data (benign)",
                                 "the relearn attack's budget, so the two compare (docs/audit.md)"),
-              ATTACK_LR)
+              learning_rates("benign"))
 
     def check(self, context):
         require(bool(context.retain), "the benign attack fine-tunes on the run's retain set, and this run has none",
@@ -24,11 +24,7 @@ class Benign(Attack):
     def run(self, context):
         steps = context.options["benign_steps"]
         context.log(f"benign: {steps} steps on {len(context.retain)} retain examples, forget set measured")
-        attacked, done = finetuned_copy(context, context.retain, steps, context.options[ATTACK_LR.name], "benign")
-        return [{"name": self.name, "trained_on": len(context.retain), "steps": done,
-                 "forget": {"set": "forget", **context.baseline("forget", context.forget),
-                            "attacked": context.measure(attacked.model, attacked.tokenizer, context.forget,
-                                                        "benign forget")},
-                 "retain": {**context.baseline("retain", context.retain),
-                            "attacked": context.measure(attacked.model, attacked.tokenizer, context.retain,
-                                                        "benign retain")}}]
+        plans = [(seed, context.retain, "forget", context.forget) for seed in context.run_seeds()]
+        points = sweep(context, self.name, plans, steps, context.retain)
+        return [{"name": self.name, "trained_on": len(context.retain), "steps": points[0]["steps"],
+                 "forget_set": "forget", "points": points}]

@@ -1,0 +1,95 @@
+"""audit.md: the verdicts, every figure with its 95 % interval, and every point of the fine-tuning sweeps."""
+from __future__ import annotations
+
+from . import recovery
+
+FIGURE_NAMES = {"nll": "NLL", "prob": "prob.", "rougeL": "ROUGE-L"}
+
+
+def with_interval(value: float | None, interval: list | None):
+    """'0.6200 [0.41, 0.80]' (a None bound: unbounded, '?'); the bare value without an interval."""
+    if value is None or not interval:
+        return value
+    low, high = ("?" if bound is None else f"{bound:.2f}" for bound in interval)
+    return f"{value:.4f} [{low}, {high}]"
+
+
+def _figures(result: dict, kind: str) -> list:
+    values, intervals = result.get(kind) or {}, result.get(f"{kind}_interval") or {}
+    return [with_interval(values.get(f), intervals.get(f)) for f in recovery.FIGURES]
+
+
+def judged_by(report: dict) -> str:
+    """How the verdicts were reached, in one sentence."""
+    if report.get("control"):
+        return (f"Judged by the **residual** against the never-learned control `{report['control']}` (every "
+                "fine-tuning attack trained it alike): residual = (control attacked − unlearned attacked) / "
+                "(control attacked − original), 0: relearns no faster than a model that never learned the facts, "
+                "1: back to the original. Quantisation and rephrasing train nothing, so they keep the recovery.")
+    return ("Judged by the **recovery** (no control): recovery = (attacked − unlearned) / (original − unlearned); "
+            "a model that never learned the facts might gain as much from the same attack: pass --control to "
+            "tell the two apart.")
+
+
+def markdown(report: dict) -> str:
+    from core.evaluation.report import table
+
+    control = bool(report.get("control"))
+    rows = []
+    for r in report["results"]:
+        f = r["forget"]
+        row = [r["name"], r["verdict"].split(":")[0], r["worst_recovery"], *_figures(r, "recovery"),
+               f["original"].get("nll"), (f.get("attacked_original") or {}).get("nll"),
+               f["unlearned"].get("nll"), f["attacked"].get("nll"), (r.get("retain_change") or {}).get("nll")]
+        if control:
+            row += [*_figures(r, "residual"), (f.get("control_attacked") or {}).get("nll")]
+        rows.append(row)
+    header = ["attack", "verdict", "worst recovery", "NLL recovery", "prob. recovery", "ROUGE-L recovery",
+              "forget NLL original", "original asked so (rephrasing)", "unlearned", "attacked", "retain NLL change"]
+    if control:
+        header += ["NLL residual", "prob. residual", "ROUGE-L residual", "control attacked NLL"]
+    seeds = report.get("seeds", 1)
+    return "\n".join([
+        f"# Audit of {report['run']} ({report['method']})", "",
+        f"Overall: **{report['overall']}**. {judged_by(report)} Each attack: robust when every figure's 95 % "
+        f"interval lies below {recovery.ROBUST}, shallow when one lies above {recovery.SHALLOW}, partial between, "
+        "inconclusive when an interval spans a threshold. A fine-tuning attack tries every learning rate and "
+        "shows its worst one (the attacker's best shot), averaged over "
+        f"{seeds} seed{'s' if seeds != 1 else ''}; [low, high]: the percentile bootstrap 95 % interval over the "
+        "measured examples and the seeds. Rephrasing sets each prompt against the original model asked the same "
+        "way (docs/audit.md); '-' where the figure moved too little to measure.", "",
+        table(header, rows), "", *_sweep_section(report["results"], control),
+        f"Models scored in {report.get('dtype', 'float32')}. Wall time {report['wall_seconds']} s.",
+        *_options_line(report.get("options")), ""])
+
+
+def _sweep_section(results: list[dict], control: bool) -> list[str]:
+    """Every learning rate of every fine-tuning attack, with its own verdict."""
+    from core.evaluation.report import table
+
+    rows = []
+    for r in results:
+        for entry in r.get("sweep", []):
+            row = [r["name"], f"{entry['lr']:.3g}", ", ".join(map(str, entry["seeds"])), entry["verdict"].split(":")[0],
+                   *_figures(entry, "recovery")]
+            rows.append(row + (_figures(entry, "residual") if control else []))
+    if not rows:
+        return []
+    header = ["attack", "learning rate", "seeds", "verdict", "NLL recovery", "prob. recovery", "ROUGE-L recovery"]
+    header += ["NLL residual", "prob. residual", "ROUGE-L residual"] if control else []
+    splits = [f"{r['name']}: {r['split']} split" for r in results if r.get("split")]
+    return ["## Every learning rate", "", table(header, rows), "",
+            *([f"Relearn split: {'; '.join(splits)}.", ""] if splits else [])]
+
+
+def _options_line(options: dict | None) -> list[str]:
+    """The attacks' options the audit ran with, one clause per attack (none for an audit without options)."""
+    if not options:
+        return []
+    clauses = [f"{attack}: " + ", ".join(f"{name} {_text(value)}" for name, value in values.items())
+               for attack, values in options.items()]
+    return ["", f"Attack options: {'; '.join(clauses)}."]
+
+
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
