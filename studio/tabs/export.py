@@ -9,9 +9,10 @@ import gradio as gr
 import pandas as pd
 
 from core.errors import UnlearnError, require
-from export.formats import format_names, formats
+from export.formats import formats
 
 from ..context import Studio, guarded, public_text
+from ..offer import format_refusals, not_offered_note, offered_formats
 
 _export_lock = threading.Lock()   # exports are heavy: one at a time per studio
 
@@ -29,6 +30,14 @@ def downloadable(bundle: Path, manifest: dict) -> list[str]:
     return [str(bundle / n) for n in keep if (bundle / n).is_file()]
 
 
+def serve_note(bundle: Path, manifest: dict) -> str:
+    """How to serve the bundle just written as an OpenAI-compatible API, one command per format."""
+    from export.serve import serve_commands
+
+    commands = "\n".join(serve_commands(bundle, manifest))
+    return f"\n\nServe it as an OpenAI-compatible chat API (on this machine):\n```bash\n{commands}\n```"
+
+
 def with_variants() -> list:
     """The formats that have variants, one checkbox group each, in the order the export button passes them."""
     return [fmt for fmt in formats() if fmt.variants]
@@ -41,14 +50,17 @@ def chosen_variants(chosen: list[list[str]]) -> dict[str, list[str]]:
 
 
 def create_export_tab(studio: Studio, session, run_key):
-    gr.Markdown(f"Export the unlearned model as {', '.join(fmt.title or fmt.name for fmt in formats())}. Every "
+    gr.Markdown(f"Export the unlearned model as {', '.join(fmt.title or fmt.name for fmt in offered_formats())}. Every "
                 "artifact is run in its own runtime and compared with PyTorch; the report warns if a format "
                 "(a low-bit quantisation, say) brings back what was forgotten.")
     with gr.Row():
-        picked_formats = gr.CheckboxGroup(format_names(), value=[fmt.name for fmt in formats() if fmt.studio_ticked],
-                                          label="Formats")
+        offered = offered_formats()   # a format whose package is missing is named below, not offered
+        picked_formats = gr.CheckboxGroup([fmt.name for fmt in offered],
+                                          value=[fmt.name for fmt in offered if fmt.studio_ticked], label="Formats")
         variant_boxes = [gr.CheckboxGroup(list(fmt.variants.default), value=list(fmt.variants.studio),
-                                          label=f"{fmt.variants.kind}s") for fmt in with_variants()]
+                                          label=f"{fmt.variants.kind}s", visible=fmt in offered)
+                         for fmt in with_variants()]
+    gr.Markdown(not_offered_note(format_refusals()), elem_id="export-not-offered")
     start = gr.Button("Export", variant="primary", elem_id="export")
     progress = gr.Textbox(label="Progress", lines=6, max_lines=6, autoscroll=True)
     warnings = gr.Markdown()
@@ -74,6 +86,7 @@ def create_export_tab(studio: Studio, session, run_key):
         finally:
             _export_lock.release()
         notes = "  \n".join(f"⚠️ {w}" for w in manifest.get("warnings", [])) or "✅ no format recovered what was forgotten"
+        notes += serve_note(target, manifest)
         yield (public_text("\n".join(lines)), public_text(notes), parity_frame(manifest),
                downloadable(target, manifest))
 

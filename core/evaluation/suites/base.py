@@ -3,6 +3,7 @@
 (tofu, quick, muse, mcq, or one of yours) subclasses `Suite` and registers it with `register_suite`."""
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +58,12 @@ class Suite:
     options: ClassVar[tuple[Param, ...]] = ()
     max_samples: ClassVar[int] = 100          # defaults of --max-samples / --max-new-tokens for this suite
     max_new_tokens: ClassVar[int] = 64
+    packages: ClassVar[dict[str, str]] = {}   # importable module -> what to pip install for it, beyond core's
+
+    def available(self) -> str | None:
+        """Why this suite cannot run in this environment (a package it imports is missing), or None."""
+        missing = [pip for module, pip in self.packages.items() if importlib.util.find_spec(module) is None]
+        return f"the {self.name} suite needs {' and '.join(missing)}, which is not installed" if missing else None
 
     def resolve_options(self, given: dict | None) -> dict:
         given = {k: v for k, v in (given or {}).items() if v is not None}

@@ -45,8 +45,11 @@ class McqSuite(Suite):
              Need("retain", "general-knowledge multiple-choice questions (same format)"))
     options = (Param("format", "letters", "letters (WMDP/MMLU: choices listed, the letter scored) or text (each "
                                           "choice's text scored)", "WMDP, MMLU", choices=("letters", "text")),)
+    packages = {"lm_eval": "lm-eval"}
 
     def check_inputs(self, data: dict) -> None:
+        missing = self.available()
+        require(missing is None, str(missing), "run: pip install lm-eval==0.4.13")
         for role in ("forget", "retain"):
             if data.get(role):
                 read_mcq(data[role], role)
