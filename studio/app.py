@@ -17,6 +17,7 @@ from .tabs.export import create_export_tab
 from .tabs.probe import create_probe_tab
 from .tabs.runs import create_runs_tab
 from .tabs.train import create_train_tab
+from .warmup import Preparation
 from .workspace import Workspace
 
 TITLE = "Unlearning Studio"
@@ -27,13 +28,14 @@ CSS = ".gradio-container {max-width: 1280px !important}"
 
 @functools.lru_cache(maxsize=1)
 def preview_tokenizer():
-    """Token counts in the Data tab use the bundled tokenizer (loaded once, on first use)."""
+    """Token counts in the Data tab use the bundled tokenizer (loaded once: the studio's start-up warm-up)."""
     return load_tokenizer(str(bundled_model_dir()))
 
 
 def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as app:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
+        warmup_status(studio)
         browser_session = gr.BrowserState(None, storage_key="unlearning-studio-session")
         session = gr.State("")
         data = gr.State({})
@@ -67,13 +69,24 @@ def build_app(studio: Studio) -> gr.Blocks:
     return app
 
 
+def warmup_status(studio: Studio) -> None:
+    """A line saying how the bundled model's start-up conversion stands, refreshed every second until it ends."""
+    line = gr.Markdown(studio.warmup.status, elem_id="warmup-status")
+    ticker = gr.Timer(1, active=not studio.warmup.done)
+    ticker.tick(lambda: (studio.warmup.status(), gr.Timer(active=not studio.warmup.done)), None, [line, ticker],
+                api_name=False, show_progress="hidden", concurrency_limit=None)
+
+
 def create_studio(runs_dir: str | Path = "runs", shared: bool | None = None, local_models: list[str] = (),
                   online: bool = False, device: str = "auto", dtype: str = "auto") -> Studio:
-    """shared=None: every run in the folder is listed on a desktop, only a session's own on a Space."""
+    """shared=None: every run in the folder is listed on a desktop, only a session's own on a Space. The bundled
+    model's one-time conversion starts here, in the background, so the page serves before it ends."""
     on_space = bool(os.environ.get("SPACE_ID"))
     workspace = Workspace(runs_dir, shared=(not on_space) if shared is None else shared)
     models = {f"local — {Path(p).name}": str(Path(p).resolve()) for p in local_models}
-    return Studio(workspace=workspace, local_models=models, online=online, device=device, dtype=dtype)
+    warmup = Preparation(preview_tokenizer, "the bundled model", expected="about 30 s").start()
+    return Studio(workspace=workspace, local_models=models, online=online, device=device, dtype=dtype,
+                  warmup=warmup)
 
 
 def launch(studio: Studio, host: str = "127.0.0.1", port: int = 7860, share: bool = False,

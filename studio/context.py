@@ -15,6 +15,8 @@ from core.runs import RunDir
 from core.probe import Prober, load_prober
 
 from .jobs import JobManager
+from .messages import message  # noqa: F401  (the tabs import it from here)
+from .warmup import Preparation
 from .workspace import Workspace
 
 BUILTIN_MODELS = {
@@ -31,6 +33,7 @@ class Studio:
     online: bool = False                                           # offer hub ids
     device: str = "auto"
     dtype: str = "auto"                                            # probe and evaluate weights (training: its own)
+    warmup: Preparation = field(default_factory=Preparation.finished)   # the bundled model's conversion
     _prober: tuple | None = None
     _prober_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -64,11 +67,6 @@ class Studio:
 def _model_stamp(run: RunDir) -> float:
     candidates = [run.model_dir, *run.checkpoints()]
     return max((p.stat().st_mtime for p in candidates if p.exists()), default=0.0)
-
-
-def message(text: str, kind: str = "error") -> str:
-    icon = {"error": "⚠️", "ok": "✅", "info": "ℹ️"}[kind]
-    return f"{icon} {text}"
 
 
 # Server folders are shown to the browser under these public names (see Studio.public_path).

@@ -71,19 +71,32 @@ def create_data_tab(studio: Studio, session, data, tokenizer_loader):
         frame, notes = preview(new_data, tokenizer_loader())
         return new_data, frame, message(notes or "no data yet", "ok" if notes else "info")
 
+    def refreshed(new_data: dict):
+        """refresh, after a line that updates while the bundled model (its tokenizer counts the tokens) is still
+        being converted at start-up: the first click says what it waits for instead of hanging."""
+        yield from studio.warmup.waiting_updates(lambda line: (gr.skip(), gr.skip(), line))
+        yield refresh(new_data)
+
     @guarded
     def on_upload(file, role, session_id, current):
         if not file:
-            return current, gr.skip(), gr.skip()
+            yield current, gr.skip(), gr.skip()
+            return
         path = studio.workspace.save_upload(session_id, role, file, Path(file).name)
-        return _checked(refresh, current, role, str(path))
+        yield from _checked(refreshed, current, role, str(path))
 
     @guarded
     def on_paste(text, role, session_id, current):
         if not text or not text.strip():
             raise UnlearnError(f"the pasted {role} text is empty", "paste some examples first")
         path = studio.workspace.save_pasted(session_id, role, text)
-        return _checked(refresh, current, role, str(path))
+        yield from _checked(refreshed, current, role, str(path))
+
+    def on_example(files: dict):
+        @guarded
+        def load_example():
+            yield from refreshed(dict(files))
+        return load_example
 
     # Every event that changes the selection reads it and writes it back whole: two running at once (both
     # files dropped at the same instant) would each start from the old selection and one set would be lost.
@@ -96,7 +109,7 @@ def create_data_tab(studio: Studio, session, data, tokenizer_loader):
         use_paste[role].click(on_paste, [pastes[role], gr.State(role), session, data], [data, table, status],
                               api_name=f"paste_{role}", **serial)
     for button, (name, files) in zip(example_buttons, example_sets().items()):
-        button.click(guarded(lambda files=files: refresh(dict(files))), None, [data, table, status],
+        button.click(on_example(files), None, [data, table, status],
                      api_name="example_" + name.split()[0].lower(), **serial)
     return {"status": status, "table": table}
 
