@@ -188,16 +188,21 @@ def test_each_raises_the_forget_nll_of_a_model_that_learned_it(learned, tmp_path
     assert "retain_nll" in row and ("loss_forget_npo_sam" in row or "loss_forget_npo_rs3" in row)
 
 
+def logged_losses(config, stop_after: int | None = None) -> list[float]:
+    """Each step's logged loss: of one run, or of a run stopped after `stop_after` steps and resumed."""
+    if stop_after is not None:
+        assert train(config, stop_event=StopAfter(stop_after), **quiet()).state == "stopped"
+        config = replace(config, resume=True)
+    return [row["loss"] for row in RunDir(train(config, **quiet()).run_dir).metrics()]
+
+
 def test_rs_noise_resumes_exactly(learned, tmp_path):  # noqa: F811
     model, files = learned
     config = UnlearnConfig(model=str(model), method="npo_rs", forget=str(files["forget"]), retain=str(files["retain"]),
                            out=str(tmp_path / "whole"), max_steps=4, batch_size=2, lr=3e-3, device="cpu",
                            save_steps=0, eval_examples=0, method_params={"noise_std": 0.05})
-    whole = [row["loss"] for row in RunDir(train(config, **quiet()).run_dir).metrics()]
-    parted = replace(config, out=str(tmp_path / "parted"))
-    assert train(parted, stop_event=StopAfter(2), **quiet()).state == "stopped"
-    train(replace(parted, resume=True), **quiet())
-    resumed = [row["loss"] for row in RunDir(parted.out).metrics()]
+    whole = logged_losses(config)
+    resumed = logged_losses(replace(config, out=str(tmp_path / "parted")), stop_after=2)
     assert len(resumed) == 4 and resumed == pytest.approx(whole, rel=1e-5)
 
 
