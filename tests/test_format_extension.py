@@ -124,7 +124,9 @@ def test_unlearn_export_writes_the_new_format_into_the_bundle_manifest_and_card(
     assert parity["notes-f16"]["goal"]["met"], parity["notes-f16"]     # llama.cpp f16 = PyTorch
     assert "goal" not in parity["notes-q8_0"] and manifest["metrics"]["notes-q8_0"]["token_agreement"] > 0
     card = (bundle / "README.md").read_text()
-    assert 'tags: ["unlearning", "npo_rt", "notes"]' in card
+    from huggingface_hub import ModelCard
+
+    assert ModelCard(card).data.tags == ["unlearning", "npo_rt", "notes"]   # the Hub's card metadata
     assert "| notes-q8_0 | `notes/q8_0` |" in card
     assert "unlearn chat BUNDLE --format notes --variant f16" in card and "`cat notes/q8_0/NOTES.txt`" in card
 
