@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 
 from .formats import formats
+from .hubcard import front_matter
 from .source import RunSource
 
 
 def model_card(source: RunSource, manifest: dict, report: dict | None, audit: dict | None = None) -> str:
-    front = {"library_name": "transformers", "base_model": _base_model_name(source),
-             "tags": ["unlearning", source.method] + [f for f in manifest["formats"] if f != "hf"]}
-    parts = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front.items()), "---", "",
+    parts = [front_matter(source, manifest, report, audit), "",
              f"# Unlearned model ({source.method})", "",
              _what_and_how(source), "", _scores(source.summary), ""]
     if report:
@@ -21,12 +20,6 @@ def model_card(source: RunSource, manifest: dict, report: dict | None, audit: di
         parts += [_audit(audit), ""]
     parts += [_files(manifest), "", _usage(manifest)]
     return "\n".join(parts) + "\n"
-
-
-def _base_model_name(source: RunSource) -> str:
-    """The hub id for the bundled model (its local path is a cache directory), else what the run was given."""
-    given = source.config.get("model") or source.base_model
-    return "HuggingFaceTB/SmolLM2-135M-Instruct" if given == "bundled" else given
 
 
 def _what_and_how(source: RunSource) -> str:
