@@ -120,8 +120,9 @@ def point_and_interval(seeds: list[dict], figure: str, kind: str, resamples: int
             total = np.where(picks[:, slot] == number, total + values, total)
     draws = total / len(seeds)
     tail = 100 * (1 - LEVEL) / 2
-    low = np.percentile(np.where(np.isnan(draws), -np.inf, draws), tail)
-    high = np.percentile(np.where(np.isnan(draws), np.inf, draws), 100 - tail)
+    with np.errstate(invalid="ignore"):   # between two infinite draws the percentile is nan: unbounded too
+        low = np.percentile(np.where(np.isnan(draws), -np.inf, draws), tail)
+        high = np.percentile(np.where(np.isnan(draws), np.inf, draws), 100 - tail)
     return float(np.mean(defined)), [_finite(low), _finite(high)]
 
 

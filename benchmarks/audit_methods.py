@@ -4,6 +4,8 @@ target: which unlearning survives?
     python benchmarks/audit_methods.py                       # the forget-50 % protocol's 10 % runs
     python benchmarks/audit_methods.py --methods npo_rt,sure --max-samples 20
     python benchmarks/audit_methods.py --redo rephrase      # one attack made again in every cached audit
+    python benchmarks/audit_methods.py --control runs/tofu_forget50/retain18/model --seeds 3 --splits example,group
+                                                            # issue 31: control, lr sweep, both splits, 3 seeds
 
 Reads the runs `benchmarks/tofu_mini.py --forget50` trains (plan forget50-10pct: one target that learned
 20 TOFU authors, each method unlearning authors 198-199 with the same budget) and audits each finished one
@@ -30,21 +32,25 @@ from benchmarks.tofu_report import require_plotting  # noqa: E402
 RUNS = REPO / "runs" / "tofu_forget50" / "forget50-10pct"
 
 
-def audited(run: Path, max_samples: int, redo: list[str]) -> dict | None:
+def audited(run: Path, max_samples: int, redo: list[str], trust: dict | None = None, split: str = "example") -> dict | None:
     """The run's audit report (made if missing; its `redo` attacks made again), or None when the run has not
-    finished training."""
+    finished training. `trust`: {"control": MODEL, "seeds": N} for the issue-31 audit (with the default
+    learning-rate sweep); `split`: the relearn split, whose audit lives in RUN/audit (example) or
+    RUN/audit-group. A stopped audit resumes from its OUT/.partial on the next call."""
     from audit import rejudged, run_audit
     from core.runs import RunDir, RunState
 
-    report = RunDir(run).audit_report_path
+    out = RunDir(run).audit_dir if split == "example" else RunDir(run).path / f"audit-{split}"
+    settings = dict(max_samples=max_samples, log=lambda message: print(f"    {message}"),
+                    options={"relearn_split": split}, **(trust or {}))
+    report = out / "audit.json"
     if report.is_file() and redo:
-        return run_audit(run, RunDir(run).audit_dir, redo, max_samples=max_samples, update=True,
-                         log=lambda message: print(f"    {message}"))
+        return run_audit(run, out, redo, update=True, **settings)
     if report.is_file():   # judged again: the recovery rules may have changed since it was measured
         return rejudged(json.loads(report.read_text()))
     if not RunDir(run).holds_run() or RunDir(run).status().get("state") != RunState.FINISHED:
         return None
-    return run_audit(run, RunDir(run).audit_dir, max_samples=max_samples, log=lambda message: print(f"    {message}"))
+    return run_audit(run, out, **settings)
 
 
 FIGURE_NAMES = {"nll": "NLL", "prob": "prob.", "rougeL": "ROUGE-L"}
@@ -140,14 +146,22 @@ def main(argv=None) -> int:
     parser.add_argument("--max-samples", type=int, default=20)
     parser.add_argument("--redo", default="", help="attacks to redo in the cached audits (`unlearn audit --update`)")
     parser.add_argument("--results", default=str(REPO / "docs" / "results"))
+    parser.add_argument("--control", default="", help="a never-learned model (e.g. the 18-author retain model's "
+                                                      "folder): every fine-tuning attack trains it alike")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--splits", default="example", help="relearn splits to audit, comma-separated: example,group")
     args = parser.parse_args(argv)
     require_plotting()
     runs, results = Path(args.runs).resolve(), Path(args.results)
     reports = {}
+    trust = {"control": args.control or None, "seeds": args.seeds}
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        print(f"[{time.strftime('%H:%M:%S')}] {method}", flush=True)
-        reports[method] = audited(runs / f"unlearn-{method}", args.max_samples,
-                                  [a.strip() for a in args.redo.split(",") if a.strip()])
+        for split in splits:
+            print(f"[{time.strftime('%H:%M:%S')}] {method} ({split} split)", flush=True)
+            key = method if split == "example" else f"{method} ({split} split)"
+            reports[key] = audited(runs / f"unlearn-{method}", args.max_samples,
+                                   [a.strip() for a in args.redo.split(",") if a.strip()], trust, split)
     write_json_atomic(results / "audit_methods.json", reports)
     write_text_atomic(results / "audit_methods.md", markdown(reports, runs, args.max_samples))
     plot(reports, results / "audit_methods.png")

@@ -15,6 +15,21 @@ from core.runs import RunDir, RunState, read_json
 from ..context import Studio, guarded, message, public_text
 
 FIGURE_NAMES = {"nll": "NLL", "prob": "probability", "rougeL": "ROUGE-L"}
+NO_CONTROL = "none — judge by the recovery alone"
+PLAIN_VERDICTS = {   # (verdict, judged against a control) -> the verdict in plain words
+    ("robust", True): "the forgetting held: after this attack it knows no more than a model that never learned the data",
+    ("partial", True): "partly undone: after this attack it knows clearly more than a model that never learned the "
+                       "data (a quarter to half of the way back)",
+    ("shallow", True): "shallow: after this attack it is more than halfway back to what it knew, far ahead of a "
+                       "model that never learned the data",
+    ("robust", False): "the forgetting held: this attack brings back less than a quarter of what was forgotten",
+    ("partial", False): "partly undone: this attack brings back a quarter to half of what was forgotten",
+    ("shallow", False): "shallow: this attack brings back more than half of what was forgotten",
+}
+OTHER_VERDICTS = {
+    "inconclusive": "not sure: the measurement is too noisy to tell (more seeds or samples would narrow it)",
+    "undefined": "nothing to judge: unlearning changed none of the figures",
+}
 
 
 def audit_status(run: RunDir) -> tuple[str, dict | None]:
@@ -28,7 +43,8 @@ def audit_status(run: RunDir) -> tuple[str, dict | None]:
     if state == RunState.RUNNING:
         return f"auditing: {status.get('message', '')} ({100 * status.get('progress', 0):.0f} %)", report
     if state == RunState.FINISHED and report:
-        return f"audit finished: overall **{report['overall']}** ({report['wall_seconds']} s)", report
+        against = f", against the control {report['control']}" if report.get("control") else ", no control"
+        return f"audit finished: overall **{report['overall']}**{against} ({report['wall_seconds']} s)", report
     return f"audit {state}: {status.get('error') or status.get('message', '')}", report
 
 
@@ -76,11 +92,46 @@ def recovery_chart(report: dict | None):
     return (bars + rules).properties(title="How much each attack brings back", height=260, width=700)
 
 
+def control_choices(studio: Studio, session_id: str, run_key: str | None) -> dict[str, str]:
+    """label -> the --control spec: none, the studio's models (bundled, the demo base, local folders), and
+    every other run this session sees (its final model)."""
+    runs = {f"run — {key}": str(studio.workspace.root / key) for key in studio.workspace.visible_runs(session_id)
+            if key != run_key}
+    return {NO_CONTROL: "", **studio.model_choices(), **runs}
+
+
+def plain_verdict(result: dict) -> str:
+    """The verdict in words a non-researcher reads."""
+    level = result["verdict"].split(":")[0]
+    against_control = result.get("judged_by") == "residual"
+    return PLAIN_VERDICTS.get((level, against_control)) or OTHER_VERDICTS.get(level, level)
+
+
+def _with_interval(values: dict | None, intervals: dict | None, figure: str = "nll") -> str:
+    from audit.report import with_interval
+
+    value = with_interval((values or {}).get(figure), (intervals or {}).get(figure))
+    return "-" if value is None else (value if isinstance(value, str) else f"{value:.3f}")
+
+
 def verdict_table(report: dict | None) -> pd.DataFrame:
+    """Per attack: the verdict in words, the unlearned model against the control after the attack (forget
+    NLL), and the recovery and residual of the NLL with their 95 % intervals."""
+    columns = ["attack", "verdict", "in plain words", "largest recovery", "NLL recovery [95 % interval]", "NLL residual [95 % interval]",
+               "forget NLL: original", "unlearned, attacked", "control, attacked"]
     if not report:
-        return pd.DataFrame(columns=["attack", "verdict", "largest recovery"])
-    return pd.DataFrame([{"attack": r["name"], "verdict": r["verdict"].split(":")[0],
-                          "largest recovery": r["worst_recovery"]} for r in report["results"]]).round(3)
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for r in report["results"]:
+        forget = r["forget"]
+        rows.append(dict(zip(columns, [
+            r["name"], r["verdict"].split(":")[0], plain_verdict(r),
+            "-" if r.get("worst_recovery") is None else round(r["worst_recovery"], 3),
+            _with_interval(r.get("recovery"), r.get("recovery_interval")),
+            _with_interval(r.get("residual"), r.get("residual_interval")) if "residual" in r else "-",
+            round(forget["original"].get("nll", float("nan")), 3), round(forget["attacked"].get("nll", float("nan")), 3),
+            round(forget["control_attacked"]["nll"], 3) if "control_attacked" in forget else "-"])))
+    return pd.DataFrame(rows, columns=columns)
 
 
 def create_audit_tab(studio: Studio, session, run_key):
@@ -90,6 +141,11 @@ def create_audit_tab(studio: Studio, session, run_key):
         attacks = gr.CheckboxGroup(attack_names(), value=ticked_attacks(), label="Attacks", elem_id="audit-attacks")
         steps = step_field()
     with gr.Row():
+        control = gr.Dropdown([NO_CONTROL, *studio.model_choices()], value=NO_CONTROL, elem_id="audit-control",
+                              label="Control: a model that never learned the forget data (fine-tuned alike)")
+        seeds = gr.Number(1, label="seeds (repeats, for the intervals)", precision=0, minimum=1, maximum=5,
+                          elem_id="audit-seeds")
+    with gr.Row():
         start = gr.Button("Audit this run", variant="primary", elem_id="audit-start")
         stop = gr.Button("Stop", variant="stop", elem_id="audit-stop")
     status = gr.Markdown("No audit yet.", elem_id="audit-status")
@@ -98,12 +154,19 @@ def create_audit_tab(studio: Studio, session, run_key):
     timer = gr.Timer(2.0)
 
     @guarded
-    def on_start(session_id, key, chosen, fine_tune_steps):
+    def on_start(session_id, key, chosen, fine_tune_steps, control_label, seed_count):
+        from audit import check_control
+
         run = studio.workspace.open_run(session_id, key)
         require(run.status().get("state") == RunState.FINISHED, "this run has not finished",
                 "audit a finished run (the Runs tab lists them)")
         require(bool(chosen), "no attack is chosen", "tick at least one attack")
+        spec = control_choices(studio, session_id, key).get(control_label, "")
+        if spec:
+            check_control(run, spec)   # a wrong control is refused here, in the page
+        control_flags = ["--control", spec] if spec else []
         studio.jobs.start_audit(run, key, ["--attacks", ",".join(chosen), *step_flags(chosen, int(fine_tune_steps)),
+                                           *control_flags, "--seeds", str(int(seed_count or 1)),
                                            "--device", studio.device],
                                 studio.workspace.log_path(key).with_suffix(".audit.log"))
         return message("audit started: it runs in the background; this page follows it", "info")
@@ -123,7 +186,11 @@ def create_audit_tab(studio: Studio, session, run_key):
         text, report = audit_status(run)
         return public_text(text), verdict_table(report), recovery_chart(report)
 
-    start.click(on_start, [session, run_key, attacks, steps], status, api_name="audit")
+    def on_run_change(session_id, key):
+        return gr.update(choices=list(control_choices(studio, session_id, key)))
+
+    start.click(on_start, [session, run_key, attacks, steps, control, seeds], status, api_name="audit")
+    run_key.change(on_run_change, [session, run_key], control, show_progress="hidden")
     stop.click(on_stop, None, status, api_name="stop_audit")
     timer.tick(on_tick, [session, run_key], [status, verdicts, chart], api_name="poll_audit", show_progress="hidden")
     return {"status": status}

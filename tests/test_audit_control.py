@@ -1,0 +1,219 @@
+"""The audit that can be trusted (issue 31): the residual against a never-learned control and the bootstrap
+interval computed by hand, verdicts on intervals, the learning-rate sweep, the group split, sanity rows
+(the control against itself 0, the original against a control 1), bad input, and a stopped audit resumed."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from audit import recovery, run_audit
+from audit.attacks.base import Sweep, swept_values
+from audit.groups import forget_groups, spread_over_groups
+from audit.attacks.relearn import split_by_group
+from conftest import build_tiny_model, quiet
+from core.errors import UnlearnError
+from core.trainer import train
+from test_audit import FAST, lora_run  # noqa: F401  (the tiny LoRA run the audit's own tests attack)
+from unlearn.cli import main
+
+ONE_ATTACK = dict(FAST, max_samples=4, options={"relearn_steps": 1, "relearn_lr": "x1"})
+
+
+def test_the_residual_by_hand():
+    # NLL 2.0 original, 4.0 for the control after the attack, 3.0 for the unlearned model after it: halfway
+    assert recovery.residual(2.0, 3.0, 4.0, "nll") == pytest.approx(0.5)
+    # probability (higher = more known): 0.8 original, 0.2 control attacked, 0.5 unlearned attacked
+    assert recovery.residual(0.8, 0.5, 0.2, "prob") == pytest.approx(0.5)
+    assert recovery.residual(0.8, 0.9, 0.2, "rougeL") == pytest.approx(7 / 6)     # beyond the original
+    # sanity rows by construction: the original itself 1, the control itself 0
+    assert recovery.residual(2.0, 2.0, 4.0, "nll") == 1.0 and recovery.residual(0.8, 0.8, 0.2, "prob") == 1.0
+    assert recovery.residual(2.0, 4.0, 4.0, "nll") == 0.0 and recovery.residual(0.8, 0.2, 0.2, "rougeL") == 0.0
+    # the control relearned to within the noise floor of the original: nothing to tell apart
+    assert recovery.residual(2.0, 2.5, 2.03, "nll") is None
+    assert recovery.residual(0.8, 0.5, 0.795, "prob") is None
+
+
+def _each(values: list[float]) -> dict:
+    return {"rougeL": values}
+
+
+def test_the_bootstrap_interval_by_hand():
+    # one seed, two examples: original 1, unlearned 0, attacked 0 and 1 -> recovery 0.5. A resample of two
+    # examples is {0,0}, {0,1} or {1,1} (1/4, 1/2, 1/4): recovery 0, 0.5 or 1, so the 95 % interval is [0, 1]
+    seed = {"original": _each([1.0, 1.0]), "unlearned": _each([0.0, 0.0]), "attacked": _each([0.0, 1.0])}
+    assert recovery.point_and_interval([seed], "rougeL", "recovery") == (0.5, [0.0, 1.0])
+    # no spread at all: the interval is the point
+    flat = {**seed, "attacked": _each([0.5, 0.5])}
+    assert recovery.point_and_interval([flat], "rougeL", "recovery") == (0.5, [0.5, 0.5])
+    # two seeds without spread inside, recoveries 0 and 1: the point is their mean, the interval spans both
+    zero, one = {**seed, "attacked": _each([0.0, 0.0])}, {**seed, "attacked": _each([1.0, 1.0])}
+    assert recovery.point_and_interval([zero, one], "rougeL", "recovery") == (0.5, [0.0, 1.0])
+    # a larger sample: the percentile interval of a mean is close to mean +- 1.96 standard errors
+    values = np.random.default_rng(1).random(400)
+    wide = {"original": _each([1.0] * 400), "unlearned": _each([0.0] * 400), "attacked": _each(list(values))}
+    point, (low, high) = recovery.point_and_interval([wide], "rougeL", "recovery")
+    half = 1.96 * values.std() / np.sqrt(len(values))
+    assert point == pytest.approx(values.mean()) and low == pytest.approx(point - half, abs=0.2 * half)
+    assert high == pytest.approx(point + half, abs=0.2 * half)
+    # the NLL is pooled over answer tokens: summed NLL 2+6 over 1+3 tokens is 2.0 nats per token
+    assert recovery.figure_mean({"nll": [2.0, 6.0], "tokens": [1, 3]}, "nll", np.arange(2)) == 2.0
+
+
+def test_verdicts_rest_on_the_intervals():
+    assert recovery.verdict({"nll": 0.1}, {"nll": [0.0, 0.2]}) == ("robust", 0.1)
+    assert recovery.verdict({"nll": 0.1}, {"nll": [0.0, 0.3]})[0].startswith("inconclusive")
+    assert recovery.verdict({"nll": 0.7}, {"nll": [0.55, 0.9]})[0] == "shallow"
+    assert recovery.verdict({"nll": 0.7}, {"nll": [0.4, 0.9]})[0].startswith("inconclusive")
+    assert recovery.verdict({"nll": 0.3, "prob": 0.1}, {"nll": [0.26, 0.45], "prob": [0.0, 0.2]})[0] == "partial"
+    assert recovery.verdict({"nll": 0.1}, {"nll": [None, 0.2]})[0] == "robust"       # unbounded below
+    assert recovery.verdict({"nll": 0.1}, {"nll": [0.0, None]})[0].startswith("inconclusive")
+    assert recovery.overall({"a": "robust", "b": "inconclusive: x", "c": "partial"}) == "inconclusive"
+
+
+def test_a_sweep_takes_several_learning_rates_and_refuses_a_non_positive_one():
+    rates = Sweep("relearn_lr", "x0.3,x1,x3", "learning rates")
+    assert rates.check("x0.3, 1e-4", "relearn") == ["x0.3", 1e-4]
+    assert swept_values(rates.check(rates.default, "relearn"), 1e-4) == pytest.approx([3e-5, 1e-4, 3e-4])
+    for bad in ("0", "x1,-1e-4", "x0", "fast", ","):
+        with pytest.raises(UnlearnError, match="relearn's relearn_lr"):
+            rates.check(bad, "relearn")
+
+
+def test_groups_come_from_tofu_authors_or_a_group_field(tmp_path):
+    assert forget_groups("tofu:forget01", 40) == ["author 198"] * 20 + ["author 199"] * 20
+    grouped = tmp_path / "grouped.jsonl"
+    grouped.write_text("".join(json.dumps({"question": f"q{i}?", "answer": f"a{i}.", "group": f"g{i % 3}"}) + "\n"
+                               for i in range(6)))
+    assert forget_groups(str(grouped), 6) == ["g0", "g1", "g2", "g0", "g1", "g2"]
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"question": "q?", "answer": "a."}) + "\n")
+    assert forget_groups(str(plain), 1) is None
+    examples, groups = spread_over_groups(list(range(40)), ["a"] * 20 + ["b"] * 20, 6)   # 3 of each, in order
+    assert examples == [0, 1, 2, 20, 21, 22] and groups == ["a"] * 3 + ["b"] * 3
+    relearned, measured = split_by_group(list(range(6)), ["a", "b", "c"] * 2, 0.5, seed=0)
+    assert not {i % 3 for i in relearned} & {i % 3 for i in measured} and sorted(relearned + measured) == list(range(6))
+
+
+def _relearn(report: dict) -> dict:
+    return next(r for r in report["results"] if r["name"] == "relearn")
+
+
+def test_the_control_against_itself_has_residual_0_and_every_point_is_shown(lora_run, tmp_path):
+    out = tmp_path / "audit"
+    report = run_audit(lora_run.out, out, ["relearn"], log=lambda m: None, control=lora_run.out, seeds=2,
+                       **{**FAST, "max_samples": 6, "options": {"relearn_steps": 1, "relearn_lr": "x1,x3"}})
+    relearn = _relearn(report)
+    assert report["control"] == lora_run.out and report["seeds"] == 2 and relearn["judged_by"] == "residual"
+    assert len(relearn["points"]) == 4 and [e["lr"] for e in relearn["sweep"]] == pytest.approx([5e-2, 0.15])
+    assert all(e["seeds"] == [42, 43] for e in relearn["sweep"])
+    # trained alike from the same weights, the control is the unlearned model: residual 0 wherever defined
+    defined = [v for e in relearn["sweep"] for v in e["residual"].values() if v is not None]
+    assert defined and all(v == pytest.approx(0.0, abs=1e-9) for v in defined)
+    assert relearn["residual"]["nll"] is not None and relearn["residual_interval"]["nll"] is not None
+    weakest = {e["lr"]: e["verdict"] for e in relearn["sweep"]}[relearn["lr"]]
+    assert relearn["verdict"] == weakest
+    text = (out / "audit.md").read_text()
+    assert "residual** against the never-learned control" in text and "## Every learning rate" in text
+    low, high = relearn["recovery_interval"]["nll"]
+    assert f"{relearn['recovery']['nll']:.4f} [{low:.2f}, {high:.2f}]" in text
+    saved = json.loads((out / "audit.json").read_text())
+    assert _relearn(saved)["residual_interval"] == relearn["residual_interval"]
+    assert not (out / ".partial").exists() and not (out / ".work").exists()
+
+
+def test_the_original_against_a_control_has_residual_1(lora_run, tmp_path, tokenizer):
+    still = replace(lora_run, out=str(tmp_path / "still"), lr=1e-12, max_steps=1)   # the original, unchanged
+    train(still, **quiet())
+    control = tmp_path / "control"
+    build_tiny_model(tokenizer, seed=1).save_pretrained(control)      # another model, the same tokenizer
+    tokenizer.save_pretrained(control)
+    report = run_audit(still.out, tmp_path / "audit", ["relearn"], log=lambda m: None, control=str(control),
+                       **{**FAST, "options": {"relearn_steps": 1, "relearn_lr": "1e-12"}})
+    residual = _relearn(report)["residual"]
+    assert residual["nll"] == pytest.approx(1.0, abs=1e-3)   # an attack that moves nothing: the original stays
+
+
+def test_a_stopped_audit_resumes_without_redoing_finished_attacks(lora_run, tmp_path, monkeypatch):
+    from audit.attacks import finetune
+    from audit.attacks.rephrase import Rephrase
+
+    out = tmp_path / "audit"
+
+    def stop(self, context):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Rephrase, "run", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_audit(lora_run.out, out, ["relearn", "rephrase"], log=lambda m: None, **ONE_ATTACK)
+    assert (out / ".partial" / "attack-relearn.json").is_file() and not (out / "audit.json").exists()
+    assert json.loads((out / "status.json").read_text())["state"] == "stopped"
+    monkeypatch.undo()
+    monkeypatch.setattr(finetune, "finetuned", lambda *a, **k: pytest.fail("a finished attack was trained again"))
+    said = []
+    report = run_audit(lora_run.out, out, ["relearn", "rephrase"], log=said.append, **ONE_ATTACK)
+    assert "audit: attack-relearn kept from the stopped audit" in said
+    assert [r["name"] for r in report["results"]][:2] == ["relearn", "rephrase: plain"]
+    assert not (out / ".partial").exists()
+
+
+def test_bad_control_and_sweep_input_gets_one_clear_error(lora_run, tmp_path, tiny_model_dir, capsys):
+    from conftest import sentencepiece_model_dir
+
+    def refused(*flags) -> str:
+        assert main(["audit", lora_run.out, "--out", str(tmp_path / "never"), "--attacks", "relearn", *flags]) == 2
+        return capsys.readouterr().err
+
+    other = sentencepiece_model_dir(tmp_path / "other")
+    build_tiny_model(__import__("core.models").models.load_tokenizer(str(other))).save_pretrained(other)
+    err = refused("--control", str(other))
+    assert "error: the control" in err and "tokenizer differs from the run's" in err and "fix:" in err
+    err = refused("--control", str(tiny_model_dir))
+    assert "is the model this run unlearned from" in err and "fix: name a model that never saw" in err
+    err = refused("--relearn-lr", "x1,0")
+    assert "error: relearn's relearn_lr must be comma-separated, each > 0" in err and "fix:" in err
+    err = refused("--relearn-split", "group")
+    assert "names no groups, so it cannot be split by group" in err and "fix: use --relearn-split example" in err
+    err = refused("--max-samples", "2", "--seeds", "3")
+    assert "--seeds 3: the forget set's 2 examples allow only 2 different relearn splits" in err
+    assert "fix: use --seeds 2 or fewer" in err
+    assert not (tmp_path / "never").exists()      # refused before anything was written
+
+
+def test_the_group_split_relearns_some_groups_and_measures_the_others(lora_run, tmp_path):
+    grouped = tmp_path / "grouped.jsonl"
+    grouped.write_text("".join(json.dumps({"question": f"Who wrote book {i}?", "answer": f"Author {i % 4} did.",
+                                           "group": f"author {i % 4}"}) + "\n" for i in range(8)))
+    run = replace(lora_run, out=str(tmp_path / "run"), forget=str(grouped), max_steps=1)
+    train(run, **quiet())
+    options = {"relearn_steps": 1, "relearn_lr": "x1", "relearn_split": "group"}
+    report = run_audit(run.out, tmp_path / "audit", ["relearn"], log=lambda m: None, **{**FAST, "options": options})
+    relearn = _relearn(report)
+    assert relearn["split"] == "group" and relearn["trained_on"] == 4 and relearn["points"][0]["measured"] == 4
+    assert "relearn: group split" in (tmp_path / "audit" / "audit.md").read_text()
+
+
+def test_the_command_line_passes_the_control_and_the_seeds(monkeypatch):
+    import audit
+
+    calls = []
+    monkeypatch.setattr(audit, "run_audit", lambda *args, **kwargs: calls.append(kwargs) or {})
+    monkeypatch.setattr(audit, "markdown", lambda report: "")
+    assert main(["audit", "r", "--out", "o", "--control", "bundled", "--seeds", "3", "--relearn-lr", "1e-4,x3"]) == 0
+    assert calls[0]["control"] == "bundled" and calls[0]["seeds"] == 3
+
+
+def test_the_studio_sets_the_unlearned_model_against_the_control_in_plain_words():
+    from audit import rejudged
+    from studio.tabs.audit import verdict_table
+
+    each = {"original": {"nll": [1.0, 1.0], "tokens": [1, 1]}, "unlearned": {"nll": [3.0, 3.0], "tokens": [1, 1]},
+            "attacked": {"nll": [2.9, 3.0], "tokens": [1, 1]}, "control_attacked": {"nll": [3.0, 3.0], "tokens": [1, 1]}}
+    figures = {stage: {"nll": sum(v["nll"]) / 2} for stage, v in each.items()}
+    point = {"lr": 1e-4, "seed": 42, "steps": 1, "forget": figures, "each": each}
+    report = rejudged({"results": [{"name": "relearn", "points": [point]}], "control": "bundled"})
+    row = verdict_table(report).iloc[0]
+    # residual (3.0 - 2.95) / (3.0 - 1.0) = 0.025; its interval over the two examples [0, 0.05]
+    assert row["NLL residual [95 % interval]"] == "0.0250 [0.00, 0.05]" and row["control, attacked"] == 3.0
+    assert row["verdict"] == "robust" and "no more than a model that never learned" in row["in plain words"]
