@@ -239,8 +239,9 @@ def run_audit(source: RunSource) -> dict | None:
 
 
 def audit_summary(audit: dict) -> dict:
-    return {"overall": audit["overall"], "path": f"audit/{AUDIT_REPORT}",
-            "attacks": {r["name"]: {"verdict": r["verdict"].split(":")[0], "worst_recovery": r["worst_recovery"]}
+    return {"overall": audit["overall"], "path": f"audit/{AUDIT_REPORT}", "control": audit.get("control"),
+            "attacks": {r["name"]: {"verdict": r["verdict"].split(":")[0], "worst_recovery": r["worst_recovery"],
+                                    "worst_residual": r.get("worst_residual")}
                         for r in audit["results"]}}
 
 

@@ -90,10 +90,16 @@ def _audit(audit: dict) -> str:
     if restoring:
         lines += [f"- **{r['name']} restores what was forgotten** (largest recovery {r['worst_recovery']:.2f}, "
                   f"{r['verdict'].split(':')[0]})." for r in restoring] + [""]
+    elif any(r["verdict"].startswith("inconclusive") for r in audit["results"]):
+        lines += ["No attack clearly restored what was forgotten, but some figures were too noisy to tell.", ""]
     else:
         lines += ["No attack restored more than a quarter of what was forgotten.", ""]
-    lines += ["| attack | verdict | largest recovery |", "|---|---|---|"]
+    if audit.get("control"):   # issue 31: the fine-tuning attacks also trained a never-learned control
+        lines += [f"Control: `{audit['control']}`, a model that never learned the forget data, fine-tuned alike. "
+                  "Residual = (control attacked − unlearned attacked) / (control attacked − original): 0 relearns "
+                  "no faster than never having learned, 1 back to the original.", ""]
+    lines += ["| attack | verdict | largest recovery | largest residual |", "|---|---|---|---|"]
     for r in audit["results"]:
-        worst = "-" if r["worst_recovery"] is None else f"{r['worst_recovery']:.2f}"
-        lines.append(f"| {r['name']} | {r['verdict'].split(':')[0]} | {worst} |")
+        worst, residual = ("-" if v is None else f"{v:.2f}" for v in (r["worst_recovery"], r.get("worst_residual")))
+        lines.append(f"| {r['name']} | {r['verdict'].split(':')[0]} | {worst} | {residual} |")
     return "\n".join(lines + ["", "The whole report: `audit/audit.json`, `audit/audit.md`."])
