@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from .config import UnlearnConfig, cli_fields, read_config_file
 from .errors import UnlearnError
+from .paths import input_arg
 from .runs import RunState
 
 # The settings only unlearning has: `finetune` (plain supervised training) shares every other flag of `train`.
@@ -32,7 +33,11 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
     """Parse `argv` and run the chosen command: an UnlearnError becomes `error:` and `fix:` lines (exit 2),
     Ctrl-C or SIGTERM one line (exit 130); never a traceback. Each command writes atomically, so an
     interrupted one leaves its old files or none."""
-    args = parser.parse_args(argv)
+    try:   # user paths are resolved and output folders checked as the arguments are read (core/paths.py)
+        args = parser.parse_args(argv)
+    except UnlearnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not hasattr(args, "handler"):
         parser.print_help()
         return 0
@@ -98,11 +103,11 @@ def add_commands(commands) -> None:
     methods.set_defaults(handler=run_methods)
 
     stop = commands.add_parser("stop", help="ask a running run to stop at its next step (keeps a checkpoint)")
-    stop.add_argument("run", help="run directory")
+    stop.add_argument("run", type=input_arg, help="run directory")
     stop.set_defaults(handler=run_stop)
 
     status = commands.add_parser("status", help="show a run's status")
-    status.add_argument("run", help="run directory")
+    status.add_argument("run", type=input_arg, help="run directory")
     status.set_defaults(handler=run_status)
 
     prepare = commands.add_parser("prepare-model", help="convert the bundled (and demo) model once; print the paths")

@@ -28,6 +28,19 @@ def absolute_spec(spec: str) -> str:
     return str(absolute(spec))
 
 
+def input_arg(text: str) -> str:
+    """An argparse `type` for a run, model, data or log argument: made absolute once, where it comes in."""
+    return absolute_spec(text)
+
+
+def output_folder_arg(flag: str = "--out"):
+    """An argparse `type` for an output folder: absolute, and refused at once (before any model loads) when
+    it cannot be made or written."""
+    def convert(text: str) -> str:
+        return str(writable_folder(text, flag))
+    return convert
+
+
 def writable_folder(path: str | Path, flag: str = "--out") -> Path:
     """The absolute folder `path`, after checking that it can be created (or is a folder) and written in."""
     target = absolute(path)

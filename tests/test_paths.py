@@ -60,3 +60,27 @@ def test_train_refuses_an_unwritable_out_before_loading_anything(tmp_path):
     # the model name would fail too (no such model): the folder is checked first, before any model is looked at
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: --out /proc/unlearn_out cannot be written") and "fix:" in result.stderr
+
+
+def test_relative_paths_work_from_another_folder(tiny_model_dir, qa_files, tmp_path):
+    """A run made with relative paths in one folder is read from another folder by relative paths too: each
+    path is resolved once, where the command reads it (issue 35 item 9)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    trained = run_unlearn("train", "--model", tiny_model_dir, "--forget", qa_files["forget"], "--out", "runs/rel",
+                          "--method", "npo", "--max-steps", 1, "--device", "cpu", "--eval-examples", 2, cwd=first)
+    assert trained.returncode == 0, trained.stderr
+    status = run_unlearn("status", "../first/runs/rel", cwd=second)
+    assert status.returncode == 0 and '"finished"' in status.stdout, status.stderr
+    evaluated = run_unlearn("eval", "../first/runs/rel", "--suite", "quick", "--out", "evals/rel", "--max-samples", 2,
+                            "--max-new-tokens", 2, "--device", "cpu", cwd=second)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert (second / "evals" / "rel" / "summary.json").is_file()
+
+
+def test_eval_refuses_an_unwritable_out_before_loading_the_model(tmp_path):
+    (tmp_path / "f").write_text("a file")
+    result = run_unlearn("eval", "no-such-model-dir-here/x", "--suite", "quick", "--out", tmp_path / "f" / "x")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: --out {tmp_path / 'f' / 'x'} cannot be made") and "fix:" in result.stderr

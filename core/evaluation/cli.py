@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..paths import input_arg, output_folder_arg
+
 
 def add_commands(commands) -> None:
     """Add evaluation's subcommands (called by core.cli.add_commands)."""
@@ -23,21 +25,22 @@ def _add_eval(commands) -> None:
         description="Evaluate a run directory, one of its checkpoints, a model directory, a LoRA adapter or "
                     "'bundled' with one suite (`unlearn suites` lists them and what each needs). Example: "
                     "unlearn eval runs/tofu01 --suite tofu --out runs/tofu01/eval")
-    p.add_argument("model", metavar="MODEL_OR_RUN")
+    p.add_argument("model", metavar="MODEL_OR_RUN", type=input_arg)
     p.add_argument("--suite", choices=sorted(SUITES), default="tofu",
                    help="; ".join(f"{name}: {suite.summary}" for name, suite in sorted(SUITES.items())))
-    p.add_argument("--out", required=True, help="directory for the logs, summary.json and summary.md")
+    p.add_argument("--out", required=True, type=output_folder_arg("--out"),
+                   help="directory for the logs, summary.json and summary.md")
     for need in _needs():
         users = [name for name, suite in sorted(SUITES.items()) if any(n.name == need.name for n in suite.needs)]
         text = f"{need.help} ({', '.join(users)}" + ("; default: the run's" if need.from_run else "") + ")"
-        p.add_argument(need.flag, dest=f"{NEED_PREFIX}{need.name}", default=None, metavar="PATH",
+        p.add_argument(need.flag, dest=f"{NEED_PREFIX}{need.name}", default=None, metavar="PATH", type=input_arg,
                        help=text.replace("%", "%%"))
     for option in _options():
         meanings = [f"{name}: {o.help}; {o.range_text()}; default {o.default!r}" for name, suite in sorted(SUITES.items())
                     for o in suite.options if o.name == option.name]
         p.add_argument(option.flag, dest=f"{OPTION_PREFIX}{option.name}", default=None, metavar="VALUE",
                        help=" | ".join(meanings).replace("%", "%%"))   # argparse formats help with %
-    p.add_argument("--original", default=None,
+    p.add_argument("--original", default=None, type=input_arg,
                    help="the model before unlearning, for fluency and 'before' scores (default: a run's base model)")
     p.add_argument("--max-samples", type=int, default=None, help="first N samples per set (default: the suite's)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="generation length (default: the suite's)")
@@ -110,8 +113,8 @@ def _add_aggregate(commands) -> None:
         description="Read a model's and a retain model's aggregated TOFU eval logs (eval_log_aggregated.json, "
                     "or an `unlearn eval` output directory) and print the twelve figures, Model Utility and "
                     "Forget Quality as JSON, as TOFU's aggregate_eval_stat.py computes them.")
-    p.add_argument("target", metavar="TARGET", help="the evaluated model's aggregated eval log")
-    p.add_argument("retain", metavar="RETAIN", help="the retain model's aggregated eval log")
+    p.add_argument("target", metavar="TARGET", type=input_arg, help="the evaluated model's aggregated eval log")
+    p.add_argument("retain", metavar="RETAIN", type=input_arg, help="the retain model's aggregated eval log")
     p.set_defaults(handler=run_aggregate)
 
 
@@ -133,8 +136,8 @@ def _add_best_checkpoint(commands) -> None:
                     "evaluated with --retain-logs), print the one with the highest Forget Quality among those "
                     "keeping at least --utility-floor of the original's Model Utility. Example: unlearn "
                     "best-checkpoint --original eval/target eval/step-10 eval/step-20 eval/final")
-    p.add_argument("evals", nargs="+", metavar="EVAL_DIR", help="`unlearn eval --suite tofu` output directories")
-    p.add_argument("--original", required=True, help="the original model's eval directory (its Model Utility)")
+    p.add_argument("evals", nargs="+", metavar="EVAL_DIR", type=input_arg, help="`unlearn eval --suite tofu` output directories")
+    p.add_argument("--original", required=True, type=input_arg, help="the original model's eval directory (its Model Utility)")
     p.add_argument("--utility-floor", type=float, default=0.9, help="share of the original's utility to keep")
     p.set_defaults(handler=run_best_checkpoint)
 
