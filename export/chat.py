@@ -39,16 +39,28 @@ class ChatSession:
         self.tokenizer = AutoTokenizer.from_pretrained(self.bundle / "tokenizer")
         self.runner = open_runner(self.artifact, manifest["artifacts"][self.artifact], self.bundle)
         self.messages: list[dict] = []
+        self.last: dict = {}
 
     def reply(self, text: str, max_new_tokens: int = 256, temperature: float = 0.0) -> Iterator[str]:
         """Stream the answer to `text` as pieces of text; the full answer joins the conversation."""
         self.messages.append({"role": "user", "content": text})
-        ids = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True)
+        pieces = []
+        for piece in self.answer(self.messages, max_new_tokens, temperature):
+            pieces.append(piece)
+            yield piece
+        self.messages.append({"role": "assistant", "content": "".join(pieces)})
+
+    def answer(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
+               seed: int = 0) -> Iterator[str]:
+        """Stream the next assistant message after `messages` as pieces of text; afterwards `last` holds the
+        token counts and why it ended ("stop": end of turn, "length": max_new_tokens reached)."""
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         stop = tuple(i for i in (self.tokenizer.eos_token_id,) if i is not None)
-        tokens, shown = [], ""
-        for token in self.runner.stream(ids, max_new_tokens, stop, temperature):
+        tokens, shown, finish = [], "", "length"
+        for token in self.runner.stream(ids, max_new_tokens, stop, temperature, seed):
             if token in stop:
+                finish = "stop"
                 break
             tokens.append(token)
             # decode everything so far: a multi-byte character may span several tokens
@@ -56,7 +68,7 @@ class ChatSession:
             if len(text_so_far) > len(shown) and not text_so_far.endswith("\ufffd"):
                 yield text_so_far[len(shown):]
                 shown = text_so_far
-        self.messages.append({"role": "assistant", "content": self.tokenizer.decode(tokens, skip_special_tokens=True)})
+        self.last = {"prompt_tokens": len(ids), "completion_tokens": len(tokens), "finish_reason": finish}
 
     def close(self) -> None:
         self.runner.close()
