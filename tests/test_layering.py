@@ -31,8 +31,9 @@ def module_files() -> dict[str, Path]:
     return files
 
 
-def imported_names(module: str, path: Path) -> set[str]:
-    """Every module name `path` imports, relative imports made absolute."""
+def imported_names(module: str, path: Path, modules: set[str] = frozenset()) -> set[str]:
+    """Every module name `path` imports, relative imports made absolute. `from package import submodule`
+    names the submodule (one of `modules`), not the package."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -43,14 +44,15 @@ def imported_names(module: str, path: Path) -> set[str]:
             if node.level:
                 parent = package.split(".")[:len(package.split(".")) - (node.level - 1)]
                 base = ".".join(parent + ([node.module] if node.module else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)   # `from pkg import submodule`
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                names.add(submodule if submodule in modules else base)
     return names
 
 
 def import_graph() -> dict[str, set[str]]:
     files = module_files()
-    return {module: {name for name in imported_names(module, path) if name in files and name != module}
+    return {module: {name for name in imported_names(module, path, set(files)) if name in files and name != module}
             for module, path in files.items()}
 
 
@@ -148,11 +150,13 @@ def test_a_module_name_in_a_string_is_recognised():
 
 
 @pytest.mark.parametrize("source, expected", [
-    ("from .evaluation import scores\n", {"core.evaluation", "core.evaluation.scores"}),
-    ("from ..runs import RunDir\n", {"core.runs", "core.runs.RunDir"}),
+    ("from .evaluation import scores\n", {"core.evaluation.scores"}),
+    ("from .evaluation import evaluate\n", {"core.evaluation"}),
+    ("from ..runs import RunDir\n", {"core.runs"}),
     ("import export.cli\n", {"export.cli"}),
 ])
 def test_relative_imports_resolve_to_absolute_names(tmp_path, source, expected):
     path = tmp_path / "cli.py"
     path.write_text(source)
-    assert imported_names("core.evaluation.cli" if source.startswith("from ..") else "core.cli", path) == expected
+    module = "core.evaluation.cli" if source.startswith("from ..") else "core.cli"
+    assert imported_names(module, path, {"core.evaluation", "core.evaluation.scores", "core.runs"}) == expected
