@@ -220,6 +220,11 @@ class StepInputs:
                                f"declare them in extra_weights; set up: {', '.join(self._weights) or 'none'})")
         return self._weights[name]
 
+    def fresh(self, cls: type["StepInputs"] | None = None) -> "StepInputs":
+        """The same micro-batch with nothing forwarded yet, as `cls` (a StepInputs subclass): a second pass
+        under other weights (quantisation-aware forgetting)."""
+        return (cls or type(self))(self.model, self.batch, self.original, self.kl_positions, self._weights)
+
     def _original(self) -> "OriginalModel":
         if self.original is None:
             raise UnlearnError("this method reads the original model but none was set up (internal error)")
