@@ -1,6 +1,7 @@
 """Checkpoints in safetensors + JSON only: no pickle is written or read, so a checkpoint from a stranger
 cannot run code. A checkpoint holds the trainable weights, the optimizer moments, the scheduler, the step
-and the method's state, plus one file per extra weights a method asked to save (ExtraWeights.saved); it is
+and the method's state (JSON, and its tensors in method-state.safetensors), plus one file per extra weights a
+method asked to save (ExtraWeights.saved); it is
 written into a hidden directory and renamed into place, so it is either whole or absent."""
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .runs import replace_with_staged, staging_dir
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "trainer_state.json"
+METHOD_TENSORS = "method-state.safetensors"
 
 
 def extra_weights_file(name: str) -> str:
@@ -52,9 +54,11 @@ def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 
 def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int,
-                    extra_weights: dict[str, torch.nn.Module] | None = None) -> Path:
+                    extra_weights: dict[str, torch.nn.Module] | None = None,
+                    method_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write checkpoint step-NNNNNN (`extra`: more trainer_state.json fields; `extra_weights`: modules
-    saved whole, a file each) and keep the newest `keep`."""
+    saved whole, a file each; `method_tensors`: the method's tensor state, when it keeps any) and keep the
+    newest `keep`."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:06d}"
     staging = staging_dir(f".step-{step:06d}-", directory)
@@ -64,6 +68,8 @@ def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, ext
         save_file(tensors, str(staging / OPTIMIZER))
         for name, module in (extra_weights or {}).items():
             save_model(module, str(staging / extra_weights_file(name)), force_contiguous=True)   # tied weights once
+        if method_tensors:
+            save_file({k: v.detach().contiguous().cpu() for k, v in method_tensors.items()}, str(staging / METHOD_TENSORS))
         state = {"step": step, "optimizer": meta, "scheduler": scheduler.state_dict(), **extra}
         (staging / STATE).write_text(json.dumps(state, indent=2, default=str))
         replace_with_staged(staging, final)
@@ -106,3 +112,9 @@ def load_extra_weights(path: Path, name: str, module) -> None:
     missing, unexpected = load_model(module, str(file), strict=False, device=str(next(module.parameters()).device))
     require(not missing and not unexpected, f"the extra weights {name!r} in {path} do not match this model",
             "resume with the settings the run was started with (they are in its config.json)")
+
+
+def load_method_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The method's tensor state saved in checkpoint `path` (empty when it kept none)."""
+    file = path / METHOD_TENSORS
+    return load_file(str(file), device=str(device)) if file.is_file() else {}

@@ -55,7 +55,8 @@ class UnlearnConfig:
     max_steps: int = _opt(0, "stop after this many optimizer steps (0: use --epochs)")
     batch_size: int = _opt(4, "forget examples per micro-batch (the retain batch has the same size)")
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
-    lr: Optional[float] = _opt(None, f"learning rate (default {FULL_FINETUNE_LR} full fine-tuning, {LORA_LR} LoRA)")
+    lr: Optional[float] = _opt(None, f"learning rate (default {FULL_FINETUNE_LR} full fine-tuning, {LORA_LR} LoRA, "
+                                     "or the method's own: mudman's step size)")
     weight_decay: float = _opt(0.01, "AdamW weight decay")
     warmup_ratio: float = _opt(0.1, "fraction of steps with linearly rising learning rate, then linear decay")
     max_grad_norm: float = _opt(1.0, "gradient clipping norm (0: off)")
@@ -103,7 +104,8 @@ class UnlearnConfig:
 
         self.validate()
         method = get_method(self.method)
-        lr = self.lr if self.lr is not None else (LORA_LR if self.lora else FULL_FINETUNE_LR)
+        lr = next(value for value in (self.lr, method.default_lr, LORA_LR if self.lora else FULL_FINETUNE_LR)
+                  if value is not None)
         params = method.resolve_params(self.method_params)
         salient = self.salient_modules if self.salient_modules is not None else method.salient_modules
         return replace(self, lr=lr, method_params=params, salient_modules=salient, dtype=self.training_dtype(),

@@ -13,7 +13,7 @@ import os
 import platform
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -537,6 +537,7 @@ class Trainer:
         trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
         with torch.no_grad():
             self.method.update(trained, parts.scheduler.get_last_lr()[0], self.progress.step + 1)
+        parts.optimizer._opt_called = True   # the schedule is read, not skipped: no "scheduler before optimizer" warning
 
     def _step_control(self) -> tuple[bool, bool]:
         """(stop requested, method's early-stop rule met) after an optimizer step, agreed by every process
@@ -641,7 +642,8 @@ class Trainer:
             return None
         def score(pairs):
             adapter_off = model.disable_adapter() if self.cfg.lora else nullcontext()
-            with adapter_off, self.accelerator.autocast():   # a bf16 frozen base needs the autocast of training
+            # a bf16 frozen base needs the autocast of training
+            with _trainable_kept(model), adapter_off, self.accelerator.autocast():
                 sums, counts = answer_nll(model, data.tokenizer, pairs, self.cfg.batch_size, "knowledge check")
             return [s / max(n, 1) for s, n in zip(sums, counts)]
         check = knowledge_check(score, data.raw_forget[:self.cfg.eval_examples or 32])
@@ -745,6 +747,18 @@ def backward_each_term(terms: Iterator[tuple[str, torch.Tensor]], inputs: StepIn
         done[name] = term.detach()
         inputs.release_graphs()
     return done
+
+
+@contextmanager
+def _trainable_kept(model):
+    """peft's disable_adapter() makes every adapter trainable again on exit: put back what the method chose
+    (rmu's and mudman's layers)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
 
 
 def _batch_tokens(batch: dict) -> int:

@@ -81,6 +81,8 @@ class UnlearningMethod:
     listed: ClassVar[bool] = True                         # offered as an unlearning method
     salient_modules: ClassVar[float] = 0.0                # SURE's update fraction when --salient-modules is not given
     extra_weights: ClassVar[tuple[ExtraWeights, ...]] = ()  # copies of the model it needs (a teacher, an adversary)
+    own_update: ClassVar[bool] = False                    # an optimizer, not a loss: update() moves the weights
+    default_lr: ClassVar[float | None] = None             # its --lr when none is given (an own update's step size)
 
     def __init__(self, params: dict):
         self.params = params
@@ -133,6 +135,21 @@ class UnlearningMethod:
     def extra_log(self) -> dict:
         """Values to write into metrics.jsonl beside the loss terms (e.g. a dual variable)."""
         return {}
+
+    def update(self, params: dict[str, torch.nn.Parameter], lr: float, step: int) -> None:
+        """With `own_update`: move the trained weights (by name, in place, under no_grad) once per optimizer
+        step, instead of the trainer's clipping and AdamW. Each `.grad` holds the yielded terms' gradient,
+        averaged over the step's micro-batches; `lr` is the run's scheduled learning rate (--lr, warm-up and
+        decay); `step` counts optimizer steps from 1."""
+        raise NotImplementedError(f"{self.name} declares own_update but has no update()")
+
+    def tensor_state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors the method keeps between steps (e.g. running means): saved in every checkpoint
+        (method-state.safetensors), so that a resumed run continues exactly."""
+        return {}
+
+    def load_tensor_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore tensor_state_dict() on resume (on the run's device), after prepare()."""
 
 
 class MethodSetup:
