@@ -601,6 +601,7 @@ class Trainer:
             self._checkpoint(parts)
         if outcome == RunState.FINISHED:
             unwrapped = self.accelerator.unwrap_model(parts.model)
+            self._take_final_weights(unwrapped)
             after = self._score(unwrapped, parts.data)
             if self.is_main:
                 save_model_atomic(unwrapped, parts.data.tokenizer, self.run_dir.model_dir)
@@ -620,6 +621,21 @@ class Trainer:
                      message=done if outcome == RunState.FINISHED else "stopped; resume with --resume")
         self.accelerator.wait_for_everyone()
         return TrainResult(self.run_dir.path, outcome, progress.step, summary, self.is_main)
+
+    def _take_final_weights(self, model) -> None:
+        """The method's own final model (final_weights(): e.g. its weight average) replaces the trained weights."""
+        weights = self.method.final_weights()
+        if weights is None:
+            return
+        params = dict(model.named_parameters())
+        unknown = sorted(set(weights) - set(params))
+        if unknown:
+            raise UnlearnError(f"method {self.cfg.method}'s final weights name parameters this model does not have "
+                               f"({', '.join(unknown[:3])}) (internal error)")
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        self.log(f"the final model takes {self.cfg.method}'s own weights ({len(weights)} tensors)")
 
     def _throughput(self, model) -> dict:
         """Tokens per second over this invocation's loop, and the model FLOPs utilisation they mean."""

@@ -143,6 +143,12 @@ class UnlearningMethod:
         decay); `step` counts optimizer steps from 1."""
         raise NotImplementedError(f"{self.name} declares own_update but has no update()")
 
+    def final_weights(self) -> dict[str, torch.Tensor] | None:
+        """Weights the run's final model takes instead of the trained ones, by the trained model's parameter
+        names (e.g. a weight average); None keeps the trained weights. Read once, when the run finishes,
+        before the final scores and the save."""
+        return None
+
     def tensor_state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors the method keeps between steps (e.g. running means): saved in every checkpoint
         (method-state.safetensors), so that a resumed run continues exactly."""
