@@ -30,6 +30,7 @@ from core.models import load_model, load_run_model, run_tokenizer
 from core.runs import AUDIT_REPORT, RunDir, read_json, staging_dir, usual_permissions, write_json_atomic
 
 from .card import model_card
+from .progress import ParityProgress, library_noise_off
 from .parity import (GREEDY_TOKENS, build_probes, forgetting_check, goal_status, run_probes,
                      summarise)
 from .formats import WriteJob, format_of, formats, get_format, pick_formats
@@ -50,18 +51,22 @@ def default_formats() -> list[str]:
 
 def export_run(run_dir: str | Path, out: str | Path, formats=None, parity_check: bool = True,
                parity_examples: int = 8, forget: str | None = None, retain: str | None = None,
-               overwrite: bool = False, log: Callable[[str], None] = print, **variants) -> dict:
+               overwrite: bool = False, log: Callable[[str], None] = print, show_progress: bool = False,
+               **variants) -> dict:
     """Export a finished run; returns the manifest (also written to out/manifest.json). `formats`: names
     from export.formats (default: default_formats()); `variants`: each format's variants under its own
-    keyword (gguf_quants=("f16", "q8_0"), onnx_precisions=("fp32",)), its defaults where not given."""
+    keyword (gguf_quants=("f16", "q8_0"), onnx_precisions=("fp32",)), its defaults where not given;
+    `show_progress`: a progress bar with the time left over the parity checks (on stderr)."""
     source = read_run(run_dir)
     plan = _plan(source, default_formats() if formats is None else formats, variants)
     target = _check_target(Path(out), overwrite)
     _remove_stale_partials(target)
     staging = staging_dir(f".{target.name}{PARTIAL_MARK}{os.getpid()}-", target.parent)
     try:
-        manifest = _build(source, plan, staging, log, parity_check=parity_check, parity_examples=parity_examples,
-                          forget=forget, retain=retain)
+        with library_noise_off():
+            manifest = _build(source, plan, staging, log, parity_check=parity_check,
+                              parity_examples=parity_examples, forget=forget, retain=retain,
+                              show_progress=show_progress)
         _swap_in(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -201,19 +206,28 @@ def open_runner(name: str, artifact: dict, bundle: str | Path):
 
 
 def _check(source: RunSource, model, tokenizer, bundle: Path, artifacts: dict, parity_examples: int,
-           forget: str | None, retain: str | None) -> dict:
+           forget: str | None, retain: str | None, show_progress: bool = False) -> dict:
     probes = build_probes(source.config, tokenizer, parity_examples, forget, retain)
-    reference = run_probes(TorchRunner(model), probes)
+    progress = ParityProgress(len(probes) * (2 + len(artifacts)), show_progress)
+    try:
+        return _check_runtimes(source, model, tokenizer, bundle, artifacts, probes, progress)
+    finally:
+        progress.close()
+
+
+def _check_runtimes(source: RunSource, model, tokenizer, bundle: Path, artifacts: dict, probes: list,
+                    progress: ParityProgress) -> dict:
+    reference = run_probes(TorchRunner(model), probes, tick=progress.runtime("pytorch (unlearned)"))
     forced = reference["tokens"]
     original_raw = run_probes(TorchRunner(load_model(source.base_model).eval(), name="original"), probes,
-                              forced=forced)
+                              forced=forced, tick=progress.runtime("original"))
     unlearned = summarise(reference, reference, probes, tokenizer)
     original = summarise(original_raw, reference, probes, tokenizer)
     formats_scores, raws = {}, {}
     for name, artifact in artifacts.items():
         runner = open_runner(name, artifact, bundle)
         try:
-            raws[name] = run_probes(runner, probes, forced=forced)
+            raws[name] = run_probes(runner, probes, forced=forced, tick=progress.runtime(name))
         finally:
             runner.close()
         formats_scores[name] = summarise(raws[name], reference, probes, tokenizer)
