@@ -112,7 +112,7 @@ def run_script(script: str, args: list[str]) -> None:
     result = subprocess.run([sys.executable, str(launcher), str(tools / script), *args], capture_output=True,
                             text=True, env=env, cwd=tools)
     if result.returncode != 0:
-        reason, fix = converter_failure(result.stderr or result.stdout)
+        reason, fix = converter_failure(result.stderr or result.stdout, tools)
         raise UnlearnError(f"llama.cpp's {script} could not convert this model: {reason}", fix)
 
 
@@ -133,12 +133,30 @@ FAILURES = (
 )
 
 
-def converter_failure(output: str) -> tuple[str, str]:
-    """(reason, fix) from a failed converter's output: its final exception line, in plain words where known."""
+def converter_failure(output: str, cwd: Path | None = None) -> tuple[str, str]:
+    """(reason, fix) from a failed converter's output: its final exception line, in plain words where known;
+    a missing file is looked up to say what is really missing (`cwd`: the folder the converter ran in)."""
     lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
     reason = errors[-1] if errors else (lines[-1] if lines else "no output")
+    missing = re.search(r"FileNotFoundError: .*?'([^']+)'", reason)
+    if missing and "tokenizer.model" not in reason:
+        return missing_file(Path(missing.group(1)), cwd)
     for pattern, plain, fix in FAILURES:
         if pattern.search(reason):
             return plain or reason, fix
-    return reason, "check that this llama.cpp version supports the model (unlearn export --formats hf works for any)"
+    return reason, ("that is llama.cpp's converter's own error, above; export the other formats meanwhile "
+                    "(--formats hf,onnx)")
+
+
+def missing_file(path: Path, cwd: Path | None) -> tuple[str, str]:
+    """What a converter's FileNotFoundError really means: a folder that is not there (from where it ran), or a
+    file missing from a folder that is, with what the folder holds."""
+    where = (cwd / path) if cwd and not path.is_absolute() else path
+    if not where.parent.is_dir():
+        seen_from = f" (a relative path, looked up from {cwd})" if cwd and not path.is_absolute() else ""
+        return (f"the folder {path.parent} does not exist{seen_from}",
+                "give unlearn export the run by an absolute path, or run it from the run's parent folder")
+    held = ", ".join(sorted(p.name for p in where.parent.iterdir())[:8]) or "nothing"
+    return (f"{where.parent} has no {path.name} (it holds: {held})",
+            f"put {path.name} into {where.parent}, or export without gguf (--formats hf,onnx)")

@@ -71,10 +71,11 @@ def _answer_start(labels: list[int]) -> int:
 # ---------------------------------------------------------------- one runner
 
 def run_probes(runner: Runner, probes: list[Probe], n_tokens: int = GREEDY_TOKENS,
-               forced: list[list[int]] | None = None) -> dict:
+               forced: list[list[int]] | None = None, tick=None) -> dict:
     """Raw outputs of one runner: greedy tokens, first-step logits, answer NLL per probe; with `forced`
     (the reference's greedy tokens per probe) also the runner's argmax at each of those positions when
-    fed the reference's own prefix; without it (the reference itself) its top logits along its greedy run."""
+    fed the reference's own prefix; without it (the reference itself) its top logits along its greedy run.
+    `tick` is called after each probe (the progress bar)."""
     tokens, first_logits, nll, counts, forced_argmax, path_top = [], [], [], [], [], []
     for i, probe in enumerate(probes):
         logits = runner.prefill(probe.ids)
@@ -87,6 +88,8 @@ def run_probes(runner: Runner, probes: list[Probe], n_tokens: int = GREEDY_TOKEN
             forced_argmax.append([int(t) for t in np.argmax(_path_logits(runner, probe.prompt, forced[i]), axis=-1)])
         else:
             path_top.append(_top_logits(_path_logits(runner, probe.prompt, tokens[-1])))
+        if tick:
+            tick()
     raw = {"tokens": tokens, "first_logits": first_logits, "nll": nll, "counts": counts}
     if forced is not None:
         raw["forced_argmax"] = forced_argmax

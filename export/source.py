@@ -6,6 +6,7 @@ from pathlib import Path
 
 from core.errors import require
 from core.models import BUNDLED, DEMO, resolve_model
+from core.paths import absolute
 from core.runs import RunDir, read_json
 
 
@@ -36,7 +37,7 @@ class RunSource:
 
 def read_run(path: str | Path | RunDir) -> RunSource:
     """Check that `path` holds a finished run with a model, and say what is missing if not."""
-    run = RunDir(path)
+    run = RunDir(absolute(RunDir(path).path))   # converters run in another folder: no relative path reaches them
     require(run.path.is_dir(), f"run directory {run.path} does not exist", "give the --out directory of a run")
     require(run.holds_run(), f"{run.path} is not a run directory (no config.json)",
             "give the --out directory of an `unlearn train` run")

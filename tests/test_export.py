@@ -6,6 +6,7 @@ The tiny model here is 64 wide with 32-wide heads (conftest's 32-wide model has 
 onnxruntime's GroupQueryAttention refuses: that case is tested as an error)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -509,3 +510,54 @@ def test_a_converter_failure_is_its_reason_in_one_line_with_a_fix_that_fits():
     reason, fix = converter_failure("Traceback ...\nNotImplementedError: BPE pre-tokenizer was not recognized - "
                                     "update get_vocab_base_pre()\n")
     assert "does not know this model's tokenizer" in reason and "--formats hf,onnx" in fix
+
+
+def test_a_missing_file_names_the_folder_that_is_really_missing(tmp_path):
+    from export.llamacpp import converter_failure
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "adapter_config.json").write_text("{}")
+    # issue 35: a relative run path, looked up from llama.cpp's folder, made the converter guess a .bin file
+    reason, fix = converter_failure("Traceback ...\nFileNotFoundError: [Errno 2] No such file or directory: "
+                                    "'../runs/rel/model/adapter_model.bin'\n", cwd=tmp_path)
+    assert reason == f"the folder ../runs/rel/model does not exist (a relative path, looked up from {tmp_path})"
+    assert "absolute path" in fix and "supports the model" not in fix
+    reason, fix = converter_failure("FileNotFoundError: [Errno 2] No such file or directory: "
+                                    f"'{tmp_path}/model/adapter_model.bin'\n")
+    assert reason == f"{tmp_path}/model has no adapter_model.bin (it holds: adapter_config.json)"
+
+
+# ---------------------------------------------------------------- the command line: paths, progress, --json
+
+def test_export_from_another_folder_with_relative_paths_makes_the_forget_patch(lora_run, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    relative_run = os.path.relpath(lora_run, elsewhere)
+    assert relative_run.startswith("..")
+    result = run_unlearn("export", relative_run, "--formats", "gguf", "--gguf-quant", "q8_0", "--no-parity",
+                         "--out", "b", "--json", cwd=elsewhere, timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)     # --json: stdout is one JSON object and nothing else
+    assert summary["bundle"] == str(elsewhere / "b") and set(summary["artifacts"]) == {"gguf-q8_0", "gguf-lora"}
+    assert (elsewhere / "b" / "gguf" / "forget-patch-f16.gguf").is_file()
+    assert read_manifest(elsewhere / "b")["source_run"]["path"] == str(lora_run)
+
+
+def test_export_shows_progress_per_runtime_without_library_noise_and_quiet_shows_nothing(lora_run, tmp_path):
+    shown = unlearn("export", lora_run, "--formats", "hf", "--parity-examples", "1", "--out", tmp_path / "a")
+    assert shown.returncode == 0, shown.stderr
+    assert "parity: pytorch (unlearned)" in shown.stderr and "parity: hf" in shown.stderr
+    assert re.search(r"\d\d:\d\d<\d\d:\d\d", shown.stderr)      # tqdm's elapsed<remaining: the ETA
+    for noise in ("FutureWarning", "DeprecationWarning", "Writing model shards"):
+        assert noise not in shown.stderr + shown.stdout
+    quiet = unlearn("export", lora_run, "--formats", "hf", "--parity-examples", "1", "--out", tmp_path / "b", "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == "" and "parity" not in quiet.stderr, quiet.stderr
+
+
+def test_an_unwritable_bundle_folder_is_refused_before_any_work(lora_run, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out in ("/proc/unlearn_bundle", tmp_path / "file" / "bundle"):
+        result = unlearn("export", lora_run, "--out", out, timeout=60)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 2 and lines[0].startswith(f"error: --out {out}"), result.stderr
+        assert lines[1].startswith("  fix: ") and "loading" not in result.stdout

@@ -14,20 +14,15 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, run_unlearn, write_qa_files
+from test_export import make_run
 
 
 @pytest.fixture(scope="module")
 def run_and_bundle(tiny_model_dir, tmp_path_factory):
-    from core.config import UnlearnConfig
-    from core.trainer import train
     from export.bundle import export_run
 
     root = tmp_path_factory.mktemp("push")
-    data = write_qa_files(root, 4, 4)
-    config = UnlearnConfig(model=str(tiny_model_dir), method="npo_rt", forget=str(data["forget"]),
-                           retain=str(data["retain"]), out=str(root / "run"), max_steps=1, batch_size=2, lr=1e-2,
-                           device="cpu", lora=True, lora_r=4, save_steps=0, eval_examples=4)
-    train(config, show_progress=False, log=lambda message: None)
+    make_run(tiny_model_dir, write_qa_files(root, 4, 4), root / "run", lora=True, steps=1)
     (root / "run" / "eval" / "quick").mkdir(parents=True)     # an evaluation written into the run
     (root / "run" / "eval" / "quick" / "summary.json").write_text(json.dumps(
         {"after": {"forget": {"rougeL": 0.25, "prob": 0.5}, "retain": {"rougeL": 0.75}}}))
