@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from core.paths import input_arg, output_folder_arg
+
 OPTION_PREFIX = "attack_option__"   # argparse destinations of the attack options, apart from the other flags
 
 
@@ -13,8 +15,8 @@ def add_commands(commands) -> None:
     p = commands.add_parser("audit", help="does the forgetting survive relearning, quantisation and rephrasing?",
                             description="Attack a finished run and report how much of the forgotten data comes "
                                         "back. Example: unlearn audit runs/demo --out runs/demo/audit")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("--out", required=True, help="where audit.json and audit.md go")
+    p.add_argument("run", metavar="RUN", type=input_arg)
+    p.add_argument("--out", required=True, type=output_folder_arg("--out"), help="where audit.json and audit.md go")
     p.add_argument("--attacks", default=",".join(default_attacks()),
                    help="comma-separated, from: " + "; ".join(f"{name} ({ATTACKS[name].summary})"
                                                               for name in attack_names())
@@ -26,7 +28,7 @@ def add_commands(commands) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="weights of the scored models (auto: bf16 where the CPU/GPU runs it fast)")
-    p.add_argument("--control", metavar="MODEL",
+    p.add_argument("--control", metavar="MODEL", type=input_arg,
                    help="a model that never learned the forget data (a folder, bundled, demo, a run: its final "
                         "model); every fine-tuning attack trains it alike and the verdicts rest on the residual")
     p.add_argument("--seeds", type=int, default=1, metavar="N",

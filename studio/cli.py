@@ -6,6 +6,7 @@ import os
 from core.errors import require
 from core.evaluation.cli import add_dtype_flag
 from core.models import resolve_model
+from core.paths import input_arg, output_folder_arg
 
 
 def add_commands(commands) -> None:
@@ -14,8 +15,10 @@ def add_commands(commands) -> None:
     studio.add_argument("--port", type=int, default=7860)
     studio.add_argument("--share", action="store_true", help="also make a temporary public gradio.live link")
     studio.add_argument("--auth", help="USER:PASSWORD required to open the page (or env UNLEARN_STUDIO_AUTH)")
-    studio.add_argument("--runs-dir", default="runs", help="folder for runs and uploads")
-    studio.add_argument("--model-dir", action="append", default=[], help="a local HF model directory to offer")
+    studio.add_argument("--runs-dir", default="runs", type=output_folder_arg("--runs-dir"),
+                        help="folder for runs and uploads")
+    studio.add_argument("--model-dir", action="append", default=[], type=input_arg,
+                        help="a local HF model directory to offer")
     studio.add_argument("--online", action="store_true", help="offer Hugging Face hub ids (needs a network)")
     studio.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_dtype_flag(studio)

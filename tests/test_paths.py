@@ -77,6 +77,11 @@ def test_relative_paths_work_from_another_folder(tiny_model_dir, qa_files, tmp_p
                             "--max-new-tokens", 2, "--device", "cpu", cwd=second)
     assert evaluated.returncode == 0, evaluated.stderr
     assert (second / "evals" / "rel" / "summary.json").is_file()
+    audited = run_unlearn("audit", "../first/runs/rel", "--out", "audits/rel", "--attacks", "relearn",
+                          "--relearn-steps", 1, "--relearn-lr", "x1", "--max-samples", 4, "--max-new-tokens", 2,
+                          "--device", "cpu", cwd=second)
+    assert audited.returncode == 0, audited.stderr
+    assert (second / "audits" / "rel" / "audit.json").is_file()
 
 
 def test_eval_refuses_an_unwritable_out_before_loading_the_model(tmp_path):
