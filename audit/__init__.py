@@ -164,6 +164,7 @@ def _same_model(source: str, target: str) -> bool:
 
 def _attack_all(context: AuditContext, chosen: list, options: dict[str, dict], status: RunDir, started: float) -> dict:
     from core.models import dtype_name, open_model
+    from core.scoring import prompt_form, scored_on
 
     run, config, log, scratch = context.run, context.config, context.log, context.work
     unlearned = open_model(str(run), context.device, dtype=context.dtype)
@@ -189,6 +190,9 @@ def _attack_all(context: AuditContext, chosen: list, options: dict[str, dict], s
             "options": {a.name: options[a.name] for a in chosen if options[a.name]},
             "dtype": dtype_name(unlearned.model.dtype), "control": context.control, "seeds": context.seeds,
             **_summed_up(results), "samples": {"forget": len(context.forget), "retain": len(context.retain or [])},
+            "scored_on": scored_on({"forget": len(context.forget), **({"retain": len(context.retain)} if context.retain
+                                                                      else {})},
+                                   dtype_name(unlearned.model.dtype), prompt_form(unlearned.tokenizer)),
             "wall_seconds": round(time.time() - started, 1)}
 
 

@@ -59,8 +59,16 @@ def markdown(report: dict) -> str:
         "measured examples and the seeds. Rephrasing sets each prompt against the original model asked the same "
         "way (docs/audit.md); '-' where the figure moved too little to measure.", "",
         table(header, rows), "", *_sweep_section(report["results"], control),
-        f"Models scored in {report.get('dtype', 'float32')}. Wall time {report['wall_seconds']} s.",
+        f"Models scored in {report.get('dtype', 'float32')}{_scored_on(report)}. Wall time {report['wall_seconds']} s.",
         *_options_line(report.get("options")), ""])
+
+
+def _scored_on(report: dict) -> str:
+    """What the NLL figures were computed on (core.scoring.scored_on); audits written before it say less."""
+    from core.scoring import describe_scored_on
+
+    basis = report.get("scored_on")
+    return f" over the {describe_scored_on(basis)} (rephrasing: its own prompts)" if basis else ""
 
 
 def _sweep_section(results: list[dict], control: bool) -> list[str]:

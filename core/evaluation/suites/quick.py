@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ...data import Example, load_examples
 from ...runs import write_json_atomic
+from ...scoring import describe_scored_on, prompt_form, scored_on
 from ..report import prepare_out, table, title, write_summary
 from ..scores import Settings, indexed, set_scores
 from .base import EvalContext, Need, Suite, register_suite
@@ -36,7 +37,9 @@ class QuickSuite(Suite):
         sets = list(summary[stages[-1]])
         header = ["metric"] + [f"{name} {stage}" for name in sets for stage in stages]
         rows = [[key] + [summary[stage][name].get(key) for name in sets for stage in stages] for key in FIGURES]
-        return f"{title(summary, 'quick')}\n\n{table(header, rows)}"
+        basis = f"\n\nNLL and probability over the {describe_scored_on(summary['scored_on'])}." \
+            if "scored_on" in summary else ""
+        return f"{title(summary, 'quick')}\n\n{table(header, rows)}{basis}"
 
     def chart(self, summary: dict) -> list[dict]:
         stages = {"before": "original", "after": "unlearned"}
@@ -62,6 +65,8 @@ def run_quick(loaded, out: Path, forget: list[Example], retain: list[Example] | 
         for name, examples in sets.items():
             scores, per = set_scores(model, tokenizer, examples, settings, reference, f"{stage} {name}")
             summary[stage][name], per_sample[stage][name] = scores, {k: indexed(v) for k, v in per.items()}
+    summary["scored_on"] = scored_on({name: len(examples[:settings.max_samples]) for name, examples in sets.items()},
+                                     loaded.dtype, prompt_form(loaded.tokenizer))
     summary["settings"] = {**asdict(settings), "original": original_name,
                            "fluency_reference": original_name or "the evaluated model itself"}
     summary["wall_seconds"] = round(time.time() - started, 1)

@@ -1,0 +1,58 @@
+"""One model, one forget NLL: the same model on the same examples in the same precision and prompts gives the
+same figure in the run summary, `unlearn eval`, the audit and the export's parity report, and each says what
+it was computed on (issue 35, item 5)."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import quiet
+from core.runs import RunDir, read_json
+from core.trainer import train
+
+N = 6   # the first N forget and retain examples, everywhere
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    from conftest import write_qa_files
+    from core.config import UnlearnConfig
+
+    root = tmp_path_factory.mktemp("scored")
+    files = write_qa_files(root, 8, 8)
+    config = UnlearnConfig(model=str(tiny_model_dir), method="npo_rt", forget=str(files["forget"]),
+                           retain=str(files["retain"]), out=str(root / "run"), max_steps=3, batch_size=4, lr=1e-3,
+                           save_steps=0, eval_examples=N, device="cpu", dtype="float32")
+    train(config, **quiet())
+    return RunDir(config.out)
+
+
+def test_summary_eval_and_audit_agree_on_the_forget_nll(finished_run, tmp_path):
+    from audit import run_audit
+    from core.evaluation.evaluator import evaluate
+
+    summary = read_json(finished_run.summary_path)
+    assert summary["scored_on"] == {"examples": {"forget": N, "retain": N}, "dtype": "float32",
+                                    "prompts": "chat-template"}
+    evaluated = evaluate(str(finished_run.path), "quick", tmp_path / "eval", max_samples=N, max_new_tokens=2,
+                         device="cpu", dtype="float32")
+    assert evaluated["scored_on"] == summary["scored_on"]
+    audit = run_audit(finished_run.path, tmp_path / "audit", ["benign"], {"benign_steps": 1, "benign_lr": "x1"},
+                      max_samples=N, max_new_tokens=2, device="cpu", dtype="float32", log=lambda message: None)
+    assert audit["scored_on"] == summary["scored_on"]
+    benign = next(r for r in audit["results"] if r["name"].startswith("benign"))
+    for figures in (evaluated["after"]["forget"]["nll"], benign["forget"]["unlearned"]["nll"]):
+        assert figures == pytest.approx(summary["after"]["forget_nll"], abs=1e-4)
+    assert evaluated["after"]["retain"]["nll"] == pytest.approx(summary["after"]["retain_nll"], abs=1e-4)
+    assert "first 6 forget / 6 retain examples, float32, chat-template prompts" in (tmp_path / "eval" / "summary.md").read_text()
+    assert "first 6 forget / 6 retain examples, float32" in (tmp_path / "audit" / "audit.md").read_text()
+
+
+def test_a_different_basis_is_said_beside_the_figure(finished_run, tmp_path):
+    """Fewer examples (or another precision) may give another figure: the basis beside it says so."""
+    from core.evaluation.evaluator import evaluate
+
+    fewer = evaluate(str(finished_run.path), "quick", tmp_path / "eval", max_samples=2, max_new_tokens=2,
+                     device="cpu", dtype="float32")
+    assert fewer["scored_on"] == {"examples": {"forget": 2, "retain": 2}, "dtype": "float32",
+                                  "prompts": "chat-template"}
+    assert "first 2 forget / 2 retain examples" in (tmp_path / "eval" / "summary.md").read_text()
