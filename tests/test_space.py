@@ -240,9 +240,9 @@ unlearn("train", "--model", "bundled", "--forget", "assets/examples/forget.jsonl
         "assets/examples/retain.jsonl", "--lora", "--max-steps", "1", "--batch-size", "2", "--out", work / "run")
 unlearn("export", work / "run", "--formats", ",".join(formats), "--onnx-precision", "fp32",
         "--parity-examples", "2", "--out", work / "bundle")
-mcq = {"--forget": "assets/mcq/tofu_forget01.jsonl", "--retain": "assets/mcq/tofu_retain_authors0-1.jsonl"}
+given = {"mcq": ["--forget", "assets/mcq/tofu_forget01.jsonl", "--retain", "assets/mcq/tofu_retain_authors0-1.jsonl"],
+         "muse": ["--prefix-tokens", "4", "--continuation-tokens", "8"]}   # the example texts are short
 for suite in suites:
-    data = [x for pair in mcq.items() for x in pair] if suite == "mcq" else []
-    unlearn("eval", work / "run", "--suite", suite, *data, "--max-samples", "2", "--max-new-tokens", "4",
-            "--out", work / "eval" / suite)
+    unlearn("eval", work / "run", "--suite", suite, *given.get(suite, []), "--max-samples", "2",
+            "--max-new-tokens", "4", "--out", work / "eval" / suite)
 """
