@@ -87,9 +87,13 @@ def _duration(seconds: float) -> str:
 
 def summary_table(run: RunDir) -> pd.DataFrame | None:
     """Before -> after scores of a finished run, for the Train tab."""
+    from core.scoring import describe_scored_on
+
     before = run.config().get("before") or {}
-    after = read_json(run.summary_path, {}).get("after") or {}
+    summary = read_json(run.summary_path, {})
+    after = summary.get("after") or {}
     if not before or not after:
         return None
-    return pd.DataFrame([{"metric": key, "before": round(before[key], 3), "after": round(after[key], 3)}
-                         for key in before if key in after])
+    basis = describe_scored_on(summary["scored_on"]) if summary.get("scored_on") else ""
+    return pd.DataFrame([{"metric": key, "before": round(before[key], 3), "after": round(after[key], 3),
+                          "computed on": basis} for key in before if key in after])

@@ -114,6 +114,8 @@ def test_a_finished_run_shows_before_after_and_second_start_is_refused(studio_se
     *_, summary, _ = client.predict(api_name="/poll")
     assert summary["visible"] is True
     assert [row[0] for row in summary["value"]["data"]] == ["forget_nll", "retain_nll"]
+    basis = summary["value"]["data"][0][3]   # what the figures were computed on
+    assert basis.startswith("first ") and " retain examples, " in basis and basis.endswith("prompts")
     assert not list(studio.workspace.root.glob("studio/*/runs/second"))   # the refused run left nothing
 
 
