@@ -140,6 +140,21 @@ def module_env(folder: Path, variable: str, module: str, source: str) -> dict:
     return {variable: module, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
 
 
+def train_tiny_run(root: Path, model_dir: Path, forget: int = 8, retain: int = 8, **settings):
+    """A finished npo_rt run on the tiny model (fresh forget/retain files in `root`); `settings` override the
+    fast defaults. Returns its UnlearnConfig (`.out` is the run)."""
+    from core.config import UnlearnConfig
+    from core.trainer import train
+
+    files = write_qa_files(root, forget, retain)
+    config = UnlearnConfig(**{"model": str(model_dir), "method": "npo_rt", "forget": str(files["forget"]),
+                              "retain": str(files["retain"]), "out": str(root / "run"), "max_steps": 3,
+                              "batch_size": 4, "lr": 1e-3, "save_steps": 0, "eval_examples": 8, "device": "cpu",
+                              **settings})
+    train(config, **quiet())
+    return config
+
+
 def quiet(**kwargs) -> dict:
     """train() keyword arguments for tests: no progress bar, no log lines."""
     return dict(show_progress=False, log=lambda message: None, **kwargs)

@@ -57,16 +57,10 @@ def test_the_relearn_split_never_overlaps_the_measured_half():
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_model_dir):
-    from conftest import write_qa_files
-    from core.config import UnlearnConfig
+    from conftest import train_tiny_run
 
-    root = tmp_path_factory.mktemp("audited")
-    files = write_qa_files(root, 8, 8)
-    config = UnlearnConfig(model=str(tiny_model_dir), method="npo_rt", forget=str(files["forget"]),
-                           retain=str(files["retain"]), out=str(root / "run"), max_steps=8, batch_size=4, lr=5e-2,
-                           device="cpu", lora=True, lora_r=4, save_steps=0, eval_examples=8)
-    train(config, **quiet())
-    return config
+    return train_tiny_run(tmp_path_factory.mktemp("audited"), tiny_model_dir, max_steps=8, lr=5e-2, lora=True,
+                          lora_r=4)
 
 
 def test_every_attack_on_a_lora_run(lora_run, tmp_path):

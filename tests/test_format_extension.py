@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import module_env, run_unlearn, write_qa_files
+from conftest import module_env, run_unlearn
 from core.errors import UnlearnError
 
 NOTES_FORMAT = '''
@@ -69,16 +69,11 @@ def env(format_folder) -> dict:
 
 @pytest.fixture(scope="module")
 def full_run(tiny_model_dir, tmp_path_factory):
-    from core.config import UnlearnConfig
-    from core.trainer import train
+    from conftest import train_tiny_run
 
-    root = tmp_path_factory.mktemp("format-run")
-    data = write_qa_files(root, 4, 4)
-    config = UnlearnConfig(model=str(tiny_model_dir), method="npo_rt", forget=str(data["forget"]),
-                           retain=str(data["retain"]), out=str(root / "run"), max_steps=2, batch_size=2, lr=1e-2,
-                           device="cpu", save_steps=0, eval_examples=4)
-    train(config, show_progress=False, log=lambda message: None)
-    return root / "run"
+    config = train_tiny_run(tmp_path_factory.mktemp("format-run"), tiny_model_dir, 4, 4, max_steps=2, batch_size=2,
+                            lr=1e-2, eval_examples=4)
+    return Path(config.out)
 
 
 @pytest.fixture(scope="module")

@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import quiet
+from conftest import train_tiny_run
 from core.runs import RunDir, read_json
-from core.trainer import train
 
 N = 6   # the first N forget and retain examples, everywhere
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir):
-    from conftest import write_qa_files
-    from core.config import UnlearnConfig
-
-    root = tmp_path_factory.mktemp("scored")
-    files = write_qa_files(root, 8, 8)
-    config = UnlearnConfig(model=str(tiny_model_dir), method="npo_rt", forget=str(files["forget"]),
-                           retain=str(files["retain"]), out=str(root / "run"), max_steps=3, batch_size=4, lr=1e-3,
-                           save_steps=0, eval_examples=N, device="cpu", dtype="float32")
-    train(config, **quiet())
+    config = train_tiny_run(tmp_path_factory.mktemp("scored"), tiny_model_dir, eval_examples=N, dtype="float32")
     return RunDir(config.out)
 
 
