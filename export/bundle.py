@@ -27,6 +27,7 @@ from typing import Callable
 
 from core.errors import UnlearnError, require
 from core.models import load_model, load_run_model, run_tokenizer
+from core.scoring import prompt_form, scored_on
 from core.runs import AUDIT_REPORT, RunDir, read_json, staging_dir, usual_permissions, write_json_atomic
 
 from .card import model_card
@@ -239,8 +240,10 @@ def _check_runtimes(source: RunSource, model, tokenizer, bundle: Path, artifacts
             if name in raws and other in raws:
                 formats_scores[name][key] = summarise(raws[name], raws[other], probes, tokenizer)
     forgetting, warnings = forgetting_check(formats_scores, unlearned, original)
-    return {"probes": {"forget": sum(p.role == "forget" for p in probes),
-                       "retain": sum(p.role == "retain" for p in probes), "greedy_tokens": GREEDY_TOKENS},
+    counts = {role: sum(p.role == role for p in probes) for role in ("forget", "retain")}
+    # the PyTorch rows in float32; each artifact's row in its own runtime and weights (a quantisation's)
+    basis = scored_on({role: n for role, n in counts.items() if n}, "float32", prompt_form(tokenizer))
+    return {"probes": {**counts, "greedy_tokens": GREEDY_TOKENS}, "scored_on": basis,
             "reference": "unlearned model in PyTorch fp32", "pytorch": unlearned, "original": original,
             "formats": formats_scores, "forgetting": forgetting, "warnings": warnings}
 
@@ -277,7 +280,8 @@ def _manifest(source: RunSource, plan: dict, artifacts: dict, report: dict | Non
                            "summary": source.summary},
             "formats": plan["formats"],
             **{fmt.variants.keyword: plan["variants"].get(fmt.name, []) for fmt in formats() if fmt.variants},
-            "artifacts": artifacts, "metrics": metrics, "warnings": report["warnings"] if report else [],
+            "artifacts": artifacts, "metrics": metrics, "metrics_scored_on": (report or {}).get("scored_on"),
+            "warnings": report["warnings"] if report else [],
             "timings_s": timings}
 
 

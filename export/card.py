@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from core.scoring import describe_scored_on
+
 from .formats import formats
 from .hubcard import front_matter
 from .source import RunSource
@@ -41,7 +43,8 @@ def _scores(summary: dict) -> str:
     before, after = summary.get("before", {}), summary.get("after", {})
     rows = [f"| {key} | {before.get(key, float('nan')):.3f} | {after.get(key, float('nan')):.3f} |"
             for key in ("forget_nll", "retain_nll") if key in before or key in after]
-    header = ["## Unlearning scores (answer-token NLL; higher on forget = more forgotten)", "",
+    basis = f" over the {describe_scored_on(summary['scored_on'])}" if summary.get("scored_on") else ""
+    header = [f"## Unlearning scores (answer-token NLL{basis}; higher on forget = more forgotten)", "",
               "| metric | before | after |", "|---|---|---|"]
     return "\n".join(header + (rows or ["| (no summary) | | |"]))
 
@@ -49,7 +52,9 @@ def _scores(summary: dict) -> str:
 def _parity_table(report: dict) -> str:
     lines = ["## Parity and forgetting per format", "",
              f"{report['probes']['forget']} forget and {report['probes']['retain']} retain prompts, "
-             f"{report['probes']['greedy_tokens']} greedy tokens each, against the unlearned PyTorch fp32 model.", "",
+             f"{report['probes']['greedy_tokens']} greedy tokens each, against the unlearned PyTorch fp32 model."
+             + (f" NLL over the {describe_scored_on(report['scored_on'])}; each artifact's in its own runtime."
+                if report.get("scored_on") else ""), "",
              "Token agreement is teacher-forced (same next token on PyTorch's greedy run); greedy prefix is the "
              "share of PyTorch's greedy run reproduced before the first divergence.", "",
              "| format | identical runs | token agreement | greedy prefix | first-step max abs logit diff | "

@@ -105,6 +105,10 @@ def run_export(args) -> int:
     if args.json:
         print(json.dumps(export_summary(out, manifest), indent=2))
         return 0
+    if chatty and manifest.get("metrics_scored_on"):
+        from core.scoring import describe_scored_on
+
+        print(f"  NLL over the {describe_scored_on(manifest['metrics_scored_on'])} (each artifact in its runtime)")
     for name, scores in manifest["metrics"].items():
         if chatty:
             print(f"  {name:<12} token agreement {scores['token_agreement']:.3f}  "

@@ -47,3 +47,17 @@ def test_a_different_basis_is_said_beside_the_figure(finished_run, tmp_path):
     assert fewer["scored_on"] == {"examples": {"forget": 2, "retain": 2}, "dtype": "float32",
                                   "prompts": "chat-template"}
     assert "first 2 forget / 2 retain examples" in (tmp_path / "eval" / "summary.md").read_text()
+
+
+def test_the_export_parity_report_agrees_and_says_its_basis(finished_run, tmp_path):
+    from export.bundle import export_run
+
+    summary = read_json(finished_run.summary_path)
+    manifest = export_run(finished_run.path, tmp_path / "bundle", formats=["hf"], parity_examples=N,
+                          log=lambda message: None)
+    parity = read_json(tmp_path / "bundle" / "parity.json")
+    assert parity["scored_on"] == summary["scored_on"] == manifest["metrics_scored_on"]
+    assert parity["pytorch"]["forget_nll"] == pytest.approx(summary["after"]["forget_nll"], abs=1e-3)
+    assert parity["pytorch"]["retain_nll"] == pytest.approx(summary["after"]["retain_nll"], abs=1e-3)
+    card = (tmp_path / "bundle" / "README.md").read_text()
+    assert card.count("first 6 forget / 6 retain examples, float32, chat-template prompts") == 2   # scores, parity
