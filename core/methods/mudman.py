@@ -47,8 +47,9 @@ class MUDMAN(UnlearningMethod):
     summary = ("Meta-unlearning against a relearning adversary, masked to the retain gradient's sign and "
                "normalised; built to survive relearning (~1.3x an NPO+RT step, +1 model copy)")
     paper = ("Sondej et al. 2025, Robust LLM Unlearning with MUDMAN: Meta-Unlearning with Disruption Masking "
-             "and Normalization (arXiv:2506.12484); --lr is the unlearning step η (default 3e-3: ours, "
-             "√N-normalised, inside the authors' Optuna range 1e-7-0.3)")
+             "and Normalization (arXiv:2506.12484); --lr is the unlearning step η (default 1e-3: ours, "
+             "√N-normalised, inside the authors' Optuna range 1e-7-0.3; 3e-3 raised the demo model's retain "
+             "NLL from 0.007 to 0.97 within 5 steps)")
     params = (Param("retaining_rate", 1e-3, "r: SGD step of the retain running mean", EXAMPLE + " (range 1e-4-1e-2)",
                     low=0.0),
               Param("retain_momentum", 0.9, "μ: decay of the retain gradient's running mean", EXAMPLE
@@ -66,7 +67,7 @@ class MUDMAN(UnlearningMethod):
                     + " (target_modules: gate_proj)"))
     views = ("forget", "retain")
     own_update = True
-    default_lr = 3e-3
+    default_lr = 1e-3
     extra_weights = (ExtraWeights("adversary", "current", trainable=True, saved=True,
                                   help="relearns the forget set; the unlearning gradient is taken at its weights"),)
 
