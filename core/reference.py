@@ -55,7 +55,7 @@ class OriginalModel:
             yield self.frozen_copy
             return
         model = getattr(self.model, "module", self.model)  # under DDP, the wrapped PeftModel
-        with model.disable_adapter():
+        with adapter_off_keeping_trainable(model):
             yield model
 
     @torch.no_grad()
@@ -98,3 +98,17 @@ def decoder_layers(model) -> torch.nn.ModuleList:
         raise UnlearnError("could not find this model's decoder layers",
                            "use a method that does not read hidden states (e.g. npo_rt)")
     return stacks[0]
+
+
+@contextmanager
+def adapter_off_keeping_trainable(model):
+    """A PEFT model with its adapter switched off (the original model), for as long as the block runs. peft's
+    disable_adapter() makes every adapter trainable again on exit: what a method chose to train (RMU's and
+    MUDMAN's layers) is put back, or the next backward fills gradients of adapters no optimizer steps."""
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        with model.disable_adapter():
+            yield model
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)

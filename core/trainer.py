@@ -13,7 +13,7 @@ import os
 import platform
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +30,7 @@ from .methods import StepInputs, get_method
 from .methods.base import MethodSetup
 from .models import (add_lora, frozen_linears_in_bf16, load_model, load_tokenizer, mixed_precision,
                      model_summary, pick_device, resolve_model, save_model_atomic)
-from .reference import OriginalModel, cache_reference_nll
+from .reference import OriginalModel, adapter_off_keeping_trainable, cache_reference_nll
 from .quantization import quant_aware_terms
 from .runs import RunDir, RunState, write_json_atomic
 from .saliency import SalientNeurons
@@ -657,9 +657,8 @@ class Trainer:
         if self.cfg.method == "sft":
             return None
         def score(pairs):
-            adapter_off = model.disable_adapter() if self.cfg.lora else nullcontext()
-            # a bf16 frozen base needs the autocast of training
-            with _trainable_kept(model), adapter_off, self.accelerator.autocast():
+            adapter_off = adapter_off_keeping_trainable(model) if self.cfg.lora else nullcontext()
+            with adapter_off, self.accelerator.autocast():   # a bf16 frozen base needs the autocast of training
                 sums, counts = answer_nll(model, data.tokenizer, pairs, self.cfg.batch_size, "knowledge check")
             return [s / max(n, 1) for s, n in zip(sums, counts)]
         check = knowledge_check(score, data.raw_forget[:self.cfg.eval_examples or 32])
@@ -763,18 +762,6 @@ def backward_each_term(terms: Iterator[tuple[str, torch.Tensor]], inputs: StepIn
         done[name] = term.detach()
         inputs.release_graphs()
     return done
-
-
-@contextmanager
-def _trainable_kept(model):
-    """peft's disable_adapter() makes every adapter trainable again on exit: put back what the method chose
-    (rmu's and mudman's layers)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        yield
-    finally:
-        for param, flag in flags:
-            param.requires_grad_(flag)
 
 
 def _batch_tokens(batch: dict) -> int:

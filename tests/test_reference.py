@@ -79,3 +79,19 @@ def test_full_finetune_kl_reference_is_the_untouched_original(tiny_config):
     # step 1 starts at the original weights: KL(original || current) is zero there
     assert row[0]["loss_retain_kl"] < 1e-6
     assert row[-1]["loss_retain_kl"] > row[0]["loss_retain_kl"]
+
+
+def test_asking_the_original_keeps_what_the_method_chose_to_train(tokenizer):
+    """peft's disable_adapter() re-enables every adapter on exit; RMU trains a few layers' adapters only."""
+    from contextlib import nullcontext
+
+    model = add_lora(build_tiny_model(tokenizer), 4, 8, 0.0, "all-linear")
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name and "layers.0." in name)   # as RMU keeps one layer trainable
+    chosen = {name for name, param in model.named_parameters() if param.requires_grad}
+    part = pad_batch(encoded(tokenizer, 2), tokenizer.pad_token_id)
+    OriginalModel(model, None, nullcontext)(part, 3)
+    assert {name for name, param in model.named_parameters() if param.requires_grad} == chosen
+    with model.disable_adapter():   # the behaviour guarded against, so that this test cannot pass vacuously
+        pass
+    assert {name for name, param in model.named_parameters() if param.requires_grad} > chosen
