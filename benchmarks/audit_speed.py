@@ -36,8 +36,8 @@ def small_run(model: str, folder: Path, steps: int) -> Path:
     out = folder / "run"
     if not RunDir(out).has_final_model():
         demo = REPO / "assets" / "demo"
-        train(UnlearnConfig(model=model, method="npo_rt", forget=str(demo / "forget.json"),
-                            retain=str(demo / "retain.json"), out=str(out), overwrite=True, max_steps=steps,
+        train(UnlearnConfig(model=model, method="npo_rt", forget=str(demo / "forget.jsonl"),
+                            retain=str(demo / "retain.jsonl"), out=str(out), overwrite=True, max_steps=steps,
                             lora=True, device="cpu", save_steps=0, eval_examples=0), show_progress=False)
     return out
 
