@@ -6,8 +6,8 @@ second (every fine-tuning step the audit ran, the control's included, over the t
     python benchmarks/audit_speed.py                       # the demo model, a 20-step LoRA run, control bundled
     python benchmarks/audit_speed.py --max-samples 8 --attack-steps 5 --attacks relearn,benign,rephrase
 
-The old audit runs from `git archive OLD audit` in a scratch folder, put first on sys.path, against this
-checkout's core; both run in their own fresh interpreter, one after the other, on the same run.
+The old audit runs from `git archive OLD core audit export` in a scratch folder, put first on sys.path (the
+core it was written against); both run in their own fresh interpreter, one after the other, on the same run.
 """
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def small_run(model: str, folder: Path, steps: int) -> Path:
 def timed(code_root: Path, run: Path, out: Path, attacks: str, options: dict, samples: int, extra: dict) -> dict:
     done = subprocess.run([sys.executable, "-c", AUDIT, str(code_root), str(run), str(out), attacks,
                            json.dumps(options), str(samples), json.dumps(extra)],
-                          capture_output=True, text=True, cwd=REPO, check=True)
+                          capture_output=True, text=True, cwd=REPO)
+    if done.returncode:
+        sys.exit(f"error: the audit in {code_root} failed:\n{done.stderr[-3000:]}")
     found = json.loads(done.stdout.strip().splitlines()[-1])
     finetuning = [r for r in found["results"] if r["name"] in ("relearn", "benign")]
     steps = sum(p.get("steps", 0) * (2 if "control_attacked" in p["forget"] else 1)
@@ -71,7 +73,9 @@ def main(argv=None) -> int:
     control = args.control
     steps = {"relearn_steps": args.attack_steps, "benign_steps": args.attack_steps}
     with tempfile.TemporaryDirectory() as old_code:
-        archive = subprocess.run(["git", "archive", OLD, "audit"], cwd=REPO, capture_output=True, check=True).stdout
+        # the old audit with the core and export it was written against (core has moved on since)
+        archive = subprocess.run(["git", "archive", OLD, "core", "audit", "export"], cwd=REPO, capture_output=True,
+                                 check=True).stdout
         subprocess.run(["tar", "-x", "-C", old_code], input=archive, check=True)
         old = timed(Path(old_code), run, folder / "audit-old", args.attacks, steps, args.max_samples, {})
     new = timed(REPO, run, folder / "audit-new", args.attacks,
