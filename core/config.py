@@ -6,13 +6,13 @@ A resolved copy (method defaults filled in) is saved as `config.json` in every r
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from .errors import UnlearnError, require
 from .kinds import as_kind
+from .paths import absolute as paths_absolute
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -126,7 +126,7 @@ class UnlearnConfig:
         def absolute(value: str | None) -> str | None:
             if not value or value.startswith(("tofu:", HUB_PREFIX)):
                 return value
-            return os.path.abspath(Path(value).expanduser())
+            return str(paths_absolute(value))
         paths = {name: absolute(getattr(self, name)) for name in PATH_FIELDS if name != "model"}
         named = self.model in (BUNDLED, DEMO) or self.model.startswith(HUB_PREFIX)   # resolve_model's names first
         if not named and Path(self.model).expanduser().exists():   # a local model directory, not a hub id
