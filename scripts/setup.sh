@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="export"
+extras="export,track,scale"   # export formats, --report-to trackers, QLoRA / 8-bit optimizers
 for flag in "$@"; do
   case "$flag" in
     --test) extras="$extras,test" ;;
