@@ -22,7 +22,8 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 # Settings that name files: recorded as absolute paths (config.json keeps what was typed in `as_given`),
 # and `model` too when it is a local directory.
 PATH_FIELDS = ("model", "forget", "retain", "normal", "out")
-KL_POSITIONS = ("answer", "all")   # --dtype; core.models.inference_dtype resolves `auto`
+KL_POSITIONS = ("answer", "all")
+OPTIMIZERS = ("adamw", "adamw_8bit", "adamw_bf16")   # --optim; core/optimizers.py builds them   # --dtype; core.models.inference_dtype resolves `auto`
 
 # Learning rates that move the model within a few hundred steps. LoRA needs a higher one: at 1e-5 a
 # rank-8 adapter on the 135M model barely changes its outputs.
@@ -70,6 +71,11 @@ class UnlearnConfig:
     lora_dropout: float = _opt(0.0, "LoRA dropout")
     lora_targets: str = _opt("all-linear", "modules to adapt: 'all-linear' or comma-separated names (q_proj,v_proj)")
     gradient_checkpointing: bool = _opt(False, "recompute activations in backward to save memory")
+    load_in_4bit: bool = _opt(False, "QLoRA: keep the frozen base in 4-bit (bitsandbytes nf4, double quantisation; "
+                                     "computes in bf16 where the device runs it fast, else fp32); needs --lora")
+    load_in_8bit: bool = _opt(False, "keep the frozen base in 8-bit (bitsandbytes LLM.int8); needs --lora")
+    optim: str = _opt("adamw", "optimizer: adamw (torch, fp32 moments), adamw_8bit (bitsandbytes, 8-bit moments) "
+                               "or adamw_bf16 (bf16 moments, stochastically rounded)")
     kl_positions: str = _opt("answer", "KL terms (ga_kl, npo_kl, yao): averaged over answer positions, or over "
                                        "'all' positions, prompt and padding included, as open-unlearning's code does")
     salient_modules: Optional[float] = _opt(
@@ -104,6 +110,7 @@ class UnlearnConfig:
 
         self.validate()
         method = get_method(self.method)
+        self._refuse_a_quantised_base_for(method)
         lr = next(value for value in (self.lr, method.default_lr, LORA_LR if self.lora else FULL_FINETUNE_LR)
                   if value is not None)
         params = method.resolve_params(self.method_params)
@@ -154,6 +161,7 @@ class UnlearnConfig:
                 "use for example --quant-aware 1, or 0 for off")
         require(self.kl_positions in KL_POSITIONS, f"unknown kl_positions {self.kl_positions!r}",
                 "use --kl-positions answer (ours) or all (open-unlearning's)")
+        self._validate_memory_savers()
         require(self.lora_r >= 1, f"lora_r must be at least 1, got {self.lora_r}", "use --lora-r 16")
         require(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         require(self.logging_steps >= 1, f"logging_steps must be at least 1, got {self.logging_steps}")
@@ -167,6 +175,35 @@ class UnlearnConfig:
                 "use auto, cpu, cuda or mps")
         require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other",
                 "pass only one of them")
+
+    def _validate_memory_savers(self) -> None:
+        """A quantised base (QLoRA) and the optimizer: what they combine with, checked before anything loads."""
+        require(self.optim in OPTIMIZERS, f"unknown optimizer {self.optim!r}", f"use --optim {' or '.join(OPTIMIZERS)}")
+        require(not (self.load_in_4bit and self.load_in_8bit), "--load-in-4bit and --load-in-8bit contradict each other",
+                "pass only one of them")
+        flag = "--load-in-4bit" if self.load_in_4bit else "--load-in-8bit" if self.load_in_8bit else None
+        if flag is None:
+            return
+        require(self.lora, f"{flag} freezes the base in low precision, so only a LoRA adapter can train",
+                f"add --lora (QLoRA), or drop {flag} to fine-tune every weight")
+        require(not self.quant_aware, f"--quant-aware fake-quantises the full-precision weights, which {flag} "
+                "has replaced by bitsandbytes' packed ones", f"drop --quant-aware or {flag}")
+
+    def quantized_bits(self) -> int:
+        """4 or 8 when the frozen base is kept quantised (QLoRA), else 0."""
+        return 4 if self.load_in_4bit else 8 if self.load_in_8bit else 0
+
+    def _refuse_a_quantised_base_for(self, method) -> None:
+        """A method that keeps its own copy of the model (ExtraWeights, e.g. mudman's adversary) gets it loaded
+        in full precision (init original: the memory a quantised base saves, spent again) or deep-copied from
+        the trained model (init current: bitsandbytes' packed weights, which checkpoints cannot save and
+        restore). Other methods train only the adapter and read the original with it switched off: they work."""
+        copies = [spec.name for spec in method.extra_weights]
+        bits = self.quantized_bits()
+        require(not (bits and copies), f"method {self.method} keeps its own copy of the model ({', '.join(copies)}), "
+                f"which the trainer loads in full precision or copies from the {bits}-bit base, and checkpoints "
+                "cannot save a quantised copy",
+                f"drop --load-in-{bits}bit (use --lora alone), or choose another method (npo_rt, npo_kl, rmu, ...)")
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict:
