@@ -1,0 +1,304 @@
+"""Forgetting that lasts (issue 32): every method at its own learning rate, then the audit with a never-learned
+control, on the forget-50 % protocol's 10 % plan.
+
+    python benchmarks/robust.py                                  # everything (CPU: days; measured a few rows
+                                                                 # per machine, the record keeps the rest)
+    python benchmarks/robust.py --methods npo_rt,npo_sam         # some methods (sweep, then audit)
+    python benchmarks/robust.py --stage sweep                    # only the learning-rate sweeps
+    python benchmarks/robust.py --report                         # only the report, from the record
+
+Protocol. The 20-author target and the 18-author retain model of `tofu_mini.py --forget50` (plan forget50-10pct:
+TOFU authors 198-199 unlearned, authors 0-9 and 190-197 as retain data, 188-189 never trained), learned into
+the same cache (runs/tofu_mini). Each method (a `Variant`: a method, maybe with a switch such as
+--quant-aware) unlearns at three learning rates for the plan's five epochs, batch 4, warm-up 0.1; every epoch's
+checkpoint is evaluated with the tofu suite as tofu_mini.py does, and the existing best-checkpoint rule
+(core.evaluation.selection: the highest Forget Quality with Model Utility >= 0.9x the target's) picks one
+(learning rate, epoch) per method. That checkpoint is audited (`audit.run_audit`) with the retain model as
+the control, 3 seeds, 20 forget answers: relearn and benign fine-tuning at their default learning-rate sweeps
+(x0.3, x1, x3 of the run's rate), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing on the example split, and
+relearning again on the group split (one author relearned, the other measured). Each method's step cost is
+its training stage's CPU seconds per step over NPO+RT's at the same learning rate (CPU time hardly depends on
+what else the machine runs; wall time does).
+
+The learning rates: x0.5, x1 and x2 of the protocol's 5e-5, except for the methods that hardly moved at 5e-5
+in docs/results/tofu_forget50.md (SimNPO, RMU, SURE, UNDIAL: FQ at or below the target's), which sweep x1, x2
+and x4; MUDMAN's rate is its own update's step size (default 1e-3), swept x0.3, x1, x3.
+
+Cached and resumable: runs, evaluations and audits live under runs/tofu_mini/robust (an interrupted run or
+audit resumes); every figure goes into docs/results/records/robust/record.json as soon as it is measured, so
+a fresh machine measures only what is missing (it learns the target and retain model again first). Once a
+sweep's epochs are evaluated only the best epoch's weights are kept. Writes docs/results/robust.{md,json,png}.
+Run it at low priority: `chrt --idle 0 nice -n 19 python benchmarks/robust.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.ledger import Ledger  # noqa: E402
+from benchmarks.tofu_claims import best_point  # noqa: E402
+from benchmarks.tofu_plans import Plan, forget50_plans, prepare_data  # noqa: E402
+from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
+from benchmarks.tofu_stages import (Bench, _epoch_models, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
+                                    _weights_digest, diverged)
+
+SHARED = (2.5e-5, 5e-5, 1e-4)     # x0.5, x1, x2 of the protocol's 5e-5
+HIGHER = (5e-5, 1e-4, 2e-4)       # for the methods that hardly moved at 5e-5
+AUDIT = dict(max_samples=20, seeds=3)
+GOAL = {"residual": 0.25, "quantized": 0.10, "fq": 0.1, "mu_ratio": 0.9}
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str                       # its name in the record and the report
+    label: str
+    method: str
+    lrs: tuple[float, ...] = SHARED
+    settings: dict = field(default_factory=dict)   # more UnlearnConfig fields (a switch such as quant_aware)
+    robust: bool = False           # built to survive relearning or 4-bit
+
+
+# In the order they are measured: NPO+RT (the baseline every cost is relative to), then the new methods.
+VARIANTS = (
+    Variant("npo_rt", "NPO+RT", "npo_rt"),
+    Variant("npo_sam", "NPO+SAM", "npo_sam", robust=True),
+    Variant("npo_wa", "NPO+WA", "npo_wa", robust=True),
+    Variant("mudman", "MUDMAN", "mudman", lrs=(3e-4, 1e-3, 3e-3), robust=True),
+    Variant("npo_rt_qa", "NPO+RT + quant-aware", "npo_rt", settings={"quant_aware": 1.0}, robust=True),
+    Variant("npo_rs", "NPO+RS", "npo_rs", robust=True),
+    Variant("npo", "NPO", "npo"),
+    Variant("simnpo", "SimNPO", "simnpo", lrs=HIGHER),
+    Variant("rmu", "RMU", "rmu", lrs=HIGHER),
+    Variant("sure", "SURE", "sure", lrs=HIGHER),
+    Variant("undial", "UNDIAL", "undial", lrs=HIGHER),
+)
+BY_KEY = {v.key: v for v in VARIANTS}
+
+
+def base_plan() -> Plan:
+    return forget50_plans()[0]   # forget50-10pct
+
+
+def sweep_plan(lr: float) -> Plan:
+    """The record's plan for one learning rate: the 10 % plan's models and evaluations, unlearning at `lr`."""
+    base = base_plan()
+    return replace(base, name=f"robust-lr{lr:g}", unlearn_lr=lr, learned_in=base.name,
+                   methods=tuple(v.key for v in VARIANTS))
+
+
+class Robust:
+    """The cached stages of this benchmark over one Bench (cache, device, record)."""
+
+    def __init__(self, bench: Bench):
+        self.bench = bench
+        self.base = base_plan()
+        self.learned = bench.root / self.base.name
+        self.files = prepare_data(self.base, self.learned)
+        self.work = bench.root / "robust"
+        self._models = None
+
+    # ------------------------------------------------ the learned models
+    def models(self) -> dict:
+        """The target and retain runs (learned now if this machine lacks them), the target as the fluency
+        reference, the retain model's evaluation and the target's point. Built once."""
+        if self._models is None:
+            self._models = self._learn_and_evaluate()
+        return self._models
+
+    def _learn_and_evaluate(self) -> dict:
+        from core.data import load_examples
+        from core.models import open_model
+
+        plan, bench = self.base, self.bench
+        learn = dict(method="sft", epochs=plan.learn_epochs, lr=plan.learn_lr, batch_size=plan.learn_batch,
+                     save_steps=50, warmup_ratio=0.1, model="bundled", dtype=plan.train_dtype)
+        target = bench.train(bench.root / plan.shared_target, forget=self.files["target"], **learn)
+        retain = bench.train(self.learned / "retain", forget=self.files["retain"], **learn)
+        for run in (target, retain):
+            _prune_checkpoints(run, keep_weights=lambda step: False)
+        loaded = open_model(str(target), bench.device, dtype=plan.eval_dtype)
+        reference = (loaded.model, loaded.tokenizer)
+        holdout = load_examples(self.files["holdout"], "holdout")
+        evaluations = self.work / "eval"
+        bench.evaluate(str(retain), evaluations / "retain", plan, reference, None, holdout)
+        target_summary = bench.evaluate(str(target), evaluations / "target", plan, reference,
+                                        evaluations / "retain", holdout)
+        return {"target": target, "retain": retain, "reference": reference, "holdout": holdout,
+                "retain_eval": evaluations / "retain",
+                "target_point": _point(target_summary, evaluations / "target"),
+                "retain_point": _point(json.loads((evaluations / "retain" / "summary.json").read_text()),
+                                       evaluations / "retain")}
+
+    # ------------------------------------------------ the sweep
+    def sweep(self, variant: Variant, lr: float) -> list[dict]:
+        """One method at one learning rate: trained, every epoch evaluated, recorded; its points."""
+        plan, ledger = sweep_plan(lr), self.bench.ledger
+        settings = asdict(plan)
+        recorded = ledger.plan(settings).get("curves", {})
+        if variant.key in recorded:
+            return recorded[variant.key]
+        models = self.models()
+        relearned = ledger.keep_models(settings, models["target_point"], models["retain_point"],
+                                       _weights_digest(models["target"] / "model"))
+        if relearned:
+            self.bench.say(relearned)
+        steps_per_epoch = _steps_per_epoch(self.files["forget"], plan.unlearn_batch)
+        run = self.bench.train(self.run_dir(variant, lr), model=str(models["target"] / "model"),
+                               method=variant.method, forget=self.files["forget"], retain=self.files["retain"],
+                               epochs=plan.unlearn_epochs, lr=lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1,
+                               dtype=plan.train_dtype, save_steps=steps_per_epoch,
+                               save_total_limit=plan.unlearn_epochs + 5, **variant.settings)
+        blown_up = diverged(run)
+        points = [{"epoch": 0, **models["target_point"]}]
+        for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None):
+            evaluated = self.work / "eval" / f"{run.name}-epoch{epoch}"
+            summary = self.bench.evaluate(str(model), evaluated, plan, models["reference"], models["retain_eval"],
+                                          models["holdout"])
+            points.append({"epoch": epoch, **_point(summary, evaluated)})
+        ledger.keep_curve(settings, variant.key, points, blown_up)
+        best = best_point(points, points[0]["mu"])["evaluation"]["epoch"]
+        _prune_checkpoints(run, keep_weights=lambda step: step == best * steps_per_epoch)
+        self.bench.say(f"{variant.label} at lr {lr:g}: " + ", ".join(
+            f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
+        return points
+
+    def run_dir(self, variant: Variant, lr: float) -> Path:
+        return self.work / f"{variant.key}-lr{lr:g}"
+
+    # ------------------------------------------------ the audit
+    def audit(self, variant: Variant, choice: dict) -> dict:
+        """The audit with control of the chosen (learning rate, epoch), both splits; recorded."""
+        audits = self.bench.ledger.data.setdefault("audits", {})
+        if variant.key in audits and audits[variant.key]["choice"] == choice:
+            return audits[variant.key]
+        from audit import run_audit
+
+        models = self.models()
+        audited = self.as_run(self.run_dir(variant, choice["lr"]), choice["epoch"])
+        control = str(models["retain"])
+        started, cpu = time.time(), time.process_time()
+        reports = {}
+        for split, attacks in (("example", None), ("group", ["relearn"])):
+            self.bench.say(f"auditing {variant.label} (lr {choice['lr']:g}, epoch {choice['epoch']}), {split} split")
+            reports[split] = run_audit(audited, audited / f"audit-{split}", attacks=attacks, control=control,
+                                       options={"relearn_split": split}, log=lambda m: print(f"    {m}", flush=True),
+                                       **AUDIT)
+        self.bench.record_stage(audited / "audit", time.time() - started, time.process_time() - cpu)
+        audits[variant.key] = {"choice": choice, "control": "18-author retain model (forget50-10pct/retain)",
+                               "settings": AUDIT, "splits": {s: summarised(r) for s, r in reports.items()},
+                               "measured": time.strftime("%Y-%m-%d")}
+        self.bench.ledger.save()
+        return audits[variant.key]
+
+    def as_run(self, run: Path, epoch: int) -> Path:
+        """The run itself when its final epoch was chosen; else a run folder holding that epoch's checkpoint
+        as its final model (same config), which `unlearn audit` takes like any run."""
+        from core.runs import RunDir
+
+        final = self.base.unlearn_epochs
+        if epoch == final:
+            return run
+        derived = run.parent / f"{run.name}-epoch{epoch}"
+        if RunDir(derived).final_model_kind() is None:
+            step = epoch * _steps_per_epoch(self.files["forget"], self.base.unlearn_batch)
+            checkpoint_as_run(run, RunDir(run).checkpoints_dir / f"step-{step:06d}", derived)
+        return derived
+
+
+def checkpoint_as_run(run: Path, checkpoint: Path, out: Path) -> None:
+    """Write `checkpoint`'s model as the final model of a new run folder `out` with `run`'s config (atomic:
+    the model folder appears complete or not at all)."""
+    import shutil
+
+    from core.models import open_model
+    from core.runs import RunDir
+
+    loaded = open_model(str(checkpoint), "cpu", dtype="float32")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(RunDir(run).config_path, out / RunDir(out).config_path.name)
+    staging = out / ".model-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    loaded.model.save_pretrained(staging)
+    loaded.tokenizer.save_pretrained(staging)
+    staging.rename(RunDir(out).model_dir)
+
+
+def summarised(report: dict) -> dict:
+    """What the record keeps of one audit report: per attack its verdict and figures with intervals."""
+    keep = ("verdict", "worst_recovery", "worst_residual", "recovery", "recovery_interval", "residual",
+            "residual_interval", "retain_change", "lr", "judged_by")
+    return {"overall": report["overall"], "control": report.get("control"),
+            "results": {r["name"]: {k: r[k] for k in keep if k in r} for r in report["results"]}}
+
+
+def choose(variant: Variant, curves: dict[float, list[dict]]) -> dict:
+    """The best-checkpoint rule over every (learning rate, epoch) of the method's sweep."""
+    candidates = [dict(p, lr=lr) for lr, points in curves.items() for p in points[1:]]
+    target = next(iter(curves.values()))[0]
+    best = best_point([target] + candidates, target["mu"])
+    return {"lr": best["evaluation"]["lr"], "epoch": best["evaluation"]["epoch"], "meets_floor": best["meets_floor"]}
+
+
+def sweep_steps() -> int:
+    """Optimizer steps of one sweep run: the plan's epochs over its forget answers."""
+    from core.tofu import author_records
+
+    plan = base_plan()
+    return plan.unlearn_epochs * -(-len(author_records(*plan.forget_authors)) // plan.unlearn_batch)
+
+
+def step_seconds(ledger: Ledger, variant: Variant, lr: float, steps: int) -> float | None:
+    """CPU seconds per optimizer step of the method's training stage at `lr` (None before it ran)."""
+    stage = ledger.data["stages"].get(f"robust/{variant.key}-lr{lr:g}")
+    return stage["cpu"] / steps if stage else None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(BY_KEY), help="which rows to measure now, comma-separated "
+                                                                   f"(default all: {', '.join(BY_KEY)})")
+    parser.add_argument("--stage", choices=("all", "sweep", "audit"), default="all")
+    parser.add_argument("--report", action="store_true", help="only write the report from the record")
+    parser.add_argument("--runs-dir", default=str(REPO / "runs" / "tofu_mini"))
+    parser.add_argument("--results", default=str(REPO / "docs" / "results"))
+    args = parser.parse_args(argv)
+    keys = [k.strip() for k in args.methods.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in BY_KEY]
+    if unknown:
+        parser.error(f"--methods: {', '.join(unknown)} is not one of {', '.join(BY_KEY)}")
+    require_plotting()
+    results = Path(args.results)
+    ledger = Ledger(results / "records" / "robust")
+    if not args.report:
+        ledger.hold()
+        bench = Bench(Path(args.runs_dir).resolve(), "cpu", ledger)
+        robust = Robust(bench)
+        for key in keys:
+            variant = BY_KEY[key]
+            if args.stage == "audit":   # what the record has swept, nothing trained now
+                curves = {lr: ledger.plan(asdict(sweep_plan(lr))).get("curves", {}).get(key) for lr in variant.lrs}
+                if any(points is None for points in curves.values()):
+                    bench.say(f"{variant.label}: its sweep is not complete; run --stage sweep first")
+                    continue
+            else:
+                curves = {lr: robust.sweep(variant, lr) for lr in variant.lrs}
+            if args.stage in ("all", "audit"):
+                robust.audit(variant, choose(variant, curves))
+        bench.say(f"done (wall time so far, every machine: {clock(bench.count_wall())})")
+    from benchmarks.robust_report import write_report
+
+    print(write_report(ledger, results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""docs/results/robust.{md,json,png} from benchmarks/robust.py's record: per method the chosen learning rate
+and epoch, FQ and MU, the audit with control (each figure with its interval) and the step cost; the sweep
+behind each choice; the issue's goal checked; residual after relearning against Model Utility."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from benchmarks.ledger import Ledger
+from benchmarks.robust import GOAL, VARIANTS, choose, step_seconds, sweep_plan, sweep_steps
+from benchmarks.tofu_report import clock
+
+FOUR_BIT = ("quantize: gguf-q4_0", "quantize: gguf-q4_k_m")
+
+
+def rows(ledger: Ledger) -> list[dict]:
+    """One row per method with a complete sweep: its choice, figures, audit and cost."""
+    steps = sweep_steps()
+    baseline = next(v for v in VARIANTS if v.key == "npo_rt")
+    found = []
+    for variant in VARIANTS:
+        curves = {lr: ledger.plan(_settings(lr)).get("curves", {}).get(variant.key) for lr in variant.lrs}
+        if any(points is None for points in curves.values()):
+            found.append({"key": variant.key, "label": variant.label, "robust": variant.robust,
+                          "swept": sorted(lr for lr, points in curves.items() if points)})
+            continue
+        choice = choose(variant, curves)
+        point = next(p for p in curves[choice["lr"]] if p["epoch"] == choice["epoch"])
+        target = curves[choice["lr"]][0]
+        audit = ledger.data.get("audits", {}).get(variant.key)
+        costs = [ratio(step_seconds(ledger, variant, lr, steps), step_seconds(ledger, baseline, lr, steps))
+                 for lr in variant.lrs if lr in baseline.lrs]
+        costs = [c for c in costs if c is not None]
+        found.append({"key": variant.key, "label": variant.label, "robust": variant.robust, "choice": choice,
+                      "fq": point["fq"], "mu": point["mu"], "mu_ratio": point["mu"] / target["mu"],
+                      "sweep": {f"{lr:g}": _best_of(points) for lr, points in curves.items()},
+                      "audit": audit if audit and audit["choice"] == choice else None,
+                      "step_cost": sum(costs) / len(costs) if costs else None})
+    return found
+
+
+def _settings(lr: float) -> dict:
+    from dataclasses import asdict
+
+    return asdict(sweep_plan(lr))
+
+
+def _best_of(points: list[dict]) -> dict:
+    from benchmarks.tofu_claims import best_point
+
+    best = best_point(points, points[0]["mu"])["evaluation"]
+    return {"epoch": best["epoch"], "fq": best["fq"], "mu_ratio": best["mu"] / points[0]["mu"]}
+
+
+def ratio(value: float | None, over: float | None) -> float | None:
+    return value / over if value is not None and over else None
+
+
+def figure(audit: dict | None, split: str, attack: str, kind: str = "residual") -> tuple[float | None, list | None]:
+    """(NLL figure, its interval) of one attack in the audit."""
+    result = ((audit or {}).get("splits", {}).get(split, {}).get("results", {}).get(attack)) or {}
+    return (result.get(kind) or {}).get("nll"), (result.get(f"{kind}_interval") or {}).get("nll")
+
+
+def worst_residual(audit: dict | None) -> tuple[float | None, list | None]:
+    """The relearn residual of the split where the attacker did best (its upper bound decides)."""
+    found = [figure(audit, split, "relearn") for split in ("example", "group")]
+    return max((f for f in found if f[0] is not None), key=_upper, default=(None, None))
+
+
+def _upper(found: tuple[float, list | None]) -> float:
+    value, interval = found
+    return interval[1] if interval and interval[1] is not None else value
+
+
+def four_bit(audit: dict | None) -> float | None:
+    values = [figure(audit, "example", name, "recovery")[0] for name in FOUR_BIT]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def meets_goal(row: dict) -> bool | None:
+    """The issue's goal: relearn residual <= 0.25 with its interval, 4-bit recovery <= 0.10, FQ >= 0.1,
+    MU >= 0.9x the target's. None while the row lacks its audit."""
+    if "choice" not in row or row["audit"] is None:
+        return None
+    residual, interval = worst_residual(row["audit"])
+    quantized = four_bit(row["audit"])
+    return (residual is not None and _upper((residual, interval)) <= GOAL["residual"] and quantized is not None
+            and quantized <= GOAL["quantized"] and (row["fq"] or 0) >= GOAL["fq"] and row["mu_ratio"] >= GOAL["mu_ratio"])
+
+
+def cell(value: float | None, interval: list | None = None) -> str:
+    if value is None:
+        return "-"
+    if not interval:
+        return f"{value:.2f}"
+    low, high = ("?" if b is None else f"{b:.2f}" for b in interval)
+    return f"{value:.2f} [{low}, {high}]"
+
+
+def markdown(found: list[dict], ledger: Ledger) -> str:
+    from core.evaluation.report import table
+
+    head = ["method", "lr, epoch", "FQ", "MU / target", "relearn residual (example)", "relearn residual (group)",
+            "benign residual", "4-bit recovery (q4_0 / q4_k_m)", "rephrase recovery", "verdict", "step cost",
+            "goal"]
+    lines, pending = [], []
+    for row in found:
+        if "choice" not in row:
+            pending.append(f"{row['label']} (swept: {', '.join(f'{lr:g}' for lr in row['swept']) or 'nothing'})")
+            continue
+        audit = row["audit"]
+        rephrase = [figure(audit, "example", name, "recovery")[0] for name in _rephrase_names(audit)]
+        rephrase = [v for v in rephrase if v is not None]
+        goal = meets_goal(row)
+        lines.append([row["label"] + (" (robust)" if row["robust"] else ""),
+                      f"{row['choice']['lr']:g}, {row['choice']['epoch']}", f"{row['fq']:.3g}",
+                      f"{row['mu_ratio']:.2f}", cell(*figure(audit, "example", "relearn")),
+                      cell(*figure(audit, "group", "relearn")), cell(*figure(audit, "example", "benign")),
+                      " / ".join(cell(figure(audit, "example", n, "recovery")[0]) for n in FOUR_BIT),
+                      cell(max(rephrase)) if rephrase else "-",
+                      (audit or {}).get("splits", {}).get("example", {}).get("overall", "not audited yet"),
+                      "-" if row["step_cost"] is None else f"{row['step_cost']:.2f}x",
+                      "-" if goal is None else ("**met**" if goal else "no")])
+    sweep = [[row["label"]] + [f"{lr}: FQ {s['fq']:.3g}, MU {s['mu_ratio']:.2f}x (ep {s['epoch']})"
+                               for lr, s in row["sweep"].items()] for row in found if "choice" in row]
+    met = [row["label"] for row in found if meets_goal(row)]
+    audited = [row for row in found if row.get("audit")]
+    return "\n".join([
+        "# Forgetting that lasts: which method survives its own audit?", "",
+        f"{time.strftime('%Y-%m-%d')}, `python benchmarks/robust.py` on this project's 2-core CPU (fp32); "
+        f"wall time so far over every machine: {clock(ledger.data.get('wall_seconds', 0))}. Protocol and choices: "
+        "the docstring of benchmarks/robust.py. Each method unlearns TOFU authors 198-199 from the 20-author "
+        "target at three learning rates; the best-checkpoint rule (highest FQ with MU >= 0.9x the target's) "
+        "picks one learning rate and epoch, which is audited with the 18-author retain model (never saw authors "
+        "198-199) as the control: 20 forget answers, 3 seeds, each fine-tuning attack at its three learning "
+        "rates (the worst one shown).", "",
+        "Residual (docs/audit.md) = (control attacked − unlearned attacked) / (control attacked − original): 0 "
+        "relearns no faster than a model that never learned the facts, 1 back to the original; "
+        "[95 % bootstrap interval over answers and seeds]. 4-bit and rephrasing train nothing: their recovery. "
+        "Step cost: CPU seconds per step over NPO+RT's at the same learning rates.", "",
+        f"**The goal** (relearn residual <= {GOAL['residual']} with its interval, both splits; 4-bit recovery <= "
+        f"{GOAL['quantized']}; FQ >= {GOAL['fq']}; MU >= {GOAL['mu_ratio']}x the target's): "
+        + (f"met by {', '.join(met)}." if met else
+           f"not met by any of the {len(audited)} method(s) audited so far."), "",
+        table(head, lines) if lines else "No method has a complete sweep yet.", "",
+        *([f"Not measured yet: {'; '.join(pending)}.", ""] if pending else []),
+        "## The sweep behind each choice (each learning rate's best epoch)", "",
+        table(["method", *[f"lr {i + 1}" for i in range(3)]], sweep) if sweep else "-", "",
+        "![relearn residual against Model Utility](robust.png)", ""])
+
+
+def _rephrase_names(audit: dict | None) -> list[str]:
+    results = (audit or {}).get("splits", {}).get("example", {}).get("results", {})
+    return [name for name in results if name.startswith("rephrase")]
+
+
+def plot(found: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(row, *worst_residual(row["audit"])) for row in found if row.get("audit")]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row, residual, interval in points:
+        if residual is None:
+            continue
+        low, high = interval if interval else (residual, residual)
+        errors = [[residual - (low if low is not None else residual)], [(high if high is not None else residual) - residual]]
+        ax.errorbar(row["mu_ratio"], residual, yerr=errors, fmt="o" if row["robust"] else "s", capsize=3,
+                    label=f"{row['label']} (lr {row['choice']['lr']:g}, ep {row['choice']['epoch']})")
+    ax.axhline(GOAL["residual"], color="grey", linestyle=":", linewidth=1)
+    ax.axvline(GOAL["mu_ratio"], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("Model Utility / target's")
+    ax.set_ylabel("relearn residual (worse split, NLL)")
+    ax.set_title("After the attacker's best relearning: closer to 0 = as if never learned")
+    if points:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(ledger: Ledger, folder: Path) -> str:
+    from core.runs import write_json_atomic, write_text_atomic
+
+    found = rows(ledger)
+    text = markdown(found, ledger)
+    write_json_atomic(folder / "robust.json", {"rows": found, "goal": GOAL,
+                                               "wall_seconds": ledger.data.get("wall_seconds", 0)})
+    write_text_atomic(folder / "robust.md", text)
+    plot(found, folder / "robust.png")
+    return text
+

@@ -1,0 +1,100 @@
+"""benchmarks/robust.py's glue on tiny runs: a chosen epoch's checkpoint becomes a run the audit takes, with
+that checkpoint's weights; the best-checkpoint rule picks across learning rates; the report reads a real
+audit (with control) back out of the record and checks the issue's goal by its rule."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from audit import run_audit
+from benchmarks import robust, robust_report
+from benchmarks.ledger import Ledger
+from conftest import train_tiny_run
+from core.checkpoint import WEIGHTS
+from core.runs import RunDir
+
+FAST = dict(max_samples=4, max_new_tokens=4, batch_size=4, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tiny_model_dir):
+    """A tiny full fine-tuning run with a checkpoint after step 2, and a never-learned control run."""
+    run = train_tiny_run(tmp_path_factory.mktemp("swept"), tiny_model_dir, max_steps=4, save_steps=2,
+                         save_total_limit=5)
+    control = train_tiny_run(tmp_path_factory.mktemp("control"), tiny_model_dir, method="sft", max_steps=2, lr=1e-4)
+    return run.out, control.out
+
+
+def test_a_checkpoint_becomes_a_run_with_its_weights_that_the_audit_takes(swept, tmp_path):
+    run, control = swept
+    checkpoint = RunDir(run).checkpoints_dir / "step-000002"
+    derived = tmp_path / "epoch1"
+    robust.checkpoint_as_run(run, checkpoint, derived)
+    assert RunDir(derived).holds_run() and RunDir(derived).final_model_kind() is not None
+    assert not (derived / ".model-staging").exists()
+    saved = load_file(str(checkpoint / WEIGHTS))
+    final = {k: v for p in RunDir(derived).model_dir.glob("*.safetensors") for k, v in load_file(p).items()}
+    shared = [name for name in saved if name in final]
+    assert len(shared) >= 4 and all(torch.equal(saved[n], final[n]) for n in shared)
+    assert not all(torch.equal(saved[n], f) for n, f in
+                   {k: v for p in RunDir(run).model_dir.glob("*.safetensors") for k, v in load_file(p).items()}.items()
+                   if n in saved), "the derived run must hold step 2, not the final model"
+    report = run_audit(derived, derived / "audit", ["relearn"], control=str(control), log=lambda m: None,
+                       options={"relearn_steps": 1, "relearn_lr": "x1"}, **FAST)
+    assert report["results"][0]["judged_by"] == "residual"
+
+
+def point(epoch: int, fq: float, mu: float) -> dict:
+    return {"epoch": epoch, "fq": fq, "mu": mu}
+
+
+def test_the_best_checkpoint_rule_picks_across_learning_rates():
+    target = point(0, 0.01, 1.0)
+    curves = {1e-5: [target, point(1, 0.2, 0.95), point(2, 0.3, 0.92)],
+              2e-5: [target, point(1, 0.5, 0.91), point(2, 0.9, 0.5)]}   # 0.9 at MU 0.5: below the floor
+    assert robust.choose(robust.BY_KEY["npo_rt"], curves) == {"lr": 2e-5, "epoch": 1, "meets_floor": True}
+
+
+def test_the_report_reads_the_audit_back_and_judges_the_goal(swept, tmp_path):
+    run, control = swept
+    ledger = Ledger(tmp_path / "record")
+    variant = robust.BY_KEY["npo_rt"]
+    target = point(0, 0.01, 1.0)
+    for lr in variant.lrs:   # a complete sweep: FQ 0.5 at MU 0.95x at the middle rate
+        settings = asdict(robust.sweep_plan(lr))
+        ledger.keep_models(settings, target, point(0, 1.0, 1.0), "digest")
+        ledger.keep_curve(settings, variant.key, [target, point(1, 0.5 if lr == variant.lrs[1] else 0.05, 0.95)], None)
+    report = run_audit(run, tmp_path / "audit", ["relearn"], control=str(control), log=lambda m: None,
+                       options={"relearn_steps": 1, "relearn_lr": "x1"}, seeds=2, **FAST)
+    choice = {"lr": variant.lrs[1], "epoch": 1, "meets_floor": True}
+    ledger.data["audits"] = {"npo_rt": {"choice": choice, "splits": {"example": robust.summarised(report)}}}
+    rows = {row["key"]: row for row in robust_report.rows(ledger)}
+    row = rows["npo_rt"]
+    assert row["choice"] == choice and row["fq"] == 0.5 and row["mu_ratio"] == pytest.approx(0.95)
+    relearn = next(r for r in report["results"] if r["name"] == "relearn")
+    assert robust_report.worst_residual(row["audit"]) == (relearn["residual"]["nll"], relearn["residual_interval"]["nll"])
+    assert robust_report.meets_goal(row) is False   # no 4-bit attack measured: the goal cannot be met
+    assert "choice" not in rows["npo_sam"] and rows["npo_sam"]["swept"] == []
+    text = robust_report.write_report(ledger, tmp_path)
+    assert f"| NPO+RT | {variant.lrs[1]:g}, 1 | 0.5 | 0.95 |" in text
+    assert "Not measured yet: NPO+SAM (swept: nothing)" in text and (tmp_path / "robust.png").is_file()
+
+
+def audit_of(residual_upper: float, four_bit: float) -> dict:
+    relearn = {"residual": {"nll": 0.1}, "residual_interval": {"nll": [0.0, residual_upper]}}
+    quantized = {"recovery": {"nll": four_bit}}
+    return {"splits": {"example": {"results": {"relearn": relearn, "quantize: gguf-q4_0": quantized,
+                                               "quantize: gguf-q4_k_m": {"recovery": {"nll": 0.0}}}},
+                       "group": {"results": {"relearn": {"residual": {"nll": 0.05},
+                                                         "residual_interval": {"nll": [0.0, 0.1]}}}}}}
+
+
+@pytest.mark.parametrize("upper, four_bit, fq, mu_ratio, met", [
+    (0.2, 0.05, 0.2, 0.95, True), (0.3, 0.05, 0.2, 0.95, False),   # the interval's upper bound decides
+    (0.2, 0.15, 0.2, 0.95, False), (0.2, 0.05, 0.05, 0.95, False), (0.2, 0.05, 0.2, 0.85, False)])
+def test_the_goal_rule(upper, four_bit, fq, mu_ratio, met):
+    row = {"choice": {}, "audit": audit_of(upper, four_bit), "fq": fq, "mu_ratio": mu_ratio}
+    assert robust_report.meets_goal(row) is met
