@@ -166,6 +166,78 @@ def load_model(source: str, dtype: torch.dtype = torch.float32, trust_remote_cod
                      trust_remote_code=trust_remote_code)
 
 
+# ---------------------------------------------------------------- a quantised base (QLoRA)
+
+def check_quantized_base(bits: int, device: torch.device, engine: str = "NO") -> None:
+    """bitsandbytes is installed and runs on `device`, and the run is one process or DDP (`engine`: accelerate's
+    distributed type): checked before any model loads. DDP keeps a whole quantised copy per process (tested on
+    2 CPU processes); FSDP and DeepSpeed would shard the packed weights, which needs a storage dtype and wrap
+    policy made for them that this trainer does not set up."""
+    if not bits:
+        return
+    require(engine in ("NO", "MULTI_CPU", "MULTI_GPU"), f"--load-in-{bits}bit cannot be sharded by {engine} here",
+            "launch with DDP (accelerate launch --multi_gpu, no FSDP/DeepSpeed config), or drop --load-in-"
+            f"{bits}bit")
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise UnlearnError(f"--load-in-{bits}bit needs bitsandbytes, which is not installed",
+                           "pip install 'bitsandbytes>=0.46' (or the project's [scale] extra)") from None
+    supported = sorted(getattr(bitsandbytes, "supported_torch_devices", {"cuda"}))
+    require(device.type in supported, f"bitsandbytes {bitsandbytes.__version__} cannot run a {bits}-bit model on "
+            f"{device.type} (it runs on {', '.join(supported)})", f"use --device {supported[0]}, or drop --load-in-{bits}bit")
+
+
+def quantization_config(bits: int, device: torch.device):
+    """bitsandbytes' settings: nf4 with double quantisation (QLoRA's), computing in bf16 where the device runs
+    it fast and in fp32 elsewhere (an AVX2 CPU emulates bf16 ~80x slower); or LLM.int8."""
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if bf16_is_fast(device) else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def load_quantized_model(source: str, bits: int, device: torch.device, trust_remote_code: bool = False):
+    """The model with every Linear but the output head quantised by bitsandbytes on `device`, frozen, its
+    other weights (embeddings, norms, head) fp32, ready for a LoRA adapter (peft's k-bit preparation)."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    _quiet_int8_casts()
+    model = _hub_call(source, AutoModelForCausalLM.from_pretrained, dtype=torch.float32,
+                      quantization_config=quantization_config(bits, device), device_map={"": device},
+                      trust_remote_code=trust_remote_code)
+    with peft_quietly():   # gradient checkpointing is the trainer's, as for every run
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def load_dequantized_model(source: str, bits: int, dtype: torch.dtype = torch.float32,
+                           trust_remote_code: bool = False):
+    """The base a quantised run trained on, as plain Linear layers: quantised as in training, then
+    dequantised into `dtype`. Its adapter merges into these weights (what it was trained against), not
+    into the original's."""
+    model = load_quantized_model(source, bits, torch.device("cpu"), trust_remote_code).dequantize(dtype)
+    model.requires_grad_(True)   # as from_pretrained leaves a model; the k-bit preparation froze it
+    return model
+
+
+def _quiet_int8_casts() -> None:
+    """LLM.int8 logs on every matmul that it casts fp32 inputs to fp16 (it always does, on a CPU too)."""
+    import logging
+
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _DropInt8Casts) for f in logger.filters):
+        logger.addFilter(_DropInt8Casts())
+
+
+class _DropInt8Casts:
+    def filter(self, record) -> bool:
+        return "inputs will be cast from" not in record.getMessage()
+
+
 def _hub_call(source: str, loader, **kwargs):
     try:
         return loader(source, **kwargs)
@@ -299,7 +371,8 @@ def load_run_model(run: "RunDir | str | Path", checkpoint: Path | None = None, m
     run = RunDir(run)
     kind = run.final_model_kind()
     if checkpoint is None and kind == "adapter":
-        model = attach_adapter(run.model_dir, run.base_model(), dtype, trust_remote_code)
+        model = attach_adapter(run.model_dir, run.base_model(), dtype, trust_remote_code,
+                               quantized_bits(run.config()))
         return model.merge_and_unload() if merge else model
     if checkpoint is None and kind == "full":
         return load_model(str(run.model_dir), dtype, trust_remote_code)
@@ -310,11 +383,12 @@ def load_run_model(run: "RunDir | str | Path", checkpoint: Path | None = None, m
 
 
 def attach_adapter(adapter_dir: Path, base: str, dtype: torch.dtype = torch.float32,
-                   trust_remote_code: bool = False):
-    """A PEFT adapter on its base model (not merged)."""
+                   trust_remote_code: bool = False, bits: int = 0):
+    """A PEFT adapter on its base model (not merged); on the dequantised base when it trained on a `bits`-bit
+    one (QLoRA)."""
     from peft import PeftModel
 
-    model = load_model(resolve_model(base), dtype, trust_remote_code)
+    model = _trained_base(resolve_model(base), bits, dtype, trust_remote_code)
     try:
         with peft_quietly():
             return PeftModel.from_pretrained(model, str(adapter_dir))
@@ -330,7 +404,7 @@ def _from_checkpoint(run: RunDir, checkpoint: Path, merge: bool, dtype, trust_re
     require((checkpoint / WEIGHTS).is_file(), f"{checkpoint} holds no {WEIGHTS}",
             "name a checkpoint inside a run's checkpoints/ folder")
     config = run.config()
-    model = load_model(resolve_model(run.base_model()), dtype, trust_remote_code)
+    model = _trained_base(resolve_model(run.base_model()), quantized_bits(config), dtype, trust_remote_code)
     if config.get("lora"):
         model = add_lora(model, config["lora_r"], config["lora_alpha"], 0.0, config["lora_targets"])
     weights = load_file(str(checkpoint / WEIGHTS))
@@ -339,6 +413,18 @@ def _from_checkpoint(run: RunDir, checkpoint: Path, merge: bool, dtype, trust_re
             "check that the run's config.json is the one it was trained with")
     model.load_state_dict(weights, strict=False)
     return model.merge_and_unload() if merge and config.get("lora") else model
+
+
+def quantized_bits(run_config: dict) -> int:
+    """4 or 8 when a run (its config.json) trained on a quantised base, else 0."""
+    return 4 if run_config.get("load_in_4bit") else 8 if run_config.get("load_in_8bit") else 0
+
+
+def _trained_base(source: str, bits: int, dtype: torch.dtype, trust_remote_code: bool):
+    """The base weights a run's adapter was trained against: the original's, or its dequantised `bits`-bit ones."""
+    if bits:
+        return load_dequantized_model(source, bits, dtype, trust_remote_code)
+    return load_model(source, dtype, trust_remote_code)
 
 
 def merged_copy(run: "RunDir | str | Path", target: Path) -> Path:

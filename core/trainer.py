@@ -28,8 +28,9 @@ from .data import make_collate
 from .errors import UnlearnError
 from .methods import StepInputs, get_method
 from .methods.base import MethodSetup
-from .models import (add_lora, frozen_linears_in_bf16, load_model, load_tokenizer, mixed_precision,
-                     model_summary, pick_device, resolve_model, save_model_atomic)
+from .models import (add_lora, check_quantized_base, frozen_linears_in_bf16, load_model, load_quantized_model,
+                     load_tokenizer, mixed_precision, model_summary, pick_device, resolve_model, save_model_atomic)
+from .optimizers import build_optimizer, check_optimizer
 from .reference import OriginalModel, adapter_off_keeping_trainable, cache_reference_nll
 from .quantization import quant_aware_terms
 from .runs import RunDir, RunState, write_json_atomic
@@ -211,6 +212,9 @@ class Trainer:
         cfg = self.cfg
         self._refuse_what_several_processes_cannot_do()
         self._refuse_switches_an_own_update_ignores()
+        check_quantized_base(cfg.quantized_bits(), self.device,
+                             str(self.accelerator.distributed_type).rpartition(".")[2])
+        check_optimizer(cfg.optim)
         set_seed(cfg.seed)
         self._status(RunState.RUNNING, message="reading data")
         data = self._read_data()
@@ -296,8 +300,10 @@ class Trainer:
 
     def _load_model(self, source: str):
         cfg = self.cfg
-        model = load_model(source, torch.float32, cfg.trust_remote_code)
-        if cfg.lora and self.accelerator.mixed_precision == "bf16":
+        bits = cfg.quantized_bits()
+        model = (load_quantized_model(source, bits, self.accelerator.device, cfg.trust_remote_code) if bits
+                 else load_model(source, torch.float32, cfg.trust_remote_code))
+        if cfg.lora and self.accelerator.mixed_precision == "bf16" and not bits:
             # the frozen base's linear weights in bf16; trained weights stay fp32 (AdamW at 1e-5 would round
             # most bf16 updates away)
             frozen_linears_in_bf16(model)
@@ -309,7 +315,7 @@ class Trainer:
             model.enable_input_require_grads()
         if cfg.lora:
             model = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-        return model.to(self.accelerator.device)
+        return model if bits else model.to(self.accelerator.device)   # a quantised one is loaded in place
 
     def _cache_reference(self, model, data: RunData) -> None:
         """Cache NLL_ref of fixed sequences once (NPO, IdkDPO), before any weight changes."""
@@ -382,8 +388,7 @@ class Trainer:
             if param.requires_grad:
                 (no_decay if param.ndim < 2 else decay).append(param)
         groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # fused: one kernel for all parameters, 5-8x faster than the default loop on CPU (same algorithm)
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, fused=True)
+        return build_optimizer(self.cfg.optim, groups, self.cfg.lr)
 
     def _count_steps(self, batches_per_epoch: int) -> None:
         progress = self.progress
