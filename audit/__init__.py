@@ -27,7 +27,8 @@ AUDIT_JSON, AUDIT_MD = AUDIT_REPORT, "audit.md"
 
 def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_samples: int = 40,
               max_new_tokens: int = 48, batch_size: int = 8, device: str = "cpu", log=print,
-              dtype: str = "auto", update: bool = False, control: str | None = None, seeds: int = 1) -> dict:
+              dtype: str = "auto", update: bool = False, control: str | None = None, seeds: int = 1,
+              progress=None) -> dict:
     """Attack the run in `run_dir` (a path or RunDir) and write OUT/audit.json and audit.md. `attacks`: names
     (default: every attack enabled by default); `options`: attack options by their declared names (each
     attack's `params`), checked against the chosen attacks' declarations. `control`: a never-learned model
@@ -36,7 +37,8 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     and training, each with the next seed. `update`: redo only `attacks` and keep the other attacks' results
     of the audit already in OUT (after one attack's definition changed, or to add one), which must have
     measured the same samples. Each finished attack (and sweep point) is kept in OUT/.partial until the
-    report is written: the same command after a stop resumes there."""
+    report is written: the same command after a stop resumes there. `progress(done, total)`: called as units of
+    work finish (each fine-tuning of a sweep, each other attack), for a progress bar with the time left."""
     from core.evaluation.scores import Settings
 
     started = time.time()
@@ -71,7 +73,7 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
              "dtype": dtype, "options": chosen_options, "control": control, "seeds": seeds}
     context.kept = Kept(out / PARTIAL, about, log)
     try:
-        report = _attack_all(context, chosen, chosen_options, status, started)
+        report = _attack_all(context, chosen, chosen_options, status, started, progress)
         if earlier:
             report = _merged(earlier, report)
     except KeyboardInterrupt:
@@ -119,10 +121,10 @@ class Kept:
 def _audited_sets(config: dict, chosen: list, options: dict, max_samples: int) -> tuple[list, list | None, list | None]:
     """(forget examples, their groups when an attack splits by group, retain examples). Splitting by group,
     the examples are taken from every group in turn, so that as many subjects as possible are measured."""
-    from core.data import load_examples
+    from core.data import run_examples
 
-    forget = load_examples(config["forget"], "forget")
-    retain = load_examples(config["retain"], "retain")[:max_samples] if config.get("retain") else None
+    forget = run_examples(config, "forget")
+    retain = run_examples(config, "retain")[:max_samples] if config.get("retain") else None
     if not any(attack.needs_groups(options[attack.name]) for attack in chosen):
         return forget[:max_samples], None, retain
     groups = forget_groups(config["forget"], len(forget))
@@ -162,7 +164,8 @@ def _same_model(source: str, target: str) -> bool:
     return source == target
 
 
-def _attack_all(context: AuditContext, chosen: list, options: dict[str, dict], status: RunDir, started: float) -> dict:
+def _attack_all(context: AuditContext, chosen: list, options: dict[str, dict], status: RunDir, started: float,
+                progress=None) -> dict:
     from core.models import dtype_name, open_model
     from core.scoring import prompt_form, scored_on
 
@@ -179,12 +182,18 @@ def _attack_all(context: AuditContext, chosen: list, options: dict[str, dict], s
     context.measure, context.score = scorer.measure, scorer.score
     context.baseline, context.baseline_each = scorer.baseline, scorer.baseline_each
     results = []
-    for number, attack in enumerate(chosen):
-        log(f"audit: {attack.name} — {attack.summary}")
-        status.write_status(RunState.RUNNING, pid=os.getpid(), message=f"{attack.name}: {attack.summary}",
-                            progress=round(number / len(chosen), 4), attack=attack.name)
+    units = {}
+    for attack in chosen:
         context.options = options[attack.name]
+        units[attack.name] = attack.units(context)
+    counter = UnitCounter(sum(units.values()), status, progress)
+    for attack in chosen:
+        log(f"audit: {attack.name} — {attack.summary}")
+        counter.now_doing(attack.name, f"{attack.name}: {attack.summary}")
+        context.options = options[attack.name]
+        context.tick = counter.tick
         found = context.kept(f"attack-{attack.name}", lambda: _attacked(context, attack, scratch / attack.name))
+        counter.finished(units[attack.name])   # an attack taken from OUT/.partial, or one that ticked less
         results += [{**result, **judged(result)} for result in found]
     return {"run": str(run), "method": config.get("method"), "attacks": [a.name for a in chosen],
             "options": {a.name: options[a.name] for a in chosen if options[a.name]},
@@ -194,6 +203,34 @@ def _attack_all(context: AuditContext, chosen: list, options: dict[str, dict], s
                                                                       else {})},
                                    dtype_name(unlearned.model.dtype), prompt_form(unlearned.tokenizer)),
             "wall_seconds": round(time.time() - started, 1)}
+
+
+class UnitCounter:
+    """Units of work done out of the audit's total: into audit/status.json (the studio's bar) and to the
+    caller's progress(done, total) (the command line's)."""
+
+    def __init__(self, total: int, status: RunDir, progress=None):
+        self.total, self.status, self.progress = max(1, total), status, progress
+        self.done = self.started_at = 0
+        self.attack, self.message = None, ""
+
+    def now_doing(self, attack: str, message: str) -> None:
+        self.attack, self.message, self.started_at = attack, message, self.done
+        self._report()
+
+    def tick(self) -> None:
+        self.done = min(self.total, self.done + 1)
+        self._report()
+
+    def finished(self, units: int) -> None:
+        self.done = min(self.total, max(self.done, self.started_at + units))
+        self._report()
+
+    def _report(self) -> None:
+        self.status.write_status(RunState.RUNNING, pid=os.getpid(), message=self.message,
+                                 progress=round(self.done / self.total, 4), attack=self.attack)
+        if self.progress:
+            self.progress(self.done, self.total)
 
 
 def _attacked(context: AuditContext, attack, work: Path) -> list[dict]:

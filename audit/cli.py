@@ -3,8 +3,11 @@ per attack option are made from the attack registry (audit/attacks/), so a new a
 from __future__ import annotations
 
 import argparse
+import json
 
 from core.paths import input_arg, output_folder_arg
+from core.progress import UnitsBar, silence_bars
+from core.tracking import log_figures
 
 OPTION_PREFIX = "attack_option__"   # argparse destinations of the attack options, apart from the other flags
 
@@ -36,6 +39,9 @@ def add_commands(commands) -> None:
     p.add_argument("--update", action="store_true",
                    help="redo only --attacks and keep the other attacks' results of the audit already in --out")
     p.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's CPU priority by N")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="print nothing but errors (the report is in --out)")
+    shown.add_argument("--json", action="store_true", help="print the report as one JSON object and nothing else")
     p.set_defaults(handler=run)
 
 
@@ -74,8 +80,21 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, stop)
     options = {key.removeprefix(OPTION_PREFIX): value for key, value in vars(args).items()
                if key.startswith(OPTION_PREFIX)}
-    report = run_audit(args.run, args.out, args.attacks.split(","), options, args.max_samples, args.max_new_tokens,
-                       args.batch_size, args.device, dtype=args.dtype, update=args.update,
-                       control=args.control, seeds=args.seeds)
-    print(markdown(report))
+    chatty = not (args.quiet or args.json)
+    bar = UnitsBar("audit", unit="unit")   # a unit: one fine-tuning of a sweep, or one other attack
+    if not chatty:
+        silence_bars()
+    try:
+        report = run_audit(args.run, args.out, args.attacks.split(","), options, args.max_samples,
+                           args.max_new_tokens, args.batch_size, args.device,
+                           log=bar.say if chatty else (lambda message: None), dtype=args.dtype, update=args.update,
+                           control=args.control, seeds=args.seeds, progress=bar if chatty else None)
+    finally:
+        bar.close()
+    log_figures(args.run, "audit", {r["name"]: {"recovery": r.get("recovery"), "residual": r.get("residual")}
+                                    for r in report.get("results", [])})   # to the run's --report-to trackers, if any
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif chatty:
+        print(markdown(report))
     return 0

@@ -38,6 +38,7 @@ class AuditContext:
     baseline_each: object = None    # callable(set name, examples) -> {stage: per-example lists}, as baseline
     kept: object = None             # callable(key, compute) -> compute()'s dict, kept in OUT until the audit ends
     groups: list | None = None      # each forget example's group, when an attack splits by group
+    tick: object = lambda: None     # callable(): one unit of work (Attack.units) finished, for the progress bar
 
     def run_seeds(self) -> list[int]:
         """The run's own seed, then the next ones: one per repeat (--seeds)."""
@@ -59,6 +60,11 @@ class Attack:
     def needs_groups(self, options: dict) -> bool:
         """Whether, with these options, it splits the forget set by group (context.groups then holds them)."""
         return False
+
+    def units(self, context: AuditContext) -> int:
+        """How many units of work it reports through context.tick() (the audit's progress bar and time left):
+        one for the whole attack unless it says otherwise."""
+        return 1
 
     def run(self, context: AuditContext) -> list[dict]:
         """[{"name", "forget": {"set": name, "original", "unlearned", "attacked"}, "retain": {...}}], plus

@@ -5,7 +5,7 @@ from __future__ import annotations
 from core.errors import require
 
 from .base import Attack, fine_tuning_steps, learning_rates, register_attack
-from .finetune import sweep
+from .finetune import sweep, sweep_units
 
 
 @register_attack
@@ -16,6 +16,9 @@ class Benign(Attack):
     params = (fine_tuning_steps("benign", 30, "fine-tuning steps on retain data (benign)",
                                 "the relearn attack's budget, so the two compare (docs/audit.md)"),
               learning_rates("benign"))
+
+    def units(self, context):
+        return sweep_units(context, self.name)
 
     def check(self, context):
         require(bool(context.retain), "the benign attack fine-tunes on the run's retain set, and this run has none",

@@ -59,6 +59,12 @@ def finetuned(context, start: str, examples, steps: int, lr: float, seed: int, n
     return open_model(str(context.work / name), context.device, dtype=context.dtype), result.step
 
 
+def sweep_units(context, attack: str) -> int:
+    """Fine-tunings of a sweep: one per learning rate, seed and model trained (the unlearned, the control)."""
+    rates = swept_values(context.options[f"{attack}_lr"], context.config.get("lr") or 1e-5)
+    return len(rates) * context.seeds * (2 if context.control else 1)
+
+
 def sweep(context, attack: str, plans: list[tuple], steps: int, retain: list | None) -> list[dict]:
     """Every point: each plan (seed, examples trained on, name of the measured set, examples measured) at
     each of the attack's learning rates (`<attack>_lr`, "xK" of the run's own)."""
@@ -86,4 +92,5 @@ def _point(context, attack: str, seed: int, lr: float, trained: list, measured_s
             kept_retain[stage] = context.score(attacked.model, attacked.tokenizer, retain, f"{attack} {stage} retain")[0]
         del attacked
         shutil.rmtree(context.work / f"{attack}-{model}", ignore_errors=True)
+        context.tick()
     return {**point, "forget": forget, "each": each, **({"retain": kept_retain} if retain else {})}

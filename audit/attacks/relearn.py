@@ -12,7 +12,7 @@ from core.errors import require
 from core.methods.params import Param
 
 from .base import Attack, fine_tuning_steps, learning_rates, register_attack
-from .finetune import sweep
+from .finetune import sweep, sweep_units
 
 SPLITS = ("example", "group")
 
@@ -63,6 +63,9 @@ class Relearn(Attack):
 
     def needs_groups(self, options: dict) -> bool:
         return options["relearn_split"] == "group"
+
+    def units(self, context):
+        return sweep_units(context, self.name)
 
     def check(self, context):
         options = context.options
