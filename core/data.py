@@ -41,6 +41,14 @@ class Example:
 
 # ---------------------------------------------------------------- reading
 
+def run_examples(config: dict, role: str, source: str | None = None, columns: str | None = None) -> list[Example]:
+    """A run's `role` set, read with the column map its config recorded (--ROLE-columns); a `source` given
+    instead of the run's own set is read with `columns` only."""
+    if source and source != config.get(role):
+        return load_examples(source, role, columns)
+    return load_examples(config[role], role, columns or config.get(f"{role}_columns"))
+
+
 def load_examples(source: str, role: str = "forget", columns: str | None = None) -> list[Example]:
     """Read a file, a dataset or a `tofu:` split; every problem becomes one UnlearnError naming the fix.
     `columns` ("question=COL,answer=COL" or "text=COL") names the columns when they are not the usual ones."""

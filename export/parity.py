@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.data import encode_examples, load_examples
+from core.data import encode_examples, run_examples
 from core.errors import UnlearnError
 from core.losses import IGNORE_INDEX
 from core.recovery import recovery as nll_recovery
@@ -51,7 +51,7 @@ def build_probes(config: dict, tokenizer, per_set: int, forget: str | None = Non
         if not path:
             continue
         try:
-            examples = load_examples(path, role)[:per_set]
+            examples = run_examples(config, role, path)[:per_set]
         except UnlearnError as exc:
             raise UnlearnError(f"parity needs the run's {role} set: {exc.problem}",
                                f"pass --{role} FILE with the {role} examples, or --no-parity") from None

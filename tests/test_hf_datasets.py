@@ -156,3 +156,30 @@ def test_train_from_a_parquet_forget_set_with_a_column_map(tmp_path, tiny_model_
     # what a resume reads back: the same settings find the same examples
     again = UnlearnConfig.from_dict({k: v for k, v in saved.items() if k in UnlearnConfig.__dataclass_fields__})
     assert read_sets(again, get_method("npo_rt")).forget == [Example(r["answer"], r["question"]) for r in rows]
+
+
+def test_eval_audit_and_export_read_the_run_s_set_with_its_column_map(tmp_path, tiny_model_dir, qa_files):
+    """The column map reaches every command that reads the run's data: eval, the audit (with its progress bar)
+    and export's parity checks would otherwise fail on columns they cannot find."""
+    rows = [json.loads(line) for line in qa_files["forget"].read_text().splitlines()]
+    forget = parquet(tmp_path, [{"prompt_text": r["question"], "target": r["answer"]} for r in rows])
+    out = tmp_path / "run"
+    trained = run_unlearn("train", "--model", tiny_model_dir, "--method", "npo_rt", "--forget", forget,
+                          "--forget-columns", "question=prompt_text,answer=target", "--retain", qa_files["retain"],
+                          "--out", out, "--max-steps", 1, "--lr", 1e-3, "--device", "cpu", env=OFFLINE)
+    assert trained.returncode == 0, trained.stderr
+    evaluated = run_unlearn("eval", out, "--suite", "quick", "--out", tmp_path / "eval", "--max-samples", 4,
+                            "--max-new-tokens", 4, "--device", "cpu", "--json", env=OFFLINE)
+    assert evaluated.returncode == 0, evaluated.stderr
+    summary = json.loads(evaluated.stdout)   # --json: nothing but the summary on stdout
+    assert summary["after"]["forget"]["nll"] > 0 and summary["scored_on"]["examples"]["forget"] == 4
+    audited = run_unlearn("audit", out, "--out", tmp_path / "audit", "--attacks", "relearn", "--max-samples", 4,
+                          "--max-new-tokens", 4, "--relearn-steps", 1, "--relearn-lr", "x1,x3", "--device", "cpu",
+                          env=OFFLINE)
+    assert audited.returncode == 0, audited.stderr
+    assert "| relearn |" in audited.stdout
+    assert "audit: 100%" in audited.stderr and "2/2" in audited.stderr   # one unit per learning rate
+    exported = run_unlearn("export", out, "--out", tmp_path / "bundle", "--formats", "hf", "--parity-examples", 2,
+                           "--json", env=OFFLINE)
+    assert exported.returncode == 0, exported.stderr
+    assert "forget_nll" in json.loads(exported.stdout)["metrics"]["hf"]

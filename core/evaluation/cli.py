@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..paths import input_arg, output_folder_arg
+from ..tracking import log_figures
 
 
 def add_commands(commands) -> None:
@@ -48,6 +49,13 @@ def _add_eval(commands) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     add_dtype_flag(p)
     p.add_argument("--trust-remote-code", action="store_true")
+    for role in ("forget", "retain"):
+        p.add_argument(f"--{role}-columns", default=None, metavar="MAP",
+                       help=f"the {role} set's columns when they are not question/answer (question=COL,answer=COL "
+                            f"or text=COL); default: the ones the run was trained with, for the run's own {role} set")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="no progress bars, no table (the results are in --out)")
+    shown.add_argument("--json", action="store_true", help="print summary.json and nothing else")
     p.set_defaults(handler=run_eval)
 
     suites = commands.add_parser("suites", help="list the evaluation suites, the data each needs and its options")
@@ -98,10 +106,20 @@ def run_eval(args) -> int:
     data = {k.removeprefix(NEED_PREFIX): v for k, v in vars(args).items() if k.startswith(NEED_PREFIX)}
     options = {k.removeprefix(OPTION_PREFIX): v for k, v in vars(args).items()   # other suites' flags are left unset
                if k.startswith(OPTION_PREFIX) and k.removeprefix(OPTION_PREFIX) in {o.name for o in suite.options}}
+    if args.quiet or args.json:
+        from ..progress import silence_bars
+
+        silence_bars()
+    columns = {role: getattr(args, f"{role}_columns") for role in ("forget", "retain")}
     summary = evaluate(args.model, args.suite, args.out, data, options, args.original, args.max_samples,
-                       args.max_new_tokens, args.batch_size, args.device, args.dtype, args.trust_remote_code)
-    print(suite.table(summary))
-    print(f"\nlogs and summary.json in {args.out} ({summary['wall_seconds']} s)")
+                       args.max_new_tokens, args.batch_size, args.device, args.dtype, args.trust_remote_code,
+                       columns=columns)
+    log_figures(args.model, f"eval/{args.suite}", summary)   # to the run's --report-to trackers, if any
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(suite.table(summary))
+        print(f"\nlogs and summary.json in {args.out} ({summary['wall_seconds']} s)")
     return 0
 
 

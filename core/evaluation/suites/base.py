@@ -42,6 +42,13 @@ class EvalContext:
     options: dict = field(default_factory=dict)    # option name -> value (defaults filled in)
     original: tuple | None = None       # (model, tokenizer)
     original_name: str | None = None
+    columns: dict = field(default_factory=dict)    # role -> column map (--forget-columns) for reading its set
+
+    def examples(self, name: str, suite: "Suite") -> list:
+        """The examples of data need `name` (forget, retain), read with its column map."""
+        from ...data import load_examples
+
+        return load_examples(self.require_data(name, suite), name, self.columns.get(name))
 
     def require_data(self, name: str, suite: "Suite") -> str:
         need = next(n for n in suite.needs if n.name == name)

@@ -64,7 +64,8 @@ class MuseSuite(Suite):
     def run(self, context: EvalContext) -> dict:
         started = time.time()
         prepare_out(context.out)
-        sets = muse_sets(context.data, context.options, context.loaded.tokenizer, context.settings.max_samples)
+        sets = muse_sets(context.data, context.options, context.loaded.tokenizer, context.settings.max_samples,
+                         context.columns)
         attacks = attack_family.check_attacks(context.options["attacks"].split(","))
         models = {"after": (context.loaded.model, context.loaded.tokenizer)}
         if context.original is not None:
@@ -114,8 +115,10 @@ def muse_files(root: Path) -> dict[str, Path]:
     return found
 
 
-def muse_sets(data: dict, options: dict, tokenizer, max_samples: int) -> dict[str, list]:
-    """{set name: items}: verbmem_* (prefix ids, true continuation), knowmem_* (Examples), mia_* (Examples)."""
+def muse_sets(data: dict, options: dict, tokenizer, max_samples: int, columns: dict | None = None) -> dict[str, list]:
+    """{set name: items}: verbmem_* (prefix ids, true continuation), knowmem_* (Examples), mia_* (Examples).
+    `columns`: role -> column map of the forget / retain files given (not of MUSE's own files)."""
+    columns = columns or {}
     prefix, continuation = options["prefix_tokens"], options["continuation_tokens"]
     sets: dict[str, list] = {}
     muse = muse_files(Path(data["muse_dir"])) if data.get("muse_dir") else {}
@@ -125,10 +128,12 @@ def muse_sets(data: dict, options: dict, tokenizer, max_samples: int) -> dict[st
     else:
         source = data.get("forget")
         require(bool(source), "the muse suite needs forget texts", "pass --forget FILE (or --muse-dir DIR)")
-        sets["verbmem_forget"] = windows(source, "forget", tokenizer, prefix, continuation)[:max_samples]
+        sets["verbmem_forget"] = windows(source, "forget", tokenizer, prefix, continuation,
+                                         columns.get("forget"))[:max_samples]
     retain = data.get("retain") or muse.get("retain")
     if retain:
-        sets["verbmem_retain"] = windows(str(retain), "retain", tokenizer, prefix, continuation)[:max_samples]
+        sets["verbmem_retain"] = windows(str(retain), "retain", tokenizer, prefix, continuation,
+                                         None if muse.get("retain") == retain else columns.get("retain"))[:max_samples]
     for name, key in (("knowmem_forget", "qa"), ("knowmem_retain", "retain_qa")):
         source = data.get(key) or muse.get(key)
         if source:
@@ -137,18 +142,20 @@ def muse_sets(data: dict, options: dict, tokenizer, max_samples: int) -> dict[st
     holdout = data.get("holdout") or muse.get("holdout")
     if holdout:
         members = muse.get("privleak_forget") or data.get("forget")
-        sets["mia_forget"] = _texts(str(members), "forget")[:max_samples]
+        sets["mia_forget"] = _texts(str(members), "forget",
+                                    None if muse.get("privleak_forget") else columns.get("forget"))[:max_samples]
         sets["mia_holdout"] = _texts(str(holdout), "holdout")[:max_samples]
         require(len(sets["mia_holdout"]) > 0, f"the held-out set {holdout} is empty", "give at least one text")
     return sets
 
 
-def windows(source: str, role: str, tokenizer, prefix: int, continuation: int) -> list[tuple[list[int], str]]:
+def windows(source: str, role: str, tokenizer, prefix: int, continuation: int,
+            columns: str | None = None) -> list[tuple[list[int], str]]:
     """Consecutive prefix + continuation windows of every text, as (prefix token ids, continuation text)."""
     pairs = []
     size = prefix + continuation
     longest = 0
-    for text in (ex.answer if not ex.is_qa else f"{ex.prompt} {ex.answer}" for ex in load_examples(source, role)):
+    for text in (ex.answer if not ex.is_qa else f"{ex.prompt} {ex.answer}" for ex in load_examples(source, role, columns)):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         longest = max(longest, len(ids))
         for start in range(0, len(ids) - size + 1, size):
@@ -169,12 +176,12 @@ def _qa(source: str, role: str) -> list[Example]:
     return examples
 
 
-def _texts(source: str, role: str) -> list[Example]:
+def _texts(source: str, role: str, columns: str | None = None) -> list[Example]:
     """Texts to score whole (membership attacks read every token of them)."""
-    return [Example(answer=ex.answer if not ex.is_qa else f"{ex.prompt} {ex.answer}") for ex in _read_list(source, role)]
+    return [Example(answer=ex.answer if not ex.is_qa else f"{ex.prompt} {ex.answer}") for ex in _read_list(source, role, columns)]
 
 
-def _read_list(source: str, role: str) -> list[Example]:
+def _read_list(source: str, role: str, columns: str | None = None) -> list[Example]:
     """A file through core.data, or MUSE's JSON lists (of strings, or of question/answer objects)."""
     path = Path(source)
     if path.suffix == ".json" and path.is_file():
@@ -183,7 +190,7 @@ def _read_list(source: str, role: str) -> list[Example]:
             return [Example(answer=text) for text in data]
         if isinstance(data, list) and data and isinstance(data[0], dict) and "question" in data[0]:
             return [Example(answer=r["answer"], prompt=r["question"]) for r in data]
-    return load_examples(source, role)
+    return load_examples(source, role, columns)
 
 
 # ---------------------------------------------------------------- scoring

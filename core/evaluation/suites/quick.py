@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ...data import Example, load_examples
+from ...data import Example
 from ...runs import write_json_atomic
 from ...scoring import describe_scored_on, prompt_form, scored_on
 from ..report import prepare_out, table, title, write_summary
@@ -27,8 +27,8 @@ class QuickSuite(Suite):
              Need("retain", "retain data", from_run=True))
 
     def run(self, context: EvalContext) -> dict:
-        forget = load_examples(context.require_data("forget", self), "forget")
-        retain = load_examples(context.data["retain"], "retain") if context.data.get("retain") else None
+        forget = context.examples("forget", self)
+        retain = context.examples("retain", self) if context.data.get("retain") else None
         return run_quick(context.loaded, context.out, forget, retain, context.settings, context.original,
                          context.original_name)
 
