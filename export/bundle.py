@@ -159,7 +159,8 @@ def _swap_in(staging: Path, target: Path) -> None:
 
 def _build(source: RunSource, plan: dict, staging: Path, log, parity_check: bool, **parity_options) -> dict:
     job = WriteJob(source, staging, staging / MERGED_FOLDER, log)
-    log(f"loading the run's model ({'LoRA merged into ' + source.base_model if source.is_lora else 'full'})")
+    into = f"the dequantised {source.base_quantization} " if source.base_quantization else ""
+    log(f"loading the run's model ({'LoRA merged into ' + into + source.base_model if source.is_lora else 'full'})")
     tokenizer = run_tokenizer(source.run_dir)
     model = load_run_model(source.run_dir).eval()
     with job.timed("export_total"):
@@ -275,7 +276,8 @@ def _manifest(source: RunSource, plan: dict, artifacts: dict, report: dict | Non
                    for name, scores in report["formats"].items()}
     return {"manifest_version": MANIFEST_VERSION, "created_at": time.time(),
             "source_run": {"path": str(source.run_dir.absolute()), "method": source.method, "lora": source.is_lora,
-                           "base_model": source.base_model, "architecture": source.architecture,
+                           "base_model": source.base_model, "base_quantization": source.base_quantization,
+                           "architecture": source.architecture,
                            "forget": source.config.get("forget"), "retain": source.config.get("retain"),
                            "summary": source.summary},
             "formats": plan["formats"],

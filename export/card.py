@@ -36,6 +36,9 @@ def _what_and_how(source: RunSource) -> str:
              f"- training: {'LoRA r=' + str(config.get('lora_r')) if source.is_lora else 'full fine-tuning'}, "
              f"lr {config.get('lr')}, {source.summary.get('steps', '?')} steps",
              f"- base model: `{source.base_model}`"]
+    if source.base_quantization:
+        lines.append(f"- the base was held in {source.base_quantization} while the adapter trained (QLoRA); the "
+                     "adapter is merged into that base dequantised to fp32, the weights it was trained against")
     return "\n".join(lines)
 
 

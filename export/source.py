@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import require
-from core.models import BUNDLED, DEMO, resolve_model
+from core.models import BUNDLED, DEMO, quantized_bits, resolve_model
 from core.paths import absolute
 from core.runs import RunDir, read_json
 
@@ -28,6 +28,13 @@ class RunSource:
         """The model's config.json (the base model's for a LoRA run)."""
         config_dir = Path(self.base_model) if self.is_lora else self.model_dir
         return read_json(config_dir / "config.json", {})
+
+    @property
+    def base_quantization(self) -> str | None:
+        """How the frozen base was held while the adapter trained (QLoRA); None in full precision. The
+        adapter is merged into that base dequantised (core.models.load_run_model), what it was trained on."""
+        return {4: "4-bit nf4 (bitsandbytes, double quantisation)", 8: "8-bit LLM.int8 (bitsandbytes)"}.get(
+            quantized_bits(self.config))
 
     @property
     def architecture(self) -> str:
