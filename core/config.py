@@ -95,6 +95,9 @@ class UnlearnConfig:
     save_steps: int = _opt(50, "checkpoint every N optimizer steps (0: only when stopping or finishing)")
     save_total_limit: int = _opt(2, "checkpoints kept on disk")
     eval_examples: int = _opt(32, "forget/retain examples scored before and after for the summary")
+    report_to: str = _opt("none", "also send the metrics and settings to experiment trackers: a comma list of "
+                                  "tensorboard, trackio, wandb, mlflow, or none; each writes offline into "
+                                  "RUN/tracking/")
     resume: bool = _opt(False, "continue the run in --out from its last checkpoint")
     overwrite: bool = _opt(False, "replace a run already in --out")
 
@@ -175,6 +178,9 @@ class UnlearnConfig:
                 "use auto, cpu, cuda or mps")
         require(not (self.resume and self.overwrite), "--resume and --overwrite contradict each other",
                 "pass only one of them")
+        from .tracking import tracker_names
+
+        tracker_names(self.report_to)   # an unknown or missing tracker fails here, before any model loads
 
     def _validate_memory_savers(self) -> None:
         """A quantised base (QLoRA) and the optimizer: what they combine with, checked before anything loads."""

@@ -136,6 +136,8 @@ class RunDir:
     audit_dir = property(lambda self: self.path / "audit")     # `unlearn audit RUN` writes here by default
     audit_report_path = property(lambda self: self.audit_dir / AUDIT_REPORT)
     export_dir = property(lambda self: self.path / "export")   # the studio's bundle of this run
+    tracking_dir = property(lambda self: self.path / "tracking")   # --report-to: each tracker's offline store
+    tracking_ids_path = property(lambda self: self.tracking_dir / "ids.json")   # the tracker runs it continues
 
     # ------------------------------------------------ what the folder holds
     def holds_run(self) -> bool:

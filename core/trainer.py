@@ -36,6 +36,7 @@ from .quantization import quant_aware_terms
 from .runs import RunDir, RunState, write_json_atomic
 from .saliency import SalientNeurons
 from .scoring import mean_token_nll, prompt_form, scored_on
+from .tracking import accelerator_options, end_tracking, log_values, start_tracking
 from .views import build_dataset, read_sets
 
 
@@ -177,6 +178,8 @@ class Trainer:
         except Exception as exc:
             self._status(RunState.FAILED, error=f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            end_tracking(self.accelerator)
 
     def _interrupted(self) -> tuple[RunState, dict]:
         """(state, fields) for a run a signal ended: stopped, resumable, once it has a checkpoint; else
@@ -420,6 +423,7 @@ class Trainer:
         bar = tqdm(total=progress.total_steps, initial=progress.step, disable=not (self.is_main and self.show_progress),
                    desc="fine-tuning" if cfg.method == "sft" else f"unlearning ({cfg.method})", unit="step")
         window = _Window()
+        start_tracking(accelerator, self.run_dir, progress.step, cfg.resume, self.run_dir.config())
         self._notify("on_loop_begin")
         model.train()
         self._stops_at_step_boundary(True)
@@ -568,6 +572,7 @@ class Trainer:
                "lr": scheduler.get_last_lr()[0], "grad_norm": window.grad_norm,
                "wall_time": round(time.time() - progress.started, 3)}
         self.run_dir.append_metrics(row)
+        log_values(self.accelerator, row, progress.step)
         progress.metrics = row
         self._notify("on_log", row)
 
@@ -619,6 +624,7 @@ class Trainer:
                        "scored_on": self._scored_on(parts.data)}
             if self.is_main:
                 write_json_atomic(self.run_dir.summary_path, summary)
+                log_values(self.accelerator, {"summary": summary}, progress.step)
         elif self.is_main:
             self.run_dir.clear_stop()
         done = f"done early: {progress.early_stop_reason}" if progress.early_stop_reason else "done"
@@ -705,7 +711,8 @@ def _accelerator(cfg: UnlearnConfig, device: torch.device):
     return Accelerator(
         cpu=device.type == "cpu", mixed_precision=mixed_precision(cfg.dtype, device),
         gradient_accumulation_steps=cfg.grad_accum,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        **accelerator_options(cfg.report_to, cfg.out))   # --report-to: accelerate's trackers
 
 
 def launched_for_several_but_one_runs(num_processes: int, environ=os.environ) -> bool:
