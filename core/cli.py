@@ -99,6 +99,9 @@ def add_commands(commands) -> None:
     add_config_flags(finetune, skip=UNLEARNING_ONLY, method_flags=False)
     finetune.set_defaults(handler=run_finetune)
 
+    from .plan import add_command as add_plan_command
+
+    add_plan_command(commands)
     methods = commands.add_parser("methods", help="list the unlearning methods and their defaults")
     methods.set_defaults(handler=run_methods)
 
