@@ -62,7 +62,7 @@ def start_tracking(accelerator, run_dir, step: int, resuming: bool, config: dict
     run = RunDir(run_dir)
     folder = run.tracking_dir
     ids = read_json(run.tracking_ids_path) or {"name": run.path.name, "wandb_id": uuid.uuid4().hex[:12]}
-    _stores_into(folder)
+    _stores_into(folder, [str(name) for name in accelerator.log_with])
     options = {"tensorboard": {"purge_step": step + 1} if resuming else {},
                "wandb": {"dir": str(folder), "mode": "offline", "name": ids["name"], "id": ids["wandb_id"],
                          "resume": "allow"},
@@ -75,9 +75,9 @@ def start_tracking(accelerator, run_dir, step: int, resuming: bool, config: dict
     write_json_atomic(run.tracking_ids_path, ids)
 
 
-def _stores_into(folder: Path) -> None:
+def _stores_into(folder: Path, names: list[str]) -> None:
     """Trackio's and MLflow's stores inside `folder` (the other two take a directory as an argument)."""
-    if "trackio" in sys.modules or importlib.util.find_spec("trackio"):
+    if "trackio" in names:
         store = folder / "trackio"
         os.environ["TRACKIO_DIR"] = str(store)
         # trackio reads TRACKIO_DIR once, on import, into module constants: a second run in this process
@@ -88,7 +88,7 @@ def _stores_into(folder: Path) -> None:
                                        ("ARTIFACTS_DIR", store / "artifacts")):
                     if hasattr(module, constant):
                         setattr(module, constant, path)
-    if importlib.util.find_spec("mlflow"):
+    if "mlflow" in names:
         import mlflow
 
         # mlflow-skinny has no SQL store; MLflow 3.x asks for this opt-in to keep using its file store
