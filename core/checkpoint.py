@@ -53,18 +53,19 @@ def optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, extra: dict, keep: int,
-                    extra_weights: dict[str, torch.nn.Module] | None = None,
+def save_checkpoint(directory: Path, step: int, weights: dict[str, torch.Tensor], optimizer: dict, scheduler,
+                    extra: dict, keep: int, extra_weights: dict[str, torch.nn.Module] | None = None,
                     method_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write checkpoint step-NNNNNN (`extra`: more trainer_state.json fields; `extra_weights`: modules
-    saved whole, a file each; `method_tensors`: the method's tensor state, when it keeps any) and keep the
-    newest `keep`."""
+    """Write checkpoint step-NNNNNN (`weights`: the trainable parameters' full tensors, trainable_state or
+    core.distributed.trained_state; `optimizer`: its state_dict in torch's layout; `extra`: more
+    trainer_state.json fields; `extra_weights`: modules saved whole, a file each; `method_tensors`: the
+    method's tensor state, when it keeps any) and keep the newest `keep`."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:06d}"
     staging = staging_dir(f".step-{step:06d}-", directory)
     try:
-        save_file(trainable_state(model), str(staging / WEIGHTS))
-        tensors, meta = optimizer_tensors(optimizer.state_dict())
+        save_file(weights, str(staging / WEIGHTS))
+        tensors, meta = optimizer_tensors(optimizer)
         save_file(tensors, str(staging / OPTIMIZER))
         for name, module in (extra_weights or {}).items():
             save_model(module, str(staging / extra_weights_file(name)), force_contiguous=True)   # tied weights once
@@ -85,17 +86,14 @@ def read_trainer_state(path: Path) -> dict:
     return json.loads((path / STATE).read_text())
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer and scheduler in place; returns the saved trainer state."""
+def read_checkpoint(path: Path, trainable: set[str]) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """A checkpoint's trained weights (checked against the names of the model's `trainable` parameters), its
+    optimizer state_dict and its trainer state, as read: the caller puts them in place (core.distributed)."""
     weights = load_file(str(path / WEIGHTS))
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    require(set(weights) == expected, f"checkpoint {path} does not match this model and adapter",
+    require(set(weights) == trainable, f"checkpoint {path} does not match this model and adapter",
             "resume with the settings the run was started with (they are in its config.json)")
-    model.load_state_dict(weights, strict=False)
     state = read_trainer_state(path)
-    optimizer.load_state_dict(optimizer_state(load_file(str(path / OPTIMIZER)), state["optimizer"]))
-    scheduler.load_state_dict(state["scheduler"])
-    return state
+    return weights, optimizer_state(load_file(str(path / OPTIMIZER)), state["optimizer"]), state
 
 
 def load_trained_weights(path: Path, module) -> None:

@@ -98,11 +98,12 @@ def _merge_adapter(base: Path, adapter: Path, target: Path) -> None:
     save_model_atomic(model, load_tokenizer(str(base)), target)
 
 
-def save_model_atomic(model, tokenizer, target: Path) -> None:
-    """save_pretrained into a staging directory, then swap it in: a crash leaves no half-written model."""
+def save_model_atomic(model, tokenizer, target: Path, state_dict: dict | None = None) -> None:
+    """save_pretrained into a staging directory, then swap it in: a crash leaves no half-written model.
+    `state_dict`: the full weights when the model holds only its shard (FSDP gathers them on rank 0)."""
     staging = staging_dir(".convert-", target.parent)
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(staging)
         replace_with_staged(staging, target)
     finally:

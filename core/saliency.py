@@ -55,11 +55,15 @@ class SalientNeurons:
             if mask is None:
                 param.grad.zero_()
             else:
+                mask = _like_gradient(mask, param.grad)
                 param.grad.mul_(mask.view(-1, *([1] * (param.grad.dim() - 1))).to(param.grad.dtype))
 
 
 def neuron_norms(grad: torch.Tensor) -> torch.Tensor:
-    """One norm per neuron: per row of a matrix (over its other dimensions), |g| of a vector's entries."""
+    """One norm per neuron: per row of a matrix (over its other dimensions), |g| of a vector's entries. A
+    gradient FSDP shards by rows is gathered first: every process chooses from all neurons alike."""
+    if hasattr(grad, "full_tensor"):
+        grad = grad.full_tensor()
     if grad.dim() > 1:
         return grad.detach().float().flatten(1).norm(dim=1)
     return grad.detach().float().abs()
@@ -75,4 +79,13 @@ def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
 
 
 def _row_size(param: torch.Tensor) -> int:
-    return param[0].numel() if param.dim() > 1 else 1
+    return param.shape[1:].numel() if param.dim() > 1 else 1
+
+
+def _like_gradient(mask: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The rows of a neuron mask this process holds of an FSDP-sharded (DTensor) gradient, the mask otherwise."""
+    if not hasattr(grad, "device_mesh"):
+        return mask
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(mask, grad.device_mesh, grad.placements, src_data_rank=None)

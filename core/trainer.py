@@ -21,10 +21,13 @@ from typing import Callable, Iterator
 
 import torch
 
-from .checkpoint import (load_checkpoint, load_extra_weights, load_method_tensors, load_trained_weights,
+from .checkpoint import (load_extra_weights, load_method_tensors, load_trained_weights, read_checkpoint,
                          read_trainer_state, save_checkpoint)
 from .config import PATH_FIELDS, UnlearnConfig
 from .data import make_collate
+from .distributed import (engine_that_ran, full_model_state, is_sharded, load_optimizer_state, load_trained_state,
+                          optimizer_state, peer_lost, refuse_unsupported_launch, requested_engine,
+                          shard_cpu_processes, trained_state, write_shard_report)
 from .errors import UnlearnError
 from .methods import StepInputs, get_method
 from .methods.base import MethodSetup
@@ -153,7 +156,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.progress = Progress()
         self.device = pick_device(self.cfg.device)
+        refuse_unsupported_launch(self.device.type)   # before accelerate starts: it would crash, or run DDP
         self.accelerator = _accelerator(self.cfg, self.device)
+        shard_cpu_processes(self.accelerator)
         self.is_main = self.accelerator.is_main_process
         self.run_dir = self._open_run_dir()
         if launched_for_several_but_one_runs(self.accelerator.num_processes):
@@ -176,10 +181,20 @@ class Trainer:
             self._status(state, **fields)
             raise
         except Exception as exc:
-            self._status(RunState.FAILED, error=f"{type(exc).__name__}: {exc}")
+            state, fields = self._failed(exc)
+            self._status(state, **fields)
             raise
         finally:
             end_tracking(self.accelerator)
+
+    def _failed(self, exc: Exception) -> tuple[RunState, dict]:
+        """Failed; or interrupted when a collective broke under several processes (another process was killed):
+        the run then resumes from its last checkpoint."""
+        fields = {"error": f"{type(exc).__name__}: {exc}"}
+        if self.accelerator.num_processes > 1 and peer_lost(exc):
+            return RunState.INTERRUPTED, {**fields, "message": "another process of this run ended; resume with: "
+                                                              f"unlearn train --out {self.run_dir.path} --resume"}
+        return RunState.FAILED, fields
 
     def _interrupted(self) -> tuple[RunState, dict]:
         """(state, fields) for a run a signal ended: stopped, resumable, once it has a checkpoint; else
@@ -238,6 +253,7 @@ class Trainer:
             data.dataset, batch_size=cfg.batch_size, shuffle=True,
             collate_fn=make_collate(data.tokenizer.pad_token_id, data.dataset.reference_nll))
         model, optimizer, loader = self.accelerator.prepare(model, optimizer, loader)
+        write_shard_report(model)
         self._count_steps(len(loader))
         scheduler = _linear_schedule(optimizer, self.progress.total_steps, cfg.warmup_ratio)
         if cfg.resume:
@@ -250,9 +266,10 @@ class Trainer:
         if self.cfg.quant_aware and self.cfg.gradient_checkpointing:   # its backward runs after the weights are back
             raise UnlearnError("--quant-aware with --gradient-checkpointing needs one process: recomputed activations "
                                "would not see the quantised weights", "run it in one process, or drop one of them")
-        if self.saliency:
+        if self.saliency and not is_sharded(self.accelerator):
             raise UnlearnError("--salient-modules (SURE) needs the forget gradient apart from the others, which "
-                               "a multi-process run does not keep", "run it in one process, or pass --salient-modules 0")
+                               "a DDP run does not keep", "launch with --config_file configs/accelerate/fsdp.yaml "
+                               "(FSDP keeps it), run it in one process, or pass --salient-modules 0")
         trained = [spec.name for spec in self.method.extra_weights if spec.trainable]
         if trained:   # each process would train its copy on its own batches, and the copies would drift apart
             raise UnlearnError(f"method {self.cfg.method} trains its own copy of the model ({', '.join(trained)}), "
@@ -295,6 +312,8 @@ class Trainer:
                 "num_processes": self.accelerator.num_processes, "python": platform.python_version(),
                 # how it really ran (NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED): a silent fallback shows here
                 "distributed_type": str(self.accelerator.distributed_type).rpartition(".")[2],
+                # the engine as it ran (none, DDP, FSDP + fsdp_version, DEEPSPEED) beside what the launch asked for
+                "engine": engine_that_ran(self.accelerator), "engine_requested": requested_engine(),
                 "torch": torch.__version__, "transformers": transformers.__version__,
                 "peft": peft.__version__, "accelerate": accelerate.__version__,
             },
@@ -404,7 +423,11 @@ class Trainer:
             if self.is_main:   # the lost attempt's lines would be drawn beside the new ones
                 self.run_dir.truncate_metrics(0)
             return
-        saved = load_checkpoint(checkpoint, self.accelerator.unwrap_model(model), optimizer, scheduler)
+        trainable = {name for name, p in self.accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+        weights, optimizer_saved, saved = read_checkpoint(checkpoint, trainable)
+        load_trained_state(self.accelerator, model, weights)   # each rank keeps its shard under FSDP
+        load_optimizer_state(self.accelerator, model, optimizer, optimizer_saved)
+        scheduler.load_state_dict(saved["scheduler"])
         if self.is_main:
             self.run_dir.truncate_metrics(saved["step"])
         self.log(f"resumed from {checkpoint.name}")
@@ -483,7 +506,7 @@ class Trainer:
     def _micro_step(self, parts: RunParts, batch: dict, window: "_Window") -> None:
         model = parts.model
         inputs = StepInputs(model, batch, parts.original, self.cfg.kl_positions, parts.weights)
-        if self.accelerator.num_processes == 1:
+        if self.accelerator.num_processes == 1 or self.saliency:   # SURE runs in one process or under FSDP
             saliency = self.saliency
             after = (lambda name: saliency.after_backward(name, model)) if saliency else (lambda name: None)
             terms = backward_each_term(self._loss_terms(inputs), inputs, self.accelerator.backward,
@@ -594,11 +617,13 @@ class Trainer:
 
     def _checkpoint(self, parts: RunParts) -> None:
         self.accelerator.wait_for_everyone()
+        # under FSDP every rank takes part in gathering the full weights and moments; rank 0 writes them
+        weights = trained_state(self.accelerator, parts.model)
+        moments = optimizer_state(self.accelerator, parts.model, parts.optimizer)
         if self.is_main:
             step = self.progress.step
             saved = {spec.name: parts.weights[spec.name] for spec in self.method.extra_weights if spec.saved}
-            path = save_checkpoint(self.run_dir.checkpoints_dir, step, self.accelerator.unwrap_model(parts.model),
-                                   parts.optimizer, parts.scheduler,
+            path = save_checkpoint(self.run_dir.checkpoints_dir, step, weights, moments, parts.scheduler,
                                    {"epoch": step / self.progress.steps_per_epoch, "method_state": self.method.state_dict()},
                                    self.cfg.save_total_limit, saved, self.method.tensor_state_dict())
             self._notify("on_checkpoint", path)
@@ -613,8 +638,10 @@ class Trainer:
             unwrapped = self.accelerator.unwrap_model(parts.model)
             self._take_final_weights(unwrapped)
             after = self._score(unwrapped, parts.data)
+            # under FSDP the full weights are gathered on rank 0 (every rank takes part), saved in the usual layout
+            full = full_model_state(self.accelerator, parts.model)
             if self.is_main:
-                save_model_atomic(unwrapped, parts.data.tokenizer, self.run_dir.model_dir)
+                save_model_atomic(unwrapped, parts.data.tokenizer, self.run_dir.model_dir, full)
             summary = {"method": self.cfg.method, "before": parts.before, "after": after, "steps": progress.step,
                        "knowledge_check": parts.knowledge,
                        "stopped_early": progress.early_stop_reason,
