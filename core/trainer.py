@@ -192,8 +192,9 @@ class Trainer:
         the run then resumes from its last checkpoint."""
         fields = {"error": f"{type(exc).__name__}: {exc}"}
         if self.accelerator.num_processes > 1 and peer_lost(exc):
-            return RunState.INTERRUPTED, {**fields, "message": "another process of this run ended; resume with: "
-                                                              f"unlearn train --out {self.run_dir.path} --resume"}
+            return RunState.INTERRUPTED, {**fields, "step": self.progress.step,
+                                          "message": "another process of this run ended; resume with: "
+                                                     f"unlearn train --out {self.run_dir.path} --resume"}
         return RunState.FAILED, fields
 
     def _interrupted(self) -> tuple[RunState, dict]:

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,10 +16,10 @@ pytestmark = pytest.mark.multiprocess
 def test_two_cpu_processes_train_one_run(tiny_model_dir, qa_files, tmp_path):
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     out = tmp_path / "run"
-    # `--multi_gpu` selects accelerate's torchrun launcher; `--device cpu` makes each rank a CPU process.
-    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-               "-m", "core.cli", "train", "--model", str(tiny_model_dir), "--forget", str(qa_files["forget"]),
+    # the shipped DDP config: accelerate's torchrun launcher (MULTI_GPU), each rank a CPU process (use_cpu)
+    config = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp.yaml"
+    command = [accelerate, "launch", "--config_file", str(config), "--num_processes", "2", "--main_process_port",
+               "29517", "-m", "core.cli", "train", "--model", str(tiny_model_dir), "--forget", str(qa_files["forget"]),
                "--retain", str(qa_files["retain"]), "--out", str(out), "--max-steps", "4", "--batch-size", "2",
                "--lr", "3e-3", "--device", "cpu", "--save-steps", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -26,6 +27,7 @@ def test_two_cpu_processes_train_one_run(tiny_model_dir, qa_files, tmp_path):
     run = RunDir(out)
     assert run.config()["environment"]["num_processes"] == 2
     assert run.config()["environment"]["distributed_type"] == "MULTI_CPU"
+    assert run.config()["environment"]["engine"] == run.config()["environment"]["engine_requested"] == {"engine": "DDP"}
     assert "single-process launcher" not in result.stdout
     assert [row["step"] for row in run.metrics()] == [1, 2, 3, 4]     # rank 0 alone writes
     assert result.stdout.count("Unlearning finished") == 1
