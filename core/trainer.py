@@ -271,6 +271,9 @@ class Trainer:
             raise UnlearnError("--salient-modules (SURE) needs the forget gradient apart from the others, which "
                                "a DDP run does not keep", "launch with --config_file configs/accelerate/fsdp.yaml "
                                "(FSDP keeps it), run it in one process, or pass --salient-modules 0")
+        if self.method.one_process:
+            raise UnlearnError(f"method {self.cfg.method} {self.method.one_process}",
+                               "run it in one process (without accelerate launch)")
         trained = [spec.name for spec in self.method.extra_weights if spec.trainable]
         if trained:   # each process would train its copy on its own batches, and the copies would drift apart
             raise UnlearnError(f"method {self.cfg.method} trains its own copy of the model ({', '.join(trained)}), "

@@ -82,6 +82,7 @@ class UnlearningMethod:
     salient_modules: ClassVar[float] = 0.0                # SURE's update fraction when --salient-modules is not given
     extra_weights: ClassVar[tuple[ExtraWeights, ...]] = ()  # copies of the model it needs (a teacher, an adversary)
     own_update: ClassVar[bool] = False                    # an optimizer, not a loss: update() moves the weights
+    one_process: ClassVar[str] = ""                       # why it cannot run in several processes (refused first)
     default_lr: ClassVar[float | None] = None             # its --lr when none is given (an own update's step size)
 
     def __init__(self, params: dict):

@@ -41,8 +41,11 @@ class PerturbedForgetNPO(NPORetain):
               forget_weight(1.0, "NPO repo npo_grad_diff"),
               retain_weight(1.0, "Unlearn-Smooth configs (gamma 1; MUSE News 1.0)"))
 
+    one_process = ("takes a gradient between two forward passes of one micro-batch, which a multi-process run "
+                   "cannot do (it backpropagates one summed loss per micro-batch)")
+
     def prepare(self, setup):
-        refuse_several_processes(self.name)
+        refuse_several_processes(self)
 
     def forget_loss(self, nll: torch.Tensor, inputs) -> torch.Tensor:
         return self.params["forget_weight"] * npo_loss(nll, inputs.ref_nll("forget"), self.params["beta"])
@@ -111,9 +114,9 @@ def shift(params: list[torch.nn.Parameter], steps: list[torch.Tensor]) -> None:
         param.add_(step)
 
 
-def refuse_several_processes(method: str) -> None:
+def refuse_several_processes(method) -> None:
+    """The Python API's guard; the trainer refuses `one_process` methods before loading the model."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() and \
             torch.distributed.get_world_size() > 1:
-        raise UnlearnError(f"method {method} takes a gradient between two forward passes of one micro-batch, "
-                           "which a multi-process run cannot do (it backpropagates one summed loss per micro-batch)",
+        raise UnlearnError(f"method {method.name} {method.one_process}",
                            "run it in one process (without accelerate launch), or use npo_rt")
