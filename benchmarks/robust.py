@@ -36,7 +36,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,55 +44,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.ledger import Ledger  # noqa: E402
+from benchmarks.robust_plans import AUDIT, BY_KEY, Variant, base_plan, choose, sweep_plan  # noqa: E402
 from benchmarks.tofu_claims import best_point  # noqa: E402
-from benchmarks.tofu_plans import Plan, forget50_plans, prepare_data  # noqa: E402
+from benchmarks.tofu_plans import prepare_data  # noqa: E402
 from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
 from benchmarks.tofu_stages import (Bench, _epoch_models, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
                                     _weights_digest, diverged)
-
-SHARED = (2.5e-5, 5e-5, 1e-4)     # x0.5, x1, x2 of the protocol's 5e-5
-HIGHER = (5e-5, 1e-4, 2e-4)       # for the methods that hardly moved at 5e-5
-AUDIT = dict(max_samples=20, seeds=3)
-GOAL = {"residual": 0.25, "quantized": 0.10, "fq": 0.1, "mu_ratio": 0.9}
-
-
-@dataclass(frozen=True)
-class Variant:
-    key: str                       # its name in the record and the report
-    label: str
-    method: str
-    lrs: tuple[float, ...] = SHARED
-    settings: dict = field(default_factory=dict)   # more UnlearnConfig fields (a switch such as quant_aware)
-    robust: bool = False           # built to survive relearning or 4-bit
-
-
-# In the order they are measured: NPO+RT (the baseline every cost is relative to), then the new methods.
-VARIANTS = (
-    Variant("npo_rt", "NPO+RT", "npo_rt"),
-    Variant("npo_sam", "NPO+SAM", "npo_sam", robust=True),
-    Variant("npo_wa", "NPO+WA", "npo_wa", robust=True),
-    Variant("mudman", "MUDMAN", "mudman", lrs=(3e-4, 1e-3, 3e-3), robust=True),
-    Variant("npo_rt_qa", "NPO+RT + quant-aware", "npo_rt", settings={"quant_aware": 1.0}, robust=True),
-    Variant("npo_rs", "NPO+RS", "npo_rs", robust=True),
-    Variant("npo", "NPO", "npo"),
-    Variant("simnpo", "SimNPO", "simnpo", lrs=HIGHER),
-    Variant("rmu", "RMU", "rmu", lrs=HIGHER),
-    Variant("sure", "SURE", "sure", lrs=HIGHER),
-    Variant("undial", "UNDIAL", "undial", lrs=HIGHER),
-)
-BY_KEY = {v.key: v for v in VARIANTS}
-
-
-def base_plan() -> Plan:
-    return forget50_plans()[0]   # forget50-10pct
-
-
-def sweep_plan(lr: float) -> Plan:
-    """The record's plan for one learning rate: the 10 % plan's models and evaluations, unlearning at `lr`."""
-    base = base_plan()
-    return replace(base, name=f"robust-lr{lr:g}", unlearn_lr=lr, learned_in=base.name,
-                   methods=tuple(v.key for v in VARIANTS))
-
 
 class Robust:
     """The cached stages of this benchmark over one Bench (cache, device, record)."""
@@ -237,28 +194,6 @@ def summarised(report: dict) -> dict:
             "residual_interval", "retain_change", "lr", "judged_by")
     return {"overall": report["overall"], "control": report.get("control"),
             "results": {r["name"]: {k: r[k] for k in keep if k in r} for r in report["results"]}}
-
-
-def choose(variant: Variant, curves: dict[float, list[dict]]) -> dict:
-    """The best-checkpoint rule over every (learning rate, epoch) of the method's sweep."""
-    candidates = [dict(p, lr=lr) for lr, points in curves.items() for p in points[1:]]
-    target = next(iter(curves.values()))[0]
-    best = best_point([target] + candidates, target["mu"])
-    return {"lr": best["evaluation"]["lr"], "epoch": best["evaluation"]["epoch"], "meets_floor": best["meets_floor"]}
-
-
-def sweep_steps() -> int:
-    """Optimizer steps of one sweep run: the plan's epochs over its forget answers."""
-    from core.tofu import author_records
-
-    plan = base_plan()
-    return plan.unlearn_epochs * -(-len(author_records(*plan.forget_authors)) // plan.unlearn_batch)
-
-
-def step_seconds(ledger: Ledger, variant: Variant, lr: float, steps: int) -> float | None:
-    """CPU seconds per optimizer step of the method's training stage at `lr` (None before it ran)."""
-    stage = ledger.data["stages"].get(f"robust/{variant.key}-lr{lr:g}")
-    return stage["cpu"] / steps if stage else None
 
 
 def main(argv=None) -> int:

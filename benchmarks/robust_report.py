@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from benchmarks.ledger import Ledger
-from benchmarks.robust import GOAL, VARIANTS, choose, step_seconds, sweep_plan, sweep_steps
+from benchmarks.robust_plans import GOAL, VARIANTS, choose, step_seconds, sweep_plan, sweep_steps
 from benchmarks.tofu_report import clock
 
 FOUR_BIT = ("quantize: gguf-q4_0", "quantize: gguf-q4_k_m")

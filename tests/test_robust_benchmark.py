@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from audit import run_audit
-from benchmarks import robust, robust_report
+from benchmarks import robust, robust_plans, robust_report
 from benchmarks.ledger import Ledger
 from conftest import train_tiny_run
 from core.checkpoint import WEIGHTS
@@ -55,16 +55,16 @@ def test_the_best_checkpoint_rule_picks_across_learning_rates():
     target = point(0, 0.01, 1.0)
     curves = {1e-5: [target, point(1, 0.2, 0.95), point(2, 0.3, 0.92)],
               2e-5: [target, point(1, 0.5, 0.91), point(2, 0.9, 0.5)]}   # 0.9 at MU 0.5: below the floor
-    assert robust.choose(robust.BY_KEY["npo_rt"], curves) == {"lr": 2e-5, "epoch": 1, "meets_floor": True}
+    assert robust_plans.choose(robust_plans.BY_KEY["npo_rt"], curves) == {"lr": 2e-5, "epoch": 1, "meets_floor": True}
 
 
 def test_the_report_reads_the_audit_back_and_judges_the_goal(swept, tmp_path):
     run, control = swept
     ledger = Ledger(tmp_path / "record")
-    variant = robust.BY_KEY["npo_rt"]
+    variant = robust_plans.BY_KEY["npo_rt"]
     target = point(0, 0.01, 1.0)
     for lr in variant.lrs:   # a complete sweep: FQ 0.5 at MU 0.95x at the middle rate
-        settings = asdict(robust.sweep_plan(lr))
+        settings = asdict(robust_plans.sweep_plan(lr))
         ledger.keep_models(settings, target, point(0, 1.0, 1.0), "digest")
         ledger.keep_curve(settings, variant.key, [target, point(1, 0.5 if lr == variant.lrs[1] else 0.05, 0.95)], None)
     report = run_audit(run, tmp_path / "audit", ["relearn"], control=str(control), log=lambda m: None,

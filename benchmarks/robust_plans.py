@@ -1,0 +1,75 @@
+"""benchmarks/robust.py's protocol: the rows (`Variant`: a method, maybe with a switch, and its three learning
+rates), the plan each learning rate is recorded under, the issue's goal, and the choice of one (learning rate,
+epoch) per method. The stages are in robust.py, the report in robust_report.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from benchmarks.ledger import Ledger
+from benchmarks.tofu_claims import best_point
+from benchmarks.tofu_plans import Plan, forget50_plans
+
+SHARED = (2.5e-5, 5e-5, 1e-4)     # x0.5, x1, x2 of the protocol's 5e-5
+HIGHER = (5e-5, 1e-4, 2e-4)       # for the methods that hardly moved at 5e-5
+AUDIT = dict(max_samples=20, seeds=3)
+GOAL = {"residual": 0.25, "quantized": 0.10, "fq": 0.1, "mu_ratio": 0.9}
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str                       # its name in the record and the report
+    label: str
+    method: str
+    lrs: tuple[float, ...] = SHARED
+    settings: dict = field(default_factory=dict)   # more UnlearnConfig fields (a switch such as quant_aware)
+    robust: bool = False           # built to survive relearning or 4-bit
+
+
+# In the order they are measured: NPO+RT (the baseline every cost is relative to), then the new methods.
+VARIANTS = (
+    Variant("npo_rt", "NPO+RT", "npo_rt"),
+    Variant("npo_sam", "NPO+SAM", "npo_sam", robust=True),
+    Variant("npo_wa", "NPO+WA", "npo_wa", robust=True),
+    Variant("mudman", "MUDMAN", "mudman", lrs=(3e-4, 1e-3, 3e-3), robust=True),
+    Variant("npo_rt_qa", "NPO+RT + quant-aware", "npo_rt", settings={"quant_aware": 1.0}, robust=True),
+    Variant("npo_rs", "NPO+RS", "npo_rs", robust=True),
+    Variant("npo", "NPO", "npo"),
+    Variant("simnpo", "SimNPO", "simnpo", lrs=HIGHER),
+    Variant("rmu", "RMU", "rmu", lrs=HIGHER),
+    Variant("sure", "SURE", "sure", lrs=HIGHER),
+    Variant("undial", "UNDIAL", "undial", lrs=HIGHER),
+)
+BY_KEY = {v.key: v for v in VARIANTS}
+
+
+def base_plan() -> Plan:
+    return forget50_plans()[0]   # forget50-10pct
+
+
+def sweep_plan(lr: float) -> Plan:
+    """The record's plan for one learning rate: the 10 % plan's models and evaluations, unlearning at `lr`."""
+    base = base_plan()
+    return replace(base, name=f"robust-lr{lr:g}", unlearn_lr=lr, learned_in=base.name,
+                   methods=tuple(v.key for v in VARIANTS))
+
+
+def choose(variant: Variant, curves: dict[float, list[dict]]) -> dict:
+    """The best-checkpoint rule over every (learning rate, epoch) of the method's sweep."""
+    candidates = [dict(p, lr=lr) for lr, points in curves.items() for p in points[1:]]
+    target = next(iter(curves.values()))[0]
+    best = best_point([target] + candidates, target["mu"])
+    return {"lr": best["evaluation"]["lr"], "epoch": best["evaluation"]["epoch"], "meets_floor": best["meets_floor"]}
+
+
+def sweep_steps() -> int:
+    """Optimizer steps of one sweep run: the plan's epochs over its forget answers."""
+    from core.tofu import author_records
+
+    plan = base_plan()
+    return plan.unlearn_epochs * -(-len(author_records(*plan.forget_authors)) // plan.unlearn_batch)
+
+
+def step_seconds(ledger: Ledger, variant: Variant, lr: float, steps: int) -> float | None:
+    """CPU seconds per optimizer step of the method's training stage at `lr` (None before it ran)."""
+    stage = ledger.data["stages"].get(f"robust/{variant.key}-lr{lr:g}")
+    return stage["cpu"] / steps if stage else None
