@@ -58,6 +58,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         redraw, inputs, outputs = train["redraw"]
         train_tab.select(redraw, inputs, outputs, api_name=False, show_progress="hidden")
+        app.load(*train["memory"], api_name=False, show_progress="hidden")   # the memory estimate of the defaults
 
         def on_load(stored_session):
             """Restore this browser's session (localStorage) and pick up its latest run, if any."""

@@ -153,6 +153,25 @@ def test_advanced_settings_follow_the_method(page):
     assert page.locator("#beta input").is_visible()
 
 
+def test_memory_estimate_and_method_help_follow_the_form(page):
+    """The Train tab says what a run will need before Start (unlearn plan) and which methods are built to
+    survive relearning."""
+    page.get_by_role("tab", name="2 · Train").click()
+    estimate = page.locator("#memory-estimate")
+    page.wait_for_function("() => /Memory estimate: about/.test(document.querySelector('#memory-estimate').innerText)",
+                           timeout=120_000)
+    with_lora = float(re.search(r"about ([\d.]+) GiB", estimate.inner_text()).group(1))
+    page.get_by_label("LoRA adapter (faster, smaller; off = full fine-tuning)").uncheck()
+    page.wait_for_function(f"() => {{ const m = document.querySelector('#memory-estimate').innerText"
+                           f".match(/about ([\\d.]+) GiB/); return m && parseFloat(m[1]) > {with_lora}; }}",
+                           timeout=60_000)   # full fine-tuning: gradients and AdamW moments of every weight
+    assert "Not built to survive relearning" in page.get_by_text("Not built to survive").first.inner_text()
+    page.get_by_label("Method").click()
+    page.get_by_role("option", name="npo_sam", exact=True).click()
+    page.get_by_text("Built to survive relearning").first.wait_for(timeout=30_000)   # in bold, then how and its cost
+    page.get_by_text("flattens the forget loss around the weights (SAM); about 1.5x an NPO+RT step").first.wait_for()
+
+
 @pytest.fixture()
 def finished_run_code(studio_server, tiny_config):
     """A finished run placed in another session's folder: this page opens it by its share code."""

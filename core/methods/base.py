@@ -84,6 +84,7 @@ class UnlearningMethod:
     own_update: ClassVar[bool] = False                    # an optimizer, not a loss: update() moves the weights
     one_process: ClassVar[str] = ""                       # why it cannot run in several processes (refused first)
     default_lr: ClassVar[float | None] = None             # its --lr when none is given (an own update's step size)
+    resists: ClassVar[str] = ""                           # built to survive relearning: how, and what it costs
 
     def __init__(self, params: dict):
         self.params = params

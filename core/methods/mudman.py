@@ -65,6 +65,8 @@ class MUDMAN(UnlearningMethod):
                     choices=UNLEARNING_LOSSES),
               Param("train_modules", "mlp.gate_proj", "module, inside each layer, whose weights train", CONFIGS
                     + " (target_modules: gate_proj)"))
+    resists = ("unlearns at the weights of an adversary that relearns the forget set; about 1.3x an NPO+RT step "
+               "and one more copy of the model")
     views = ("forget", "retain")
     own_update = True
     default_lr = 1e-3

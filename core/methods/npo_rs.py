@@ -33,6 +33,7 @@ class NPORS(PerturbedForgetNPO):
     summary = ("NPO+RT with the forget loss averaged over Gaussian weight noise (random smoothing): built to "
                "resist relearning; ~2.2x an NPO+RT step")
     paper = PAPER + ", randomized smoothing variant"
+    resists = "the forget loss averaged over random weight noise; about 2.2x an NPO+RT step"
     params = PerturbedForgetNPO.params + (
         Param("noise_std", 1e-4, "σ of the Gaussian noise added to every trained weight (absolute)",
               "Unlearn-Smooth run_wmdp_unlearn.sh (NPO+RS.json's 0.1 is not what ran)", low=0.0),

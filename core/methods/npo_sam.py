@@ -69,6 +69,7 @@ class NPOSAM(PerturbedForgetNPO):
     summary = ("NPO+RT with the forget loss at the worst nearby weights (SAM): built to resist relearning; "
                "~1.5x an NPO+RT step")
     paper = PAPER
+    resists = "flattens the forget loss around the weights (SAM); about 1.5x an NPO+RT step"
     params = PerturbedForgetNPO.params + (
         Param("rho", 0.01, "radius ρ of the weight perturbation: the forget loss is taken at θ + ρ·g/‖g‖",
               SCRIPTS + " (the JSON configs' 0.1 is not what ran)", low=0.0),)

@@ -45,7 +45,34 @@ def form_names() -> list[str]:
 def method_help(name: str) -> str:
     method = unlearning_methods()[name]
     params = ", ".join(f"{p.name}={p.default}" for p in method.params)
-    return f"{method.summary}  \n*defaults: {params or 'none'} — {method.paper}*"
+    lasting = (f"**Built to survive relearning**: {method.resists}. Whether it did on this project's own audit: "
+               "docs/results/robust.md." if method.resists else
+               "Not built to survive relearning: the audit brought back 62-92 % of what such methods removed after "
+               "30 steps of fine-tuning (docs/results/audit.md); audit the result, or pick a method marked as built "
+               "to survive it.")
+    return f"{method.summary}  \n{lasting}  \n*defaults: {params or 'none'} — {method.paper}*"
+
+
+def memory_estimate(studio: Studio, choice: str, hub_id: str | None, method: str, lora: bool, batch_size,
+                    max_length) -> str:
+    """`unlearn plan`'s estimate for the form as it stands: what a run will need before it starts."""
+    from core.models import pick_device
+    from core.plan import GiB, PlanRequest, plan_memory
+
+    device = pick_device(studio.device).type
+    try:
+        request = PlanRequest(model=_model_name(studio, choice, hub_id), method=method, lora=bool(lora),
+                              batch_size=int(batch_size or 1), max_length=int(max_length or 256),
+                              device="cuda" if device == "cuda" else "cpu")
+        plan = plan_memory(request)
+    except UnlearnError as exc:
+        return f"Memory estimate: not available ({exc.problem})"
+    except (OSError, ValueError) as exc:   # a hub model whose config cannot be read here
+        return f"Memory estimate: not available ({type(exc).__name__}: the model's config could not be read)"
+    parts = ", ".join(f"{name} {size / GiB:.2f}" for name, size in plan.parts.items())
+    return (f"**Memory estimate: about {plan.total / GiB:.1f} GiB** on this {device} at batch "
+            f"{request.batch_size} x {request.max_length} tokens ({parts}, activations "
+            f"{plan.per_example * request.batch_size / GiB:.2f} GiB); `unlearn plan` shows more.")
 
 
 def method_fields(name: str) -> tuple:
@@ -167,6 +194,7 @@ def create_train_tab(studio: Studio, session, data, run_key):
         start = gr.Button("Start", variant="primary", elem_id="start")
         stop = gr.Button("Stop", variant="stop", elem_id="stop")
         resume = gr.Button("Resume", elem_id="resume")
+    memory = gr.Markdown("", elem_id="memory-estimate")   # filled on page load: the bundled model may be converting
     status = gr.Markdown("No run yet.", elem_id="train-status")
     command = gr.Code("# Start a run: the command that does the same appears here",
                       label="The same run from the command line", language="shell", interactive=False, lines=2,
@@ -233,10 +261,17 @@ def create_train_tab(studio: Studio, session, data, run_key):
 
     method.change(lambda name: (method_help(name), *(gr.update(**field) for field in method_fields(name))), method,
                   [method_info, *param_fields], api_name=False)
+    sized_by = [model, hub_id, method, lora, batch_size, max_length]
+
+    def on_size(*values):
+        return memory_estimate(studio, *values)
+    for changed in sized_by:
+        changed.change(on_size, sized_by, memory, api_name=False, show_progress="hidden")
     start.click(on_start, [session, data, *form], [run_key, status, command], api_name="start")
     stop.click(on_stop, [session, run_key], status, api_name="stop")
     resume.click(on_resume, [session, run_key], status, api_name="resume")
     drawn = gr.State("")   # which run and metrics size the plots show
     outputs = [status, loss_plot, nll_plot, log, summary, drawn, command]
     timer.tick(on_tick, [session, run_key, drawn], outputs, api_name="poll", show_progress="hidden")
-    return {"status": status, "redraw": (on_show, [session, run_key, drawn], outputs)}
+    return {"status": status, "redraw": (on_show, [session, run_key, drawn], outputs),
+            "memory": (on_size, sized_by, memory)}
