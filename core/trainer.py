@@ -30,7 +30,7 @@ from .distributed import (engine_that_ran, full_model_state, is_sharded, load_op
                           shard_cpu_processes, trained_state, write_shard_report)
 from .errors import UnlearnError
 from .methods import StepInputs, get_method
-from .methods.base import MethodSetup
+from .methods.base import MethodSetup, UnlearningMethod
 from .models import (add_lora, check_quantized_base, frozen_linears_in_bf16, load_model, load_quantized_model,
                      load_tokenizer, mixed_precision, model_summary, pick_device, resolve_model, save_model_atomic)
 from .optimizers import build_optimizer, check_optimizer
@@ -274,6 +274,10 @@ class Trainer:
         if self.method.one_process:
             raise UnlearnError(f"method {self.cfg.method} {self.method.one_process}",
                                "run it in one process (without accelerate launch)")
+        if is_sharded(self.accelerator) and type(self.method).final_weights is not UnlearningMethod.final_weights:
+            raise UnlearnError(f"method {self.cfg.method} keeps the weights it hands over as the final model, which "
+                               "FSDP replaces with shards when it wraps the model", "launch with --config_file "
+                               "configs/accelerate/ddp.yaml, or run it in one process")
         trained = [spec.name for spec in self.method.extra_weights if spec.trainable]
         if trained:   # each process would train its copy on its own batches, and the copies would drift apart
             raise UnlearnError(f"method {self.cfg.method} trains its own copy of the model ({', '.join(trained)}), "

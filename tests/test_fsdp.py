@@ -198,9 +198,11 @@ def test_the_engine_asked_for_is_read_from_the_launch():
 
 
 @multiprocess
+@pytest.mark.slow
 @pytest.mark.parametrize("version, method, refusal", [
     (1, "npo_rt", "error: FSDP version 1 cannot run on CPU processes"),
     (2, "npo_sam", "error: method npo_sam takes a gradient between two forward passes"),
+    (2, "npo_wa", "error: method npo_wa keeps the weights it hands over as the final model"),
 ])
 def test_a_refused_launch_gives_an_error_and_a_fix_before_loading(tiny_model_dir, tmp_path, version, method, refusal):
     """Each process refuses before loading the model (the launcher ends the other at the first one's exit, so
