@@ -142,14 +142,21 @@ def test_hub_id_offline_gives_one_message_naming_save_to_disk(tmp_path, tiny_mod
     assert "load_dataset('cais/wmdp', 'wmdp-bio', split='test')" in lines[1]
 
 
-def test_train_from_a_parquet_forget_set_with_a_column_map(tmp_path, tiny_model_dir, qa_files):
+def train_from_parquet(tmp_path, tiny_model_dir, qa_files, steps: int):
+    """`unlearn train` on the forget QA as a parquet file with other column names, mapped by --forget-columns:
+    (the process, the forget rows, the parquet file, the run folder)."""
     rows = [json.loads(line) for line in qa_files["forget"].read_text().splitlines()]
     forget = parquet(tmp_path, [{"prompt_text": r["question"], "target": r["answer"]} for r in rows])
     out = tmp_path / "run"
     result = run_unlearn("train", "--model", tiny_model_dir, "--method", "npo_rt", "--forget", forget,
                          "--forget-columns", "question=prompt_text,answer=target", "--retain", qa_files["retain"],
-                         "--out", out, "--max-steps", 2, "--lr", 1e-3, "--device", "cpu", env=OFFLINE)
+                         "--out", out, "--max-steps", steps, "--lr", 1e-3, "--device", "cpu", env=OFFLINE)
     assert result.returncode == 0, result.stderr
+    return result, rows, forget, out
+
+
+def test_train_from_a_parquet_forget_set_with_a_column_map(tmp_path, tiny_model_dir, qa_files):
+    result, rows, forget, out = train_from_parquet(tmp_path, tiny_model_dir, qa_files, 2)
     assert "Unlearning finished: 2 steps" in result.stdout and "forget: 8 examples" in result.stdout
     saved = json.loads((out / "config.json").read_text())
     assert saved["forget"] == forget and saved["forget_columns"] == "question=prompt_text,answer=target"
@@ -161,13 +168,7 @@ def test_train_from_a_parquet_forget_set_with_a_column_map(tmp_path, tiny_model_
 def test_eval_audit_and_export_read_the_run_s_set_with_its_column_map(tmp_path, tiny_model_dir, qa_files):
     """The column map reaches every command that reads the run's data: eval, the audit (with its progress bar)
     and export's parity checks would otherwise fail on columns they cannot find."""
-    rows = [json.loads(line) for line in qa_files["forget"].read_text().splitlines()]
-    forget = parquet(tmp_path, [{"prompt_text": r["question"], "target": r["answer"]} for r in rows])
-    out = tmp_path / "run"
-    trained = run_unlearn("train", "--model", tiny_model_dir, "--method", "npo_rt", "--forget", forget,
-                          "--forget-columns", "question=prompt_text,answer=target", "--retain", qa_files["retain"],
-                          "--out", out, "--max-steps", 1, "--lr", 1e-3, "--device", "cpu", env=OFFLINE)
-    assert trained.returncode == 0, trained.stderr
+    _, _, _, out = train_from_parquet(tmp_path, tiny_model_dir, qa_files, 1)
     evaluated = run_unlearn("eval", out, "--suite", "quick", "--out", tmp_path / "eval", "--max-samples", 4,
                             "--max-new-tokens", 4, "--device", "cpu", "--json", env=OFFLINE)
     assert evaluated.returncode == 0, evaluated.stderr
