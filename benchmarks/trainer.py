@@ -504,15 +504,21 @@ def child(variant: str, device: str, total_steps: int, result_path: str, dtype: 
 
 def run_child(variant: str, device: str, total_steps: int, dtype: str) -> dict:
     """One variant in a fresh interpreter; its figures come back through a JSON file."""
+    return child_result(Path(__file__).resolve(), ["--child", variant, "--device", device, "--total-steps",
+                                                   str(total_steps), "--dtype", dtype], variant)
+
+
+def child_result(script: Path, arguments: list[str], label: str) -> dict:
+    """`python SCRIPT ARGUMENTS --result FILE` in a fresh interpreter (its own peak memory); the figures it
+    writes to FILE as JSON."""
     with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
         result_path = Path(tmp) / "result.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--device", device,
-                   "--total-steps", str(total_steps), "--result", str(result_path), "--dtype", dtype]
+        command = [sys.executable, str(script), *arguments, "--result", str(result_path)]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         if done.returncode != 0 or not result_path.is_file():
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
-            raise SystemExit(f"the {variant} run failed (exit status {done.returncode})")
+            raise SystemExit(f"the {label} run failed (exit status {done.returncode})")
         return json.loads(result_path.read_text())
 
 
