@@ -104,7 +104,7 @@ def test_a_killed_process_ends_the_run_interrupted_and_it_resumes(tiny_model_dir
 
     out = tmp_path / "run"
     command = launch_command(CONFIGS / "fsdp.yaml", *fresh_run_args(tiny_model_dir, tmp_path, out, "--max-steps",
-                                                                     "24", "--save-steps", "2"))
+                                                                     "12", "--save-steps", "2"))
     launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         run = RunDir(out)
@@ -126,7 +126,7 @@ def test_a_killed_process_ends_the_run_interrupted_and_it_resumes(tiny_model_dir
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from {checkpoint.name}" in result.stdout
     assert run.status()["state"] == "finished"
-    assert [row["step"] for row in run.metrics()] == list(range(1, 25))   # one line per step, none twice
+    assert [row["step"] for row in run.metrics()] == list(range(1, 13))   # one line per step, none twice
 
 
 # ---------------------------------------------------------------- every method family under FSDP (slow)
