@@ -46,7 +46,7 @@ def test_bf16_moments_follow_fp32_adamw(tmp_path):
 def test_stochastic_rounding_is_unbiased_where_nearest_would_stall():
     value = torch.full((200_000,), 1.0 + 2 ** -10)   # a quarter of bf16's step above 1: nearest rounds it to 1
     assert value.to(torch.bfloat16).float().unique().tolist() == [1.0]
-    rounded = stochastic_bf16(value, torch.Generator().manual_seed(0)).float()
+    rounded = stochastic_bf16(value.clone(), torch.Generator().manual_seed(0)).float()
     assert set(rounded.unique().tolist()) == {1.0, 1.0 + 2 ** -7}
     assert rounded.mean().item() == pytest.approx(value[0].item(), abs=2e-5)
 
