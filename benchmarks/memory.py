@@ -53,6 +53,7 @@ VARIANTS = {
     "qlora_4bit_gc": {"lora": True, "load_in_4bit": True, "gradient_checkpointing": True},
 }
 CURVE_OPTIMIZERS = ("adamw", "adamw_8bit", "adamw_bf16")
+CURVE_EVAL = 8   # forget/retain examples scored before and after a curve's run (and the knowledge check's)
 OPEN_UNLEARNING_PEAK_MIB = 4636   # docs/benchmarks.md, session 7: its fp32 peak RSS on this CPU (4657 in session 6)
 
 
@@ -121,7 +122,7 @@ def forgetting_curve(optim: str, steps: int, dtype: str, batch_size: int) -> dic
     from core.runs import RunDir
 
     out = Path(tempfile.gettempdir()) / f"bench-curve-{optim}"
-    config = replace(config_for({"optim": optim}, str(out), steps, dtype, 40, batch_size), overwrite=True)
+    config = replace(config_for({"optim": optim}, str(out), steps, dtype, CURVE_EVAL, batch_size), overwrite=True)
     result = trainer_module.train(config, show_progress=False, log=lambda message: None)
     rows = RunDir(result.run_dir).metrics()
     return {"optim": optim, "forget_nll": [row["forget_nll"] for row in rows],
@@ -171,9 +172,9 @@ def curve_report(curves: list[dict], every: int = 5) -> str:
     for index in range(every - 1, len(curves[0]["forget_nll"]), every):
         lines.append(f"{index + 1:>4}  " + "  ".join(f"{c['forget_nll'][index]:>11.4f}" for c in curves))
     lines.append("eval  " + "  ".join(f"{c['after']['forget_nll']:>11.4f}" for c in curves)
-                 + "   (forget NLL of the 40 forget examples after the run)")
+                 + f"   (forget NLL of the first {CURVE_EVAL} forget examples after the run)")
     lines.append("retn  " + "  ".join(f"{c['after'].get('retain_nll', float('nan')):>11.4f}" for c in curves)
-                 + "   (retain NLL, first 40 retain examples)")
+                 + f"   (retain NLL, first {CURVE_EVAL} retain examples)")
     return "\n".join(lines)
 
 
