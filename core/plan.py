@@ -62,9 +62,13 @@ class PlanRequest:
 @dataclass
 class MemoryPlan:
     request: PlanRequest
-    parts: dict[str, float] = field(default_factory=dict)   # name -> bytes per device, fixed
-    per_example: float = 0.0          # activation bytes per example of the batch
+    parts: dict[str, float] = field(default_factory=dict)   # name -> bytes per device, whatever the batch
+    per_example_parts: dict[str, float] = field(default_factory=dict)   # name -> bytes per example of the batch
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def per_example(self) -> float:
+        return sum(self.per_example_parts.values())
 
     @property
     def total(self) -> float:
@@ -94,9 +98,9 @@ def plan_memory(request: PlanRequest) -> MemoryPlan:
     copies = _copies(method, request, sizes, trained)
     if copies:
         result.parts["copies"] = copies / shards
-    result.parts["answer logits"] = (request.batch_size * request.max_length * ANSWER_SHARE
-                                     * config.vocab_size * 4 * 2)   # logits and their log-softmax, fp32
-    result.per_example = _activation_bytes_per_token(config, request, compute_bytes) * request.max_length
+    result.per_example_parts["activations"] = _activation_bytes_per_token(config, request, compute_bytes) * request.max_length
+    result.per_example_parts["answer logits"] = (request.max_length * ANSWER_SHARE * config.vocab_size
+                                                 * 4 * 2)   # logits and their log-softmax, fp32
     result.notes += _notes(method, request, shards)
     return result
 
@@ -210,8 +214,8 @@ def describe(plan: MemoryPlan, memory_gib: float | None = None) -> str:
              f"optimizer {request.optim}):"]
     for name, size in plan.parts.items():
         lines.append(f"  {name:<14} {size / GiB:8.2f} GiB")
-    lines.append(f"  {'activations':<14} {plan.per_example * request.batch_size / GiB:8.2f} GiB "
-                 f"({plan.per_example / MiB:.0f} MiB per example)")
+    for name, size in plan.per_example_parts.items():
+        lines.append(f"  {name:<14} {size * request.batch_size / GiB:8.2f} GiB ({size / MiB:.0f} MiB per example)")
     lines.append(f"  {'total':<14} {plan.total / GiB:8.2f} GiB")
     if memory_gib:
         batch = plan.largest_batch(memory_gib * GiB)
@@ -258,8 +262,8 @@ def run_plan(args) -> int:
     request = PlanRequest(**{k: v for k, v in vars(args).items() if k in fields})
     plan = plan_memory(request)
     if args.json:
-        print(json.dumps({"parts": plan.parts, "activations": plan.per_example * request.batch_size,
-                          "total": plan.total, "largest_batch": plan.largest_batch(args.memory * GiB)
+        print(json.dumps({"parts": plan.parts, "per_example": plan.per_example_parts,
+                          "batch": request.batch_size, "total": plan.total, "largest_batch": plan.largest_batch(args.memory * GiB)
                           if args.memory else None, "notes": plan.notes}, indent=2))
     else:
         print(describe(plan, args.memory))

@@ -70,7 +70,8 @@ def test_largest_batch_is_the_last_that_fits_and_checkpointing_needs_less(tiny_m
     memory = fixed + 5.5 * plan.per_example
     assert plan.largest_batch(memory) == 5 and plan.largest_batch(fixed - 1) == 0
     checkpointed = plan_memory(request(tiny_model_dir, gradient_checkpointing=True))
-    assert checkpointed.per_example < plan.per_example
+    assert checkpointed.per_example_parts["activations"] < plan.per_example_parts["activations"]
+    assert checkpointed.per_example_parts["answer logits"] == plan.per_example_parts["answer logits"]
 
 
 def test_bad_input_is_refused(tiny_model_dir):
@@ -86,7 +87,7 @@ def test_the_command_prints_parts_and_the_largest_batch(tiny_model_dir):
     assert "weights" in shown.stdout and "largest batch that fits 2 GiB:" in shown.stdout
     as_json = run_unlearn("plan", "--model", tiny_model_dir, "--device", "cpu", "--json", "--memory", "2")
     parts = json.loads(as_json.stdout)
-    assert parts["total"] == pytest.approx(sum(parts["parts"].values()) + parts["activations"])
+    assert parts["total"] == pytest.approx(sum(parts["parts"].values()) + parts["batch"] * sum(parts["per_example"].values()))
     assert parts["largest_batch"] >= 1 and parts["total"] < 2 * GiB
     refused = run_unlearn("plan", "--model", tiny_model_dir, "--load-in-4bit")
     assert refused.returncode == 2 and "fix: add --lora" in refused.stderr + refused.stdout

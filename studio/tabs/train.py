@@ -69,10 +69,10 @@ def memory_estimate(studio: Studio, choice: str, hub_id: str | None, method: str
         return f"Memory estimate: not available ({exc.problem})"
     except (OSError, ValueError) as exc:   # a hub model whose config cannot be read here
         return f"Memory estimate: not available ({type(exc).__name__}: the model's config could not be read)"
-    parts = ", ".join(f"{name} {size / GiB:.2f}" for name, size in plan.parts.items())
+    parts = ", ".join([f"{name} {size / GiB:.2f}" for name, size in plan.parts.items()] +
+                      [f"{name} {size * request.batch_size / GiB:.2f}" for name, size in plan.per_example_parts.items()])
     return (f"**Memory estimate: about {plan.total / GiB:.1f} GiB** on this {device} at batch "
-            f"{request.batch_size} x {request.max_length} tokens ({parts}, activations "
-            f"{plan.per_example * request.batch_size / GiB:.2f} GiB); `unlearn plan` shows more.")
+            f"{request.batch_size} x {request.max_length} tokens ({parts} GiB); `unlearn plan` shows more.")
 
 
 def method_fields(name: str) -> tuple:
