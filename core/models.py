@@ -211,6 +211,7 @@ def load_quantized_model(source: str, bits: int, device: torch.device, trust_rem
     model = _hub_call(source, AutoModelForCausalLM.from_pretrained, dtype=torch.float32,
                       quantization_config=quantization_config(bits, device), device_map={"": device},
                       trust_remote_code=trust_remote_code)
+    _copy_out_of_file_mapping(model)   # else the fp32 weights read to quantise stay resident (-300 MiB, 135M)
     with peft_quietly():   # gradient checkpointing is the trainer's, as for every run
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
