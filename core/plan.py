@@ -124,14 +124,16 @@ def _check(request: PlanRequest) -> None:
 
 
 def _empty_model(request: PlanRequest):
-    """The model built on the meta device from its config: sizes without weights."""
-    from accelerate import init_empty_weights
+    """The model built on the meta device from its config: sizes without weights. Through torch's device
+    context, which holds for this thread only: accelerate's init_empty_weights patches nn.Module for the whole
+    process, and a model another thread loads meanwhile (the studio's) would come out on the meta device."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from .models import resolve_model
 
     config = AutoConfig.from_pretrained(resolve_model(request.model), trust_remote_code=request.trust_remote_code)
-    with init_empty_weights():
+    with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=request.trust_remote_code)
     model.tie_weights()   # on the meta device the output head is not tied yet: it would be counted twice
     return model, config

@@ -91,3 +91,29 @@ def test_the_command_prints_parts_and_the_largest_batch(tiny_model_dir):
     assert parts["largest_batch"] >= 1 and parts["total"] < 2 * GiB
     refused = run_unlearn("plan", "--model", tiny_model_dir, "--load-in-4bit")
     assert refused.returncode == 2 and "fix: add --lora" in refused.stderr + refused.stdout
+
+
+def test_planning_leaves_a_model_loaded_at_the_same_time_in_another_thread_alone(tiny_model_dir):
+    """The studio plans in one thread while another loads a model: sizing on the meta device must not leak."""
+    import threading
+
+    from transformers import AutoModelForCausalLM
+
+    stop, errors = threading.Event(), []
+
+    def keep_planning():
+        while not stop.is_set():
+            try:
+                plan_memory(request(tiny_model_dir))
+            except Exception as exc:   # noqa: BLE001  (reported below)
+                errors.append(exc)
+
+    planner = threading.Thread(target=keep_planning)
+    planner.start()
+    try:
+        devices = {p.device.type for _ in range(20)
+                   for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters()}
+    finally:
+        stop.set()
+        planner.join()
+    assert devices == {"cpu"} and not errors
