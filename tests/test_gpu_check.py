@@ -31,6 +31,7 @@ def test_the_script_parses_and_refuses_unknown_options():
     assert refused.returncode == 2 and "unknown option --fast" in refused.stderr
 
 
+@pytest.mark.slow   # ~70 s; the failing-step test below runs the dry run and its report in the default suite
 def test_dry_run_trains_plans_and_reports(tmp_path, tiny_model_dir, qa_files):
     done = dry_run(tmp_path, MODEL=str(tiny_model_dir), FORGET=str(qa_files["forget"]), RETAIN=str(qa_files["retain"]),
                    ONLY="device,npo_rt_full,plan_qlora")
@@ -43,8 +44,9 @@ def test_dry_run_trains_plans_and_reports(tmp_path, tiny_model_dir, qa_files):
 
 
 def test_a_failing_step_is_recorded_and_fails_the_script(tmp_path, tiny_model_dir):
-    done = dry_run(tmp_path, MODEL=str(tiny_model_dir), FORGET=str(tmp_path / "missing.jsonl"), ONLY="npo_rt_full")
+    done = dry_run(tmp_path, MODEL=str(tiny_model_dir), FORGET=str(tmp_path / "missing.jsonl"), ONLY="device,npo_rt_full")
     assert done.returncode == 1 and steps(tmp_path)["npo_rt_full"][1] not in ("0", "")
+    assert steps(tmp_path)["device"][1] == "0" and "| npo_rt_full |" in (tmp_path / "check" / "gpu_check.md").read_text()
 
 
 @pytest.mark.slow
