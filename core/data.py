@@ -41,12 +41,17 @@ class Example:
 
 # ---------------------------------------------------------------- reading
 
-def run_examples(config: dict, role: str, source: str | None = None, columns: str | None = None) -> list[Example]:
-    """A run's `role` set, read with the column map its config recorded (--ROLE-columns); a `source` given
-    instead of the run's own set is read with `columns` only."""
+def column_map(config: dict, role: str, source: str | None = None, columns: str | None = None) -> str | None:
+    """The column map to read a run's `role` set with: `columns` if given, else the one its config recorded
+    (--ROLE-columns); a `source` other than the run's own set gets `columns` only."""
     if source and source != config.get(role):
-        return load_examples(source, role, columns)
-    return load_examples(config[role], role, columns or config.get(f"{role}_columns"))
+        return columns
+    return columns or config.get(f"{role}_columns")
+
+
+def run_examples(config: dict, role: str, source: str | None = None, columns: str | None = None) -> list[Example]:
+    """A run's `role` set (or `source` instead), read with its column map (column_map)."""
+    return load_examples(source or config[role], role, column_map(config, role, source, columns))
 
 
 def load_examples(source: str, role: str = "forget", columns: str | None = None) -> list[Example]:

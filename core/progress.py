@@ -40,7 +40,10 @@ class UnitsBar:
     def say(self, message: str) -> None:
         from tqdm.auto import tqdm
 
-        tqdm.write(message, file=sys.stdout) if self.bar is not None else print(message, flush=True)
+        if self.bar is None:
+            print(message, flush=True)
+        else:
+            tqdm.write(message, file=sys.stdout)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import COLUMN_ROLES, column_pairs
+from ..data import COLUMN_ROLES, column_map, column_pairs
 from ..errors import require
 from ..models import open_model
 from .scores import Settings
@@ -40,8 +40,7 @@ def evaluate(model: str, suite: str, out, data: dict | None = None, options: dic
     run_config = loaded.run_config or {}
     inputs = {need.name: given.get(need.name) or (run_config.get(need.name) if need.from_run else None)
               for need in chosen.needs}
-    maps = {role: (columns or {}).get(role) or (None if given.get(role) else run_config.get(f"{role}_columns"))
-            for role in COLUMN_ROLES}
+    maps = {role: column_map(run_config, role, given.get(role), (columns or {}).get(role)) for role in COLUMN_ROLES}
     original_name = original or loaded.original
     before = None
     if original_name:
