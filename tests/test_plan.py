@@ -117,3 +117,9 @@ def test_planning_leaves_a_model_loaded_at_the_same_time_in_another_thread_alone
         stop.set()
         planner.join()
     assert devices == {"cpu"} and not errors
+
+
+def test_every_optimizer_the_trainer_offers_has_its_moment_bytes_in_the_plan():
+    from core.config import OPTIMIZERS
+
+    assert set(OPTIMIZER_BYTES) == set(OPTIMIZERS)
