@@ -12,7 +12,7 @@ import pytest
 from audit import recovery, run_audit
 from audit.attacks.base import Sweep, swept_values
 from audit.groups import forget_groups, spread_over_groups
-from audit.attacks.relearn import split_by_group
+from audit.attacks.relearn import relearn_splits, split
 from conftest import build_tiny_model, quiet
 from core.errors import UnlearnError
 from core.trainer import train
@@ -93,8 +93,20 @@ def test_groups_come_from_tofu_authors_or_a_group_field(tmp_path):
     assert forget_groups(str(plain), 1) is None
     examples, groups = spread_over_groups(list(range(40)), ["a"] * 20 + ["b"] * 20, 6)   # 3 of each, in order
     assert examples == [0, 1, 2, 20, 21, 22] and groups == ["a"] * 3 + ["b"] * 3
-    relearned, measured = split_by_group(list(range(6)), ["a", "b", "c"] * 2, 0.5, seed=0)
+    [(relearned, measured)] = relearn_splits(list(range(6)), ["a", "b", "c"] * 2, 0.5, seeds=[0])
     assert not {i % 3 for i in relearned} & {i % 3 for i in measured} and sorted(relearned + measured) == list(range(6))
+
+
+def test_repeats_hold_out_different_facts():
+    # Two TOFU authors allow two group splits, and seeds 42 and 43 draw the same author by themselves: the
+    # second repeat must relearn the other author, or the seeds' spread would be the training's alone.
+    assert split(["a", "b"], 0.5, 42) == split(["a", "b"], 0.5, 43)
+    by_author = relearn_splits(list(range(4)), ["a", "a", "b", "b"], 0.5, seeds=[42, 43])
+    assert by_author == [([0, 1], [2, 3]), ([2, 3], [0, 1])]
+    by_example = relearn_splits(list("pqrs"), None, 0.5, seeds=[42, 43, 44, 45, 46, 47])   # all C(4, 2) = 6
+    assert len({frozenset(relearned) for relearned, _ in by_example}) == 6
+    assert all(sorted(r + m) == list("pqrs") for r, m in by_example)
+    assert by_example[0] == split(list("pqrs"), 0.5, 42)     # a first draw is kept: earlier audits still hold
 
 
 def _relearn(report: dict) -> dict:

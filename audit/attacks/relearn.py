@@ -25,12 +25,33 @@ def split(examples: list, fraction: float, seed: int) -> tuple[list, list]:
     return [examples[i] for i in order[:cut]], [examples[i] for i in order[cut:]]
 
 
-def split_by_group(examples: list, groups: list, fraction: float, seed: int) -> tuple[list, list]:
-    """(relearned, measured): a seeded share of the groups relearned, the other groups measured."""
-    relearned_groups, _ = split(list(dict.fromkeys(groups)), fraction, seed)
-    chosen = set(relearned_groups)
-    return ([ex for ex, g in zip(examples, groups) if g in chosen],
-            [ex for ex, g in zip(examples, groups) if g not in chosen])
+def relearn_splits(examples: list, groups: list | None, fraction: float, seeds: list) -> list[tuple[list, list]]:
+    """(relearned, measured) per seed: `split` of the examples, or with `groups` of the groups (a seeded share
+    of the groups relearned, the other groups measured); no two seeds relearn the same items."""
+    units = list(dict.fromkeys(groups)) if groups else list(range(len(examples)))
+    taken, splits = set(), []
+    for seed in seeds:
+        relearned, measured = distinct_split(units, fraction, seed, taken)
+        taken.add(frozenset(relearned))
+        if groups:
+            chosen = set(relearned)
+            splits.append(([ex for ex, g in zip(examples, groups) if g in chosen],
+                           [ex for ex, g in zip(examples, groups) if g not in chosen]))
+        else:
+            splits.append(([examples[i] for i in relearned], [examples[i] for i in measured]))
+    return splits
+
+
+def distinct_split(items: list, fraction: float, seed: int, taken=()) -> tuple[list, list]:
+    """`split` at `seed`, drawn again (seed, then "seed/1", "seed/2", ...) while its relearned items are a set
+    in `taken`: repeats must hold out different items, or their spread would be the training's alone (two
+    TOFU authors allow two group splits, and seeds 42 and 43 happen to draw the same one). The caller keeps
+    the repeats within `distinct_splits`, so a new draw exists."""
+    drawn, salt = split(items, fraction, seed), 0
+    while frozenset(drawn[0]) in taken:
+        salt += 1
+        drawn = split(items, fraction, f"{seed}/{salt}")
+    return drawn
 
 
 def _cut(fraction: float, count: int) -> int:
@@ -83,13 +104,10 @@ class Relearn(Attack):
 
     def run(self, context):
         options = context.options
-        plans = []
-        for seed in context.run_seeds():
-            if self.needs_groups(options):
-                relearned, measured = split_by_group(context.forget, context.groups, options["relearn_fraction"], seed)
-            else:
-                relearned, measured = split(context.forget, options["relearn_fraction"], seed)
-            plans.append((seed, relearned, f"forget held out, seed {seed}", measured))
+        groups = context.groups if self.needs_groups(options) else None
+        plans = [(seed, relearned, f"forget held out, seed {seed}", measured) for seed, (relearned, measured)
+                 in zip(context.run_seeds(), relearn_splits(context.forget, groups, options["relearn_fraction"],
+                                                            context.run_seeds()))]
         context.log(f"relearn ({options['relearn_split']} split): {options['relearn_steps']} steps on "
                     f"{len(plans[0][1])} forget examples, measured on the other {len(plans[0][3])}; "
                     f"{len(plans)} seed(s)")
