@@ -28,7 +28,7 @@ AUDIT_JSON, AUDIT_MD = AUDIT_REPORT, "audit.md"
 def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_samples: int = 40,
               max_new_tokens: int = 48, batch_size: int = 8, device: str = "cpu", log=print,
               dtype: str = "auto", update: bool = False, control: str | None = None, seeds: int = 1,
-              progress=None) -> dict:
+              progress=None, control_cache=None) -> dict:
     """Attack the run in `run_dir` (a path or RunDir) and write OUT/audit.json and audit.md. `attacks`: names
     (default: every attack enabled by default); `options`: attack options by their declared names (each
     attack's `params`), checked against the chosen attacks' declarations. `control`: a never-learned model
@@ -38,7 +38,9 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     of the audit already in OUT (after one attack's definition changed, or to add one), which must have
     measured the same samples. Each finished attack (and sweep point) is kept in OUT/.partial until the
     report is written: the same command after a stop resumes there. `progress(done, total)`: called as units of
-    work finish (each fine-tuning of a sweep, each other attack), for a progress bar with the time left."""
+    work finish (each fine-tuning of a sweep, each other attack), for a progress bar with the time left.
+    `control_cache`: a folder keeping the control's attacked figures, so that audits of several runs against
+    one control with the same attacks fine-tune the control once (audit/attacks/finetune.py)."""
     from core.evaluation.scores import Settings
 
     started = time.time()
@@ -62,7 +64,8 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     earlier = _earlier_report(out, len(forget), len(retain or []), device, dtype) if update else None
     context = AuditContext(run=run.path, config=config, work=out / ".work", forget=forget, retain=retain,
                            measure=None, baseline=None, settings=settings, device=device, dtype=dtype, log=log,
-                           seeds=seeds, control=control, groups=groups, starts=out / ".work" / "starts")
+                           seeds=seeds, control=control, groups=groups, starts=out / ".work" / "starts",
+                           control_cache=Path(control_cache).expanduser() if control and control_cache else None)
     for attack in chosen:        # every refusal before anything is written or loaded
         context.options = chosen_options[attack.name]
         attack.check(context)

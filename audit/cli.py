@@ -34,6 +34,9 @@ def add_commands(commands) -> None:
     p.add_argument("--control", metavar="MODEL", type=input_arg,
                    help="a model that never learned the forget data (a folder, bundled, demo, a run: its final "
                         "model); every fine-tuning attack trains it alike and the verdicts rest on the residual")
+    p.add_argument("--control-cache", metavar="DIR", type=output_folder_arg("--control-cache"),
+                   help="keep the control's attacked figures in DIR: auditing more runs against the same control "
+                        "with the same attacks reuses them instead of fine-tuning the control again")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="repeat the fine-tuning attacks' split and training with N seeds (intervals over seeds too)")
     p.add_argument("--update", action="store_true",
@@ -88,7 +91,8 @@ def run(args) -> int:
         report = run_audit(args.run, args.out, args.attacks.split(","), options, args.max_samples,
                            args.max_new_tokens, args.batch_size, args.device,
                            log=bar.say if chatty else (lambda message: None), dtype=args.dtype, update=args.update,
-                           control=args.control, seeds=args.seeds, progress=bar if chatty else None)
+                           control=args.control, control_cache=args.control_cache, seeds=args.seeds,
+                           progress=bar if chatty else None)
     finally:
         bar.close()
     log_figures(args.run, "audit", {r["name"]: {"recovery": r.get("recovery"), "residual": r.get("residual")}

@@ -49,7 +49,7 @@ from benchmarks.tofu_claims import best_point  # noqa: E402
 from benchmarks.tofu_plans import prepare_data  # noqa: E402
 from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
 from benchmarks.tofu_stages import (Bench, _epoch_models, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
-                                    _weights_digest, diverged)
+                                    diverged)
 
 class Robust:
     """The cached stages of this benchmark over one Bench (cache, device, record)."""
@@ -97,6 +97,8 @@ class Robust:
     # ------------------------------------------------ the sweep
     def sweep(self, variant: Variant, lr: float) -> list[dict]:
         """One method at one learning rate: trained, every epoch evaluated, recorded; its points."""
+        from core.models import weights_digest
+
         plan, ledger = sweep_plan(lr), self.bench.ledger
         settings = asdict(plan)
         recorded = ledger.plan(settings).get("curves", {})
@@ -104,7 +106,7 @@ class Robust:
             return recorded[variant.key]
         models = self.models()
         relearned = ledger.keep_models(settings, models["target_point"], models["retain_point"],
-                                       _weights_digest(models["target"] / "model"))
+                                       weights_digest(models["target"] / "model"))
         if relearned:
             self.bench.say(relearned)
         steps_per_epoch = _steps_per_epoch(self.files["forget"], plan.unlearn_batch)

@@ -98,7 +98,7 @@ class Bench:
 def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> dict:
     """The plan's result: what the ledger records, plus the methods (of `only`, if given) it lacks, measured now."""
     from core.data import load_examples
-    from core.models import open_model
+    from core.models import open_model, weights_digest
 
     settings = asdict(plan)
     recorded = bench.ledger.plan(settings).get("curves", {})
@@ -130,7 +130,7 @@ def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> d
                                     holdout)
     target_point = _point(target_summary, eval_dir(learned, plan) / "target")
     relearned = bench.ledger.keep_models(settings, target_point, _point(retain_summary, retain_eval),
-                                         _weights_digest(target / "model"))
+                                         weights_digest(target / "model"))
     if relearned:
         bench.say(relearned)
 
@@ -192,18 +192,6 @@ def _weights_worth_keeping(points: list[dict], steps_per_epoch: int, keep_all: b
     return lambda step: step == best_step
 
 
-def _weights_digest(model: Path) -> str:
-    """SHA-256 over a model folder's safetensors: tells a target learned again from the one recorded."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(model.glob("*.safetensors")):
-        with path.open("rb") as handle:
-            while block := handle.read(1 << 24):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def _require_weights(model: Path) -> None:
     """A checkpoint whose weights were dropped after its evaluation cannot be evaluated again."""
     from core.checkpoint import STATE, WEIGHTS
@@ -259,6 +247,8 @@ def fill_truth_ratios(bench: Bench, plan: Plan) -> int:
     evaluations where it has them. Those are the recorded evaluations themselves (a recorded method is never
     measured again; the target's only while its weights are the recorded ones), and each fill is checked: the
     ratios must give the recorded Forget Quality again. Returns how many points were filled."""
+    from core.models import weights_digest
+
     settings = asdict(plan)
     lacking = [(name, point) for name, point in bench.ledger.points(settings) if "forget_truth_ratios" not in point]
     retain_folder = bench.ledger.retain_eval(settings)
@@ -266,7 +256,7 @@ def fill_truth_ratios(bench: Bench, plan: Plan) -> int:
         return 0
     learned = bench.root / (plan.learned_in or plan.name)
     target = _target_dir(plan, bench.root, learned) / "model"
-    same_target = target.is_dir() and _weights_digest(target) == bench.ledger.plan(settings)["target_weights"]
+    same_target = target.is_dir() and weights_digest(target) == bench.ledger.plan(settings)["target_weights"]
     retain = forget_truth_ratios(retain_folder)
 
     def cached(name) -> Path | None:

@@ -429,6 +429,19 @@ def _trained_base(source: str, bits: int, dtype: torch.dtype, trust_remote_code:
     return load_model(source, dtype, trust_remote_code)
 
 
+def weights_digest(model: Path) -> str:
+    """SHA-256 over a model folder's safetensors, in name order: the same weights by content, wherever they lie
+    (the benchmarks' record of a learned target, the audit's cache of an attacked control)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(model).glob("*.safetensors")):
+        with path.open("rb") as handle:
+            while block := handle.read(1 << 24):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def merged_copy(run: "RunDir | str | Path", target: Path) -> Path:
     """The run's final model, a LoRA adapter merged in, saved once as a plain Hugging Face folder (with its
     tokenizer) that training can start from; reused when `target` already holds it."""

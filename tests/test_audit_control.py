@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,6 +171,37 @@ def test_a_stopped_audit_resumes_without_redoing_finished_attacks(lora_run, tmp_
     assert not (out / ".partial").exists()
 
 
+def test_a_control_cache_fine_tunes_the_control_once_across_audits(lora_run, tmp_path, tokenizer, monkeypatch):
+    from audit.attacks import finetune
+
+    control = tmp_path / "control"
+    build_tiny_model(tokenizer, seed=1).save_pretrained(control)
+    tokenizer.save_pretrained(control)
+    cache = tmp_path / "cache"
+    trained = []
+    real = finetune.finetuned
+    monkeypatch.setattr(finetune, "finetuned", lambda context, start, *a, **k: trained.append(start) or
+                        real(context, start, *a, **k))
+    options = {**ONE_ATTACK, "options": {"relearn_steps": 1, "relearn_lr": "x1,x3"}}
+    first = run_audit(lora_run.out, tmp_path / "first", ["relearn"], log=lambda m: None, control=str(control),
+                      control_cache=cache, **options)
+    assert len(trained) == 4 and len(list(cache.glob("control-*.json"))) == 2     # 2 lrs x (unlearned, control)
+    said, trained[:] = [], []
+    again = run_audit(lora_run.out, tmp_path / "again", ["relearn"], log=said.append, control=str(control),
+                      control_cache=cache, **options)
+    assert trained == [str(tmp_path / "again" / ".work" / "starts" / "unlearned")] * 2   # the control: not again
+    assert sum("the control's relearn fine-tuning" in m and "taken from" in m for m in said) == 2
+    assert [p["forget"]["control_attacked"] for p in _relearn(again)["points"]] == \
+        [p["forget"]["control_attacked"] for p in _relearn(first)["points"]]
+    # other control weights (one byte is enough to change the digest) are another key: trained again
+    weights = next(control.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
+    trained[:] = []
+    run_audit(lora_run.out, tmp_path / "changed", ["relearn"], log=lambda m: None, control=str(control),
+              control_cache=cache, **options)
+    assert len(trained) == 4 and len(list(cache.glob("control-*.json"))) == 4
+
+
 def test_bad_control_and_sweep_input_gets_one_clear_error(lora_run, tmp_path, tiny_model_dir, capsys):
     from conftest import sentencepiece_model_dir
 
@@ -213,7 +245,9 @@ def test_the_command_line_passes_the_control_and_the_seeds(monkeypatch):
     monkeypatch.setattr(audit, "run_audit", lambda *args, **kwargs: calls.append(kwargs) or {})
     monkeypatch.setattr(audit, "markdown", lambda report: "")
     assert main(["audit", "r", "--out", "o", "--control", "bundled", "--seeds", "3", "--relearn-lr", "1e-4,x3"]) == 0
-    assert calls[0]["control"] == "bundled" and calls[0]["seeds"] == 3
+    assert calls[0]["control"] == "bundled" and calls[0]["seeds"] == 3 and calls[0]["control_cache"] is None
+    assert main(["audit", "r", "--out", "o", "--control", "bundled", "--control-cache", "cache"]) == 0
+    assert calls[1]["control_cache"] == str(Path("cache").resolve())
 
 
 def test_the_studio_sets_the_unlearned_model_against_the_control_in_plain_words():

@@ -186,7 +186,8 @@ def test_points_recorded_without_truth_ratios_get_them_from_the_cache_when_they_
     from benchmarks.ledger import Ledger
     from benchmarks.tofu_claims import forget_quality_over
     from benchmarks.tofu_plans import forget50_plans
-    from benchmarks.tofu_stages import Bench, _weights_digest, fill_truth_ratios, forget_truth_ratios
+    from benchmarks.tofu_stages import Bench, fill_truth_ratios, forget_truth_ratios
+    from core.models import weights_digest
 
     plan = forget50_plans()[0]
     settings, root = asdict(plan), tmp_path / "runs"
@@ -204,7 +205,7 @@ def test_points_recorded_without_truth_ratios_get_them_from_the_cache_when_they_
 
     def point(name, fq=None):
         return {"fq": forget_quality_over(ratios[name], ratios["retain"]) if fq is None else fq, "mu": 0.3}
-    ledger.keep_models(settings, point("target"), {"fq": None, "mu": 0.3}, _weights_digest(model))
+    ledger.keep_models(settings, point("target"), {"fq": None, "mu": 0.3}, weights_digest(model))
     ledger.keep_curve(settings, "ga", [{"epoch": 0, **point("target")}, {"epoch": 1, **point("ga-epoch1")},
                                        {"epoch": 2, **point("ga-epoch2", fq=0.123)}], None)   # not this cache's
 

@@ -113,13 +113,13 @@ def test_an_unknown_method_or_split_is_named_with_the_choices(option, capsys):
 
 
 def test_the_weights_digest_tells_one_byte_apart(tmp_path):
-    from benchmarks.tofu_stages import _weights_digest
+    from core.models import weights_digest
 
     first, second, third = (tmp_path / name for name in ("first", "second", "third"))
     for folder, content in ((first, b"\x00" * 100), (second, b"\x00" * 100), (third, b"\x00" * 99 + b"\x01")):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(content)
-    assert _weights_digest(first) == _weights_digest(second) != _weights_digest(third)
+    assert weights_digest(first) == weights_digest(second) != weights_digest(third)
 
 
 def test_a_second_invocation_on_one_record_is_refused_while_the_first_measures(tmp_path):

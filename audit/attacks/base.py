@@ -39,6 +39,8 @@ class AuditContext:
     kept: object = None             # callable(key, compute) -> compute()'s dict, kept in OUT until the audit ends
     groups: list | None = None      # each forget example's group, when an attack splits by group
     tick: object = lambda: None     # callable(): one unit of work (Attack.units) finished, for the progress bar
+    control_cache: Path | None = None   # keeps the control's attacked figures across audits (finetune.py)
+    control_digest: str | None = None   # the control's weights by content, worked out when first needed
 
     def run_seeds(self) -> list[int]:
         """The run's own seed, then the next ones: one per repeat (--seeds)."""

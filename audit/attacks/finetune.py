@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import UnlearnConfig
-from core.models import merged_copy, open_model, resolve_model
-from core.runs import RunDir
+from core.models import merged_copy, open_model, resolve_model, weights_digest
+from core.runs import RunDir, read_json, write_json_atomic
 from core.trainer import train
 
 from .base import swept_values
@@ -74,6 +75,18 @@ def sweep(context, attack: str, plans: list[tuple], steps: int, retain: list | N
             for seed, trained, name, measured in plans for lr in rates]
 
 
+@dataclass(frozen=True)
+class FineTuning:
+    """One fine-tuning of a sweep point, the same for the unlearned model and the control."""
+    attack: str
+    trained: list
+    measured: list
+    retain: list | None
+    steps: int
+    lr: float
+    seed: int
+
+
 def _point(context, attack: str, seed: int, lr: float, trained: list, measured_set: tuple, steps: int,
            retain: list | None) -> dict:
     name, measured = measured_set
@@ -83,14 +96,68 @@ def _point(context, attack: str, seed: int, lr: float, trained: list, measured_s
     each = dict(context.baseline_each(name, measured, stages))
     kept_retain = dict(context.baseline("retain", retain)) if retain else None
     point = {"lr": lr, "seed": seed, "trained_on": len(trained), "measured": len(measured)}
+    job = FineTuning(attack, trained, measured, retain, steps, lr, seed)
     for model in who:
         stage = TRAINED[model]
-        attacked, point["steps"] = finetuned(context, start_of(context, model), trained, steps, lr, seed,
-                                             f"{attack}-{model}")
-        forget[stage], each[stage] = context.score(attacked.model, attacked.tokenizer, measured, f"{attack} {stage}")
+        found = (_control_kept(context, job) if model == "control" and context.control_cache
+                 else _attacked(context, job, model))
+        point["steps"], forget[stage], each[stage] = found["steps"], found["forget"], found["each"]
         if retain:
-            kept_retain[stage] = context.score(attacked.model, attacked.tokenizer, retain, f"{attack} {stage} retain")[0]
-        del attacked
-        shutil.rmtree(context.work / f"{attack}-{model}", ignore_errors=True)
+            kept_retain[stage] = found["retain"]
         context.tick()
     return {**point, "forget": forget, "each": each, **({"retain": kept_retain} if retain else {})}
+
+
+def _attacked(context, job: FineTuning, model: str) -> dict:
+    """`model` ("unlearned" or "control") fine-tuned on the job's examples, scored on the measured ones and
+    the retain set: {"steps", "forget": figures, "each": per-example lists, "retain": figures}."""
+    stage, name = TRAINED[model], f"{job.attack}-{model}"
+    attacked, steps = finetuned(context, start_of(context, model), job.trained, job.steps, job.lr, job.seed, name)
+    figures, each = context.score(attacked.model, attacked.tokenizer, job.measured, f"{job.attack} {stage}")
+    found = {"steps": steps, "forget": figures, "each": each}
+    if job.retain:
+        found["retain"] = context.score(attacked.model, attacked.tokenizer, job.retain,
+                                        f"{job.attack} {stage} retain")[0]
+    del attacked
+    shutil.rmtree(context.work / name, ignore_errors=True)
+    return found
+
+
+CONTROL_CACHE_VERSION = 1   # raise when what an attacked control's figures mean changes
+
+
+def _control_kept(context, job: FineTuning) -> dict:
+    """The control's attacked figures from --control-cache when an audit of any run already measured them
+    alike: the key holds everything they depend on (the control's weights, the examples, the fine-tuning, the
+    scoring, the library versions), so auditing several runs against one control with the same attacks trains
+    it once per learning rate and seed."""
+    path = Path(context.control_cache) / f"control-{_control_key(context, job)}.json"
+    found = read_json(path)
+    if found is not None:
+        context.log(f"audit: the control's {job.attack} fine-tuning (lr {job.lr:.4g}, seed {job.seed}) "
+                    f"taken from {path}")
+        return found
+    found = _attacked(context, job, "control")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, found)
+    return found
+
+
+def _control_key(context, job: FineTuning) -> str:
+    import hashlib
+
+    import torch
+    import transformers
+
+    if context.control_digest is None:   # by content (a folder's weights), or by name (a hub id)
+        start = Path(start_of(context, "control"))
+        context.control_digest = weights_digest(start) if start.is_dir() else str(start)
+    config = context.config
+    examples = {part: [[ex.prompt, ex.answer, ex.is_qa] for ex in getattr(job, part) or []]
+                for part in ("trained", "measured", "retain")}
+    key = {"version": CONTROL_CACHE_VERSION, "control": context.control_digest, **examples, "steps": job.steps,
+           "lr": job.lr, "seed": job.seed, "device": context.device, "dtype": context.dtype,
+           "training": {k: config.get(k) for k in ("batch_size", "lora", "lora_r", "lora_alpha", "lora_targets",
+                                                   "dtype")},
+           "settings": vars(context.settings), "versions": [torch.__version__, transformers.__version__]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
