@@ -14,9 +14,11 @@ the same cache (runs/tofu_mini). Each method (a `Variant`: a method, maybe with 
 checkpoint is evaluated with the tofu suite as tofu_mini.py does, and the existing best-checkpoint rule
 (core.evaluation.selection: the highest Forget Quality with Model Utility >= 0.9x the target's) picks one
 (learning rate, epoch) per method. That checkpoint is audited (`audit.run_audit`) with the retain model as
-the control, 3 seeds, 20 forget answers: relearn and benign fine-tuning at their default learning-rate sweeps
-(x0.3, x1, x3 of the run's rate), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing on the example split, and
-relearning again on the group split (one author relearned, the other measured). Each method's step cost is
+the control, 20 forget answers: relearn and benign fine-tuning at one learning-rate grid for every method
+(1.5e-5, 5e-5, 1.5e-4: x0.3, x1, x3 of the protocol's 5e-5; robust_plans.ATTACK_LRS says why not the run's
+own), 3 seeds, 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing on the example split; relearning again on the
+group split (one author relearned, the other measured; 2 seeds, each author relearned once). The control is
+fine-tuned once for the whole table (audit --control-cache). Each method's step cost is
 its training stage's CPU seconds per step over NPO+RT's at the same learning rate (CPU time hardly depends on
 what else the machine runs; wall time does).
 
@@ -136,20 +138,22 @@ class Robust:
     def audit(self, variant: Variant, choice: dict) -> dict:
         """The audit with control of the chosen (learning rate, epoch), both splits; recorded."""
         audits = self.bench.ledger.data.setdefault("audits", {})
-        if variant.key in audits and audits[variant.key]["choice"] == choice:
+        if variant.key in audits and audits[variant.key]["choice"] == choice \
+                and audits[variant.key]["settings"] == AUDIT:
             return audits[variant.key]
         from audit import run_audit
 
         models = self.models()
         audited = self.as_run(self.run_dir(variant, choice["lr"]), choice["epoch"])
-        control = str(models["retain"])
         started, cpu = time.time(), time.process_time()
         reports = {}
-        for split, attacks in (("example", None), ("group", ["relearn"])):
+        for split, setting in AUDIT["splits"].items():
             self.bench.say(f"auditing {variant.label} (lr {choice['lr']:g}, epoch {choice['epoch']}), {split} split")
-            reports[split] = run_audit(audited, audited / f"audit-{split}", attacks=attacks, control=control,
-                                       options={"relearn_split": split}, log=lambda m: print(f"    {m}", flush=True),
-                                       **AUDIT)
+            options = {**AUDIT["options"], "relearn_split": split}
+            reports[split] = run_audit(audited, audited / f"audit-{split}", attacks=setting["attacks"],
+                                       options=options, max_samples=AUDIT["max_samples"], seeds=setting["seeds"],
+                                       control=str(models["retain"]), control_cache=self.work / "control-cache",
+                                       log=lambda m: print(f"    {m}", flush=True))
         self.bench.record_stage(audited / "audit", time.time() - started, time.process_time() - cpu)
         audits[variant.key] = {"choice": choice, "control": "18-author retain model (forget50-10pct/retain)",
                                "settings": AUDIT, "splits": {s: summarised(r) for s, r in reports.items()},

@@ -11,7 +11,15 @@ from benchmarks.tofu_plans import Plan, forget50_plans
 
 SHARED = (2.5e-5, 5e-5, 1e-4)     # x0.5, x1, x2 of the protocol's 5e-5
 HIGHER = (5e-5, 1e-4, 2e-4)       # for the methods that hardly moved at 5e-5
-AUDIT = dict(max_samples=20, seeds=3)
+# The attacker's learning rates, the same for every method: x0.3, x1 and x3 of the protocol's 5e-5. Not the
+# audit's default (x0.3, x1, x3 of the run's own rate): MUDMAN's own rate is its update's step size (1e-3), and
+# a method swept to 2e-4 would face a stronger attacker than one at 2.5e-5. One grid also lets the control be
+# fine-tuned once for the whole table (--control-cache).
+ATTACK_LRS = "1.5e-05,5e-05,0.00015"
+# Both splits relearn half: 20 forget answers by example (3 seeds), or one of the two authors and measure the
+# other (two authors allow two group splits, so 2 seeds: each author relearned once).
+AUDIT = {"max_samples": 20, "options": {"relearn_lr": ATTACK_LRS, "benign_lr": ATTACK_LRS},
+         "splits": {"example": {"seeds": 3, "attacks": None}, "group": {"seeds": 2, "attacks": ["relearn"]}}}
 GOAL = {"residual": 0.25, "quantized": 0.10, "fq": 0.1, "mu_ratio": 0.9}
 
 

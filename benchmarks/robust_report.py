@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from benchmarks.ledger import Ledger
-from benchmarks.robust_plans import GOAL, VARIANTS, choose, step_seconds, sweep_plan, sweep_steps
+from benchmarks.robust_plans import ATTACK_LRS, GOAL, VARIANTS, choose, step_seconds, sweep_plan, sweep_steps
 from benchmarks.tofu_report import clock
 
 FOUR_BIT = ("quantize: gguf-q4_0", "quantize: gguf-q4_k_m")
@@ -134,8 +134,9 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         "the docstring of benchmarks/robust.py. Each method unlearns TOFU authors 198-199 from the 20-author "
         "target at three learning rates; the best-checkpoint rule (highest FQ with MU >= 0.9x the target's) "
         "picks one learning rate and epoch, which is audited with the 18-author retain model (never saw authors "
-        "198-199) as the control: 20 forget answers, 3 seeds, each fine-tuning attack at its three learning "
-        "rates (the worst one shown).", "",
+        "198-199) as the control: 20 forget answers; the example split with 3 seeds, the group split (one "
+        "author relearned, the other measured) with 2; every fine-tuning attack at the same three learning "
+        f"rates for every method ({ATTACK_LRS.replace(',', ', ')}; the attacker's best one shown).", "",
         "Residual (docs/audit.md) = (control attacked − unlearned attacked) / (control attacked − original): 0 "
         "relearns no faster than a model that never learned the facts, 1 back to the original; "
         "[95 % bootstrap interval over answers and seeds]. 4-bit and rephrasing train nothing: their recovery. "
