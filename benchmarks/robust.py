@@ -47,11 +47,10 @@ if str(REPO) not in sys.path:
 
 from benchmarks.ledger import Ledger  # noqa: E402
 from benchmarks.robust_plans import AUDIT, BY_KEY, Variant, base_plan, choose, sweep_plan  # noqa: E402
-from benchmarks.tofu_claims import best_point  # noqa: E402
 from benchmarks.tofu_plans import prepare_data  # noqa: E402
 from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
-from benchmarks.tofu_stages import (Bench, _epoch_models, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
-                                    diverged)
+from benchmarks.tofu_stages import (Bench, Learned, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
+                                    _weights_worth_keeping, unlearn_curve)
 
 class Robust:
     """The cached stages of this benchmark over one Bench (cache, device, record)."""
@@ -111,22 +110,14 @@ class Robust:
                                        weights_digest(models["target"] / "model"))
         if relearned:
             self.bench.say(relearned)
-        steps_per_epoch = _steps_per_epoch(self.files["forget"], plan.unlearn_batch)
-        run = self.bench.train(self.run_dir(variant, lr), model=str(models["target"] / "model"),
-                               method=variant.method, forget=self.files["forget"], retain=self.files["retain"],
-                               epochs=plan.unlearn_epochs, lr=lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1,
-                               dtype=plan.train_dtype, save_steps=steps_per_epoch,
-                               save_total_limit=plan.unlearn_epochs + 5, **variant.settings)
-        blown_up = diverged(run)
-        points = [{"epoch": 0, **models["target_point"]}]
-        for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None):
-            evaluated = self.work / "eval" / f"{run.name}-epoch{epoch}"
-            summary = self.bench.evaluate(str(model), evaluated, plan, models["reference"], models["retain_eval"],
-                                          models["holdout"])
-            points.append({"epoch": epoch, **_point(summary, evaluated)})
+        learned = Learned(models["target"] / "model", models["reference"], models["retain_eval"], models["holdout"],
+                          models["target_point"])
+        run_dir = self.run_dir(variant, lr)
+        run, points, steps_per_epoch, blown_up = unlearn_curve(self.bench, plan, self.files, learned, run_dir,
+                                                               self.work / "eval" / run_dir.name,
+                                                               method=variant.method, lr=lr, **variant.settings)
         ledger.keep_curve(settings, variant.key, points, blown_up)
-        best = best_point(points, points[0]["mu"])["evaluation"]["epoch"]
-        _prune_checkpoints(run, keep_weights=lambda step: step == best * steps_per_epoch)
+        _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch, keep_all=False))
         self.bench.say(f"{variant.label} at lr {lr:g}: " + ", ".join(
             f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
         return points

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.ledger import Ledger
@@ -134,22 +134,44 @@ def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> d
     if relearned:
         bench.say(relearned)
 
+    learned = Learned(target / "model", reference, retain_eval, holdout, target_point)
     for method in missing:
-        steps_per_epoch = _steps_per_epoch(files["forget"], plan.unlearn_batch)
-        run = bench.train(root / f"unlearn-{method}", model=str(target / "model"), method=method,
-                          forget=files["forget"], retain=files["retain"], epochs=plan.unlearn_epochs,
-                          lr=plan.unlearn_lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype,
-                          save_steps=steps_per_epoch, save_total_limit=plan.unlearn_epochs + 5)
-        blown_up = diverged(run)
-        points = [{"epoch": 0, **target_point}]
-        for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None):
-            evaluated = eval_dir(root, plan) / f"{method}-epoch{epoch}"
-            summary = bench.evaluate(str(model), evaluated, plan, reference, retain_eval, holdout)
-            points.append({"epoch": epoch, **_point(summary, evaluated)})
+        run, points, steps_per_epoch, blown_up = unlearn_curve(bench, plan, files, learned, root / f"unlearn-{method}",
+                                                               eval_dir(root, plan) / method, method=method)
         bench.ledger.keep_curve(settings, method, points, blown_up)
         _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch, bench.keep_checkpoints))
         bench.say(f"{label(method)}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
     return bench.ledger.result(settings, plan.methods)
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What every unlearning run of a plan starts from and is measured against."""
+    target: Path                 # the target's model folder: unlearning starts from it
+    reference: tuple             # (model, tokenizer) judging fluency
+    retain_eval: Path            # the retain model's evaluation (Forget Quality compares with it)
+    holdout: list | None         # the never-trained authors (the MIA's non-members)
+    target_point: dict           # the target's evaluation: epoch 0 of every curve
+
+
+def unlearn_curve(bench: Bench, plan: Plan, files: dict, learned: Learned, run_dir: Path, evals: Path,
+                  method: str, lr: float | None = None, **settings) -> tuple[Path, list[dict], int, str | None]:
+    """One method unlearned from the target with the plan's budget (at `lr`, default the plan's; `settings`:
+    more UnlearnConfig fields, e.g. a switch), every epoch's checkpoint evaluated into `evals`-epochN: (run,
+    points from epoch 0, steps per epoch, the trainer's message if the loss blew up)."""
+    steps_per_epoch = _steps_per_epoch(files["forget"], plan.unlearn_batch)
+    run = bench.train(run_dir, model=str(learned.target), method=method, forget=files["forget"],
+                      retain=files["retain"], epochs=plan.unlearn_epochs, lr=lr or plan.unlearn_lr,
+                      batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype,
+                      save_steps=steps_per_epoch, save_total_limit=plan.unlearn_epochs + 5, **settings)
+    blown_up = diverged(run)
+    points = [{"epoch": 0, **learned.target_point}]
+    for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None):
+        evaluated = evals.parent / f"{evals.name}-epoch{epoch}"
+        summary = bench.evaluate(str(model), evaluated, plan, learned.reference, learned.retain_eval,
+                                 learned.holdout)
+        points.append({"epoch": epoch, **_point(summary, evaluated)})
+    return run, points, steps_per_epoch, blown_up
 
 
 def eval_dir(root: Path, plan: Plan) -> Path:
