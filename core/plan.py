@@ -184,8 +184,7 @@ def _copies(method, request: PlanRequest, weights: float, trained: int) -> float
         copies += weights
     for spec in method.extra_weights:
         copies += weights if spec.init == "original" or not request.lora else weights + trained * 4
-    if request.method in ("npo_sam", "npo_rs"):
-        copies += trained * 4 * (2 if request.method == "npo_sam" else 1)
+    copies += trained * 4 * method.trained_copies
     return copies
 
 

@@ -41,6 +41,19 @@ def test_full_fine_tuning_parts_by_hand(tiny_model_dir, tokenizer):
     assert plan_memory(request(tiny_model_dir, method="npo_rt")).parts.get("copies") is None   # cached NLL only
 
 
+def test_the_robust_methods_own_copies_of_the_trained_weights(tiny_model_dir, tokenizer):
+    hand = by_hand(len(tokenizer))
+    trained = hand["params"] * 4
+    copies = {m: plan_memory(request(tiny_model_dir, method=m)).parts.get("copies") for m in
+              ("npo_sam", "npo_rs", "npo_wa", "mudman")}
+    # SAM: the weights before the step up and the forget gradient; RS: the weights before the noise; WA: the
+    # average; MUDMAN: its adversary (a copy of the model) and three gradient-sized buffers
+    assert copies == {"npo_sam": 2 * trained, "npo_rs": trained, "npo_wa": trained,
+                      "mudman": (hand["params"] + hand["buffers"]) * 4 + 3 * trained}
+    lora = plan_memory(request(tiny_model_dir, method="npo_sam", lora=True)).parts["copies"]
+    assert lora == 2 * hand["lora"] * 4     # under LoRA only the adapter is copied
+
+
 def test_lora_trains_r_times_in_plus_out_per_linear_and_keeps_no_copy(tiny_model_dir, tokenizer):
     hand = by_hand(len(tokenizer))
     plan = plan_memory(request(tiny_model_dir, method="npo_kl", lora=True))

@@ -85,6 +85,8 @@ class UnlearningMethod:
     one_process: ClassVar[str] = ""                       # why it cannot run in several processes (refused first)
     default_lr: ClassVar[float | None] = None             # its --lr when none is given (an own update's step size)
     resists: ClassVar[str] = ""                           # built to survive relearning: how, and what it costs
+    trained_copies: ClassVar[int] = 0                     # fp32 copies of the trained weights it keeps beside
+                                                          # the optimizer's (saved weights, gradients, an average)
 
     def __init__(self, params: dict):
         self.params = params

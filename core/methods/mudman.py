@@ -67,6 +67,7 @@ class MUDMAN(UnlearningMethod):
                     + " (target_modules: gate_proj)"))
     resists = ("unlearns at the weights of an adversary that relearns the forget set; about 1.3x an NPO+RT step "
                "and one more copy of the model")
+    trained_copies = 3   # the retain gradient's mean, the adversary's two gathered gradients (its modules: at most all)
     views = ("forget", "retain")
     own_update = True
     default_lr = 1e-3

@@ -34,6 +34,7 @@ class NPORS(PerturbedForgetNPO):
                "resist relearning; ~2.2x an NPO+RT step")
     paper = PAPER + ", randomized smoothing variant"
     resists = "the forget loss averaged over random weight noise; about 2.2x an NPO+RT step"
+    trained_copies = 1   # the weights before the noise
     params = PerturbedForgetNPO.params + (
         Param("noise_std", 1e-4, "σ of the Gaussian noise added to every trained weight (absolute)",
               "Unlearn-Smooth run_wmdp_unlearn.sh (NPO+RS.json's 0.1 is not what ran)", low=0.0),

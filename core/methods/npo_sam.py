@@ -70,6 +70,7 @@ class NPOSAM(PerturbedForgetNPO):
                "~1.5x an NPO+RT step")
     paper = PAPER
     resists = "flattens the forget loss around the weights (SAM); about 1.5x an NPO+RT step"
+    trained_copies = 2   # the weights before the perturbation and the forget gradient
     params = PerturbedForgetNPO.params + (
         Param("rho", 0.01, "radius ρ of the weight perturbation: the forget loss is taken at θ + ρ·g/‖g‖",
               SCRIPTS + " (the JSON configs' 0.1 is not what ran)", low=0.0),)

@@ -35,6 +35,7 @@ class NPOWeightAverage(NPORetain):
                "averaging): built to resist relearning; no extra cost per step")
     paper = PAPER + ", weight averaging variant"
     resists = "the final model is an average of the weights along the run; no extra cost per step"
+    trained_copies = 1   # the running average
     params = (beta(0.1, "NPO paper, TOFU"), forget_weight(1.0, "NPO repo npo_grad_diff"),
               retain_weight(1.0, "Unlearn-Smooth configs (gamma 1)"),
               Param("average_every", 5, "take the weights into the average every this many optimizer steps",
