@@ -27,7 +27,8 @@ def add_commands(commands) -> None:
     add_attack_flags(p)
     p.add_argument("--max-samples", type=int, default=40, help="forget and retain examples measured")
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="examples per batch when scoring answers' NLL")
+    p.add_argument("--generate-batch-size", type=int, default=32, help="answers generated together")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                    help="weights of the scored models (auto: bf16 where the CPU/GPU runs it fast)")
@@ -92,7 +93,7 @@ def run(args) -> int:
                            args.max_new_tokens, args.batch_size, args.device,
                            log=bar.say if chatty else (lambda message: None), dtype=args.dtype, update=args.update,
                            control=args.control, control_cache=args.control_cache, seeds=args.seeds,
-                           progress=bar if chatty else None)
+                           progress=bar if chatty else None, generate_batch_size=args.generate_batch_size)
     finally:
         bar.close()
     log_figures(args.run, "audit", {r["name"]: {"recovery": r.get("recovery"), "residual": r.get("residual")}

@@ -36,7 +36,7 @@ def measure_plain(model, tokenizer, examples, shots, settings) -> dict:
     items = [Encoded(input_ids=p + a, labels=[IGNORE_INDEX] * len(p) + a) for p, a in zip(prompts, answers)]
     nll, counts = score_nll(model, items, tokenizer.pad_token_id, settings.batch_size)
     per = (nll / counts.clamp(min=1)).tolist()
-    generations = generate_from_ids(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size,
+    generations = generate_from_ids(model, tokenizer, prompts, settings.max_new_tokens, settings.generation_batch,
                                     "rephrase: generating")
     rouge = rouge_recall([g.split("\nQuestion:")[0] for g in generations], [ex.answer for ex in examples])
     return {"nll": float(nll.sum() / counts.sum().clamp(min=1)), "prob": float(np.mean(np.exp(-np.asarray(per)))),

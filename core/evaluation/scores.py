@@ -18,11 +18,19 @@ class Settings:
     max_samples: int = 300        # TOFU's ds_size: the first 300 samples of every set
     max_new_tokens: int = 200     # TOFU generates up to 200 tokens
     batch_size: int = 8
+    generate_batch_size: int | None = None   # answers generated together; None: batch_size
+
+    @property
+    def generation_batch(self) -> int:
+        return self.generate_batch_size or self.batch_size
 
     def validate(self) -> None:
         require(self.max_samples >= 1, f"max_samples must be at least 1, got {self.max_samples}", "use --max-samples 300")
         require(self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         require(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}", "use --batch-size 8")
+        require(self.generate_batch_size is None or self.generate_batch_size >= 1,
+                f"generate_batch_size must be at least 1, got {self.generate_batch_size}",
+                "use --generate-batch-size 32")
 
 
 def set_scores(model, tokenizer, examples: list[Example], settings: Settings, reference, name: str) -> tuple[dict, dict]:
