@@ -18,6 +18,7 @@ from core.runs import AUDIT_REPORT, RunDir, RunState, read_json, write_json_atom
 
 from . import recovery
 from .attacks import AuditContext, default_attacks, get_attack, resolve_options
+from .attacks.finetune import SEEDS_AT
 from .groups import forget_groups, spread_over_groups
 from .measure import Scorer
 from .report import markdown
@@ -28,7 +29,7 @@ AUDIT_JSON, AUDIT_MD = AUDIT_REPORT, "audit.md"
 def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_samples: int = 40,
               max_new_tokens: int = 48, batch_size: int = 8, device: str = "cpu", log=print,
               dtype: str = "auto", update: bool = False, control: str | None = None, seeds: int = 1,
-              progress=None, control_cache=None, generate_batch_size: int = 32) -> dict:
+              progress=None, control_cache=None, generate_batch_size: int = 32, seeds_at: str = "all") -> dict:
     """Attack the run in `run_dir` (a path or RunDir) and write OUT/audit.json and audit.md. `attacks`: names
     (default: every attack enabled by default); `options`: attack options by their declared names (each
     attack's `params`), checked against the chosen attacks' declarations. `control`: a never-learned model
@@ -40,7 +41,9 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     report is written: the same command after a stop resumes there. `progress(done, total)`: called as units of
     work finish (each fine-tuning of a sweep, each other attack), for a progress bar with the time left.
     `control_cache`: a folder keeping the control's attacked figures, so that audits of several runs against
-    one control with the same attacks fine-tune the control once (audit/attacks/finetune.py)."""
+    one control with the same attacks fine-tune the control once (audit/attacks/finetune.py). `seeds_at`:
+    "all" repeats every learning rate with every seed; "worst" tries the learning rates on the first seed and
+    repeats only the one where the attacker did best (fewer fine-tunings: 3 + 2 instead of 3 x 3)."""
     from core.evaluation.scores import Settings
 
     started = time.time()
@@ -60,6 +63,8 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     settings.validate()
     require(isinstance(seeds, int) and seeds >= 1, f"--seeds must be a whole number of 1 or more, got {seeds!r}",
             "use --seeds 1 (one split and training per attack) or more for intervals over seeds")
+    require(seeds_at in SEEDS_AT, f"--seeds-at must be one of {', '.join(SEEDS_AT)}, got {seeds_at!r}",
+            "use --seeds-at all (every learning rate with every seed) or worst (the repeats at the attacker's best)")
     forget, groups, retain = _audited_sets(config, chosen, chosen_options, max_samples)
     if control:
         check_control(run, control)
@@ -67,7 +72,8 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     earlier = _earlier_report(out, len(forget), len(retain or []), device, dtype) if update else None
     context = AuditContext(run=run.path, config=config, work=out / ".work", forget=forget, retain=retain,
                            measure=None, baseline=None, settings=settings, device=device, dtype=dtype, log=log,
-                           seeds=seeds, control=control, groups=groups, starts=out / ".work" / "starts",
+                           seeds=seeds, seeds_at=seeds_at, control=control, groups=groups,
+                           starts=out / ".work" / "starts",
                            control_cache=Path(control_cache).expanduser() if control and control_cache else None)
     for attack in chosen:        # every refusal before anything is written or loaded
         context.options = chosen_options[attack.name]
@@ -76,7 +82,7 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     status = RunDir(out)   # audit/status.json: the studio follows (and outlives) the audit through it
     status.write_status(RunState.RUNNING, pid=os.getpid(), message="starting the attacks")
     about = {"run": str(run.path), "samples": [len(forget), len(retain or [])], "max_new_tokens": max_new_tokens,
-             "dtype": dtype, "options": chosen_options, "control": control, "seeds": seeds}
+             "dtype": dtype, "options": chosen_options, "control": control, "seeds": seeds, "seeds_at": seeds_at}
     context.kept = Kept(out / PARTIAL, about, log)
     try:
         report = _attack_all(context, chosen, chosen_options, status, started, progress)
@@ -204,6 +210,7 @@ def _attack_all(context: AuditContext, chosen: list, options: dict[str, dict], s
     return {"run": str(run), "method": config.get("method"), "attacks": [a.name for a in chosen],
             "options": {a.name: options[a.name] for a in chosen if options[a.name]},
             "dtype": dtype_name(unlearned.model.dtype), "control": context.control, "seeds": context.seeds,
+            "seeds_at": context.seeds_at,
             **_summed_up(results), "samples": {"forget": len(context.forget), "retain": len(context.retain or [])},
             "scored_on": scored_on({"forget": len(context.forget), **({"retain": len(context.retain)} if context.retain
                                                                       else {})},

@@ -40,6 +40,9 @@ def add_commands(commands) -> None:
                         "with the same attacks reuses them instead of fine-tuning the control again")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="repeat the fine-tuning attacks' split and training with N seeds (intervals over seeds too)")
+    p.add_argument("--seeds-at", choices=("all", "worst"), default="all",
+                   help="where the repeats run: every learning rate with every seed (all), or the learning rates "
+                        "on the first seed and the other seeds only at the attacker's best (worst: fewer fine-tunings)")
     p.add_argument("--update", action="store_true",
                    help="redo only --attacks and keep the other attacks' results of the audit already in --out")
     p.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's CPU priority by N")
@@ -93,7 +96,8 @@ def run(args) -> int:
                            args.max_new_tokens, args.batch_size, args.device,
                            log=bar.say if chatty else (lambda message: None), dtype=args.dtype, update=args.update,
                            control=args.control, control_cache=args.control_cache, seeds=args.seeds,
-                           progress=bar if chatty else None, generate_batch_size=args.generate_batch_size)
+                           progress=bar if chatty else None, generate_batch_size=args.generate_batch_size,
+                           seeds_at=args.seeds_at)
     finally:
         bar.close()
     log_figures(args.run, "audit", {r["name"]: {"recovery": r.get("recovery"), "residual": r.get("residual")}

@@ -55,7 +55,8 @@ def markdown(report: dict) -> str:
         f"interval lies below {recovery.ROBUST}, shallow when one lies above {recovery.SHALLOW}, partial between, "
         "inconclusive when an interval spans a threshold. A fine-tuning attack tries every learning rate and "
         "shows its worst one (the attacker's best shot), averaged over "
-        f"{seeds} seed{'s' if seeds != 1 else ''}; [low, high]: the percentile bootstrap 95 % interval over the "
+        f"{seeds} seed{'s' if seeds != 1 else ''}{_where_seeds(report)}; [low, high]: the percentile bootstrap 95 % "
+        "interval over the "
         "measured examples and the seeds. Rephrasing sets each prompt against the original model asked the same "
         "way (docs/audit.md); '-' where the figure moved too little to measure.", "",
         table(header, rows), "", *_sweep_section(report["results"], control),
@@ -101,3 +102,10 @@ def _options_line(options: dict | None) -> list[str]:
 
 def _text(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _where_seeds(report: dict) -> str:
+    if report.get("seeds_at") != "worst" or report.get("seeds", 1) == 1:
+        return ""
+    return (" (the learning rates tried on the first seed, the other seeds only at the worst one: the other "
+            "learning rates have one seed each)")

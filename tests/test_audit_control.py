@@ -171,6 +171,30 @@ def test_a_stopped_audit_resumes_without_redoing_finished_attacks(lora_run, tmp_
     assert not (out / ".partial").exists()
 
 
+def test_seeds_at_worst_repeats_only_the_attacker_s_best_learning_rate(lora_run, tmp_path, monkeypatch):
+    from audit.attacks import finetune
+
+    trained = []
+    real = finetune.finetuned
+    monkeypatch.setattr(finetune, "finetuned", lambda context, start, examples, steps, lr, seed, name:
+                        trained.append((lr, seed)) or real(context, start, examples, steps, lr, seed, name))
+    ticks = []
+    report = run_audit(lora_run.out, tmp_path / "audit", ["relearn"], log=lambda m: None, seeds=3, seeds_at="worst",
+                       progress=lambda done, total: ticks.append(total),
+                       **{**FAST, "max_samples": 6, "options": {"relearn_steps": 1, "relearn_lr": "x0.3,x1,x3"}})
+    relearn = _relearn(report)
+    first = [(lr, seed) for lr, seed in trained if seed == 42]
+    assert len(first) == 3 and len(trained) == 5 and ticks[-1] == 5      # 3 learning rates, then 2 repeats
+    # the repeats ran where the first seed's attack did best, which is the learning rate the verdict takes
+    screened = recovery.judge_points([p for p in relearn["points"] if p["seed"] == 42])["lr"]
+    assert {lr for lr, seed in trained if seed != 42} == {screened} and relearn["lr"] == screened
+    assert {e["lr"]: e["seeds"] for e in relearn["sweep"]}[screened] == [42, 43, 44]
+    assert report["seeds_at"] == "worst"
+    assert "other seeds only at the worst one" in (tmp_path / "audit" / "audit.md").read_text()
+    with pytest.raises(UnlearnError, match="--seeds-at"):
+        run_audit(lora_run.out, tmp_path / "bad", ["relearn"], log=lambda m: None, seeds_at="best", **ONE_ATTACK)
+
+
 def test_a_control_cache_fine_tunes_the_control_once_across_audits(lora_run, tmp_path, tokenizer, monkeypatch):
     from audit.attacks import finetune
 
@@ -246,6 +270,7 @@ def test_the_command_line_passes_the_control_and_the_seeds(monkeypatch):
     monkeypatch.setattr(audit, "markdown", lambda report: "")
     assert main(["audit", "r", "--out", "o", "--control", "bundled", "--seeds", "3", "--relearn-lr", "1e-4,x3"]) == 0
     assert calls[0]["control"] == "bundled" and calls[0]["seeds"] == 3 and calls[0]["control_cache"] is None
+    assert calls[0]["seeds_at"] == "all"
     assert main(["audit", "r", "--out", "o", "--control", "bundled", "--control-cache", "cache"]) == 0
     assert calls[1]["control_cache"] == str(Path("cache").resolve())
 

@@ -18,6 +18,7 @@ from core.models import merged_copy, open_model, resolve_model, weights_digest
 from core.runs import RunDir, read_json, write_json_atomic
 from core.trainer import train
 
+from ..recovery import judge_points
 from .base import swept_values
 
 TRAINED = {"unlearned": "attacked", "control": "control_attacked"}   # who is fine-tuned -> its stage
@@ -61,18 +62,35 @@ def finetuned(context, start: str, examples, steps: int, lr: float, seed: int, n
 
 
 def sweep_units(context, attack: str) -> int:
-    """Fine-tunings of a sweep: one per learning rate, seed and model trained (the unlearned, the control)."""
-    rates = swept_values(context.options[f"{attack}_lr"], context.config.get("lr") or 1e-5)
-    return len(rates) * context.seeds * (2 if context.control else 1)
+    """Fine-tunings of a sweep: one per learning rate and seed (with --seeds-at worst: every learning rate on
+    the first seed, one for each other seed) and model trained (the unlearned, the control)."""
+    rates = len(swept_values(context.options[f"{attack}_lr"], context.config.get("lr") or 1e-5))
+    points = rates + context.seeds - 1 if context.seeds_at == "worst" else rates * context.seeds
+    return points * (2 if context.control else 1)
 
 
 def sweep(context, attack: str, plans: list[tuple], steps: int, retain: list | None) -> list[dict]:
     """Every point: each plan (seed, examples trained on, name of the measured set, examples measured) at
-    each of the attack's learning rates (`<attack>_lr`, "xK" of the run's own)."""
+    each of the attack's learning rates (`<attack>_lr`, "xK" of the run's own). With --seeds-at worst the
+    first plan is tried at every learning rate and the others only at the attacker's best of those (the
+    learning rate the verdict would take): the sweep finds the worst case, the repeats put its interval."""
     rates = swept_values(context.options[f"{attack}_lr"], context.config.get("lr") or 1e-5)
-    return [context.kept(f"{attack}-seed{seed}-lr{lr:.4g}",
-                         lambda: _point(context, attack, seed, lr, trained, (name, measured), steps, retain))
-            for seed, trained, name, measured in plans for lr in rates]
+
+    def point(plan, lr):
+        seed, trained, name, measured = plan
+        return context.kept(f"{attack}-seed{seed}-lr{lr:.4g}",
+                            lambda: _point(context, attack, seed, lr, trained, (name, measured), steps, retain))
+
+    if context.seeds_at != "worst" or len(rates) == 1:
+        return [point(plan, lr) for plan in plans for lr in rates]
+    screened = [point(plans[0], lr) for lr in rates]
+    best = judge_points(screened)["lr"]
+    context.log(f"{attack}: the attacker did best at lr {best:.4g} on seed {plans[0][0]}; the other seeds "
+                "repeat only that one")
+    return screened + [point(plan, best) for plan in plans[1:]]
+
+
+SEEDS_AT = ("all", "worst")   # --seeds-at: every seed at every learning rate, or the repeats at the worst one
 
 
 @dataclass(frozen=True)
