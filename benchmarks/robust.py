@@ -16,7 +16,7 @@ checkpoint is evaluated with the tofu suite as tofu_mini.py does, and the existi
 (learning rate, epoch) per method. That checkpoint is audited (`audit.run_audit`) with the retain model as
 the control, 20 forget answers: relearn and benign fine-tuning at one learning-rate grid for every method
 (1.5e-5, 5e-5, 1.5e-4: x0.3, x1, x3 of the protocol's 5e-5; robust_plans.ATTACK_LRS says why not the run's
-own), 3 seeds, 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing on the example split; relearning again on the
+own), 3 seeds (the learning rates tried on the first, the repeats at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing on the example split; relearning again on the
 group split (one author relearned, the other measured; 2 seeds, each author relearned once). The control is
 fine-tuned once for the whole table (audit --control-cache). Each method's step cost is
 its training stage's CPU seconds per step over NPO+RT's at the same learning rate (CPU time hardly depends on
@@ -143,6 +143,7 @@ class Robust:
             options = {**AUDIT["options"], "relearn_split": split}
             reports[split] = run_audit(audited, audited / f"audit-{split}", attacks=setting["attacks"],
                                        options=options, max_samples=AUDIT["max_samples"], seeds=setting["seeds"],
+                                       seeds_at=AUDIT["seeds_at"],
                                        control=str(models["retain"]), control_cache=self.work / "control-cache",
                                        log=lambda m: print(f"    {m}", flush=True))
         self.bench.record_stage(audited / "audit", time.time() - started, time.process_time() - cpu)

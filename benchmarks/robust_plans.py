@@ -17,8 +17,10 @@ HIGHER = (5e-5, 1e-4, 2e-4)       # for the methods that hardly moved at 5e-5
 # fine-tuned once for the whole table (--control-cache).
 ATTACK_LRS = "1.5e-05,5e-05,0.00015"
 # Both splits relearn half: 20 forget answers by example (3 seeds), or one of the two authors and measure the
-# other (two authors allow two group splits, so 2 seeds: each author relearned once).
-AUDIT = {"max_samples": 20, "options": {"relearn_lr": ATTACK_LRS, "benign_lr": ATTACK_LRS},
+# other (two authors allow two group splits, so 2 seeds: each author relearned once). The learning rates are
+# tried on the first seed and the repeats run at the attacker's best (--seeds-at worst): 14 fine-tunings of
+# the unlearned model per method instead of 24, ~45 min less on this CPU.
+AUDIT = {"max_samples": 20, "seeds_at": "worst", "options": {"relearn_lr": ATTACK_LRS, "benign_lr": ATTACK_LRS},
          "splits": {"example": {"seeds": 3, "attacks": None}, "group": {"seeds": 2, "attacks": ["relearn"]}}}
 GOAL = {"residual": 0.25, "quantized": 0.10, "fq": 0.1, "mu_ratio": 0.9}
 

@@ -136,7 +136,8 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         "picks one learning rate and epoch, which is audited with the 18-author retain model (never saw authors "
         "198-199) as the control: 20 forget answers; the example split with 3 seeds, the group split (one "
         "author relearned, the other measured) with 2; every fine-tuning attack at the same three learning "
-        f"rates for every method ({ATTACK_LRS.replace(',', ', ')}; the attacker's best one shown).", "",
+        f"rates for every method ({ATTACK_LRS.replace(',', ', ')}), tried on the first seed, the other seeds "
+        "repeating the attacker's best one (shown).", "",
         "Residual (docs/audit.md) = (control attacked − unlearned attacked) / (control attacked − original): 0 "
         "relearns no faster than a model that never learned the facts, 1 back to the original; "
         "[95 % bootstrap interval over answers and seeds]. 4-bit and rephrasing train nothing: their recovery. "
