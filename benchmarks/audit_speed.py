@@ -5,6 +5,7 @@ second (every fine-tuning step the audit ran, the control's included, over the t
 
     python benchmarks/audit_speed.py                       # the demo model, a 20-step LoRA run, control bundled
     python benchmarks/audit_speed.py --max-samples 8 --attack-steps 5 --attacks relearn,benign,rephrase
+    python benchmarks/audit_speed.py --audits old,worst           # some of the three (old, new, worst)
 
 The old audit runs from `git archive OLD core audit export` in a scratch folder, put first on sys.path (the
 core it was written against); both run in their own fresh interpreter, one after the other, on the same run.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,7 @@ def small_run(model: str, folder: Path, steps: int) -> Path:
 
 
 def timed(code_root: Path, run: Path, out: Path, attacks: str, options: dict, samples: int, extra: dict) -> dict:
+    shutil.rmtree(out, ignore_errors=True)   # timed from nothing: no finished points kept from an earlier try
     done = subprocess.run([sys.executable, "-c", AUDIT, str(code_root), str(run), str(out), attacks,
                            json.dumps(options), str(samples), json.dumps(extra)],
                           capture_output=True, text=True, cwd=REPO)
@@ -66,29 +69,45 @@ def main(argv=None) -> int:
     parser.add_argument("--max-samples", type=int, default=20)
     parser.add_argument("--attacks", default="relearn,benign,quantize,rephrase")
     parser.add_argument("--folder", default=str(REPO / "runs" / "audit_speed"))
+    parser.add_argument("--audits", default="old,new,worst", help="which audits to time, one after the other")
     args = parser.parse_args(argv)
     folder = Path(args.folder)
     folder.mkdir(parents=True, exist_ok=True)
     run = small_run(args.model, folder, args.train_steps)
     control = args.control
     steps = {"relearn_steps": args.attack_steps, "benign_steps": args.attack_steps}
+    sweep = {**steps, "relearn_lr": "x0.3,x1,x3", "benign_lr": "x0.3,x1,x3"}
+    audits = {
+        "old": ("old (a099265): 1 lr, 1 seed, no control", lambda: _old_audit(run, folder, args, steps)),
+        "new": (f"new: control {control}, 3 lrs, 2 seeds",
+                lambda: timed(REPO, run, folder / "audit-new", args.attacks, sweep, args.max_samples,
+                              {"control": control, "seeds": 2})),
+        "worst": (f"new, --seeds-at worst: control {control}, 3 lrs on seed 1, seed 2 at the worst",
+                  lambda: timed(REPO, run, folder / "audit-worst", args.attacks, sweep, args.max_samples,
+                                {"control": control, "seeds": 2, "seeds_at": "worst"}))}
+    chosen = [name.strip() for name in args.audits.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in audits]
+    if unknown:
+        parser.error(f"--audits: {', '.join(unknown)} is not one of {', '.join(audits)}")
+    found = {name: audits[name][1]() for name in chosen}
+    print(f"{time.strftime('%Y-%m-%d')}, {args.model} LoRA run, {args.max_samples} samples, attacks {args.attacks}, "
+          f"{args.attack_steps} attack steps")
+    print("| audit | wall s | fine-tuning steps | steps/s |\n|---|---|---|---|")
+    for name, result in found.items():
+        print(f"| {audits[name][0]} | {result['wall']} | {result['finetune_steps']} | {result['steps_per_second']} |")
+    if "old" in found:
+        for name in [n for n in found if n != "old"]:
+            print(f"{name} / old wall time: {found[name]['wall'] / found['old']['wall']:.2f}x")
+    return 0
+
+
+def _old_audit(run: Path, folder: Path, args, steps: dict) -> dict:
     with tempfile.TemporaryDirectory() as old_code:
         # the old audit with the core and export it was written against (core has moved on since)
         archive = subprocess.run(["git", "archive", OLD, "core", "audit", "export"], cwd=REPO, capture_output=True,
                                  check=True).stdout
         subprocess.run(["tar", "-x", "-C", old_code], input=archive, check=True)
-        old = timed(Path(old_code), run, folder / "audit-old", args.attacks, steps, args.max_samples, {})
-    new = timed(REPO, run, folder / "audit-new", args.attacks,
-                {**steps, "relearn_lr": "x0.3,x1,x3", "benign_lr": "x0.3,x1,x3"}, args.max_samples,
-                {"control": control, "seeds": 2})
-    rows = [("old (a099265): 1 lr, 1 seed, no control", old), (f"new: control {control}, 3 lrs, 2 seeds", new)]
-    print(f"{time.strftime('%Y-%m-%d')}, {args.model} LoRA run, {args.max_samples} samples, attacks {args.attacks}, "
-          f"{args.attack_steps} attack steps")
-    print("| audit | wall s | fine-tuning steps | steps/s |\n|---|---|---|---|")
-    for label, found in rows:
-        print(f"| {label} | {found['wall']} | {found['finetune_steps']} | {found['steps_per_second']} |")
-    print(f"new / old wall time: {new['wall'] / old['wall']:.2f}x")
-    return 0
+        return timed(Path(old_code), run, folder / "audit-old", args.attacks, steps, args.max_samples, {})
 
 
 if __name__ == "__main__":
