@@ -14,6 +14,7 @@ OPTION_PREFIX = "attack_option__"   # argparse destinations of the attack option
 
 def add_commands(commands) -> None:
     from .attacks import ATTACKS, attack_names, default_attacks
+    from .attacks.finetune import SEEDS_AT
 
     p = commands.add_parser("audit", help="does the forgetting survive relearning, quantisation and rephrasing?",
                             description="Attack a finished run and report how much of the forgotten data comes "
@@ -40,7 +41,7 @@ def add_commands(commands) -> None:
                         "with the same attacks reuses them instead of fine-tuning the control again")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="repeat the fine-tuning attacks' split and training with N seeds (intervals over seeds too)")
-    p.add_argument("--seeds-at", choices=("all", "worst"), default="all",
+    p.add_argument("--seeds-at", choices=SEEDS_AT, default="all",
                    help="where the repeats run: every learning rate with every seed (all), or the learning rates "
                         "on the first seed and the other seeds only at the attacker's best (worst: fewer fine-tunings)")
     p.add_argument("--update", action="store_true",

@@ -64,7 +64,7 @@ def finetuned(context, start: str, examples, steps: int, lr: float, seed: int, n
 def sweep_units(context, attack: str) -> int:
     """Fine-tunings of a sweep: one per learning rate and seed (with --seeds-at worst: every learning rate on
     the first seed, one for each other seed) and model trained (the unlearned, the control)."""
-    rates = len(swept_values(context.options[f"{attack}_lr"], context.config.get("lr") or 1e-5))
+    rates = len(_rates(context, attack))
     points = rates + context.seeds - 1 if context.seeds_at == "worst" else rates * context.seeds
     return points * (2 if context.control else 1)
 
@@ -74,7 +74,7 @@ def sweep(context, attack: str, plans: list[tuple], steps: int, retain: list | N
     each of the attack's learning rates (`<attack>_lr`, "xK" of the run's own). With --seeds-at worst the
     first plan is tried at every learning rate and the others only at the attacker's best of those (the
     learning rate the verdict would take): the sweep finds the worst case, the repeats put its interval."""
-    rates = swept_values(context.options[f"{attack}_lr"], context.config.get("lr") or 1e-5)
+    rates = _rates(context, attack)
 
     def point(plan, lr):
         seed, trained, name, measured = plan
@@ -88,6 +88,11 @@ def sweep(context, attack: str, plans: list[tuple], steps: int, retain: list | N
     context.log(f"{attack}: the attacker did best at lr {best:.4g} on seed {plans[0][0]}; the other seeds "
                 "repeat only that one")
     return screened + [point(plan, best) for plan in plans[1:]]
+
+
+def _rates(context, attack: str) -> list[float]:
+    """The attack's learning rates (`<attack>_lr`), "xK" taken as K times the run's own."""
+    return swept_values(context.options[f"{attack}_lr"], context.config.get("lr") or 1e-5)
 
 
 SEEDS_AT = ("all", "worst")   # --seeds-at: every seed at every learning rate, or the repeats at the worst one
