@@ -249,3 +249,27 @@ def test_audit_tab_runs_in_the_background_and_shows_the_verdict(studio_server):
     assert (run.path / "audit" / "audit.json").is_file()
     with pytest.raises(Exception, match="no attack is chosen"):
         client.predict([], 2, api_name="/audit")
+
+
+def test_audit_tab_with_a_control_repeats_at_the_best_rate_and_keeps_the_controls_figures(studio_server):
+    """Another run of this page as the control, two seeds repeated only at the attacker's best learning rate:
+    the report says so, and the control's attacked figures land in the studio's control cache."""
+    from studio.tabs.audit import REPEATS, control_cache
+
+    studio, _ = studio_server
+    client, control_run = client_with_finished_run(studio_server, "the-control")
+    start(client, run_name="audited", max_steps=2, lora=True, lr=1e-2)
+    run = run_named(studio, "audited")
+    assert wait_for(lambda: run.status().get("state") == "finished", timeout=300)
+    control_label = f"run — {studio.workspace.key(control_run.path)}"
+    offered = client.predict(api_name="/control_choices")   # what the page does when its open run changes
+    assert control_label in [choice[0] for choice in offered["choices"]]
+    best_only = next(label for label, value in REPEATS.items() if value == "worst")
+    assert "audit started" in client.predict(["relearn"], 2, control_label, 2, best_only, api_name="/audit")
+    report_path = run.path / "audit" / "audit.json"
+    assert wait_for(report_path.is_file, timeout=600)
+    report = json.loads(report_path.read_text())
+    assert report["seeds_at"] == "worst" and report["seeds"] == 2
+    assert report["control"] == str(control_run.path)
+    cached = list(control_cache(studio).rglob("*.json"))
+    assert cached, "the control's attacked figures were not kept"

@@ -1,5 +1,6 @@
 """The studio in a real browser (Playwright driving Debian's chromium): load, upload, train a tiny model,
 watch the curve grow, stop, probe, and bad input; screenshots are saved for inspection."""
+import json
 import os
 import re
 import shutil
@@ -217,7 +218,10 @@ def test_forget_and_retain_uploaded_at_the_same_instant_are_both_kept(page, qa_f
         assert "8 question/answer examples" in text and "16 question/answer examples" in text, text
 
 
-def test_audit_tab_audits_a_run_in_the_background_and_keeps_it_after_a_reload(page, finished_run_code, tmp_path):
+def test_audit_tab_audits_a_run_in_the_background_and_keeps_it_after_a_reload(page, finished_run_code, tmp_path,
+                                                                              studio_server):
+    from studio.tabs.audit import REPEATS
+
     page.get_by_role("tab", name="Runs").click()
     page.locator("#run-code textarea, #run-code input").first.fill(finished_run_code)
     page.get_by_role("button", name="Open", exact=True).click()
@@ -225,11 +229,15 @@ def test_audit_tab_audits_a_run_in_the_background_and_keeps_it_after_a_reload(pa
     page.get_by_role("tab", name="Audit").click()
     for attack in ("relearn", "benign"):          # keep the quick one: rephrase (no fine-tuning)
         page.locator("#audit-attacks").get_by_label(attack).uncheck()
+    best_only = next(label for label, value in REPEATS.items() if value == "worst")
+    page.locator("#audit-seeds-at").get_by_label(best_only).check()
     page.locator("#audit-start").click()
     page.wait_for_function("() => document.querySelector('#audit-status').innerText.includes('audit finished')",
                            timeout=180_000)
     assert "overall" in page.locator("#audit-status").inner_text()
     assert page.locator("#audit-table").get_by_text("rephrase: plain").count() > 0
+    report = json.loads((studio_server[0].workspace.root / finished_run_code / "audit" / "audit.json").read_text())
+    assert report["seeds_at"] == "worst"           # the radio reached the audit
     shot(page, tmp_path, "9-audit")
     page.reload()                                  # the audit lives in the run folder, not in the page
     page.get_by_text("Unlearning Studio").first.wait_for()

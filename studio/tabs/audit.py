@@ -16,6 +16,10 @@ from ..context import Studio, guarded, message, public_text
 
 FIGURE_NAMES = {"nll": "NLL", "prob": "probability", "rougeL": "ROUGE-L"}
 NO_CONTROL = "none — judge by the recovery alone"
+REPEATS = {   # label -> --seeds-at (audit/attacks/finetune.py SEEDS_AT)
+    "every learning rate (slowest, every point has its interval)": "all",
+    "only the attacker's best learning rate (fewer fine-tunings)": "worst",
+}
 PLAIN_VERDICTS = {   # (verdict, judged against a control) -> the verdict in plain words
     ("robust", True): "the forgetting held: after this attack it knows no more than a model that never learned the data",
     ("partial", True): "partly undone: after this attack it knows clearly more than a model that never learned the "
@@ -100,6 +104,14 @@ def control_choices(studio: Studio, session_id: str, run_key: str | None) -> dic
     return {NO_CONTROL: "", **studio.model_choices(), **runs}
 
 
+def control_cache(studio: Studio):
+    """Where the controls' attacked figures are kept, shared by every session of this studio: auditing
+    another run against the same control with the same attacks does not fine-tune the control again. The
+    key is the control's weights and the examples, so nothing of one session's data reaches another's page
+    unless it audits the same examples itself."""
+    return studio.workspace.root / "studio" / "control-cache"
+
+
 def plain_verdict(result: dict) -> str:
     """The verdict in words a non-researcher reads."""
     level = result["verdict"].split(":")[0]
@@ -145,6 +157,8 @@ def create_audit_tab(studio: Studio, session, run_key):
                               label="Control: a model that never learned the forget data (fine-tuned alike)")
         seeds = gr.Number(1, label="seeds (repeats, for the intervals)", precision=0, minimum=1, maximum=5,
                           elem_id="audit-seeds")
+        repeats = gr.Radio(list(REPEATS), value=next(iter(REPEATS)), label="repeat the attack (with seeds > 1) at",
+                           elem_id="audit-seeds-at")
     with gr.Row():
         start = gr.Button("Audit this run", variant="primary", elem_id="audit-start")
         stop = gr.Button("Stop", variant="stop", elem_id="audit-stop")
@@ -154,7 +168,7 @@ def create_audit_tab(studio: Studio, session, run_key):
     timer = gr.Timer(2.0)
 
     @guarded
-    def on_start(session_id, key, chosen, fine_tune_steps, control_label, seed_count):
+    def on_start(session_id, key, chosen, fine_tune_steps, control_label, seed_count, repeat_label=None):
         from audit import check_control
 
         run = studio.workspace.open_run(session_id, key)
@@ -164,10 +178,11 @@ def create_audit_tab(studio: Studio, session, run_key):
         spec = control_choices(studio, session_id, key).get(control_label, "")
         if spec:
             check_control(run, spec)   # a wrong control is refused here, in the page
-        control_flags = ["--control", spec] if spec else []
+        control_flags = ["--control", spec, "--control-cache", str(control_cache(studio))] if spec else []
+        seeds_at = REPEATS.get(repeat_label, "all")
         studio.jobs.start_audit(run, key, ["--attacks", ",".join(chosen), *step_flags(chosen, int(fine_tune_steps)),
                                            *control_flags, "--seeds", str(int(seed_count or 1)),
-                                           "--device", studio.device],
+                                           "--seeds-at", seeds_at, "--device", studio.device],
                                 studio.workspace.log_path(key).with_suffix(".audit.log"))
         return message("audit started: it runs in the background; this page follows it", "info")
 
@@ -189,8 +204,8 @@ def create_audit_tab(studio: Studio, session, run_key):
     def on_run_change(session_id, key):
         return gr.update(choices=list(control_choices(studio, session_id, key)))
 
-    start.click(on_start, [session, run_key, attacks, steps, control, seeds], status, api_name="audit")
-    run_key.change(on_run_change, [session, run_key], control, show_progress="hidden")
+    start.click(on_start, [session, run_key, attacks, steps, control, seeds, repeats], status, api_name="audit")
+    run_key.change(on_run_change, [session, run_key], control, show_progress="hidden", api_name="control_choices")
     stop.click(on_stop, None, status, api_name="stop_audit")
     timer.tick(on_tick, [session, run_key], [status, verdicts, chart], api_name="poll_audit", show_progress="hidden")
     return {"status": status}
