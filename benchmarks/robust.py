@@ -22,6 +22,10 @@ fine-tuned once for the whole table (audit --control-cache). Each method's step 
 its training stage's CPU seconds per step over NPO+RT's at the same learning rate (CPU time hardly depends on
 what else the machine runs; wall time does).
 
+Two sanity rows follow NPO+RT: the target and the control, each audited as if it were the unlearned model (the
+target its original, the same control): their relearn residuals must read ~1 and exactly 0. The audit issue's
+other rows (GA, GradDiff, WGA, SatImp, CE-U, PDU) come last, at the protocol's one learning rate (no sweep).
+
 The learning rates: x0.5, x1 and x2 of the protocol's 5e-5, except for the methods that hardly moved at 5e-5
 in docs/results/tofu_forget50.md (SimNPO, RMU, SURE, UNDIAL: FQ at or below the target's), which sweep x1, x2
 and x4; MUDMAN's rate is its own update's step size (default 1e-3), swept x0.3, x1, x3.
@@ -46,11 +50,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.ledger import Ledger  # noqa: E402
-from benchmarks.robust_plans import AUDIT, BY_KEY, Variant, base_plan, choose, sweep_plan  # noqa: E402
+from benchmarks.robust_plans import (AUDIT, BY_KEY, ORDER, PROTOCOL_LR, SANITY, Variant, base_plan,  # noqa: E402
+                                     choose, sweep_plan)
 from benchmarks.tofu_plans import prepare_data  # noqa: E402
 from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
 from benchmarks.tofu_stages import (Bench, Learned, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
                                     _weights_worth_keeping, unlearn_curve)
+from core.runs import RunDir  # noqa: E402
 
 class Robust:
     """The cached stages of this benchmark over one Bench (cache, device, record)."""
@@ -132,14 +138,48 @@ class Robust:
         if variant.key in audits and audits[variant.key]["choice"] == choice \
                 and audits[variant.key]["settings"] == AUDIT:
             return audits[variant.key]
+        audited = self.as_run(self.run_dir(variant, choice["lr"]), choice["epoch"])
+        label = f"{variant.label} (lr {choice['lr']:g}, epoch {choice['epoch']})"
+        audits[variant.key] = {"choice": choice, **self._audit_with_control(audited, label)}
+        self.bench.ledger.save()
+        return audits[variant.key]
+
+    def sanity(self, key: str) -> dict:
+        """A sanity row (robust_plans.SANITY): the target or the control audited as the unlearned model, the
+        target as its original, against the same control; recorded."""
+        rows = self.bench.ledger.data.setdefault("sanity", {})
+        if key in rows and rows[key]["settings"] == AUDIT:
+            return rows[key]
+        models = self.models()
+        audited = self.work / f"sanity-{key}"
+        if RunDir(audited).final_model_kind() is None:
+            weights = models["target" if key == "target" else "retain"] / "model"
+            model_as_run(self.unlearning_config(PROTOCOL_LR, model=str(models["target"] / "model")), weights,
+                         audited)
+        rows[key] = self._audit_with_control(audited, SANITY[key])
+        self.bench.ledger.save()
+        return rows[key]
+
+    def unlearning_config(self, lr: float, **settings) -> dict:
+        """The config a sweep run at `lr` records (Bench.train's and unlearn_curve's settings): the sanity rows
+        are audited under it, so their attacks train as the methods' do and share the control's cache."""
+        from core.config import UnlearnConfig
+
+        plan = self.base
+        return UnlearnConfig(out="", device=self.bench.device, eval_examples=8, logging_steps=5, method="npo_rt",
+                             forget=self.files["forget"], retain=self.files["retain"], epochs=plan.unlearn_epochs,
+                             lr=lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype,
+                             **settings).to_dict()
+
+    def _audit_with_control(self, audited: Path, label: str) -> dict:
+        """Both splits of AUDIT on the run in `audited`, against the retain model: what the record keeps."""
         from audit import run_audit
 
         models = self.models()
-        audited = self.as_run(self.run_dir(variant, choice["lr"]), choice["epoch"])
         started, cpu = time.time(), time.process_time()
         reports = {}
         for split, setting in AUDIT["splits"].items():
-            self.bench.say(f"auditing {variant.label} (lr {choice['lr']:g}, epoch {choice['epoch']}), {split} split")
+            self.bench.say(f"auditing {label}, {split} split")
             options = {**AUDIT["options"], "relearn_split": split}
             reports[split] = run_audit(audited, audited / f"audit-{split}", attacks=setting["attacks"],
                                        options=options, max_samples=AUDIT["max_samples"], seeds=setting["seeds"],
@@ -147,17 +187,12 @@ class Robust:
                                        control=str(models["retain"]), control_cache=self.work / "control-cache",
                                        log=lambda m: print(f"    {m}", flush=True))
         self.bench.record_stage(audited / "audit", time.time() - started, time.process_time() - cpu)
-        audits[variant.key] = {"choice": choice, "control": "18-author retain model (forget50-10pct/retain)",
-                               "settings": AUDIT, "splits": {s: summarised(r) for s, r in reports.items()},
-                               "measured": time.strftime("%Y-%m-%d")}
-        self.bench.ledger.save()
-        return audits[variant.key]
+        return {"control": "18-author retain model (forget50-10pct/retain)", "settings": AUDIT,
+                "splits": {s: summarised(r) for s, r in reports.items()}, "measured": time.strftime("%Y-%m-%d")}
 
     def as_run(self, run: Path, epoch: int) -> Path:
         """The run itself when its final epoch was chosen; else a run folder holding that epoch's checkpoint
         as its final model (same config), which `unlearn audit` takes like any run."""
-        from core.runs import RunDir
-
         final = self.base.unlearn_epochs
         if epoch == final:
             return run
@@ -171,14 +206,19 @@ class Robust:
 def checkpoint_as_run(run: Path, checkpoint: Path, out: Path) -> None:
     """Write `checkpoint`'s model as the final model of a new run folder `out` with `run`'s config (atomic:
     the model folder appears complete or not at all)."""
+    model_as_run(RunDir(run).config(), checkpoint, out)
+
+
+def model_as_run(config: dict, model: Path, out: Path) -> None:
+    """A run folder `out` recording `config` whose final model is `model` (a checkpoint or model folder),
+    written atomically: the model folder appears complete or not at all."""
     import shutil
 
     from core.models import open_model
-    from core.runs import RunDir
 
-    loaded = open_model(str(checkpoint), "cpu", dtype="float32")
+    loaded = open_model(str(model), "cpu", dtype="float32")
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(RunDir(run).config_path, out / RunDir(out).config_path.name)
+    RunDir(out).write_config({**config, "out": str(out)})
     staging = out / ".model-staging"
     shutil.rmtree(staging, ignore_errors=True)
     loaded.model.save_pretrained(staging)
@@ -189,7 +229,7 @@ def checkpoint_as_run(run: Path, checkpoint: Path, out: Path) -> None:
 def summarised(report: dict) -> dict:
     """What the record keeps of one audit report: per attack its verdict and figures with intervals."""
     keep = ("verdict", "worst_recovery", "worst_residual", "recovery", "recovery_interval", "residual",
-            "residual_interval", "retain_change", "lr", "judged_by")
+            "residual_interval", "retain_change", "lr", "judged_by", "forget")
     return {"overall": report["overall"], "control": report.get("control"),
             "results": {r["name"]: {k: r[k] for k in keep if k in r} for r in report["results"]}}
 
@@ -197,17 +237,18 @@ def summarised(report: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default=",".join(BY_KEY), help="which rows to measure now, comma-separated "
-                                                                   f"(default all: {', '.join(BY_KEY)})")
+    parser.add_argument("--methods", default=",".join(ORDER), help="which rows to measure now, comma-separated "
+                                                                  f"(default all: {', '.join(ORDER)}; target and "
+                                                                  "control are the audit's sanity rows)")
     parser.add_argument("--stage", choices=("all", "sweep", "audit"), default="all")
     parser.add_argument("--report", action="store_true", help="only write the report from the record")
     parser.add_argument("--runs-dir", default=str(REPO / "runs" / "tofu_mini"))
     parser.add_argument("--results", default=str(REPO / "docs" / "results"))
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.methods.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in BY_KEY]
+    unknown = [k for k in keys if k not in ORDER]
     if unknown:
-        parser.error(f"--methods: {', '.join(unknown)} is not one of {', '.join(BY_KEY)}")
+        parser.error(f"--methods: {', '.join(unknown)} is not one of {', '.join(ORDER)}")
     require_plotting()
     results = Path(args.results)
     ledger = Ledger(results / "records" / "robust")
@@ -216,6 +257,10 @@ def main(argv=None) -> int:
         bench = Bench(Path(args.runs_dir).resolve(), "cpu", ledger)
         robust = Robust(bench)
         for key in keys:
+            if key in SANITY:
+                if args.stage != "sweep":
+                    robust.sanity(key)
+                continue
             variant = BY_KEY[key]
             if args.stage == "audit":   # what the record has swept, nothing trained now
                 curves = {lr: ledger.plan(asdict(sweep_plan(lr))).get("curves", {}).get(key) for lr in variant.lrs}

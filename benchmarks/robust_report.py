@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from benchmarks.ledger import Ledger
-from benchmarks.robust_plans import ATTACK_LRS, GOAL, VARIANTS, choose, step_seconds, sweep_plan, sweep_steps
+from benchmarks.robust_plans import (ATTACK_LRS, GOAL, SANITY, VARIANTS, choose, step_seconds, sweep_plan,
+                                     sweep_steps)
 from benchmarks.tofu_report import clock
 
 FOUR_BIT = ("quantize: gguf-q4_0", "quantize: gguf-q4_k_m")
@@ -124,7 +125,8 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
                       "-" if row["step_cost"] is None else f"{row['step_cost']:.2f}x",
                       "-" if goal is None else ("**met**" if goal else "no")])
     sweep = [[row["label"]] + [f"{lr}: FQ {s['fq']:.3g}, MU {s['mu_ratio']:.2f}x (ep {s['epoch']})"
-                               for lr, s in row["sweep"].items()] for row in found if "choice" in row]
+                               for lr, s in row["sweep"].items()] + ["-"] * (3 - len(row["sweep"]))
+             for row in found if "choice" in row]
     met = [row["label"] for row in found if meets_goal(row)]
     audited = [row for row in found if row.get("audit")]
     return "\n".join([
@@ -132,7 +134,8 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         f"{time.strftime('%Y-%m-%d')}, `python benchmarks/robust.py` on this project's 2-core CPU (fp32); "
         f"wall time so far over every machine: {clock(ledger.data.get('wall_seconds', 0))}. Protocol and choices: "
         "the docstring of benchmarks/robust.py. Each method unlearns TOFU authors 198-199 from the 20-author "
-        "target at three learning rates; the best-checkpoint rule (highest FQ with MU >= 0.9x the target's) "
+        "target at three learning rates (GA, GradDiff, WGA, SatImp, CE-U and PDU, the audit's other rows, at the "
+        "protocol's one: 5e-5); the best-checkpoint rule (highest FQ with MU >= 0.9x the target's) "
         "picks one learning rate and epoch, which is audited with the 18-author retain model (never saw authors "
         "198-199) as the control: 20 forget answers; the example split with 3 seeds, the group split (one "
         "author relearned, the other measured) with 2; every fine-tuning attack at the same three learning "
@@ -148,9 +151,37 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
            f"not met by any of the {len(audited)} method(s) audited so far."), "",
         table(head, lines) if lines else "No method has a complete sweep yet.", "",
         *([f"Not measured yet: {'; '.join(pending)}.", ""] if pending else []),
+        *sanity_section(ledger),
         "## The sweep behind each choice (each learning rate's best epoch)", "",
         table(["method", *[f"lr {i + 1}" for i in range(3)]], sweep) if sweep else "-", "",
         "![relearn residual against Model Utility](robust.png)", ""])
+
+
+def sanity_section(ledger: Ledger) -> list[str]:
+    """The audit's sanity rows: the target (residual ~1: it still knows) and the control itself (exactly 0), each
+    audited as the unlearned model; and what the control learns from the attack on its own."""
+    from core.evaluation.report import table
+
+    found = ledger.data.get("sanity", {})
+    lines = [[SANITY[key], cell(*figure(audit, "example", "relearn")), cell(*figure(audit, "group", "relearn")),
+              cell(*figure(audit, "example", "benign")), control_learns(audit, "example"),
+              control_learns(audit, "group")] for key, audit in found.items()]
+    return ["## Sanity rows: the target and the control audited as if unlearned", "",
+            "By construction the target's relearn residual is about 1 (it never forgot) and the control's is 0 "
+            "(it is attacked exactly as the control is). The last columns: the control's forget NLL before and "
+            "after the relearn attack (at the learning rate that judged): what a model that never saw the "
+            "authors learns about the measured answers from the relearned ones.", "",
+            table(["audited as the unlearned model", "relearn residual (example)", "relearn residual (group)",
+                   "benign residual", "control learns (example)", "control learns (group)"], lines)
+            if lines else "Not measured yet.", ""]
+
+
+def control_learns(audit: dict | None, split: str) -> str:
+    """The control's forget NLL before -> after the relearn attack of that split."""
+    result = ((audit or {}).get("splits", {}).get(split, {}).get("results", {}).get("relearn")) or {}
+    forget = result.get("forget") or {}
+    before, after = ((forget.get(stage) or {}).get("nll") for stage in ("control", "control_attacked"))
+    return "-" if before is None or after is None else f"{before:.2f} -> {after:.2f}"
 
 
 def _rephrase_names(audit: dict | None) -> list[str]:

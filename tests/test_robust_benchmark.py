@@ -4,6 +4,7 @@ audit (with control) back out of the record and checks the issue's goal by its r
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,6 +48,19 @@ def test_a_checkpoint_becomes_a_run_with_its_weights_that_the_audit_takes(swept,
     assert report["results"][0]["judged_by"] == "residual"
 
 
+def test_the_control_sanity_row_reads_zero_by_construction(swept, tmp_path):
+    """The control audited as if it were the unlearned model (robust.py's sanity row): attacked exactly as the
+    control is, so every defined residual is 0, through the whole pipeline (run folder, audit, control). The
+    target's row (~1) needs a target that learned the forget set: the benchmark checks it on real data."""
+    run, control = swept
+    robust.model_as_run(RunDir(run).config(), RunDir(control).model_dir, tmp_path / "control-row")
+    assert RunDir(tmp_path / "control-row").base_model() == RunDir(run).base_model()
+    report = run_audit(tmp_path / "control-row", tmp_path / "audit", ["relearn"], control=str(control),
+                       log=lambda m: None, options={"relearn_steps": 1, "relearn_lr": "x1"}, **FAST)
+    residual = report["results"][0]["residual"]
+    assert residual["nll"] == 0.0 and all(value == 0.0 for value in residual.values() if value is not None)
+
+
 def point(epoch: int, fq: float, mu: float) -> dict:
     return {"epoch": epoch, "fq": fq, "mu": mu}
 
@@ -71,6 +85,7 @@ def test_the_report_reads_the_audit_back_and_judges_the_goal(swept, tmp_path):
                        options={"relearn_steps": 1, "relearn_lr": "x1"}, seeds=2, **FAST)
     choice = {"lr": variant.lrs[1], "epoch": 1, "meets_floor": True}
     ledger.data["audits"] = {"npo_rt": {"choice": choice, "splits": {"example": robust.summarised(report)}}}
+    ledger.data["sanity"] = {"control": {"splits": {"example": robust.summarised(report)}}}
     rows = {row["key"]: row for row in robust_report.rows(ledger)}
     row = rows["npo_rt"]
     assert row["choice"] == choice and row["fq"] == 0.5 and row["mu_ratio"] == pytest.approx(0.95)
@@ -81,6 +96,16 @@ def test_the_report_reads_the_audit_back_and_judges_the_goal(swept, tmp_path):
     text = robust_report.write_report(ledger, tmp_path)
     assert f"| NPO+RT | {variant.lrs[1]:g}, 1 | 0.5 | 0.95 |" in text
     assert "Not measured yet: NPO+SAM (swept: nothing)" in text and (tmp_path / "robust.png").is_file()
+    forget = relearn["forget"]   # the control's forget NLL before and after its own relearning
+    learned = f"{forget['control']['nll']:.2f} -> {forget['control_attacked']['nll']:.2f}"
+    assert f"| {robust_plans.SANITY['control']} | {robust_report.cell(relearn['residual']['nll'])}" in text
+    assert learned in text.split("## Sanity rows")[1]
+
+
+def test_every_row_is_measured_in_order_at_the_protocols_rate():
+    assert robust_plans.PROTOCOL_LR == robust_plans.base_plan().unlearn_lr
+    assert sorted(robust_plans.ORDER) == sorted([*robust_plans.BY_KEY, *robust_plans.SANITY])
+    assert robust_plans.ORDER[:3] == ("npo_rt", "target", "control")
 
 
 def audit_of(residual_upper: float, four_bit: float) -> dict:
