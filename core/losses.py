@@ -148,6 +148,16 @@ def kl_all_positions(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Te
     return (log_ref.exp() * (log_ref - log_p)).sum(-1).mean()
 
 
+def kl_real_positions(logits: torch.Tensor, ref_logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """KL(π_ref ‖ π_θ) averaged over the positions whose next token is real (prompt and answer, padding
+    skipped): distillation's per-token forward KL (UNDO). logits, ref_logits: [B, T, V]; attention_mask [B, T]."""
+    real_next = attention_mask[:, 1:].bool()
+    log_p = F.log_softmax(logits[:, :-1].float(), dim=-1)[real_next]
+    log_ref = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)[real_next]
+    per_position = (log_ref.exp() * (log_ref - log_p)).sum(-1)
+    return per_position.mean() if per_position.numel() else logits.sum() * 0.0
+
+
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """L2 norm of several tensors taken together, as if flattened into one vector (in fp32)."""
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors]))

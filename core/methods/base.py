@@ -10,7 +10,7 @@ from typing import Callable, ClassVar, Iterator, Literal
 import torch
 
 from ..errors import UnlearnError, require
-from ..losses import IGNORE_INDEX, kl_all_positions, kl_to_reference, sequence_nll, token_nll
+from ..losses import IGNORE_INDEX, kl_all_positions, kl_real_positions, kl_to_reference, sequence_nll, token_nll
 from ..reference import OriginalModel, layer_output
 from ..scoring import forward_logits
 from .params import Param
@@ -227,6 +227,13 @@ class StepInputs:
             return kl_all_positions(logits, self._original()(part, 0))
         logits, labels = self.logits(view)
         return kl_to_reference(logits, self.original_logits(view), labels)
+
+    def distillation_kl(self, view: str) -> torch.Tensor:
+        """KL(original ‖ current) over every position whose next token is real, prompt and answer: the
+        original as a teacher whose outputs the current model learns (UNDO)."""
+        part = self.batch[view]
+        logits = self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+        return kl_real_positions(logits, self._original()(part, 0), part["attention_mask"])
 
     def hidden(self, view: str, layer: int) -> torch.Tensor:
         """Decoder layer `layer`'s output hidden states [B, T, D] under the current model (with grad)."""
