@@ -22,6 +22,10 @@ fine-tuned once for the whole table (audit --control-cache). Each method's step 
 its training stage's CPU seconds per step over NPO+RT's at the same learning rate (CPU time hardly depends on
 what else the machine runs; wall time does).
 
+UNDO is a second stage: it starts from NPO+RT's chosen checkpoint (the teacher), damages a copy with noise
+(α 0.1) and distils the teacher into it on the run's forget and retain sets, at 1e-4, 3e-4 and 9e-4 (the
+paper's rate); its step cost is the distillation step's alone.
+
 Two sanity rows follow NPO+RT: the target and the control, each audited as if it were the unlearned model (the
 target its original, the same control): their relearn residuals must read ~1 and exactly 0. The audit issue's
 other rows (GA, GradDiff, WGA, SatImp, CE-U, PDU) come last, at the protocol's one learning rate (no sweep).
@@ -42,7 +46,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,12 +53,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.ledger import Ledger  # noqa: E402
-from benchmarks.robust_plans import (AUDIT, BY_KEY, ORDER, PROTOCOL_LR, SANITY, Variant, base_plan,  # noqa: E402
-                                     choose, sweep_plan)
+from benchmarks.robust_plans import (AUDIT, BY_KEY, EPOCH_FIGURES, ORDER, PROTOCOL_LR, SANITY,  # noqa: E402
+                                     Variant, base_plan, choose, sweep_plan, sweep_settings)
 from benchmarks.tofu_plans import prepare_data  # noqa: E402
 from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
 from benchmarks.tofu_stages import (Bench, Learned, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
                                     _weights_worth_keeping, unlearn_curve)
+from core.errors import require  # noqa: E402
 from core.runs import RunDir  # noqa: E402
 
 class Robust:
@@ -107,7 +111,7 @@ class Robust:
         from core.models import weights_digest
 
         plan, ledger = sweep_plan(lr), self.bench.ledger
-        settings = asdict(plan)
+        settings = sweep_settings(lr)
         recorded = ledger.plan(settings).get("curves", {})
         if variant.key in recorded:
             return recorded[variant.key]
@@ -116,17 +120,36 @@ class Robust:
                                        weights_digest(models["target"] / "model"))
         if relearned:
             self.bench.say(relearned)
-        learned = Learned(models["target"] / "model", models["reference"], models["retain_eval"], models["holdout"],
+        learned = Learned(self.start_model(variant), models["reference"], models["retain_eval"], models["holdout"],
                           models["target_point"])
         run_dir = self.run_dir(variant, lr)
         run, points, steps_per_epoch, blown_up = unlearn_curve(self.bench, plan, self.files, learned, run_dir,
                                                                self.work / "eval" / run_dir.name,
-                                                               method=variant.method, lr=lr, **variant.settings)
+                                                               method=variant.method, lr=lr,
+                                                               figures=EPOCH_FIGURES, **variant.settings)
         ledger.keep_curve(settings, variant.key, points, blown_up)
         _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch, keep_all=False))
         self.bench.say(f"{variant.label} at lr {lr:g}: " + ", ".join(
             f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
         return points
+
+    def start_model(self, variant: Variant) -> Path:
+        """The model a row unlearns from: the target, or for a second stage (Variant.after) the first
+        stage's chosen checkpoint, swept first if it has not been."""
+        if variant.after is None:
+            return self.models()["target"] / "model"
+        first = BY_KEY[variant.after]
+        choice = choose(first, {lr: self.sweep(first, lr) for lr in first.lrs})
+        run = self.run_dir(first, choice["lr"])
+        require(run.is_dir(), f"{variant.label} starts from {first.label}'s chosen run, {run}, which the record "
+                "holds but this machine does not", f"measure {first.label} here again: remove its curves from "
+                "docs/results/records/robust/record.json, or run on the machine that has runs/tofu_mini/robust")
+        return RunDir(self.as_run(run, choice["epoch"])).model_dir
+
+    def recorded_curves(self, variant: Variant) -> dict[float, list[dict] | None]:
+        """Each learning rate's recorded points of the row (None where not swept yet); nothing trained."""
+        return {lr: self.bench.ledger.plan(sweep_settings(lr)).get("curves", {}).get(variant.key)
+                for lr in variant.lrs}
 
     def run_dir(self, variant: Variant, lr: float) -> Path:
         return self.work / f"{variant.key}-lr{lr:g}"
@@ -263,7 +286,7 @@ def main(argv=None) -> int:
                 continue
             variant = BY_KEY[key]
             if args.stage == "audit":   # what the record has swept, nothing trained now
-                curves = {lr: ledger.plan(asdict(sweep_plan(lr))).get("curves", {}).get(key) for lr in variant.lrs}
+                curves = robust.recorded_curves(variant)
                 if any(points is None for points in curves.values()):
                     bench.say(f"{variant.label}: its sweep is not complete; run --stage sweep first")
                     continue

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from benchmarks.ledger import Ledger
-from benchmarks.robust_plans import (ATTACK_LRS, GOAL, SANITY, VARIANTS, choose, step_seconds, sweep_plan,
+from benchmarks.robust_plans import (ATTACK_LRS, GOAL, SANITY, VARIANTS, choose, step_seconds, sweep_settings,
                                      sweep_steps)
 from benchmarks.tofu_report import clock
 
@@ -20,7 +20,7 @@ def rows(ledger: Ledger) -> list[dict]:
     baseline = next(v for v in VARIANTS if v.key == "npo_rt")
     found = []
     for variant in VARIANTS:
-        curves = {lr: ledger.plan(_settings(lr)).get("curves", {}).get(variant.key) for lr in variant.lrs}
+        curves = {lr: ledger.plan(sweep_settings(lr)).get("curves", {}).get(variant.key) for lr in variant.lrs}
         if any(points is None for points in curves.values()):
             found.append({"key": variant.key, "label": variant.label, "robust": variant.robust,
                           "swept": sorted(lr for lr, points in curves.items() if points)})
@@ -38,12 +38,6 @@ def rows(ledger: Ledger) -> list[dict]:
                       "audit": audit if audit and audit["choice"] == choice else None,
                       "step_cost": sum(costs) / len(costs) if costs else None})
     return found
-
-
-def _settings(lr: float) -> dict:
-    from dataclasses import asdict
-
-    return asdict(sweep_plan(lr))
 
 
 def _best_of(points: list[dict]) -> dict:

@@ -72,8 +72,9 @@ class Bench:
         self.ledger.add_stage(str(path.relative_to(self.root)), seconds, cpu_seconds)
 
     def evaluate(self, model: str, out: Path, plan: Plan, reference, retain_eval: Path | None,
-                 holdout) -> dict:
-        """The tofu suite on `model` (a run, checkpoint or model dir), cached by its summary.json."""
+                 holdout, figures: str = "all") -> dict:
+        """The tofu suite on `model` (a run, checkpoint or model dir), cached by its summary.json; `figures`
+        "selection": only Forget Quality and Model Utility (run_tofu)."""
         from core.evaluation.scores import Settings
         from core.evaluation.suites.tofu import run_tofu
         from core.models import open_model
@@ -89,7 +90,7 @@ class Bench:
         settings = Settings(max_samples=max(plan.eval_sizes.values()), max_new_tokens=plan.max_new_tokens,
                             batch_size=plan.eval_batch)
         summary = run_tofu(loaded, out, settings, plan.forget_split, reference, holdout, retain_eval,
-                           records=eval_records(plan), reference_name="target model")
+                           records=eval_records(plan), reference_name="target model", figures=figures)
         del loaded
         self.record_stage(out, time.time() - started, time.process_time() - cpu_started)
         return summary
@@ -155,10 +156,12 @@ class Learned:
 
 
 def unlearn_curve(bench: Bench, plan: Plan, files: dict, learned: Learned, run_dir: Path, evals: Path,
-                  method: str, lr: float | None = None, **settings) -> tuple[Path, list[dict], int, str | None]:
+                  method: str, lr: float | None = None, figures: str = "all",
+                  **settings) -> tuple[Path, list[dict], int, str | None]:
     """One method unlearned from the target with the plan's budget (at `lr`, default the plan's; `settings`:
-    more UnlearnConfig fields, e.g. a switch), every epoch's checkpoint evaluated into `evals`-epochN: (run,
-    points from epoch 0, steps per epoch, the trainer's message if the loss blew up)."""
+    more UnlearnConfig fields, e.g. a switch), every epoch's checkpoint evaluated into `evals`-epochN (with
+    `figures`, as Bench.evaluate): (run, points from epoch 0, steps per epoch, the trainer's message if the
+    loss blew up)."""
     steps_per_epoch = _steps_per_epoch(files["forget"], plan.unlearn_batch)
     run = bench.train(run_dir, model=str(learned.target), method=method, forget=files["forget"],
                       retain=files["retain"], epochs=plan.unlearn_epochs, lr=lr or plan.unlearn_lr,
@@ -169,7 +172,7 @@ def unlearn_curve(bench: Bench, plan: Plan, files: dict, learned: Learned, run_d
     for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None):
         evaluated = evals.parent / f"{evals.name}-epoch{epoch}"
         summary = bench.evaluate(str(model), evaluated, plan, learned.reference, learned.retain_eval,
-                                 learned.holdout)
+                                 learned.holdout, figures)
         points.append({"epoch": epoch, **_point(summary, evaluated)})
     return run, points, steps_per_epoch, blown_up
 
@@ -245,9 +248,10 @@ def _point(summary: dict, evaluated: Path) -> dict:
     """What the record keeps of one evaluation: its figures, and the forget answers' truth ratios (what Forget
     Quality is computed from, so that it can be computed again over fewer answers)."""
     figures = summary["figures"]
+    fluency = summary["fluency"]   # none from a "selection" evaluation, nor Forget ROUGE
     point = {"fq": figures.get("Forget Quality"), "mu": figures["Model Utility"],
-             "forget_rouge": figures["Forget ROUGE"], "forget_prob": figures["Forget Prob."],
-             "forget_fluency": summary["fluency"]["Forget"], "retain_fluency": summary["fluency"]["Retain"],
+             "forget_rouge": figures.get("Forget ROUGE"), "forget_prob": figures["Forget Prob."],
+             "forget_fluency": fluency.get("Forget"), "retain_fluency": fluency.get("Retain"),
              "retain_rouge": figures["Retain ROUGE"], "forget_truth_ratio": figures["Forget Truth Ratio"],
              "retain_prob": figures["Retain Prob."], "retain_truth_ratio": figures["Retain Truth Ratio"],
              "eval_seconds": summary.get("wall_seconds"), "forget_truth_ratios": forget_truth_ratios(evaluated)}

@@ -105,6 +105,28 @@ def test_forget_quality_and_privacy_leakage_against_retain_logs(tofu_eval, tiny_
     assert summary["mia"]["privacy_leakage"] == pytest.approx(0.0)
 
 
+def test_selection_figures_give_the_same_fq_and_mu_without_forget_generation_fluency_or_mia(tofu_eval,
+                                                                                              tiny_model_dir, tmp_path):
+    from core.data import Example
+
+    holdout = load_records("full")[3900:3903]
+    loaded = open_model(str(tiny_model_dir), "cpu")
+    settings = Settings(3, 4, 4)
+    examples = [Example(answer=r["answer"], prompt=r["question"]) for r in holdout]
+    full = tofu.run_tofu(loaded, tmp_path / "all", settings, retain_logs=tofu_eval, holdout=examples)
+    chosen = tofu.run_tofu(loaded, tmp_path / "selection", settings, retain_logs=tofu_eval, holdout=examples,
+                           figures="selection")
+    for figure in ("Forget Quality", "Model Utility", "Forget Prob.", "Forget Truth Ratio"):
+        assert chosen["figures"][figure] == pytest.approx(full["figures"][figure])
+    assert set(full["figures"]) - set(chosen["figures"]) == {"Forget ROUGE"}
+    assert "mia" not in chosen and chosen["fluency"] == {} and chosen["figures_set"] == "selection"
+    forget_log = json.loads((tmp_path / "selection" / "eval_log_forget.json").read_text())
+    assert "generated_text" not in forget_log and "rougeL_recall" not in forget_log
+    assert "generated_text" in json.loads((tmp_path / "selection" / "eval_log.json").read_text())   # Retain ROUGE
+    with pytest.raises(UnlearnError, match="unknown figures"):
+        tofu.run_tofu(loaded, tmp_path / "bad", settings, figures="some")
+
+
 def test_batched_generation_keeps_input_order(tiny_model_dir):
     from core.evaluation.probes import generate
 

@@ -3,7 +3,6 @@ that checkpoint's weights; the best-checkpoint rule picks across learning rates;
 audit (with control) back out of the record and checks the issue's goal by its rule."""
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -78,7 +77,7 @@ def test_the_report_reads_the_audit_back_and_judges_the_goal(swept, tmp_path):
     variant = robust_plans.BY_KEY["npo_rt"]
     target = point(0, 0.01, 1.0)
     for lr in variant.lrs:   # a complete sweep: FQ 0.5 at MU 0.95x at the middle rate
-        settings = asdict(robust_plans.sweep_plan(lr))
+        settings = robust_plans.sweep_settings(lr)
         ledger.keep_models(settings, target, point(0, 1.0, 1.0), "digest")
         ledger.keep_curve(settings, variant.key, [target, point(1, 0.5 if lr == variant.lrs[1] else 0.05, 0.95)], None)
     report = run_audit(run, tmp_path / "audit", ["relearn"], control=str(control), log=lambda m: None,

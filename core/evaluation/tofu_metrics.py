@@ -98,11 +98,11 @@ def task_figures(log: dict, eval_file: str) -> dict:
     else:
         prob = qa_probability(gt)
     ratios = truth_ratios(column(log, "avg_paraphrased_loss", where), column(log, "average_perturb_loss", where))
-    return {
-        f"{name} ROUGE": float(np.mean(_vector(column(log, "rougeL_recall", where), "rougeL_recall"))),
-        f"{name} Prob.": prob,
-        f"{name} Truth Ratio": truth_ratio_score(ratios, forget=eval_file == FORGET_FILE),
-    }
+    found = {}
+    if eval_file != FORGET_FILE or "rougeL_recall" in log:   # Forget ROUGE is not in Model Utility: may be skipped
+        found[f"{name} ROUGE"] = float(np.mean(_vector(column(log, "rougeL_recall", where), "rougeL_recall")))
+    return {**found, f"{name} Prob.": prob,
+            f"{name} Truth Ratio": truth_ratio_score(ratios, forget=eval_file == FORGET_FILE)}
 
 
 def aggregate(logs: dict) -> dict:
