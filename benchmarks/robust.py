@@ -28,7 +28,8 @@ paper's rate); its step cost is the distillation step's alone.
 
 Two sanity rows follow NPO+RT: the target and the control, each audited as if it were the unlearned model (the
 target its original, the same control): their relearn residuals must read ~1 and exactly 0. The audit issue's
-other rows (GA, GradDiff, WGA, SatImp, CE-U, PDU) come last, at the protocol's one learning rate (no sweep).
+other rows (GA, GradDiff, WGA, SatImp, CE-U, PDU) come last, at the protocol's one learning rate (no sweep),
+their final models evaluated and audited as the first audit took them.
 
 The learning rates: x0.5, x1 and x2 of the protocol's 5e-5, except for the methods that hardly moved at 5e-5
 in docs/results/tofu_forget50.md (SimNPO, RMU, SURE, UNDIAL: FQ at or below the target's), which sweep x1, x2
@@ -126,7 +127,8 @@ class Robust:
         run, points, steps_per_epoch, blown_up = unlearn_curve(self.bench, plan, self.files, learned, run_dir,
                                                                self.work / "eval" / run_dir.name,
                                                                method=variant.method, lr=lr,
-                                                               figures=EPOCH_FIGURES, **variant.settings)
+                                                               figures=EPOCH_FIGURES, final_only=variant.final_only,
+                                                               **variant.settings)
         ledger.keep_curve(settings, variant.key, points, blown_up)
         _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch, keep_all=False))
         self.bench.say(f"{variant.label} at lr {lr:g}: " + ", ".join(

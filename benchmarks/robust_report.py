@@ -129,7 +129,7 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         f"wall time so far over every machine: {clock(ledger.data.get('wall_seconds', 0))}. Protocol and choices: "
         "the docstring of benchmarks/robust.py. Each method unlearns TOFU authors 198-199 from the 20-author "
         "target at three learning rates (GA, GradDiff, WGA, SatImp, CE-U and PDU, the audit's other rows, at the "
-        "protocol's one: 5e-5); the best-checkpoint rule (highest FQ with MU >= 0.9x the target's) "
+        "protocol's one, 5e-5, their final model); the best-checkpoint rule (highest FQ with MU >= 0.9x the target's) "
         "picks one learning rate and epoch, which is audited with the 18-author retain model (never saw authors "
         "198-199) as the control: 20 forget answers; the example split with 3 seeds, the group split (one "
         "author relearned, the other measured) with 2; every fine-tuning attack at the same three learning "

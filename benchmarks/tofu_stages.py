@@ -156,12 +156,12 @@ class Learned:
 
 
 def unlearn_curve(bench: Bench, plan: Plan, files: dict, learned: Learned, run_dir: Path, evals: Path,
-                  method: str, lr: float | None = None, figures: str = "all",
+                  method: str, lr: float | None = None, figures: str = "all", final_only: bool = False,
                   **settings) -> tuple[Path, list[dict], int, str | None]:
     """One method unlearned from the target with the plan's budget (at `lr`, default the plan's; `settings`:
     more UnlearnConfig fields, e.g. a switch), every epoch's checkpoint evaluated into `evals`-epochN (with
-    `figures`, as Bench.evaluate): (run, points from epoch 0, steps per epoch, the trainer's message if the
-    loss blew up)."""
+    `figures`, as Bench.evaluate; with `final_only` only the last epoch reached): (run, points from epoch 0,
+    steps per epoch, the trainer's message if the loss blew up)."""
     steps_per_epoch = _steps_per_epoch(files["forget"], plan.unlearn_batch)
     run = bench.train(run_dir, model=str(learned.target), method=method, forget=files["forget"],
                       retain=files["retain"], epochs=plan.unlearn_epochs, lr=lr or plan.unlearn_lr,
@@ -169,7 +169,8 @@ def unlearn_curve(bench: Bench, plan: Plan, files: dict, learned: Learned, run_d
                       save_steps=steps_per_epoch, save_total_limit=plan.unlearn_epochs + 5, **settings)
     blown_up = diverged(run)
     points = [{"epoch": 0, **learned.target_point}]
-    for epoch, model in _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None):
+    epochs = _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None)
+    for epoch, model in epochs[-1:] if final_only else epochs:
         evaluated = evals.parent / f"{evals.name}-epoch{epoch}"
         summary = bench.evaluate(str(model), evaluated, plan, learned.reference, learned.retain_eval,
                                  learned.holdout, figures)
