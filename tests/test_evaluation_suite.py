@@ -125,6 +125,9 @@ def test_selection_figures_give_the_same_fq_and_mu_without_forget_generation_flu
     assert "generated_text" in json.loads((tmp_path / "selection" / "eval_log.json").read_text())   # Retain ROUGE
     with pytest.raises(UnlearnError, match="unknown figures"):
         tofu.run_tofu(loaded, tmp_path / "bad", settings, figures="some")
+    assert main(["eval", str(tiny_model_dir), "--suite", "tofu", "--figures", "selection", "--out",
+                 str(tmp_path / "cli"), *FAST]) == 0                  # the same from the command line
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["figures_set"] == "selection"
 
 
 def test_batched_generation_keeps_input_order(tiny_model_dir):
