@@ -700,8 +700,9 @@ class Trainer:
         from .evaluation.probes import answer_nll
         from .knowledge import knowledge_check, warning
 
-        if self.cfg.method == "sft":
+        if self.cfg.method == "sft" or self.method.second_stage:
             return None
+
         def score(pairs):
             adapter_off = adapter_off_keeping_trainable(model) if self.cfg.lora else nullcontext()
             with adapter_off, self.accelerator.autocast():   # a bf16 frozen base needs the autocast of training

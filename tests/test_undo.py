@@ -88,6 +88,7 @@ def test_the_student_starts_damaged_after_the_teachers_scores_and_is_distilled_b
                         **quiet()).run_dir)
     plain = RunDir(train(config_for(model, files, tmp_path / "npo_rt", method="npo_rt", max_steps=1), **quiet()).run_dir)
     assert undo.config()["before"] == plain.config()["before"]   # the run's "before" is the teacher's, undamaged
+    assert undo.config()["knowledge_check"] is None and plain.config()["knowledge_check"] is not None
     rows = undo.metrics()
     assert rows[0]["loss_forget_distil"] > 5 * rows[-1]["loss_forget_distil"]
     assert rows[0]["loss_retain_distil"] > 5 * rows[-1]["loss_retain_distil"]

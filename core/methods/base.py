@@ -85,6 +85,8 @@ class UnlearningMethod:
     one_process: ClassVar[str] = ""                       # why it cannot run in several processes (refused first)
     default_lr: ClassVar[float | None] = None             # its --lr when none is given (an own update's step size)
     resists: ClassVar[str] = ""                           # built to survive relearning: how, and what it costs
+    second_stage: ClassVar[bool] = False                  # runs on a model that already unlearned (no knowledge
+                                                          # check: its model is meant not to know the forget set)
     trained_copies: ClassVar[int] = 0                     # fp32 copies of the trained weights it keeps beside
                                                           # the optimizer's (saved weights, gradients, an average)
 

@@ -50,6 +50,7 @@ class UNDO(UnlearningMethod):
                     "examples' is 1)", "ours: the authors interleave their corpora"))
     views = ("forget", "retain")
     reads_original = True        # the teacher: the model the run starts from, kept frozen
+    second_stage = True          # its model has already unlearned: "does it know the forget set?" would warn
     default_lr = 9e-4            # the paper's language-task distillation rate
     one_process = "damages the student's weights once before its first step, which the processes would each do"
 
