@@ -141,6 +141,9 @@ def resolve_model(name: str) -> str:
     if path.exists():
         require(path.is_dir(), f"model path {path} is a file, not a model directory",
                 "name the directory holding config.json and the weights")
+        require(not (path / "adapter_config.json").is_file() or (path / "config.json").is_file(),
+                f"{path} holds a LoRA adapter (a LoRA run's model), not a whole model",
+                f"merge it first: `unlearn export {path.parent} --formats hf --out BUNDLE`, then name BUNDLE/hf")
         require((path / "config.json").is_file(),
                 f"{path} is not a Hugging Face model directory (no config.json in it)",
                 "name a directory saved with save_pretrained, 'bundled', or a hub id like org/name")

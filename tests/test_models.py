@@ -15,6 +15,15 @@ def test_a_directory_without_config_is_not_a_model(tmp_path):
         resolve_model(str(tmp_path))
 
 
+def test_a_lora_runs_adapter_is_not_a_model_and_the_fix_says_how_to_merge_it(tmp_path):
+    adapter = tmp_path / "run" / "model"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(UnlearnError, match="holds a LoRA adapter") as refused:
+        resolve_model(str(adapter))
+    assert f"unlearn export {tmp_path / 'run'} --formats hf" in refused.value.fix
+
+
 def test_a_file_or_nonsense_is_not_a_model(tmp_path):
     file = tmp_path / "model.gguf"
     file.write_bytes(b"GGUF")
