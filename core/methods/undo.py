@@ -20,7 +20,8 @@ are theirs. The damage is applied once, just before the first step (after the ru
 the teacher's); a resumed run takes the student from its checkpoint and never damages it again.
 Full fine-tuning only: under --lora the frozen base is the teacher, and damaging it would damage both.
 Cost per step: one forward of the teacher and a forward and backward of the student over every position of two
-views (~1.5x an NPO+RT step); memory: the teacher's copy of the weights.
+views (NPO+RT: a student forward and backward over the answers, its reference cached); memory: the teacher's
+copy of the weights. benchmarks/robust.py measures it against NPO+RT.
 """
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ PAPER = "Lee et al., NeurIPS 2025 (Distillation Robustifies Unlearning)"
 class UNDO(UnlearningMethod):
     name = "undo"
     summary = ("second stage on an unlearned model: damage a copy toward noise, then distil the unlearned model's "
-               "outputs into it (forward KL on forget and retain text); built to survive relearning, ~1.5x a step")
+               "outputs into it (forward KL on forget and retain text); built to survive relearning, a teacher "
+               "forward per step and the teacher's copy")
     paper = PAPER
     resists = ("the student never held the latent knowledge the unlearned weights keep: it learns only their "
-               "outputs, after noise destroyed the rest; ~1.5x a step plus the teacher's copy")
+               "outputs, after noise destroyed the rest; a teacher forward per step plus the teacher's copy")
     params = (Param("noise_alpha", 0.1, "α: how far the student starts from the teacher toward noise "
                     "(W ← (1 − α)W + αβN)", "the paper's language-task range 0.1-0.8 (ours: its low end, as the "
                     "repair here has only the run's examples)", low=0.0, high=1.0),
