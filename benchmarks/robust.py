@@ -29,7 +29,8 @@ paper's rate); its step cost is the distillation step's alone.
 Two sanity rows follow NPO+RT: the target and the control, each audited as if it were the unlearned model (the
 target its original, the same control): their relearn residuals must read ~1 and exactly 0. The audit issue's
 other rows (GA, GradDiff, WGA, SatImp, CE-U, PDU) come last, at the protocol's one learning rate (no sweep),
-their final models evaluated and audited as the first audit took them.
+their final models evaluated and audited as the first audit took them. Last, the mini-TOFU NPO+RT run
+(tofu_mini.py's plan mini-lr5e-5, final model) is audited against its own plan's retain model (authors 0-9).
 
 The learning rates: x0.5, x1 and x2 of the protocol's 5e-5, except for the methods that hardly moved at 5e-5
 in docs/results/tofu_forget50.md (SimNPO, RMU, SURE, UNDIAL: FQ at or below the target's), which sweep x1, x2
@@ -54,8 +55,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.ledger import Ledger  # noqa: E402
-from benchmarks.robust_plans import (AUDIT, BY_KEY, EPOCH_FIGURES, ORDER, PROTOCOL_LR, SANITY,  # noqa: E402
-                                     Variant, base_plan, choose, sweep_plan, sweep_settings)
+from benchmarks.robust_plans import (AUDIT, BY_KEY, EPOCH_FIGURES, MINI, ORDER, PROTOCOL_LR,  # noqa: E402
+                                     SANITY, Variant, base_plan, choose, sweep_plan, sweep_settings)
 from benchmarks.tofu_plans import prepare_data  # noqa: E402
 from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
 from benchmarks.tofu_stages import (Bench, Learned, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
@@ -185,6 +186,31 @@ class Robust:
         self.bench.ledger.save()
         return rows[key]
 
+    def mini(self) -> dict:
+        """The mini-TOFU NPO+RT run (robust_plans.MINI), learned and unlearned as tofu_mini.py does (its cache
+        reused where this machine has it), audited against its plan's retain model; recorded."""
+        from benchmarks.tofu_plans import mini_plans
+
+        rows = self.bench.ledger.data
+        if rows.get(MINI, {}).get("settings") == AUDIT:
+            return rows[MINI]
+        plan, bench = mini_plans()[1], self.bench   # mini-lr5e-5: NPO+RT at 5e-5 on the models of plan "mini"
+        files = prepare_data(plan, bench.root / plan.name)
+        learned = bench.root / plan.learned_in
+        learn = dict(method="sft", epochs=plan.learn_epochs, lr=plan.learn_lr, batch_size=plan.learn_batch,
+                     save_steps=50, warmup_ratio=0.1, model="bundled", dtype=plan.train_dtype)
+        target = bench.train(learned / "target", forget=files["target"], **learn)
+        retain = bench.train(learned / "retain", forget=files["retain"], **learn)
+        for run in (target, retain):
+            _prune_checkpoints(run, keep_weights=lambda step: False)
+        run = bench.train(bench.root / plan.name / "unlearn-npo_rt", model=str(target / "model"), method="npo_rt",
+                          forget=files["forget"], retain=files["retain"], epochs=plan.unlearn_epochs,
+                          lr=plan.unlearn_lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype)
+        rows[MINI] = self._audit_with_control(run, "the mini-TOFU NPO+RT run", retain,
+                                              f"mini plan's retain model ({retain.relative_to(bench.root)})")
+        self.bench.ledger.save()
+        return rows[MINI]
+
     def unlearning_config(self, lr: float, **settings) -> dict:
         """The config a sweep run at `lr` records (Bench.train's and unlearn_curve's settings): the sanity rows
         are audited under it, so their attacks train as the methods' do and share the control's cache."""
@@ -196,11 +222,13 @@ class Robust:
                              lr=lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype,
                              **settings).to_dict()
 
-    def _audit_with_control(self, audited: Path, label: str) -> dict:
-        """Both splits of AUDIT on the run in `audited`, against the retain model: what the record keeps."""
+    def _audit_with_control(self, audited: Path, label: str, control: Path | None = None,
+                            control_name: str = "18-author retain model (forget50-10pct/retain)") -> dict:
+        """Both splits of AUDIT on the run in `audited`, against `control` (default the retain model): what the
+        record keeps."""
         from audit import run_audit
 
-        models = self.models()
+        control = control or self.models()["retain"]
         started, cpu = time.time(), time.process_time()
         reports = {}
         for split, setting in AUDIT["splits"].items():
@@ -209,10 +237,10 @@ class Robust:
             reports[split] = run_audit(audited, audited / f"audit-{split}", attacks=setting["attacks"],
                                        options=options, max_samples=AUDIT["max_samples"], seeds=setting["seeds"],
                                        seeds_at=AUDIT["seeds_at"],
-                                       control=str(models["retain"]), control_cache=self.work / "control-cache",
+                                       control=str(control), control_cache=self.work / "control-cache",
                                        log=lambda m: print(f"    {m}", flush=True))
         self.bench.record_stage(audited / "audit", time.time() - started, time.process_time() - cpu)
-        return {"control": "18-author retain model (forget50-10pct/retain)", "settings": AUDIT,
+        return {"control": control_name, "settings": AUDIT,
                 "splits": {s: summarised(r) for s, r in reports.items()}, "measured": time.strftime("%Y-%m-%d")}
 
     def as_run(self, run: Path, epoch: int) -> Path:
@@ -282,9 +310,9 @@ def main(argv=None) -> int:
         bench = Bench(Path(args.runs_dir).resolve(), "cpu", ledger)
         robust = Robust(bench)
         for key in keys:
-            if key in SANITY:
+            if key in SANITY or key == MINI:
                 if args.stage != "sweep":
-                    robust.sanity(key)
+                    robust.sanity(key) if key in SANITY else robust.mini()
                 continue
             variant = BY_KEY[key]
             if args.stage == "audit":   # what the record has swept, nothing trained now

@@ -66,9 +66,12 @@ BY_KEY = {v.key: v for v in VARIANTS}
 # unlearned model (the target the original). By construction the target's residual is ~1 (it still knows) and
 # the control's exactly 0 (it is the control, attacked alike); anything else is a fault in the pipeline.
 SANITY = {"target": "the target, not unlearned", "control": "the control itself"}
+# The audit issue's last row: the mini-TOFU NPO+RT run (tofu_mini.py's plan mini-lr5e-5, its final model, as
+# docs/results/audit_mini_npo_rt.json audited it before), against that plan's own retain model (authors 0-9).
+MINI = "mini_npo_rt"
 # What `robust.py` measures, in order: NPO+RT, then the sanity rows (cheap, and they check the pipeline before
-# hours go into the rest), then the other rows.
-ORDER = (VARIANTS[0].key, *SANITY, *(v.key for v in VARIANTS[1:]))
+# hours go into the rest), then the other rows, the mini-TOFU run last.
+ORDER = (VARIANTS[0].key, *SANITY, *(v.key for v in VARIANTS[1:]), MINI)
 
 
 def base_plan() -> Plan:

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from benchmarks.ledger import Ledger
-from benchmarks.robust_plans import (ATTACK_LRS, GOAL, SANITY, VARIANTS, choose, step_seconds, sweep_settings,
-                                     sweep_steps)
+from benchmarks.robust_plans import (ATTACK_LRS, GOAL, MINI, SANITY, VARIANTS, choose, step_seconds,
+                                     sweep_settings, sweep_steps)
 from benchmarks.tofu_report import clock
 
 FOUR_BIT = ("quantize: gguf-q4_0", "quantize: gguf-q4_k_m")
@@ -151,23 +151,39 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         "![relearn residual against Model Utility](robust.png)", ""])
 
 
+AUDIT_COLUMNS = ["relearn residual (example)", "relearn residual (group)", "benign residual",
+                 "4-bit recovery (q4_0 / q4_k_m)", "control learns (example)", "control learns (group)", "verdict"]
+
+
+def audit_cells(audit: dict) -> list[str]:
+    """One audit's figures in AUDIT_COLUMNS' order."""
+    return [cell(*figure(audit, "example", "relearn")), cell(*figure(audit, "group", "relearn")),
+            cell(*figure(audit, "example", "benign")),
+            " / ".join(cell(figure(audit, "example", n, "recovery")[0]) for n in FOUR_BIT),
+            control_learns(audit, "example"), control_learns(audit, "group"),
+            audit.get("splits", {}).get("example", {}).get("overall", "-")]
+
+
 def sanity_section(ledger: Ledger) -> list[str]:
     """The audit's sanity rows: the target (residual ~1: it still knows) and the control itself (exactly 0), each
-    audited as the unlearned model; and what the control learns from the attack on its own."""
+    audited as the unlearned model; what the control learns from the attack on its own; the mini-TOFU run."""
     from core.evaluation.report import table
 
     found = ledger.data.get("sanity", {})
-    lines = [[SANITY[key], cell(*figure(audit, "example", "relearn")), cell(*figure(audit, "group", "relearn")),
-              cell(*figure(audit, "example", "benign")), control_learns(audit, "example"),
-              control_learns(audit, "group")] for key, audit in found.items()]
+    lines = [[SANITY[key], *audit_cells(audit)] for key, audit in found.items()]
+    mini = ledger.data.get(MINI)
     return ["## Sanity rows: the target and the control audited as if unlearned", "",
             "By construction the target's relearn residual is about 1 (it never forgot) and the control's is 0 "
-            "(it is attacked exactly as the control is). The last columns: the control's forget NLL before and "
+            "(it is attacked exactly as the control is). \"Control learns\": the control's forget NLL before and "
             "after the relearn attack (at the learning rate that judged): what a model that never saw the "
             "authors learns about the measured answers from the relearned ones.", "",
-            table(["audited as the unlearned model", "relearn residual (example)", "relearn residual (group)",
-                   "benign residual", "control learns (example)", "control learns (group)"], lines)
-            if lines else "Not measured yet.", ""]
+            table(["audited as the unlearned model", *AUDIT_COLUMNS], lines) if lines else "Not measured yet.", "",
+            "## The mini-TOFU NPO+RT run, audited again with its control", "",
+            "tofu_mini.py's plan mini-lr5e-5 (authors 198-199 unlearned by NPO+RT at 5e-5 from a target that "
+            "learned authors 0-9 too), its final model, against that plan's retain model (authors 0-9 only); "
+            "audited before without a control (docs/results/audit_mini_npo_rt.json).", "",
+            table(["run", *AUDIT_COLUMNS], [["mini-TOFU NPO+RT", *audit_cells(mini)]]) if mini else
+            "Not measured yet.", ""]
 
 
 def control_learns(audit: dict | None, split: str) -> str:

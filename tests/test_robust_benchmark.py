@@ -85,6 +85,7 @@ def test_the_report_reads_the_audit_back_and_judges_the_goal(swept, tmp_path):
     choice = {"lr": variant.lrs[1], "epoch": 1, "meets_floor": True}
     ledger.data["audits"] = {"npo_rt": {"choice": choice, "splits": {"example": robust.summarised(report)}}}
     ledger.data["sanity"] = {"control": {"splits": {"example": robust.summarised(report)}}}
+    ledger.data[robust_plans.MINI] = {"splits": {"example": robust.summarised(report)}}
     rows = {row["key"]: row for row in robust_report.rows(ledger)}
     row = rows["npo_rt"]
     assert row["choice"] == choice and row["fq"] == 0.5 and row["mu_ratio"] == pytest.approx(0.95)
@@ -99,11 +100,12 @@ def test_the_report_reads_the_audit_back_and_judges_the_goal(swept, tmp_path):
     learned = f"{forget['control']['nll']:.2f} -> {forget['control_attacked']['nll']:.2f}"
     assert f"| {robust_plans.SANITY['control']} | {robust_report.cell(relearn['residual']['nll'])}" in text
     assert learned in text.split("## Sanity rows")[1]
+    assert f"| mini-TOFU NPO+RT | {robust_report.cell(relearn['residual']['nll'])}" in text
 
 
 def test_every_row_is_measured_in_order_at_the_protocols_rate():
     assert robust_plans.PROTOCOL_LR == robust_plans.base_plan().unlearn_lr
-    assert sorted(robust_plans.ORDER) == sorted([*robust_plans.BY_KEY, *robust_plans.SANITY])
+    assert sorted(robust_plans.ORDER) == sorted([*robust_plans.BY_KEY, *robust_plans.SANITY, robust_plans.MINI])
     assert robust_plans.ORDER[:3] == ("npo_rt", "target", "control")
 
 
