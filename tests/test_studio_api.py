@@ -243,8 +243,10 @@ def test_audit_tab_runs_in_the_background_and_shows_the_verdict(studio_server):
         status, table, chart = client.predict(api_name="/poll_audit")
         return "audit finished" in status and table["data"]
     assert wait_for(finished, timeout=300)
-    status, table, _ = client.predict(api_name="/poll_audit")
+    status, table, chart = client.predict(api_name="/poll_audit")
     assert "overall" in status and str(studio.workspace.root) not in status
+    bars = [row for row in chart_rows(chart) if "attack" in row]   # the bars (the rest: the 0.25 and 0.5 lines)
+    assert bars and {row["attack"] for row in bars} == {row[0] for row in table["data"]}
     assert {row[0] for row in table["data"]} >= {"rephrase: plain"}
     assert (run.path / "audit" / "audit.json").is_file()
     with pytest.raises(Exception, match="no attack is chosen"):

@@ -238,6 +238,8 @@ def test_audit_tab_audits_a_run_in_the_background_and_keeps_it_after_a_reload(pa
     assert page.locator("#audit-table").get_by_text("rephrase: plain").count() > 0
     report = json.loads((studio_server[0].workspace.root / finished_run_code / "audit" / "audit.json").read_text())
     assert report["seeds_at"] == "worst"           # the radio reached the audit
+    page.wait_for_function("() => document.querySelector('#audit-chart canvas, #audit-chart svg .mark-rect')",
+                           timeout=30_000)         # the recovery bars are drawn
     shot(page, tmp_path, "9-audit")
     page.reload()                                  # the audit lives in the run folder, not in the page
     page.get_by_text("Unlearning Studio").first.wait_for()
