@@ -60,7 +60,7 @@ from benchmarks.robust_plans import (AUDIT, BY_KEY, EPOCH_FIGURES, MINI, ORDER, 
 from benchmarks.tofu_plans import prepare_data  # noqa: E402
 from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
 from benchmarks.tofu_stages import (Bench, Learned, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
-                                    _weights_worth_keeping, unlearn_curve)
+                                    _weights_worth_keeping, learn_settings, unlearn_curve)
 from core.errors import require  # noqa: E402
 from core.runs import RunDir  # noqa: E402
 
@@ -83,17 +83,20 @@ class Robust:
             self._models = self._learn_and_evaluate()
         return self._models
 
+    def learn(self, plan, files: dict, target_dir: Path, retain_dir: Path) -> tuple[Path, Path]:
+        """The plan's target and retain model (learned now if this machine lacks them), checkpoints pruned."""
+        target = self.bench.train(target_dir, forget=files["target"], **learn_settings(plan))
+        retain = self.bench.train(retain_dir, forget=files["retain"], **learn_settings(plan))
+        for run in (target, retain):
+            _prune_checkpoints(run, keep_weights=lambda step: False)
+        return target, retain
+
     def _learn_and_evaluate(self) -> dict:
         from core.data import load_examples
         from core.models import open_model
 
         plan, bench = self.base, self.bench
-        learn = dict(method="sft", epochs=plan.learn_epochs, lr=plan.learn_lr, batch_size=plan.learn_batch,
-                     save_steps=50, warmup_ratio=0.1, model="bundled", dtype=plan.train_dtype)
-        target = bench.train(bench.root / plan.shared_target, forget=self.files["target"], **learn)
-        retain = bench.train(self.learned / "retain", forget=self.files["retain"], **learn)
-        for run in (target, retain):
-            _prune_checkpoints(run, keep_weights=lambda step: False)
+        target, retain = self.learn(plan, self.files, bench.root / plan.shared_target, self.learned / "retain")
         loaded = open_model(str(target), bench.device, dtype=plan.eval_dtype)
         reference = (loaded.model, loaded.tokenizer)
         holdout = load_examples(self.files["holdout"], "holdout")
@@ -197,12 +200,7 @@ class Robust:
         plan, bench = mini_plans()[1], self.bench   # mini-lr5e-5: NPO+RT at 5e-5 on the models of plan "mini"
         files = prepare_data(plan, bench.root / plan.name)
         learned = bench.root / plan.learned_in
-        learn = dict(method="sft", epochs=plan.learn_epochs, lr=plan.learn_lr, batch_size=plan.learn_batch,
-                     save_steps=50, warmup_ratio=0.1, model="bundled", dtype=plan.train_dtype)
-        target = bench.train(learned / "target", forget=files["target"], **learn)
-        retain = bench.train(learned / "retain", forget=files["retain"], **learn)
-        for run in (target, retain):
-            _prune_checkpoints(run, keep_weights=lambda step: False)
+        target, retain = self.learn(plan, files, learned / "target", learned / "retain")
         run = bench.train(bench.root / plan.name / "unlearn-npo_rt", model=str(target / "model"), method="npo_rt",
                           forget=files["forget"], retain=files["retain"], epochs=plan.unlearn_epochs,
                           lr=plan.unlearn_lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype)

@@ -96,6 +96,12 @@ class Bench:
         return summary
 
 
+def learn_settings(plan: Plan) -> dict:
+    """How the plan's target and retain model learn their authors from the bundled model (Bench.train)."""
+    return dict(method="sft", epochs=plan.learn_epochs, lr=plan.learn_lr, batch_size=plan.learn_batch,
+                save_steps=50, warmup_ratio=0.1, model="bundled", dtype=plan.train_dtype)
+
+
 def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> dict:
     """The plan's result: what the ledger records, plus the methods (of `only`, if given) it lacks, measured now."""
     from core.data import load_examples
@@ -110,8 +116,7 @@ def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> d
     root = bench.root / plan.name
     learned = bench.root / (plan.learned_in or plan.name)
     files = prepare_data(plan, root)
-    learn = dict(method="sft", epochs=plan.learn_epochs, lr=plan.learn_lr, batch_size=plan.learn_batch,
-                 save_steps=50, warmup_ratio=0.1, model="bundled", dtype=plan.train_dtype)
+    learn = learn_settings(plan)
     target = bench.train(_target_dir(plan, bench.root, learned), forget=files["target"], **learn)
     if not bench.keep_checkpoints:   # a finished learn run's checkpoints only served resuming it
         _prune_checkpoints(target, keep_weights=lambda step: False)
