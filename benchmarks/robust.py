@@ -234,7 +234,7 @@ class Robust:
             options = {**AUDIT["options"], "relearn_split": split}
             reports[split] = run_audit(audited, audited / f"audit-{split}", attacks=setting["attacks"],
                                        options=options, max_samples=AUDIT["max_samples"], seeds=setting["seeds"],
-                                       seeds_at=AUDIT["seeds_at"],
+                                       seeds_at=AUDIT["seeds_at"], device=self.bench.device, dtype=AUDIT["dtype"],
                                        control=str(control), control_cache=self.work / "control-cache",
                                        log=lambda m: print(f"    {m}", flush=True))
         self.bench.record_stage(audited / "audit", time.time() - started, time.process_time() - cpu)
@@ -293,6 +293,9 @@ def main(argv=None) -> int:
                                                                   "control are the audit's sanity rows)")
     parser.add_argument("--stage", choices=("all", "sweep", "audit"), default="all")
     parser.add_argument("--report", action="store_true", help="only write the report from the record")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where runs, evaluations and audits run (fp32 either way; step costs compare rows "
+                             "measured on one device only)")
     parser.add_argument("--runs-dir", default=str(REPO / "runs" / "tofu_mini"))
     parser.add_argument("--results", default=str(REPO / "docs" / "results"))
     args = parser.parse_args(argv)
@@ -305,7 +308,7 @@ def main(argv=None) -> int:
     ledger = Ledger(results / "records" / "robust")
     if not args.report:
         ledger.hold()
-        bench = Bench(Path(args.runs_dir).resolve(), "cpu", ledger)
+        bench = Bench(Path(args.runs_dir).resolve(), args.device, ledger)
         robust = Robust(bench)
         for key in keys:
             if key in SANITY or key == MINI:

@@ -21,7 +21,10 @@ ATTACK_LRS = "1.5e-05,5e-05,0.00015"
 # other (two authors allow two group splits, so 2 seeds: each author relearned once). The learning rates are
 # tried on the first seed and the repeats run at the attacker's best (--seeds-at worst): 14 fine-tunings of
 # the unlearned model per method instead of 24, ~45 min less on this CPU.
-AUDIT = {"max_samples": 20, "seeds_at": "worst", "options": {"relearn_lr": ATTACK_LRS, "benign_lr": ATTACK_LRS},
+# Scored in fp32 on every machine (the audit's default, auto, takes bf16 where the CPU has it: one table, one
+# precision).
+AUDIT = {"max_samples": 20, "seeds_at": "worst", "dtype": "float32",
+         "options": {"relearn_lr": ATTACK_LRS, "benign_lr": ATTACK_LRS},
          "splits": {"example": {"seeds": 3, "attacks": None}, "group": {"seeds": 2, "attacks": ["relearn"]}}}
 GOAL = {"residual": 0.25, "quantized": 0.10, "fq": 0.1, "mu_ratio": 0.9}
 
