@@ -76,9 +76,14 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
 
     Matches the reference code's `kl_div(current, reference, log_target=True)` but skips padding.
     """
-    mask = (labels[:, 1:] != IGNORE_INDEX)
-    log_p = F.log_softmax(logits[:, :-1, :].float(), dim=-1)[mask]      # [N, V]
-    log_ref = F.log_softmax(ref_logits[:, :-1, :].float(), dim=-1)[mask]  # [N, V]
+    return _next_token_kl(logits, ref_logits, labels[:, 1:] != IGNORE_INDEX)
+
+
+def _next_token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, predicts: torch.Tensor) -> torch.Tensor:
+    """KL(π_ref ‖ π_θ) of each position's next-token distribution, averaged over the positions t < T−1 where
+    `predicts` [B, T−1] is true; 0 (with the graph kept) when there are none."""
+    log_p = F.log_softmax(logits[:, :-1, :].float(), dim=-1)[predicts]      # [N, V]
+    log_ref = F.log_softmax(ref_logits[:, :-1, :].float(), dim=-1)[predicts]  # [N, V]
     per_position = (log_ref.exp() * (log_ref - log_p)).sum(-1)
     return per_position.mean() if per_position.numel() else logits.sum() * 0.0
 
@@ -151,11 +156,7 @@ def kl_all_positions(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Te
 def kl_real_positions(logits: torch.Tensor, ref_logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """KL(π_ref ‖ π_θ) averaged over the positions whose next token is real (prompt and answer, padding
     skipped): distillation's per-token forward KL (UNDO). logits, ref_logits: [B, T, V]; attention_mask [B, T]."""
-    real_next = attention_mask[:, 1:].bool()
-    log_p = F.log_softmax(logits[:, :-1].float(), dim=-1)[real_next]
-    log_ref = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)[real_next]
-    per_position = (log_ref.exp() * (log_ref - log_p)).sum(-1)
-    return per_position.mean() if per_position.numel() else logits.sum() * 0.0
+    return _next_token_kl(logits, ref_logits, attention_mask[:, 1:].bool())
 
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:

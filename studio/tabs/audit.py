@@ -168,7 +168,7 @@ def create_audit_tab(studio: Studio, session, run_key):
     timer = gr.Timer(2.0)
 
     @guarded
-    def on_start(session_id, key, chosen, fine_tune_steps, control_label, seed_count, repeat_label=None):
+    def on_start(session_id, key, chosen, fine_tune_steps, control_label, seed_count, repeat_label):
         from audit import check_control
 
         run = studio.workspace.open_run(session_id, key)

@@ -101,7 +101,7 @@ def run_tofu(loaded, out: Path, settings: Settings, forget_split: str = "forget0
     FQ and MU in ~60 % of the time.
     """
     require(figures in FIGURE_SETS, f"unknown figures {figures!r}", f"use one of {', '.join(FIGURE_SETS)}")
-    everything, figure_set = figures == "all", figures
+    everything = figures == "all"
     settings.validate()
     started = time.time()
     out = prepare_out(out)
@@ -124,16 +124,16 @@ def run_tofu(loaded, out: Path, settings: Settings, forget_split: str = "forget0
         extra["fluency"][eval_file] = {key: indexed(values) for key, values in columns.items()}
     write_json_atomic(out / AGGREGATED_LOG, logs)
 
-    figures = tofu_metrics.aggregate(logs)
+    aggregated = tofu_metrics.aggregate(logs)
     if retain:
-        figures.update(tofu_metrics.forget_quality(tofu_metrics.forget_ratios(logs),
-                                                   tofu_metrics.forget_ratios(retain["logs"], "retain model's log")))
+        aggregated.update(tofu_metrics.forget_quality(tofu_metrics.forget_ratios(logs),
+                                                      tofu_metrics.forget_ratios(retain["logs"], "retain model's log")))
     summary = {"suite": "tofu", "model": loaded.source, "dtype": loaded.dtype, "forget_split": forget_split,
-               "figures": figures,
+               "figures": aggregated,
                "fluency": {tofu_metrics.TASKS[f]: _mean(v["fluency"]) for f, v in extra["fluency"].items()},
                "repetition": {tofu_metrics.TASKS[f]: _mean(v["repetition"]) for f, v in extra["fluency"].items()}}
     if not everything:
-        summary["figures_set"] = figure_set
+        summary["figures_set"] = figures
     if holdout is not None and everything:
         forget = [Example(answer=r["answer"], prompt=r["question"])
                   for r in records["eval_log_forget.json"][:settings.max_samples]]
