@@ -60,7 +60,7 @@ from benchmarks.robust_plans import (AUDIT, BY_KEY, EPOCH_FIGURES, MINI, ORDER, 
 from benchmarks.tofu_plans import prepare_data  # noqa: E402
 from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
 from benchmarks.tofu_stages import (Bench, Learned, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
-                                    _weights_worth_keeping, learn_settings, unlearn_curve)
+                                    _weights_worth_keeping, learn_settings, unlearn_curve, unlearn_settings)
 from core.errors import require  # noqa: E402
 from core.runs import RunDir  # noqa: E402
 
@@ -202,8 +202,7 @@ class Robust:
         learned = bench.root / plan.learned_in
         target, retain = self.learn(plan, files, learned / "target", learned / "retain")
         run = bench.train(bench.root / plan.name / "unlearn-npo_rt", model=str(target / "model"), method="npo_rt",
-                          forget=files["forget"], retain=files["retain"], epochs=plan.unlearn_epochs,
-                          lr=plan.unlearn_lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype)
+                          **unlearn_settings(plan, files))
         rows[MINI] = self._audit_with_control(run, "the mini-TOFU NPO+RT run", retain,
                                               f"mini plan's retain model ({retain.relative_to(bench.root)})")
         self.bench.ledger.save()
@@ -212,13 +211,8 @@ class Robust:
     def unlearning_config(self, lr: float, **settings) -> dict:
         """The config a sweep run at `lr` records (Bench.train's and unlearn_curve's settings): the sanity rows
         are audited under it, so their attacks train as the methods' do and share the control's cache."""
-        from core.config import UnlearnConfig
-
-        plan = self.base
-        return UnlearnConfig(out="", device=self.bench.device, eval_examples=8, logging_steps=5, method="npo_rt",
-                             forget=self.files["forget"], retain=self.files["retain"], epochs=plan.unlearn_epochs,
-                             lr=lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype,
-                             **settings).to_dict()
+        return self.bench.config("", method="npo_rt", **unlearn_settings(self.base, self.files, lr),
+                                 **settings).to_dict()
 
     def _audit_with_control(self, audited: Path, label: str, control: Path | None = None,
                             control_name: str = "18-author retain model (forget50-10pct/retain)") -> dict:

@@ -49,10 +49,7 @@ class Bench:
         resume = run.holds_run()
         self.say(f"{'resuming' if resume else 'training'} {out.name} ({settings.get('method')})")
         started, cpu_started = time.time(), time.process_time()
-        if resume:
-            config = UnlearnConfig(out=str(out), resume=True)
-        else:
-            config = UnlearnConfig(out=str(out), device=self.device, eval_examples=8, logging_steps=5, **settings)
+        config = UnlearnConfig(out=str(out), resume=True) if resume else self.config(out, **settings)
         try:
             result = train(config, show_progress=False, log=lambda m: None)
         except UnlearnError:
@@ -65,6 +62,12 @@ class Bench:
             self.record_stage(out, time.time() - started, time.process_time() - cpu_started)
         assert result.state == RunState.FINISHED, f"{out} ended {result.state}"
         return out
+
+    def config(self, out: Path | str, **settings):
+        """The UnlearnConfig of a new run of this benchmark into `out`."""
+        from core.config import UnlearnConfig
+
+        return UnlearnConfig(out=str(out), device=self.device, eval_examples=8, logging_steps=5, **settings)
 
     def record_stage(self, path: Path, seconds: float, cpu_seconds: float) -> None:
         """Wall and CPU seconds per stage (a run or an evaluation). CPU time (this process, all threads) hardly
@@ -100,6 +103,13 @@ def learn_settings(plan: Plan) -> dict:
     """How the plan's target and retain model learn their authors from the bundled model (Bench.train)."""
     return dict(method="sft", epochs=plan.learn_epochs, lr=plan.learn_lr, batch_size=plan.learn_batch,
                 save_steps=50, warmup_ratio=0.1, model="bundled", dtype=plan.train_dtype)
+
+
+def unlearn_settings(plan: Plan, files: dict, lr: float | None = None) -> dict:
+    """How the plan unlearns (Bench.train): its forget and retain data, epochs, learning rate (`lr`, default
+    the plan's), batch, warm-up and weights dtype."""
+    return dict(forget=files["forget"], retain=files["retain"], epochs=plan.unlearn_epochs,
+                lr=lr or plan.unlearn_lr, batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype)
 
 
 def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> dict:
@@ -168,9 +178,7 @@ def unlearn_curve(bench: Bench, plan: Plan, files: dict, learned: Learned, run_d
     `figures`, as Bench.evaluate; with `final_only` only the last epoch reached): (run, points from epoch 0,
     steps per epoch, the trainer's message if the loss blew up)."""
     steps_per_epoch = _steps_per_epoch(files["forget"], plan.unlearn_batch)
-    run = bench.train(run_dir, model=str(learned.target), method=method, forget=files["forget"],
-                      retain=files["retain"], epochs=plan.unlearn_epochs, lr=lr or plan.unlearn_lr,
-                      batch_size=plan.unlearn_batch, warmup_ratio=0.1, dtype=plan.train_dtype,
+    run = bench.train(run_dir, model=str(learned.target), method=method, **unlearn_settings(plan, files, lr),
                       save_steps=steps_per_epoch, save_total_limit=plan.unlearn_epochs + 5, **settings)
     blown_up = diverged(run)
     points = [{"epoch": 0, **learned.target_point}]
