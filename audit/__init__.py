@@ -334,8 +334,10 @@ def _judged_sweep(result: dict) -> dict:
 
 
 def _mean_figures(stages: list[dict]) -> dict:
-    """{stage: {figure: mean over the seeds}} of several points' {stage: figures}."""
-    return {stage: {f: sum(s[stage][f] for s in stages) / len(stages) for f in stages[0][stage]}
+    """{stage: {figure: mean over the seeds}} of several points' {stage: figures}, for the figures every point
+    has (points kept from before the retain answers were dropped also hold a retain ROUGE-L)."""
+    return {stage: {f: sum(s[stage][f] for s in stages) / len(stages) for f in stages[0][stage]
+                    if all(f in s[stage] for s in stages)}
             for stage in stages[0]}
 
 

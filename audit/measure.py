@@ -11,15 +11,16 @@ import numpy as np
 BASE_STAGES = ("original", "unlearned")
 
 
-def score_each(model, tokenizer, examples: list, settings, name: str) -> tuple[dict, dict]:
-    """(figures, per-example lists {"nll": summed answer NLL, "tokens", "prob", "rougeL" on QA examples})."""
+def score_each(model, tokenizer, examples: list, settings, name: str, answers: bool = True) -> tuple[dict, dict]:
+    """(figures, per-example lists {"nll": summed answer NLL, "tokens", "prob", "rougeL" on QA examples});
+    `answers=False` skips the greedy answers and so ROUGE-L (teacher-forced figures only)."""
     from core.evaluation.probes import answer_nll, generate
     from core.evaluation.text_metrics import rouge_recall
 
     sums, counts = answer_nll(model, tokenizer, examples, settings.batch_size, f"{name}: scoring")
     each = {"nll": sums, "tokens": counts, "prob": [math.exp(-s / n) for s, n in zip(sums, counts)]}
     figures = {"nll": sum(sums) / max(sum(counts), 1), "prob": float(np.mean(each["prob"]))}
-    qa = [ex for ex in examples if ex.is_qa]
+    qa = [ex for ex in examples if ex.is_qa and answers]
     if qa:
         answers = generate(model, tokenizer, [ex.prompt for ex in qa], settings.max_new_tokens,
                            settings.generation_batch, f"{name}: generating")
@@ -35,8 +36,8 @@ class Scorer:
     def __init__(self, models: dict, settings):
         self.models, self.settings, self.memo = models, settings, {}
 
-    def score(self, model, tokenizer, examples, name):
-        return score_each(model, tokenizer, examples, self.settings, name)
+    def score(self, model, tokenizer, examples, name, answers: bool = True):
+        return score_each(model, tokenizer, examples, self.settings, name, answers)
 
     def measure(self, model, tokenizer, examples, name) -> dict:
         return self.score(model, tokenizer, examples, name)[0]

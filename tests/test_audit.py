@@ -77,6 +77,8 @@ def test_every_attack_on_a_lora_run(lora_run, tmp_path):
     expected = (forget["attacked"]["nll"] - forget["unlearned"]["nll"]) / (forget["original"]["nll"] - forget["unlearned"]["nll"])
     assert relearn["recovery"]["nll"] == pytest.approx(expected)
     assert relearn["verdict"] in ("robust", "partial", "shallow") and "retain_change" in relearn
+    assert "rougeL" in forget["attacked"]     # the attacked model answers the forget questions...
+    assert set(relearn["retain"]["attacked"]) == {"nll", "prob"}   # ...and is only teacher-forced on retain
     for result in report["results"]:
         if result["name"].startswith("quantize") and result["nll_recovery_in_parity"] is not None:
             assert result["recovery"]["nll"] == pytest.approx(result["nll_recovery_in_parity"], abs=1e-3)

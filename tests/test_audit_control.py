@@ -171,6 +171,23 @@ def test_a_stopped_audit_resumes_without_redoing_finished_attacks(lora_run, tmp_
     assert not (out / ".partial").exists()
 
 
+def test_points_kept_from_before_the_retain_answers_were_dropped_mix_with_new_ones():
+    from audit import judged
+
+    def point(seed, retain):
+        figures = {"nll": 1.0 + seed, "prob": 0.5}
+        stages = {"original": 0.1, "unlearned": 2.0, "attacked": 1.0}
+        each = {s: {"nll": [v, v], "tokens": [1, 1], "prob": [0.5, 0.5], "rougeL": [0.5, 0.5]}
+                for s, v in stages.items()}
+        forget = {s: {"nll": v, "prob": 0.5, "rougeL": 0.5} for s, v in stages.items()}
+        return {"lr": 1e-4, "seed": seed, "forget": forget, "each": each,
+                "retain": {"unlearned": {**figures, "rougeL": 0.5}, "attacked": retain}}
+    old, new = point(1, {"nll": 2.5, "prob": 0.4, "rougeL": 0.3}), point(2, {"nll": 3.5, "prob": 0.2})
+    judgement = judged({"name": "relearn", "points": [old, new]})
+    assert judgement["retain"]["attacked"] == {"nll": 3.0, "prob": pytest.approx(0.3)}
+    assert judgement["retain_change"] == {"nll": pytest.approx(0.5), "prob": pytest.approx(-0.2)}
+
+
 def test_seeds_at_worst_repeats_only_the_attacker_s_best_learning_rate(lora_run, tmp_path, monkeypatch):
     from audit.attacks import finetune
 

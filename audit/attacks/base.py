@@ -35,7 +35,7 @@ class AuditContext:
     seeds_at: str = "all"           # where the repeats run: every learning rate, or the worst case ("worst")
     control: str | None = None      # a never-learned model that goes through every fine-tuning attack too
     starts: Path | None = None      # the models fine-tuning starts from, made once per audit (finetune.py)
-    score: object = None            # callable(model, tokenizer, examples, name) -> (figures, per-example lists)
+    score: object = None            # callable(model, tokenizer, examples, name, answers=True) -> (figures, each)
     baseline_each: object = None    # callable(set name, examples) -> {stage: per-example lists}, as baseline
     kept: object = None             # callable(key, compute) -> compute()'s dict, kept in OUT until the audit ends
     groups: list | None = None      # each forget example's group, when an attack splits by group
