@@ -57,7 +57,13 @@ def timed(code_root: Path, run: Path, out: Path, attacks: str, options: dict, sa
                 for r in finetuning for p in r.get("points", [r]))
     seconds = sum(r["seconds"] for r in finetuning)
     return {"wall": round(found["wall"], 1), "finetune_steps": steps, "finetune_seconds": seconds,
-            "steps_per_second": round(steps / seconds, 2) if seconds else None}
+            "steps_per_second": round(steps / seconds, 2) if seconds else None, "attacks": _per_attack(found)}
+
+
+def _per_attack(found: dict) -> dict:
+    """{attack: seconds}: an attack's several results ("quantize: gguf-q4_0", ...) share its one time."""
+    return {name: round(seconds) for name, seconds in
+            {r["name"].split(":")[0]: r["seconds"] for r in found["results"]}.items()}
 
 
 def main(argv=None) -> int:
@@ -92,9 +98,13 @@ def main(argv=None) -> int:
     found = {name: audits[name][1]() for name in chosen}
     print(f"{time.strftime('%Y-%m-%d')}, {args.model} LoRA run, {args.max_samples} samples, attacks {args.attacks}, "
           f"{args.attack_steps} attack steps")
-    print("| audit | wall s | fine-tuning steps | steps/s |\n|---|---|---|---|")
+    attacks = list(dict.fromkeys(a for result in found.values() for a in result["attacks"]))
+    print(f"| audit | wall s | {' | '.join(attacks)} | fine-tuning steps | steps/s |\n"
+          f"|---|---|{'---|' * len(attacks)}---|---|")
     for name, result in found.items():
-        print(f"| {audits[name][0]} | {result['wall']} | {result['finetune_steps']} | {result['steps_per_second']} |")
+        seconds = " | ".join(str(result["attacks"].get(a, "-")) for a in attacks)
+        print(f"| {audits[name][0]} | {result['wall']} | {seconds} | {result['finetune_steps']} | "
+              f"{result['steps_per_second']} |")
     if "old" in found:
         for name in [n for n in found if n != "old"]:
             print(f"{name} / old wall time: {found[name]['wall'] / found['old']['wall']:.2f}x")

@@ -221,3 +221,22 @@ def test_points_recorded_without_truth_ratios_get_them_from_the_cache_when_they_
     (model / "model.safetensors").write_bytes(b"learned again, other weights")
     del record["target"]["forget_truth_ratios"]
     assert fill_truth_ratios(Bench(root, "cpu", again), plan) == 0      # not the recorded target's evaluation
+
+
+def test_step_cost_times_each_method_against_npo_rt_and_says_which_refused_a_mode(tiny_model_dir, tmp_path):
+    import json
+
+    from benchmarks import step_cost
+
+    out = tmp_path / "step_cost"
+    step_cost.main(["--model", str(tiny_model_dir), "--methods", "undo", "--modes", "lora,full", "--steps", "3",
+                    "--rounds", "2", "--out", str(out)])
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["variants"] == ["npo_rt", "undo"]     # the reference is always timed
+    for mode in ("lora", "full"):
+        reference = record["modes"][mode]["npo_rt"]
+        assert reference["ratio"] == 1.0 and reference["seconds"] > 0 and reference["steps"] == 4   # 2 x steps 2..3
+    assert "--lora" in record["modes"]["lora"]["undo"]["refused"]
+    full = record["modes"]["full"]["undo"]
+    assert full["ratio"] == pytest.approx(full["seconds"] / record["modes"]["full"]["npo_rt"]["seconds"], abs=0.05)
+    assert "| undo | refused | - |" in out.with_suffix(".md").read_text()
