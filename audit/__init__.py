@@ -29,7 +29,7 @@ AUDIT_JSON, AUDIT_MD = AUDIT_REPORT, "audit.md"
 def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_samples: int = 40,
               max_new_tokens: int = 48, batch_size: int = 8, device: str = "cpu", log=print,
               dtype: str = "auto", update: bool = False, control: str | None = None, seeds: int = 1,
-              progress=None, control_cache=None, generate_batch_size: int = 32, seeds_at: str = "all") -> dict:
+              progress=None, control_cache=None, generate_batch_size: int = 32, seeds_at: str = "worst") -> dict:
     """Attack the run in `run_dir` (a path or RunDir) and write OUT/audit.json and audit.md. `attacks`: names
     (default: every attack enabled by default); `options`: attack options by their declared names (each
     attack's `params`), checked against the chosen attacks' declarations. `control`: a never-learned model
@@ -42,8 +42,9 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     work finish (each fine-tuning of a sweep, each other attack), for a progress bar with the time left.
     `control_cache`: a folder keeping the control's attacked figures, so that audits of several runs against
     one control with the same attacks fine-tune the control once (audit/attacks/finetune.py). `seeds_at`:
-    "all" repeats every learning rate with every seed; "worst" tries the learning rates on the first seed and
-    repeats only the one where the attacker did best (fewer fine-tunings: 3 + 2 instead of 3 x 3)."""
+    "worst" (the default) tries the learning rates on the first seed and repeats only the one where the
+    attacker did best (fewer fine-tunings: 3 + 2 instead of 3 x 3); "all" repeats every learning rate with
+    every seed."""
     from core.evaluation.scores import Settings
 
     started = time.time()

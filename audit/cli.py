@@ -41,9 +41,10 @@ def add_commands(commands) -> None:
                         "with the same attacks reuses them instead of fine-tuning the control again")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="repeat the fine-tuning attacks' split and training with N seeds (intervals over seeds too)")
-    p.add_argument("--seeds-at", choices=SEEDS_AT, default="all",
-                   help="where the repeats run: every learning rate with every seed (all), or the learning rates "
-                        "on the first seed and the other seeds only at the attacker's best (worst: fewer fine-tunings)")
+    p.add_argument("--seeds-at", choices=SEEDS_AT, default="worst",
+                   help="where the repeats run: the learning rates on the first seed and the other seeds only at "
+                        "the attacker's best (worst, the default: fewer fine-tunings), or every learning rate with "
+                        "every seed (all: an interval over seeds at every point)")
     p.add_argument("--update", action="store_true",
                    help="redo only --attacks and keep the other attacks' results of the audit already in --out")
     p.add_argument("--nice", type=int, default=0, metavar="N", help="lower this process's CPU priority by N")

@@ -117,7 +117,7 @@ def _relearn(report: dict) -> dict:
 def test_the_control_against_itself_has_residual_0_and_every_point_is_shown(lora_run, tmp_path):
     out = tmp_path / "audit"
     report = run_audit(lora_run.out, out, ["relearn"], log=lambda m: None, control=lora_run.out, seeds=2,
-                       **{**FAST, "max_samples": 6, "options": {"relearn_steps": 1, "relearn_lr": "x1,x3"}})
+                       seeds_at="all", **{**FAST, "max_samples": 6, "options": {"relearn_steps": 1, "relearn_lr": "x1,x3"}})
     relearn = _relearn(report)
     assert report["control"] == lora_run.out and report["seeds"] == 2 and relearn["judged_by"] == "residual"
     assert len(relearn["points"]) == 4 and [e["lr"] for e in relearn["sweep"]] == pytest.approx([5e-2, 0.15])
@@ -287,7 +287,7 @@ def test_the_command_line_passes_the_control_and_the_seeds(monkeypatch):
     monkeypatch.setattr(audit, "markdown", lambda report: "")
     assert main(["audit", "r", "--out", "o", "--control", "bundled", "--seeds", "3", "--relearn-lr", "1e-4,x3"]) == 0
     assert calls[0]["control"] == "bundled" and calls[0]["seeds"] == 3 and calls[0]["control_cache"] is None
-    assert calls[0]["seeds_at"] == "all"
+    assert calls[0]["seeds_at"] == "worst"      # the default: the repeats at the attacker's best
     assert main(["audit", "r", "--out", "o", "--control", "bundled", "--control-cache", "cache"]) == 0
     assert calls[1]["control_cache"] == str(Path("cache").resolve())
 

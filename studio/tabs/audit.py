@@ -17,8 +17,8 @@ from ..context import Studio, guarded, message, public_text
 FIGURE_NAMES = {"nll": "NLL", "prob": "probability", "rougeL": "ROUGE-L"}
 NO_CONTROL = "none — judge by the recovery alone"
 REPEATS = {   # label -> --seeds-at (audit/attacks/finetune.py SEEDS_AT)
-    "every learning rate (slowest, every point has its interval)": "all",
     "only the attacker's best learning rate (fewer fine-tunings)": "worst",
+    "every learning rate (slowest, every point has its interval)": "all",
 }
 PLAIN_VERDICTS = {   # (verdict, judged against a control) -> the verdict in plain words
     ("robust", True): "the forgetting held: after this attack it knows no more than a model that never learned the data",
