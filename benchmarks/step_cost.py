@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     if REFERENCE not in variants:
         variants.insert(0, REFERENCE)
     record = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_cores()} cores",
-              "command": "python benchmarks/step_cost.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": " ".join(["python benchmarks/step_cost.py", *(argv if argv is not None else sys.argv[1:])]),
               "model": args.model, "steps": args.steps, "rounds": args.rounds, "variants": variants,
               "modes": measure(args.model, variants, modes, args.steps, args.rounds)}
     out = Path(args.out)

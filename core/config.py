@@ -85,7 +85,7 @@ class UnlearnConfig:
     quant_aware: float = _opt(
         0.0, "quantisation-aware forgetting: each step also takes the method's forget terms on the q4_0 "
              "fake-quantised model (straight-through gradient), times this weight, so the forgetting survives "
-             "4-bit export; 0 = off; about 1.5x the step's cost (core/quantization.py)")
+             "4-bit export; 0 = off; 1.5-1.9x the step's cost (measured on NPO+RT: core/quantization.py)")
     device: str = _opt("auto", "auto, cpu or cuda")
     dtype: str = _opt("auto", "auto (bf16 mixed precision on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX, fp32 elsewhere), float32 or bfloat16")
     trust_remote_code: bool = _opt(False, "allow a hub/local model to run its own Python code (off: safer)")

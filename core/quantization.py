@@ -13,8 +13,9 @@ only roughly. As llama.cpp, it leaves alone 1-D tensors, embeddings, the output 
 and weights whose input size is not a multiple of 32. Under LoRA the merged weight W + s·BA is quantised
 (what export quantises), and the straight-through gradient reaches A and B.
 
-Cost: one more forward and backward of the forget batch per micro-batch (about 1.5x an NPO+RT step) plus a
-fake-quantisation of every Linear weight per forward, O(parameters).
+Cost: one more forward and backward of the forget batch per micro-batch plus a fake-quantisation of every
+Linear weight per forward, O(parameters): on NPO+RT, measured 1.93x a step under LoRA (the merged weight is
+quantised per forward) and 1.55x in full fine-tuning (docs/results/step_cost.md).
 """
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ method's and gradient accumulation works.
 
 The noise comes from a generator seeded by the run's seed and a count of micro-batches, saved in every
 checkpoint: a resumed run draws what the uninterrupted one would have. Cost per step with k = 3: three
-forget forward+backward passes instead of one, plus a no-grad forward for the log, about 2.2x an NPO+RT step
-(the authors' 2x leaves out the log); memory: a copy of the trained weights. A multi-process run is refused,
-as for NPO+SAM.
+forget forward+backward passes instead of one, plus a no-grad forward for the log: measured 2.66x (LoRA) and
+2.50x (full) an NPO+RT step on the demo model (docs/results/step_cost.md); memory: a copy of the trained
+weights. A multi-process run is refused, as for NPO+SAM.
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ RS_CODE = "Unlearn-Smooth WMDP base.py RSTrainer"
 class NPORS(PerturbedForgetNPO):
     name = "npo_rs"
     summary = ("NPO+RT with the forget loss averaged over Gaussian weight noise (random smoothing): built to "
-               "resist relearning; ~2.2x an NPO+RT step")
+               "resist relearning; 2.5-2.7x an NPO+RT step")
     paper = PAPER + ", randomized smoothing variant"
-    resists = "the forget loss averaged over random weight noise; about 2.2x an NPO+RT step"
+    resists = "the forget loss averaged over random weight noise; 2.5-2.7x an NPO+RT step (measured)"
     trained_copies = 1   # the weights before the noise
     params = PerturbedForgetNPO.params + (
         Param("noise_std", 1e-4, "σ of the Gaussian noise added to every trained weight (absolute)",

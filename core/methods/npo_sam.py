@@ -14,7 +14,8 @@ trains, so only the adapter moves and ρ is a radius in adapter space. The NPO t
 (the authors' code takes NPO of the batch-mean loss, or of raw logits for MUSE, so their β do not carry over).
 The forget NLL in the log is the one at θ.
 
-Cost per step: one more forget forward and backward than NPO+RT, about 1.5x; memory: a copy of the trained
+Cost per step: one more forget forward and backward than NPO+RT; measured 1.63x (LoRA) and 1.52x (full)
+an NPO+RT step on the demo model (docs/results/step_cost.md); memory: a copy of the trained
 weights and of their forget gradient. A multi-process run is refused: it backpropagates one summed loss per
 micro-batch, with no room for a gradient taken between two forwards.
 """
@@ -67,9 +68,9 @@ class PerturbedForgetNPO(NPORetain):
 class NPOSAM(PerturbedForgetNPO):
     name = "npo_sam"
     summary = ("NPO+RT with the forget loss at the worst nearby weights (SAM): built to resist relearning; "
-               "~1.5x an NPO+RT step")
+               "1.5-1.6x an NPO+RT step")
     paper = PAPER
-    resists = "flattens the forget loss around the weights (SAM); about 1.5x an NPO+RT step"
+    resists = "flattens the forget loss around the weights (SAM); 1.5-1.6x an NPO+RT step (measured)"
     trained_copies = 2   # the weights before the perturbation and the forget gradient
     params = PerturbedForgetNPO.params + (
         Param("rho", 0.01, "radius ρ of the weight perturbation: the forget loss is taken at θ + ρ·g/‖g‖",

@@ -21,7 +21,7 @@ the teacher's); a resumed run takes the student from its checkpoint and never da
 Full fine-tuning only: under --lora the frozen base is the teacher, and damaging it would damage both.
 Cost per step: one forward of the teacher and a forward and backward of the student over every position of two
 views (NPO+RT: a student forward and backward over the answers, its reference cached); memory: the teacher's
-copy of the weights. benchmarks/robust.py measures it against NPO+RT.
+copy of the weights. Measured: 1.76x an NPO+RT step in full fine-tuning on the demo model (docs/results/step_cost.md).
 """
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ class UNDO(UnlearningMethod):
     name = "undo"
     summary = ("second stage on an unlearned model: damage a copy toward noise, then distil the unlearned model's "
                "outputs into it (forward KL on forget and retain text); built to survive relearning, a teacher "
-               "forward per step and the teacher's copy")
+               "forward per step (1.8x an NPO+RT step) and the teacher's copy")
     paper = PAPER
     resists = ("the student never held the latent knowledge the unlearned weights keep: it learns only their "
-               "outputs, after noise destroyed the rest; a teacher forward per step plus the teacher's copy")
+               "outputs, after noise destroyed the rest; 1.8x an NPO+RT step (measured) plus the teacher's copy")
     params = (Param("noise_alpha", 0.1, "α: how far the student starts from the teacher toward noise "
                     "(W ← (1 − α)W + αβN)", "the paper's language-task range 0.1-0.8 (ours: its low end, as the "
                     "repair here has only the run's examples)", low=0.0, high=1.0),
