@@ -238,7 +238,8 @@ def _stop_on_signals(stop) -> None:
 def format_summary(result) -> str:
     from .runs import RunDir
 
-    finetuning = RunDir(result.run_dir).config().get("method") == "sft"
+    method = RunDir(result.run_dir).config().get("method")
+    finetuning = method == "sft"
     command = "finetune" if finetuning else "train"
     if result.state == RunState.STOPPED:
         return (f"Stopped at step {result.step}. Checkpoint kept in {result.run_dir}/checkpoints; "
@@ -255,7 +256,10 @@ def format_summary(result) -> str:
         from .scoring import describe_scored_on
 
         lines.append(f"  (answer-token NLL over the {describe_scored_on(s['scored_on'])})")
-    if not finetuning:
+    if _second_stage(method):   # its start model already forgot: the damaged copy should come back to it
+        lines.append("  (a second stage: both start at the model it was given and should end close to it; "
+                     "the damage before step 1 shows in neither)")
+    elif not finetuning:
         lines.append("  (higher on forget = more forgotten; retain should stay close)")
     if s.get("mfu") is not None:
         lines.append(f"  speed: {s['tokens_per_second']:.0f} tokens/s, MFU {100 * s['mfu']:.1f}% of this machine's "
@@ -266,6 +270,12 @@ def format_summary(result) -> str:
     if finetuning:
         lines.append(f"  evaluate it: unlearn eval {result.run_dir} --suite tofu --out {result.run_dir}/eval")
     return "\n".join(lines)
+
+
+def _second_stage(method: str | None) -> bool:
+    from .methods import METHODS
+
+    return bool(getattr(METHODS.get(method), "second_stage", False))   # False for a method no longer installed
 
 
 def _duration(seconds: float) -> str:

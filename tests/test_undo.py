@@ -16,6 +16,7 @@ from test_methods import learned  # noqa: F401  (module fixture: a model that kn
 from core import losses
 from core.config import UnlearnConfig
 from core.errors import UnlearnError
+from core.cli import format_summary
 from core.methods.undo import damage
 from core.models import load_model
 from core.runs import RunDir
@@ -84,9 +85,13 @@ def test_the_student_starts_damaged_after_the_teachers_scores_and_is_distilled_b
                                                                                    tokenizer):
     model, files = learned
     params = {"noise_alpha": 0.2, "noise_beta": 0.1}
-    undo = RunDir(train(config_for(model, files, tmp_path / "undo", max_steps=20, method_params=params),
-                        **quiet()).run_dir)
-    plain = RunDir(train(config_for(model, files, tmp_path / "npo_rt", method="npo_rt", max_steps=1), **quiet()).run_dir)
+    undone = train(config_for(model, files, tmp_path / "undo", max_steps=20, method_params=params), **quiet())
+    undo = RunDir(undone.run_dir)
+    unlearned = train(config_for(model, files, tmp_path / "npo_rt", method="npo_rt", max_steps=1), **quiet())
+    plain = RunDir(unlearned.run_dir)
+    # the command's summary says what a second stage's before -> after should look like
+    assert "a second stage" in format_summary(undone) and "a second stage" not in format_summary(unlearned)
+    assert "higher on forget = more forgotten" in format_summary(unlearned)
     assert undo.config()["before"] == plain.config()["before"]   # the run's "before" is the teacher's, undamaged
     assert undo.config()["knowledge_check"] is None and plain.config()["knowledge_check"] is not None
     rows = undo.metrics()
