@@ -145,8 +145,10 @@ def test_the_original_against_a_control_has_residual_1(lora_run, tmp_path, token
     tokenizer.save_pretrained(control)
     report = run_audit(still.out, tmp_path / "audit", ["relearn"], log=lambda m: None, control=str(control),
                        **{**FAST, "options": {"relearn_steps": 1, "relearn_lr": "1e-12"}})
-    residual = _relearn(report)["residual"]
-    assert residual["nll"] == pytest.approx(1.0, abs=1e-3)   # an attack that moves nothing: the original stays
+    relearn = _relearn(report)
+    assert relearn["residual"]["nll"] == pytest.approx(1.0, abs=1e-3)   # an attack that moves nothing: the original stays
+    # it forgot nothing, so there is no forgetting to undo: the verdict is the one without a control, not "shallow"
+    assert relearn["verdict"].startswith("undefined") and report["overall"] == "undefined"
 
 
 def test_a_stopped_audit_resumes_without_redoing_finished_attacks(lora_run, tmp_path, monkeypatch):
