@@ -179,7 +179,7 @@ def create_audit_tab(studio: Studio, session, run_key):
         if spec:
             check_control(run, spec)   # a wrong control is refused here, in the page
         control_flags = ["--control", spec, "--control-cache", str(control_cache(studio))] if spec else []
-        seeds_at = REPEATS.get(repeat_label, "all")
+        seeds_at = REPEATS.get(repeat_label, "worst")
         studio.jobs.start_audit(run, key, ["--attacks", ",".join(chosen), *step_flags(chosen, int(fine_tune_steps)),
                                            *control_flags, "--seeds", str(int(seed_count or 1)),
                                            "--seeds-at", seeds_at, "--device", studio.device],
