@@ -1,6 +1,8 @@
 """The subjects of the forget examples, for the relearn attack's group split (Deeb & Roger 2024: relearn some
 independent facts, measure others): TOFU's authors (20 consecutive rows of TOFU's data each), or a `group`
-field of the user's own .jsonl / .json / .csv records. None when the data names no groups."""
+field of the user's own .jsonl / .json / .csv records, or, for records copied out of TOFU without one (the
+demo's data, a benchmark's extracted split), the author of each row found in TOFU's full.json. None when the
+data names no groups."""
 from __future__ import annotations
 
 import re
@@ -22,10 +24,25 @@ def forget_groups(source: str, count: int) -> list | None:
 
     text = path.read_text(encoding="utf-8-sig")
     records = (_read_csv if path.suffix.lower() == ".csv" else _read_json)(path, text, "forget")
-    labels = [r.get(GROUP_FIELD) if isinstance(r, dict) else None for r in records]
-    if len(labels) != count or any(label in (None, "") for label in labels):
+    if len(records) != count or not all(isinstance(r, dict) for r in records):
         return None
-    return [str(label) for label in labels]
+    labels = [r.get(GROUP_FIELD) for r in records]
+    if all(label not in (None, "") for label in labels):
+        return [str(label) for label in labels]
+    return _tofu_rows(records)
+
+
+def _tofu_rows(records: list[dict]) -> list | None:
+    """Each record's TOFU author, when every one is a row of TOFU's full.json (question and answer: one
+    question, "What is the full name of the author?", is asked of two authors)."""
+    full = tofu_dir() / "full.json"
+    if not full.is_file():
+        return None
+    row_of = {(r["question"], r["answer"]): i for i, r in enumerate(read_jsonl(full))}
+    rows = [row_of.get((r.get("question"), r.get("answer"))) for r in records]
+    if any(row is None for row in rows):
+        return None
+    return [f"author {row // QA_PER_AUTHOR}" for row in rows]
 
 
 def _tofu_authors(split: str, count: int) -> list | None:

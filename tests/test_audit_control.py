@@ -92,6 +92,13 @@ def test_groups_come_from_tofu_authors_or_a_group_field(tmp_path):
     plain = tmp_path / "plain.jsonl"
     plain.write_text(json.dumps({"question": "q?", "answer": "a."}) + "\n")
     assert forget_groups(str(plain), 1) is None
+    # rows copied out of TOFU without a group field (the demo's data, a benchmark's extracted split): their authors
+    demo = Path(__file__).resolve().parents[1] / "assets" / "demo" / "forget.jsonl"
+    demo_rows = demo.read_text().splitlines()
+    assert forget_groups(str(demo), len(demo_rows)) == ["author 198"] * 20 + ["author 199"] * 20
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(demo_rows[:3] + [json.dumps({"question": "q?", "answer": "a."})]) + "\n")
+    assert forget_groups(str(mixed), 4) is None      # one row not from TOFU: no groups for any
     examples, groups = spread_over_groups(list(range(40)), ["a"] * 20 + ["b"] * 20, 6)   # 3 of each, in order
     assert examples == [0, 1, 2, 20, 21, 22] and groups == ["a"] * 3 + ["b"] * 3
     [(relearned, measured)] = relearn_splits(list(range(6)), ["a", "b", "c"] * 2, 0.5, seeds=[0])
