@@ -224,8 +224,12 @@ class Robust:
         started, cpu = time.time(), time.process_time()
         reports = {}
         for split, setting in AUDIT["splits"].items():
-            self.bench.say(f"auditing {label}, {split} split")
             options = {**AUDIT["options"], "relearn_split": split}
+            reports[split] = finished_split(audited / f"audit-{split}", control, setting, options)
+            if reports[split] is not None:
+                self.bench.say(f"cached: {label}, {split} split ({audited / f'audit-{split}'})")
+                continue
+            self.bench.say(f"auditing {label}, {split} split")
             reports[split] = run_audit(audited, audited / f"audit-{split}", attacks=setting["attacks"],
                                        options=options, max_samples=AUDIT["max_samples"], seeds=setting["seeds"],
                                        seeds_at=AUDIT["seeds_at"], device=self.bench.device, dtype=AUDIT["dtype"],
@@ -269,6 +273,23 @@ def model_as_run(config: dict, model: Path, out: Path) -> None:
     loaded.model.save_pretrained(staging)
     loaded.tokenizer.save_pretrained(staging)
     staging.rename(RunDir(out).model_dir)
+
+
+def finished_split(folder: Path, control: Path, setting: dict, options: dict) -> dict | None:
+    """The split's audit report when one was written in `folder` with these settings (a benchmark stopped
+    between two splits does not audit the first again), judged by the current rules; else None."""
+    from audit import default_attacks, get_attack, rejudged, resolve_options
+    from core.runs import read_json
+
+    report = read_json(folder / "audit.json")
+    if report is None:
+        return None
+    names = setting["attacks"] or default_attacks()
+    expected = {"attacks": names, "dtype": AUDIT["dtype"], "seeds": setting["seeds"], "seeds_at": AUDIT["seeds_at"],
+                "control": str(control), "options": resolve_options([get_attack(n) for n in names], options)}
+    found = {key: report.get(key) for key in expected}
+    expected["options"] = {name: chosen for name, chosen in expected["options"].items() if chosen}   # as reports keep them
+    return rejudged(report) if found == json.loads(json.dumps(expected)) else None
 
 
 def summarised(report: dict) -> dict:

@@ -42,9 +42,18 @@ def test_a_checkpoint_becomes_a_run_with_its_weights_that_the_audit_takes(swept,
     assert not all(torch.equal(saved[n], f) for n, f in
                    {k: v for p in RunDir(run).model_dir.glob("*.safetensors") for k, v in load_file(p).items()}.items()
                    if n in saved), "the derived run must hold step 2, not the final model"
+    options = {"relearn_steps": 1, "relearn_lr": "x1"}
     report = run_audit(derived, derived / "audit", ["relearn"], control=str(control), log=lambda m: None,
-                       options={"relearn_steps": 1, "relearn_lr": "x1"}, **FAST)
+                       options=options, **FAST)
     assert report["results"][0]["judged_by"] == "residual"
+    # a benchmark stopped between two splits takes a split's finished audit back only with the same settings
+    same = {"seeds": 1, "attacks": ["relearn"]}
+    kept = robust.finished_split(derived / "audit", control, same, options)
+    assert kept is not None and kept["results"][0]["residual"] == report["results"][0]["residual"]
+    assert robust.finished_split(derived / "audit", control, {**same, "seeds": 2}, options) is None
+    assert robust.finished_split(derived / "audit", run, same, options) is None
+    assert robust.finished_split(derived / "audit", control, same, {**options, "relearn_split": "group"}) is None
+    assert robust.finished_split(tmp_path / "nothing", control, same, options) is None
 
 
 def test_the_control_sanity_row_reads_zero_by_construction(swept, tmp_path):
