@@ -288,7 +288,8 @@ def finished_split(folder: Path, control: Path, setting: dict, options: dict) ->
     expected = {"attacks": names, "dtype": AUDIT["dtype"], "seeds": setting["seeds"], "seeds_at": AUDIT["seeds_at"],
                 "control": str(control), "options": resolve_options([get_attack(n) for n in names], options)}
     found = {key: report.get(key) for key in expected}
-    expected["options"] = {name: chosen for name, chosen in expected["options"].items() if chosen}   # as reports keep them
+    # a report keeps only the attacks' options that are not empty
+    expected["options"] = {name: chosen for name, chosen in expected["options"].items() if chosen}
     return rejudged(report) if found == json.loads(json.dumps(expected)) else None
 
 
