@@ -22,9 +22,9 @@ def score_each(model, tokenizer, examples: list, settings, name: str, answers: b
     figures = {"nll": sum(sums) / max(sum(counts), 1), "prob": float(np.mean(each["prob"]))}
     qa = [ex for ex in examples if ex.is_qa and answers]
     if qa:
-        answers = generate(model, tokenizer, [ex.prompt for ex in qa], settings.max_new_tokens,
-                           settings.generation_batch, f"{name}: generating")
-        each["rougeL"] = rouge_recall(answers, [ex.answer for ex in qa])["rougeL_recall"]
+        generated = generate(model, tokenizer, [ex.prompt for ex in qa], settings.max_new_tokens,
+                             settings.generation_batch, f"{name}: generating")
+        each["rougeL"] = rouge_recall(generated, [ex.answer for ex in qa])["rougeL_recall"]
         figures["rougeL"] = float(np.mean(each["rougeL"]))
     return figures, each
 

@@ -177,7 +177,7 @@ def judge_points(points: list[dict]) -> dict:
             entry[kind] = {f: value for f, (value, _) in found.items()}
             entry[f"{kind}_interval"] = {f: interval for f, (_, interval) in found.items()}
         entry["verdict"], entry["worst"] = verdict(entry[judged_by], entry[f"{judged_by}_interval"])
-        if judged_by == "residual" and not any(v is not None for v in entry["recovery"].values()):
+        if judged_by == "residual" and all(v is None for v in entry["recovery"].values()):
             # nothing was forgotten: a residual of ~1 then says the model still knows, not that an attack
             # undid forgetting; the verdict is the one the audit without a control gives
             entry["verdict"] = verdict(entry["recovery"])[0]

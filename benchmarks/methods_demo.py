@@ -20,7 +20,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -86,21 +85,13 @@ def gguf_recovery(parity: dict) -> dict:
 
 def step_seconds(name: str, root: Path, steps: int) -> float:
     """Median seconds per optimizer step of `steps` steps of the method (steps 2..N), cached per method."""
-    from core.config import UnlearnConfig
-    from core.runs import RunDir, write_json_atomic
-    from core.trainer import train
+    from benchmarks.step_cost import step_durations
+    from core.runs import write_json_atomic
 
     cached = root / name / f"step_seconds-{steps}.json"
     if cached.is_file():
         return json.loads(cached.read_text())["median"]
-    with tempfile.TemporaryDirectory(prefix="methods-timing-") as tmp:
-        run = Path(tmp) / "run"
-        train(UnlearnConfig(model="demo", method=name, forget=str(DEMO / "forget.jsonl"),
-                            retain=str(DEMO / "retain.jsonl"), out=str(run), **{**BUDGET, "max_steps": steps},
-                            logging_steps=1, save_steps=0, eval_examples=0),
-              show_progress=False, log=lambda m: None)
-        clock = [row["wall_time"] for row in RunDir(run).metrics() if "wall_time" in row]
-    median = statistics.median(b - a for a, b in zip(clock, clock[1:]))
+    median = statistics.median(step_durations(model="demo", method=name, **{**BUDGET, "max_steps": steps}))
     cached.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(cached, {"median": round(median, 2), "steps": steps, "date": time.strftime("%Y-%m-%d")})
     return round(median, 2)

@@ -35,25 +35,31 @@ VARIANTS = {"npo_rt": ("npo_rt", {}), "npo_rt+quant_aware": ("npo_rt", {"quant_a
 MODES = {"lora": {"lora": True}, "full": {"lora": False}}
 
 
-def step_times(model: str, variant: str, mode: str, steps: int) -> list[float] | str:
-    """Seconds of steps 2..N of one short run, or why the method refused the mode."""
+def step_durations(**settings) -> list[float]:
+    """Seconds of steps 2..N of one short run on the demo's forget and retain QA (`settings`: the rest of its
+    UnlearnConfig, max_steps included), in a scratch folder."""
     from core.config import UnlearnConfig
-    from core.errors import UnlearnError
     from core.runs import RunDir
     from core.trainer import train
 
-    method, settings = VARIANTS[variant]
     with tempfile.TemporaryDirectory(prefix="step-cost-") as tmp:
-        try:
-            train(UnlearnConfig(model=model, method=method, forget=str(DEMO / "forget.jsonl"),
-                                retain=str(DEMO / "retain.jsonl"), out=str(Path(tmp) / "run"), max_steps=steps,
-                                batch_size=4, logging_steps=1, save_steps=0, eval_examples=0, device="cpu",
-                                **MODES[mode], **settings),
-                  show_progress=False, log=lambda message: None)
-        except UnlearnError as refused:
-            return str(refused).splitlines()[0]
+        train(UnlearnConfig(forget=str(DEMO / "forget.jsonl"), retain=str(DEMO / "retain.jsonl"),
+                            out=str(Path(tmp) / "run"), logging_steps=1, save_steps=0, eval_examples=0, **settings),
+              show_progress=False, log=lambda message: None)
         clock = [row["wall_time"] for row in RunDir(Path(tmp) / "run").metrics() if "wall_time" in row]
     return [b - a for a, b in zip(clock, clock[1:])]
+
+
+def step_times(model: str, variant: str, mode: str, steps: int) -> list[float] | str:
+    """Seconds of steps 2..N of one short run, or why the method refused the mode."""
+    from core.errors import UnlearnError
+
+    method, settings = VARIANTS[variant]
+    try:
+        return step_durations(model=model, method=method, max_steps=steps, batch_size=4, device="cpu",
+                              **MODES[mode], **settings)
+    except UnlearnError as refused:
+        return str(refused).splitlines()[0]
 
 
 def measure(model: str, variants: list[str], modes: list[str], steps: int, rounds: int, log=print) -> dict:

@@ -32,7 +32,7 @@ class AuditContext:
     device: str = "cpu"
     dtype: str = "auto"             # weights of every model the audit scores (auto: bf16 where fast)
     seeds: int = 1                  # the fine-tuning attacks repeat their split and training with this many seeds
-    seeds_at: str = "all"           # where the repeats run: every learning rate, or the worst case ("worst")
+    seeds_at: str = "worst"         # where the repeats run: the worst case's learning rate, or every one ("all")
     control: str | None = None      # a never-learned model that goes through every fine-tuning attack too
     starts: Path | None = None      # the models fine-tuning starts from, made once per audit (finetune.py)
     score: object = None            # callable(model, tokenizer, examples, name, answers=True) -> (figures, each)
