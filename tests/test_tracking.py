@@ -3,6 +3,7 @@ tracker's own store, inside the run folder, is read back with the tracker's own 
 metrics.jsonl; `unlearn eval` adds its figures; a resumed run continues the same tracker runs; a wrong or
 missing tracker is one error line."""
 import json
+import re
 import struct
 from dataclasses import replace
 
@@ -167,7 +168,9 @@ def test_a_resumed_run_continues_its_tracker_runs_and_steps(tiny_config):
     client, found = mlflow_run(run)
     assert [m.step for m in client.get_metric_history(found.info.run_id, "loss")][-2:] == [3, 4]
     offline = list((run.tracking_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2 and len({folder.name.rsplit("-", 1)[1] for folder in offline}) == 1
+    # offline-run-<date>_<time>-<id>, with "-1" added when the resumed run starts in the same second
+    run_ids = {re.match(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)", folder.name).group(1) for folder in offline}
+    assert len(offline) == 2 and len(run_ids) == 1
 
 
 @pytest.mark.parametrize("report_to, problem", [("tensorbored", "unknown tracker 'tensorbored'"),
