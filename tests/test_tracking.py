@@ -106,11 +106,16 @@ def wandb_records(path):
             pending = b""
 
 
+def wandb_run_id(folder):
+    """offline-run-<date>_<time>-<id>; W&B adds "-1" when a run is taken up again within the same second."""
+    return re.fullmatch(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)(-\d+)?", folder.name).group(1)
+
+
 def test_wandb_offline_run_is_in_the_run_folder_with_its_history(reported):
     run, *_ = reported
     offline = sorted((run.tracking_dir / "wandb").glob("offline-run-*"))
     wandb_id = json.loads(run.tracking_ids_path.read_text())["wandb_id"]
-    assert offline and all(folder.name.endswith(wandb_id) for folder in offline)
+    assert offline and all(wandb_run_id(folder) == wandb_id for folder in offline)
     history, config = [], {}
     for record in wandb_records(offline[0] / f"run-{wandb_id}.wandb"):
         if record.HasField("history"):
@@ -168,9 +173,7 @@ def test_a_resumed_run_continues_its_tracker_runs_and_steps(tiny_config):
     client, found = mlflow_run(run)
     assert [m.step for m in client.get_metric_history(found.info.run_id, "loss")][-2:] == [3, 4]
     offline = list((run.tracking_dir / "wandb").glob("offline-run-*"))
-    # offline-run-<date>_<time>-<id>, with "-1" added when the resumed run starts in the same second
-    run_ids = {re.match(r"offline-run-\d{8}_\d{6}-([a-z0-9]+)", folder.name).group(1) for folder in offline}
-    assert len(offline) == 2 and len(run_ids) == 1
+    assert len(offline) == 2 and len({wandb_run_id(folder) for folder in offline}) == 1
 
 
 @pytest.mark.parametrize("report_to, problem", [("tensorbored", "unknown tracker 'tensorbored'"),
