@@ -14,11 +14,12 @@ the same cache (runs/tofu_mini). Each method (a `Variant`: a method, maybe with 
 checkpoint is evaluated with the tofu suite as tofu_mini.py does, and the existing best-checkpoint rule
 (core.evaluation.selection: the highest Forget Quality with Model Utility >= 0.9x the target's) picks one
 (learning rate, epoch) per method. That checkpoint is audited (`audit.run_audit`) with the retain model as
-the control, 20 forget answers: relearn and benign fine-tuning at one learning-rate grid for every method
-(1.5e-5, 5e-5, 1.5e-4: x0.3, x1, x3 of the protocol's 5e-5; robust_plans.ATTACK_LRS says why not the run's
-own), 3 seeds (the learning rates tried on the first, the repeats at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing on the example split; relearning again on the
-group split (one author relearned, the other measured; 2 seeds, each author relearned once). The control is
-fine-tuned once for the whole table (audit --control-cache). Each method's step cost is
+the control. The example split takes 20 forget answers (10 relearned, 10 measured): relearn and benign
+fine-tuning at one learning-rate grid for every method (1.5e-5, 5e-5, 1.5e-4: x0.3, x1, x3 of the protocol's
+5e-5; robust_plans.ATTACK_LRS says why not the run's own), 3 seeds (the learning rates tried on the first, the
+repeats at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing. The group split relearns
+again on all 40 (one author's 20 answers relearned, the other's 20 measured; 2 seeds, each author relearned
+once). The control is fine-tuned once for the whole table (audit --control-cache). Each method's step cost is
 its training stage's CPU seconds per step over NPO+RT's at the same learning rate (CPU time hardly depends on
 what else the machine runs; wall time does).
 
@@ -231,7 +232,7 @@ class Robust:
                 continue
             self.bench.say(f"auditing {label}, {split} split")
             reports[split] = run_audit(audited, audited / f"audit-{split}", attacks=setting["attacks"],
-                                       options=options, max_samples=AUDIT["max_samples"], seeds=setting["seeds"],
+                                       options=options, max_samples=setting["max_samples"], seeds=setting["seeds"],
                                        seeds_at=AUDIT["seeds_at"], device=self.bench.device, dtype=AUDIT["dtype"],
                                        control=str(control), control_cache=self.work / "control-cache",
                                        log=lambda m: print(f"    {m}", flush=True))
@@ -288,6 +289,8 @@ def finished_split(folder: Path, control: Path, setting: dict, options: dict) ->
     expected = {"attacks": names, "dtype": AUDIT["dtype"], "seeds": setting["seeds"], "seeds_at": AUDIT["seeds_at"],
                 "control": str(control), "options": resolve_options([get_attack(n) for n in names], options)}
     found = {key: report.get(key) for key in expected}
+    # how many forget answers it took (the benchmark's forget set has more than either split asks for)
+    expected["forget_answers"], found["forget_answers"] = setting["max_samples"], report.get("samples", {}).get("forget")
     # a report keeps only the attacks' options that are not empty
     expected["options"] = {name: chosen for name, chosen in expected["options"].items() if chosen}
     return rejudged(report) if found == json.loads(json.dumps(expected)) else None

@@ -17,15 +17,17 @@ HIGHER = (5e-5, 1e-4, 2e-4)       # for the methods that hardly moved at 5e-5
 # a method swept to 2e-4 would face a stronger attacker than one at 2.5e-5. One grid also lets the control be
 # fine-tuned once for the whole table (--control-cache).
 ATTACK_LRS = "1.5e-05,5e-05,0.00015"
-# Both splits relearn half: 20 forget answers by example (3 seeds), or one of the two authors and measure the
-# other (two authors allow two group splits, so 2 seeds: each author relearned once). The learning rates are
+# Both splits relearn half: 20 forget answers by example (10 relearned, 10 measured, as the first audit; 3 seeds),
+# or all 40 by author: one author's 20 relearned, the other's 20 measured (two authors allow two group splits,
+# so 2 seeds: each author relearned once; all 40 because with 10 measured answers the interval of NPO+RT's
+# group residual, [-0.10, 0.28], was too wide to call against the goal's 0.25). The learning rates are
 # tried on the first seed and the repeats run at the attacker's best (--seeds-at worst): 14 fine-tunings of
 # the unlearned model per method instead of 24, ~45 min less on this CPU.
 # Scored in fp32 on every machine (the audit's default, auto, takes bf16 where the CPU has it: one table, one
 # precision).
-AUDIT = {"max_samples": 20, "seeds_at": "worst", "dtype": "float32",
-         "options": {"relearn_lr": ATTACK_LRS, "benign_lr": ATTACK_LRS},
-         "splits": {"example": {"seeds": 3, "attacks": None}, "group": {"seeds": 2, "attacks": ["relearn"]}}}
+AUDIT = {"seeds_at": "worst", "dtype": "float32", "options": {"relearn_lr": ATTACK_LRS, "benign_lr": ATTACK_LRS},
+         "splits": {"example": {"max_samples": 20, "seeds": 3, "attacks": None},
+                    "group": {"max_samples": 40, "seeds": 2, "attacks": ["relearn"]}}}
 GOAL = {"residual": 0.25, "quantized": 0.10, "fq": 0.1, "mu_ratio": 0.9}
 
 

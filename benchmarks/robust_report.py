@@ -131,8 +131,9 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         "target at three learning rates (GA, GradDiff, WGA, SatImp, CE-U and PDU, the audit's other rows, at the "
         "protocol's one, 5e-5, their final model); the best-checkpoint rule (highest FQ with MU >= 0.9x the target's) "
         "picks one learning rate and epoch, which is audited with the 18-author retain model (never saw authors "
-        "198-199) as the control: 20 forget answers; the example split with 3 seeds, the group split (one "
-        "author relearned, the other measured) with 2; every fine-tuning attack at the same three learning "
+        "198-199) as the control: the example split on 20 forget answers (10 relearned, 10 measured) with 3 "
+        "seeds, the group split on all 40 (one author's 20 relearned, the other's 20 measured) with 2; every "
+        "fine-tuning attack at the same three learning "
         f"rates for every method ({ATTACK_LRS.replace(',', ', ')}), tried on the first seed, the other seeds "
         "repeating the attacker's best one (shown).", "",
         "Residual (docs/audit.md) = (control attacked − unlearned attacked) / (control attacked − original): 0 "

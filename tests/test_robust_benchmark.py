@@ -47,10 +47,11 @@ def test_a_checkpoint_becomes_a_run_with_its_weights_that_the_audit_takes(swept,
                        options=options, **FAST)
     assert report["results"][0]["judged_by"] == "residual"
     # a benchmark stopped between two splits takes a split's finished audit back only with the same settings
-    same = {"seeds": 1, "attacks": ["relearn"]}
+    same = {"seeds": 1, "attacks": ["relearn"], "max_samples": FAST["max_samples"]}
     kept = robust.finished_split(derived / "audit", control, same, options)
     assert kept is not None and kept["results"][0]["residual"] == report["results"][0]["residual"]
     assert robust.finished_split(derived / "audit", control, {**same, "seeds": 2}, options) is None
+    assert robust.finished_split(derived / "audit", control, {**same, "max_samples": 2}, options) is None
     assert robust.finished_split(derived / "audit", run, same, options) is None
     assert robust.finished_split(derived / "audit", control, same, {**options, "relearn_split": "group"}) is None
     assert robust.finished_split(tmp_path / "nothing", control, same, options) is None
