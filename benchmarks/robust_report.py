@@ -3,6 +3,7 @@ and epoch, FQ and MU, the audit with control (each figure with its interval) and
 behind each choice; the issue's goal checked; residual after relearning against Model Utility."""
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -64,8 +65,12 @@ def worst_residual(audit: dict | None) -> tuple[float | None, list | None]:
 
 
 def _upper(found: tuple[float, list | None]) -> float:
+    """The interval's upper bound; infinite where the bootstrap left it unbounded (a draw's denominator under
+    the noise floor), the value itself for a figure measured once."""
     value, interval = found
-    return interval[1] if interval and interval[1] is not None else value
+    if not interval:
+        return value
+    return math.inf if interval[1] is None else interval[1]
 
 
 def four_bit(audit: dict | None) -> float | None:
@@ -75,14 +80,16 @@ def four_bit(audit: dict | None) -> float | None:
 
 
 def meets_goal(row: dict) -> bool | None:
-    """The issue's goal: relearn residual <= 0.25 with its interval, 4-bit recovery <= 0.10, FQ >= 0.1,
-    MU >= 0.9x the target's. None while the row lacks its audit."""
+    """The issue's goal: relearn residual <= 0.25 with its interval on both splits (a split not measured, or
+    undefined, does not pass), 4-bit recovery <= 0.10, FQ >= 0.1, MU >= 0.9x the target's. None while the row
+    lacks its audit."""
     if "choice" not in row or row["audit"] is None:
         return None
-    residual, interval = worst_residual(row["audit"])
+    residuals = [figure(row["audit"], split, "relearn") for split in ("example", "group")]
     quantized = four_bit(row["audit"])
-    return (residual is not None and _upper((residual, interval)) <= GOAL["residual"] and quantized is not None
-            and quantized <= GOAL["quantized"] and (row["fq"] or 0) >= GOAL["fq"] and row["mu_ratio"] >= GOAL["mu_ratio"])
+    return (all(value is not None and _upper((value, interval)) <= GOAL["residual"] for value, interval in residuals)
+            and quantized is not None and quantized <= GOAL["quantized"] and (row["fq"] or 0) >= GOAL["fq"]
+            and row["mu_ratio"] >= GOAL["mu_ratio"])
 
 
 def cell(value: float | None, interval: list | None = None) -> str:

@@ -119,18 +119,26 @@ def test_every_row_is_measured_in_order_at_the_protocols_rate():
     assert robust_plans.ORDER[:3] == ("npo_rt", "target", "control")
 
 
-def audit_of(residual_upper: float, four_bit: float) -> dict:
+def audit_of(residual_upper: float | None, four_bit: float, group_upper: float | str | None = 0.1) -> dict:
+    """An audit of both splits; group_upper "missing": no group split measured."""
     relearn = {"residual": {"nll": 0.1}, "residual_interval": {"nll": [0.0, residual_upper]}}
     quantized = {"recovery": {"nll": four_bit}}
+    group = {"relearn": {"residual": {"nll": 0.05}, "residual_interval": {"nll": [0.0, group_upper]}}}
     return {"splits": {"example": {"results": {"relearn": relearn, "quantize: gguf-q4_0": quantized,
                                                "quantize: gguf-q4_k_m": {"recovery": {"nll": 0.0}}}},
-                       "group": {"results": {"relearn": {"residual": {"nll": 0.05},
-                                                         "residual_interval": {"nll": [0.0, 0.1]}}}}}}
+                       **({"group": {"results": group}} if group_upper != "missing" else {})}}
 
 
 @pytest.mark.parametrize("upper, four_bit, fq, mu_ratio, met", [
     (0.2, 0.05, 0.2, 0.95, True), (0.3, 0.05, 0.2, 0.95, False),   # the interval's upper bound decides
+    (None, 0.05, 0.2, 0.95, False),                                 # an unbounded interval is not below anything
     (0.2, 0.15, 0.2, 0.95, False), (0.2, 0.05, 0.05, 0.95, False), (0.2, 0.05, 0.2, 0.85, False)])
 def test_the_goal_rule(upper, four_bit, fq, mu_ratio, met):
     row = {"choice": {}, "audit": audit_of(upper, four_bit), "fq": fq, "mu_ratio": mu_ratio}
     assert robust_report.meets_goal(row) is met
+
+
+@pytest.mark.parametrize("group_upper", [0.3, None, "missing"])
+def test_the_goal_needs_both_splits_below_the_threshold(group_upper):
+    row = {"choice": {}, "audit": audit_of(0.2, 0.05, group_upper), "fq": 0.2, "mu_ratio": 0.95}
+    assert robust_report.meets_goal(row) is False
