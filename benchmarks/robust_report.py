@@ -184,7 +184,9 @@ def sanity_section(ledger: Ledger) -> list[str]:
             "By construction the target's relearn residual is about 1 (it never forgot) and the control's is 0 "
             "(it is attacked exactly as the control is). \"Control learns\": the control's forget NLL before and "
             "after the relearn attack (at the learning rate that judged): what a model that never saw the "
-            "authors learns about the measured answers from the relearned ones.", "",
+            "authors learns about the measured answers from the relearned ones. The control's 4-bit recovery is "
+            "that figure's noise: how far quantising alone moves the forget NLL of a model that never learned "
+            "the authors, read against the target.", "",
             table(["audited as the unlearned model", *AUDIT_COLUMNS], lines) if lines else "Not measured yet.", "",
             "## The mini-TOFU NPO+RT run, audited again with its control", "",
             "tofu_mini.py's plan mini-lr5e-5 (authors 198-199 unlearned by NPO+RT at 5e-5 from a target that "
