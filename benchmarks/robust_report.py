@@ -58,10 +58,14 @@ def figure(audit: dict | None, split: str, attack: str, kind: str = "residual") 
     return (result.get(kind) or {}).get("nll"), (result.get(f"{kind}_interval") or {}).get("nll")
 
 
+def relearn_residuals(audit: dict | None) -> list[tuple[float | None, list | None]]:
+    """(NLL residual, its interval) after relearning, on the example split and on the group split."""
+    return [figure(audit, split, "relearn") for split in ("example", "group")]
+
+
 def worst_residual(audit: dict | None) -> tuple[float | None, list | None]:
     """The relearn residual of the split where the attacker did best (its upper bound decides)."""
-    found = [figure(audit, split, "relearn") for split in ("example", "group")]
-    return max((f for f in found if f[0] is not None), key=_upper, default=(None, None))
+    return max((f for f in relearn_residuals(audit) if f[0] is not None), key=_upper, default=(None, None))
 
 
 def _upper(found: tuple[float, list | None]) -> float:
@@ -85,9 +89,9 @@ def meets_goal(row: dict) -> bool | None:
     lacks its audit."""
     if "choice" not in row or row["audit"] is None:
         return None
-    residuals = [figure(row["audit"], split, "relearn") for split in ("example", "group")]
     quantized = four_bit(row["audit"])
-    return (all(value is not None and _upper((value, interval)) <= GOAL["residual"] for value, interval in residuals)
+    return (all(value is not None and _upper((value, interval)) <= GOAL["residual"]
+                for value, interval in relearn_residuals(row["audit"]))
             and quantized is not None and quantized <= GOAL["quantized"] and (row["fq"] or 0) >= GOAL["fq"]
             and row["mu_ratio"] >= GOAL["mu_ratio"])
 
