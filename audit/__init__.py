@@ -317,8 +317,11 @@ def judged(result: dict) -> dict:
     forget = result["forget"]
     values = recovery.recoveries(forget["original"], forget["unlearned"], forget["attacked"],
                                  forget.get("attacked_original"))
-    verdict, worst = recovery.verdict(values)
-    judgement = {"recovery": values, "verdict": verdict, "worst_recovery": worst}
+    # per-example figures give each recovery its interval (results kept from before they did have none)
+    intervals = recovery.intervals_over_examples(result["forget_each"]) if "forget_each" in result else None
+    verdict, worst = recovery.verdict(values, intervals)
+    judgement = {"recovery": values, "verdict": verdict, "worst_recovery": worst,
+                 **({"recovery_interval": intervals} if intervals is not None else {})}
     if "retain" in result:
         judgement["retain_change"] = _retain_change(result["retain"])
     return judgement

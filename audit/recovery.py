@@ -14,7 +14,8 @@ Two figures per forget measure (NLL, probability, ROUGE-L):
   and no unlearned model can be told apart from either.
 
 Every figure of a fine-tuning attack gets a percentile bootstrap interval over the measured examples and the
-seeds (`point_and_interval`). Verdicts, on an attack's figures (the residual when there is a control, else
+seeds (`point_and_interval`); an attack measured once (quantisation, rephrasing), one over its examples
+(`intervals_over_examples`). Verdicts, on an attack's figures (the residual when there is a control, else
 the recovery): **shallow** when some figure's interval lies above SHALLOW, **robust** when every figure's lies
 below ROBUST, **partial** when every one lies at or below SHALLOW and some at or above ROBUST, else
 **inconclusive**. A figure without an interval (one measurement) is its own interval, which gives the
@@ -25,10 +26,10 @@ import math
 
 import numpy as np
 
-from core.recovery import FIGURES, MIN_CHANGE, recovery
+from core.recovery import FIGURES, MIN_CHANGE, recovery, recovery_array
 
-__all__ = ["FIGURES", "MIN_CHANGE", "ROBUST", "SHALLOW", "overall", "point_and_interval", "recoveries", "recovery",
-           "residual", "residuals", "verdict"]
+__all__ = ["FIGURES", "MIN_CHANGE", "ROBUST", "SHALLOW", "intervals_over_examples", "overall", "point_and_interval",
+           "recoveries", "recovery", "residual", "residuals", "verdict"]
 
 ROBUST = 0.25
 SHALLOW = 0.5
@@ -64,16 +65,15 @@ def _residual_array(original, unlearned_attacked, control_attacked, figure: str)
         return np.where(np.abs(span) >= MIN_CHANGE[figure], (control_attacked - unlearned_attacked) / span, np.nan)
 
 
-def _recovery_array(original, unlearned, attacked, figure: str):
-    removed = original - unlearned
-    forgot = (-removed if figure == "nll" else removed) >= MIN_CHANGE[figure]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(forgot, (attacked - unlearned) / removed, np.nan)
+def _asked_recovery_array(original, unlearned, attacked, attacked_original, figure: str):
+    return recovery_array(original, unlearned, attacked, figure, attacked_original)
 
 
 STATISTICS = {   # figure kind -> (the stages it reads, in order; the formula on their means)
-    "recovery": (("original", "unlearned", "attacked"), _recovery_array),
+    "recovery": (("original", "unlearned", "attacked"), recovery_array),
     "residual": (("original", "attacked", "control_attacked"), _residual_array),
+    # rephrasing: the attacked model set against the original asked the same way (core/recovery.py)
+    "recovery_asked": (("original", "unlearned", "attacked", "attacked_original"), _asked_recovery_array),
 }
 
 
@@ -124,6 +124,15 @@ def point_and_interval(seeds: list[dict], figure: str, kind: str, resamples: int
         low = np.percentile(np.where(np.isnan(draws), -np.inf, draws), tail)
         high = np.percentile(np.where(np.isnan(draws), np.inf, draws), 100 - tail)
     return float(np.mean(defined)), [_finite(low), _finite(high)]
+
+
+def intervals_over_examples(each: dict) -> dict:
+    """{figure: 95 % interval} of the recovery of an attack measured once (no seeds: quantisation,
+    rephrasing), resampling its examples; `each`: {stage: per-example lists}, as point_and_interval's seeds."""
+    kind = "recovery_asked" if "attacked_original" in each else "recovery"
+    stages = STATISTICS[kind][0]
+    shared = [f for f in FIGURES if all(f in each[stage] for stage in stages)]
+    return {f: point_and_interval([each], f, kind)[1] for f in shared}
 
 
 def _finite(value) -> float | None:

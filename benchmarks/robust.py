@@ -165,8 +165,7 @@ class Robust:
     def audit(self, variant: Variant, choice: dict) -> dict:
         """The audit with control of the chosen (learning rate, epoch), both splits; recorded."""
         audits = self.bench.ledger.data.setdefault("audits", {})
-        if variant.key in audits and audits[variant.key]["choice"] == choice \
-                and audits[variant.key]["settings"] == AUDIT:
+        if variant.key in audits and audits[variant.key]["choice"] == choice and complete(audits[variant.key]):
             return audits[variant.key]
         audited = self.as_run(self.run_dir(variant, choice["lr"]), choice["epoch"])
         label = f"{variant.label} (lr {choice['lr']:g}, epoch {choice['epoch']})"
@@ -178,7 +177,7 @@ class Robust:
         """A sanity row (robust_plans.SANITY): the target or the control audited as the unlearned model, the
         target as its original, against the same control; recorded."""
         rows = self.bench.ledger.data.setdefault("sanity", {})
-        if key in rows and rows[key]["settings"] == AUDIT:
+        if key in rows and complete(rows[key]):
             return rows[key]
         models = self.models()
         audited = self.work / f"sanity-{key}"
@@ -196,7 +195,7 @@ class Robust:
         from benchmarks.tofu_plans import mini_plans
 
         rows = self.bench.ledger.data
-        if rows.get(MINI, {}).get("settings") == AUDIT:
+        if MINI in rows and complete(rows[MINI]):
             return rows[MINI]
         plan, bench = mini_plans()[1], self.bench   # mini-lr5e-5: NPO+RT at 5e-5 on the models of plan "mini"
         files = prepare_data(plan, bench.root / plan.name)
@@ -226,12 +225,16 @@ class Robust:
         reports = {}
         for split, setting in AUDIT["splits"].items():
             options = {**AUDIT["options"], "relearn_split": split}
-            reports[split] = finished_split(audited / f"audit-{split}", control, setting, options)
-            if reports[split] is not None:
-                self.bench.say(f"cached: {label}, {split} split ({audited / f'audit-{split}'})")
+            folder = audited / f"audit-{split}"
+            found = finished_split(folder, control, setting, options)
+            redo = without_intervals(found["results"]) if found else None
+            if found is not None and not redo:
+                self.bench.say(f"cached: {label}, {split} split ({folder})")
+                reports[split] = found
                 continue
-            self.bench.say(f"auditing {label}, {split} split")
-            reports[split] = run_audit(audited, audited / f"audit-{split}", attacks=setting["attacks"],
+            self.bench.say(f"auditing {label}, {split} split" if found is None else
+                           f"measuring {', '.join(redo)} of {label}, {split} split, again: for their intervals")
+            reports[split] = run_audit(audited, folder, attacks=redo or setting["attacks"], update=bool(redo),
                                        options=options, max_samples=setting["max_samples"], seeds=setting["seeds"],
                                        seeds_at=AUDIT["seeds_at"], device=self.bench.device, dtype=AUDIT["dtype"],
                                        control=str(control), control_cache=self.work / "control-cache",
@@ -294,6 +297,23 @@ def finished_split(folder: Path, control: Path, setting: dict, options: dict) ->
     # a report keeps only the attacks' options that are not empty
     expected["options"] = {name: chosen for name, chosen in expected["options"].items() if chosen}
     return rejudged(report) if found == json.loads(json.dumps(expected)) else None
+
+
+MEASURED_ONCE = ("quantize", "rephrase")   # the attacks that train nothing: intervals over their answers only
+
+
+def without_intervals(results: list[dict]) -> list[str]:
+    """The attacks measured once whose results have no interval: audited before their per-answer figures were
+    kept, so measured again (`unlearn audit --update`: the fine-tuning attacks' results stay)."""
+    return [attack for attack in MEASURED_ONCE
+            if any(r["name"].split(":")[0] == attack and "recovery_interval" not in r for r in results)]
+
+
+def complete(recorded: dict) -> bool:
+    """Whether a recorded audit was made with today's AUDIT settings and has every interval."""
+    return recorded.get("settings") == AUDIT and not any(
+        without_intervals([{"name": name, **result} for name, result in split["results"].items()])
+        for split in recorded["splits"].values())
 
 
 def summarised(report: dict) -> dict:

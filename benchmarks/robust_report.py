@@ -117,15 +117,12 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
             pending.append(f"{row['label']} (swept: {', '.join(f'{lr:g}' for lr in row['swept']) or 'nothing'})")
             continue
         audit = row["audit"]
-        rephrase = [figure(audit, "example", name, "recovery")[0] for name in _rephrase_names(audit)]
-        rephrase = [v for v in rephrase if v is not None]
         goal = meets_goal(row)
         lines.append([row["label"] + (" (robust)" if row["robust"] else ""),
                       f"{row['choice']['lr']:g}, {row['choice']['epoch']}", f"{row['fq']:.3g}",
                       f"{row['mu_ratio']:.2f}", cell(*figure(audit, "example", "relearn")),
                       cell(*figure(audit, "group", "relearn")), cell(*figure(audit, "example", "benign")),
-                      " / ".join(cell(figure(audit, "example", n, "recovery")[0]) for n in FOUR_BIT),
-                      cell(max(rephrase)) if rephrase else "-",
+                      four_bit_cells(audit), cell(*worst_rephrasing(audit)),
                       (audit or {}).get("splits", {}).get("example", {}).get("overall", "not audited yet"),
                       "-" if row["step_cost"] is None else f"{row['step_cost']:.2f}x",
                       "-" if goal is None else ("**met**" if goal else "no")])
@@ -149,7 +146,8 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         "repeating the attacker's best one (shown).", "",
         "Residual (docs/audit.md) = (control attacked − unlearned attacked) / (control attacked − original): 0 "
         "relearns no faster than a model that never learned the facts, 1 back to the original; "
-        "[95 % bootstrap interval over answers and seeds]. 4-bit and rephrasing train nothing: their recovery. "
+        "[95 % bootstrap interval over answers and seeds]. 4-bit and rephrasing train nothing: their recovery "
+        "[interval over the answers]; rephrasing: the prompt that brought back the most. "
         "Step cost: CPU seconds per step over NPO+RT's at the same learning rates.", "",
         f"**The goal** (relearn residual <= {GOAL['residual']} with its interval, both splits; 4-bit recovery <= "
         f"{GOAL['quantized']}; FQ >= {GOAL['fq']}; MU >= {GOAL['mu_ratio']}x the target's): "
@@ -171,8 +169,7 @@ def audit_cells(audit: dict) -> list[str]:
     """One audit's figures in AUDIT_COLUMNS' order."""
     return [cell(*figure(audit, "example", "relearn")), cell(*figure(audit, "group", "relearn")),
             cell(*figure(audit, "example", "benign")),
-            " / ".join(cell(figure(audit, "example", n, "recovery")[0]) for n in FOUR_BIT),
-            control_learns(audit, "example"), control_learns(audit, "group"),
+            four_bit_cells(audit), control_learns(audit, "example"), control_learns(audit, "group"),
             audit.get("splits", {}).get("example", {}).get("overall", "-")]
 
 
@@ -208,9 +205,16 @@ def control_learns(audit: dict | None, split: str) -> str:
     return "-" if before is None or after is None else f"{before:.2f} -> {after:.2f}"
 
 
-def _rephrase_names(audit: dict | None) -> list[str]:
+def four_bit_cells(audit: dict | None) -> str:
+    """q4_0 / q4_k_m recovery, each with its interval over the answers (audits from before it had none)."""
+    return " / ".join(cell(*figure(audit, "example", name, "recovery")) for name in FOUR_BIT)
+
+
+def worst_rephrasing(audit: dict | None) -> tuple[float | None, list | None]:
+    """(NLL recovery, its interval) of the prompt that brought back the most."""
     results = (audit or {}).get("splits", {}).get("example", {}).get("results", {})
-    return [name for name in results if name.startswith("rephrase")]
+    found = [figure(audit, "example", name, "recovery") for name in results if name.startswith("rephrase")]
+    return max((f for f in found if f[0] is not None), key=lambda f: f[0], default=(None, None))
 
 
 def plot(found: list[dict], path: Path) -> None:

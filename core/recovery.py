@@ -25,22 +25,36 @@ is exactly the formula above; undefined also when the original asked so shows le
 probability or ROUGE-L, as there is then nothing it could lose."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 MIN_CHANGE = {"nll": 0.05, "prob": 0.01, "rougeL": 0.02}   # nats per token, probability, ROUGE-L recall
 FIGURES = ("nll", "prob", "rougeL")
 
 
 def recovery(original: float, unlearned: float, attacked: float, figure: str,
              attacked_original: float | None = None) -> float | None:
+    value = float(recovery_array(original, unlearned, attacked, figure, attacked_original))
+    return None if math.isnan(value) else value
+
+
+def recovery_array(original, unlearned, attacked, figure: str, attacked_original=None):
+    """`recovery` on numbers or numpy arrays alike (elementwise; nan where undefined), so that a bootstrap
+    computes it over many resamples at once with the very formula of the point."""
+    original, unlearned, attacked = (np.asarray(v, dtype=np.float64) for v in (original, unlearned, attacked))
     removed = original - unlearned
-    if (-removed if figure == "nll" else removed) < MIN_CHANGE[figure]:
-        return None
-    if attacked_original is None:
-        return (attacked - unlearned) / removed
-    if figure != "nll" and attacked_original < MIN_CHANGE[figure]:
-        return None
-    return 1 - _effect(attacked_original, attacked, figure) / _effect(original, unlearned, figure)
+    defined = (-removed if figure == "nll" else removed) >= MIN_CHANGE[figure]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if attacked_original is None:
+            return np.where(defined, (attacked - unlearned) / removed, np.nan)
+        attacked_original = np.asarray(attacked_original, dtype=np.float64)
+        if figure != "nll":
+            defined &= attacked_original >= MIN_CHANGE[figure]
+        return np.where(defined, 1 - _effect(attacked_original, attacked, figure) / _effect(original, unlearned, figure),
+                        np.nan)
 
 
-def _effect(original: float, unlearned: float, figure: str) -> float:
+def _effect(original, unlearned, figure: str):
     """What unlearning did to a figure: the NLL gap, or the relative drop of a probability or ROUGE-L."""
     return unlearned - original if figure == "nll" else 1 - unlearned / original

@@ -124,11 +124,18 @@ def summarise(raw: dict, reference: dict, probes: list[Probe], tokenizer) -> dic
         # a parted run is excused only by a flip of its own, every one a near-tie (a greedy run may also part
         # where the runtime's step-by-step decoding differs from its prefill: that is never excused)
         result["near_tie_runs"] = sum(a < 1.0 and 0 < near == flips for a, (flips, near) in zip(prefixes, per_run))
+    each = {}
     for role in ("forget", "retain"):
         picked = [i for i, p in enumerate(probes) if p.role == role]
         if picked:
+            rouge = _rouge_recalls(raw, picked, probes, tokenizer)
             result[f"{role}_nll"] = round(sum(raw["nll"][i] for i in picked) / sum(raw["counts"][i] for i in picked), 4)
-            result[f"{role}_rougeL"] = round(_rouge_l(raw, picked, probes, tokenizer), 4)
+            result[f"{role}_rougeL"] = round(float(np.mean(rouge)), 4)
+            # what the figures are means of, so that a recovery gets an interval over the prompts (the audit)
+            each[role] = {"nll": [raw["nll"][i] for i in picked], "tokens": [raw["counts"][i] for i in picked],
+                          "rougeL": rouge}
+    if each:
+        result["per_example"] = each
     return result
 
 
@@ -164,7 +171,8 @@ def _prefix_agreement(tokens: list[int], reference: list[int]) -> float:
     return same / max(len(reference), 1)
 
 
-def _rouge_l(raw: dict, picked: list[int], probes: list[Probe], tokenizer) -> float:
+def _rouge_recalls(raw: dict, picked: list[int], probes: list[Probe], tokenizer) -> list[float]:
+    """ROUGE-L recall of each picked probe's greedy answer (up to its end of sequence) against its true answer."""
     from rouge_score import rouge_scorer
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs one INFO line per scorer
@@ -175,8 +183,8 @@ def _rouge_l(raw: dict, picked: list[int], probes: list[Probe], tokenizer) -> fl
         if tokenizer.eos_token_id in tokens:
             tokens = tokens[:tokens.index(tokenizer.eos_token_id)]
         answer = tokenizer.decode(tokens, skip_special_tokens=True)
-        scores.append(scorer.score(probes[i].answer_text, answer)["rougeL"].recall)
-    return float(np.mean(scores))
+        scores.append(float(scorer.score(probes[i].answer_text, answer)["rougeL"].recall))
+    return scores
 
 
 # ---------------------------------------------------------------- the report

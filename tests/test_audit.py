@@ -82,6 +82,13 @@ def test_every_attack_on_a_lora_run(lora_run, tmp_path):
     for result in report["results"]:
         if result["name"].startswith("quantize") and result["nll_recovery_in_parity"] is not None:
             assert result["recovery"]["nll"] == pytest.approx(result["nll_recovery_in_parity"], abs=1e-3)
+    for result in report["results"][2:]:   # measured once: an interval over the examples, around the point
+        each = result["forget_each"]
+        pooled = sum(each["attacked"]["nll"]) / sum(each["attacked"]["tokens"])
+        assert pooled == pytest.approx(result["forget"]["attacked"]["nll"], abs=1e-4)
+        for figure, value in result["recovery"].items():
+            low, high = result["recovery_interval"][figure] or (None, None)
+            assert value is None or (low is None or low <= value + 1e-3) and (high is None or value - 1e-3 <= high)
     by_name = {r["name"]: r for r in report["results"]}
     plain = by_name["rephrase: plain"]["forget"]   # the usual prompt's figures, and the original asked so beside
     assert plain["original"] == by_name["benign"]["forget"]["original"] != plain["attacked_original"]

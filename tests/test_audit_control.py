@@ -63,6 +63,48 @@ def test_the_bootstrap_interval_by_hand():
     assert recovery.figure_mean({"nll": [2.0, 6.0], "tokens": [1, 3]}, "nll", np.arange(2)) == 2.0
 
 
+def test_an_attack_measured_once_gets_an_interval_over_its_examples():
+    from audit import judged
+
+    # rephrasing, two questions asked plainly: ROUGE-L 0.8 -> 0.4 usually (a 50 % drop) on each; asked so, the
+    # original answers 0.4 and 0.8, the unlearned model 0.2 and 0.8. Pooled: 0.6 -> 0.5, a 16.7 % drop, so a
+    # third of the effect is left and the recovery is 2/3; resampling {q1,q1}: 50 % drop -> 0, {q2,q2}: none -> 1
+    each = {"original": _each([0.8, 0.8]), "unlearned": _each([0.4, 0.4]), "attacked": _each([0.2, 0.8]),
+            "attacked_original": _each([0.4, 0.8])}
+    assert recovery.intervals_over_examples(each) == {"rougeL": [0.0, 1.0]}
+    means = {stage: {"rougeL": float(np.mean(v["rougeL"]))} for stage, v in each.items()}
+    result = {"name": "rephrase: plain", "forget": {"set": "forget", **means}, "forget_each": each}
+    found = judged(result)
+    assert found["recovery"]["rougeL"] == pytest.approx(2 / 3)     # the point: the formula on the means
+    assert found["recovery_interval"] == {"rougeL": [0.0, 1.0]} and found["verdict"].startswith("inconclusive")
+    # quantisation: the plain recovery, NLL pooled over answer tokens. Summed NLL (tokens 1 and 3): original 1
+    # and 3, unlearned 3 and 9 (3 nats per token), quantised 2 and 6: 2 per token, half of the gain undone on
+    # either answer, so every resample reads 0.5
+    nll = {"original": {"nll": [1.0, 3.0], "tokens": [1, 3]}, "unlearned": {"nll": [3.0, 9.0], "tokens": [1, 3]},
+           "attacked": {"nll": [2.0, 6.0], "tokens": [1, 3]}}
+    assert recovery.intervals_over_examples(nll) == {"nll": [pytest.approx(0.5), pytest.approx(0.5)]}
+    # a result kept from before per-example figures has no interval, and the verdict it had
+    assert "recovery_interval" not in judged({"name": "quantize: gguf-q4_0", "forget": {
+        "set": "forget", "original": {"nll": 1.0}, "unlearned": {"nll": 3.0}, "attacked": {"nll": 2.9}}})
+
+
+def test_the_array_recovery_is_the_recovery_elementwise():
+    from core.recovery import recovery_array
+
+    cases = [(2.0, 5.0, 3.5, "nll", None), (0.8, 0.2, 0.9, "rougeL", None), (2.0, 2.01, 3.0, "nll", None),
+             (0.2, 2.2, 1.5, "nll", 0.5), (0.9, 0.45, 0.3, "rougeL", 0.4), (0.9, 0.45, 0.0, "rougeL", 0.005)]
+    for figure in ("nll", "rougeL"):
+        picked = [c for c in cases if c[3] == figure]
+        for asked in (None, True):
+            chosen = [c for c in picked if (c[4] is None) == (asked is None)]
+            if not chosen:
+                continue
+            columns = [np.array([c[i] for c in chosen]) for i in range(3)]
+            got = recovery_array(*columns, figure, np.array([c[4] for c in chosen]) if asked else None)
+            expected = [recovery.recovery(*c[:3], figure, c[4]) for c in chosen]
+            assert [None if np.isnan(g) else pytest.approx(g) for g in got] == expected
+
+
 def test_verdicts_rest_on_the_intervals():
     assert recovery.verdict({"nll": 0.1}, {"nll": [0.0, 0.2]}) == ("robust", 0.1)
     assert recovery.verdict({"nll": 0.1}, {"nll": [0.0, 0.3]})[0].startswith("inconclusive")

@@ -143,3 +143,26 @@ def test_the_goal_rule(upper, four_bit, fq, mu_ratio, met):
 def test_the_goal_needs_both_splits_below_the_threshold(group_upper, with_group):
     row = {"choice": {}, "audit": audit_of(0.2, 0.05, group_upper, with_group), "fq": 0.2, "mu_ratio": 0.95}
     assert robust_report.meets_goal(row) is False
+
+
+def test_attacks_audited_before_their_intervals_are_measured_again():
+    old = [{"name": "relearn", "residual_interval": {}}, {"name": "quantize: gguf-q4_0"},
+           {"name": "rephrase: plain", "recovery_interval": {"nll": [0.1, 0.2]}}]
+    assert robust.without_intervals(old) == ["quantize"]
+    assert robust.without_intervals(old[:1] + old[2:]) == []
+    recorded = {"settings": robust_plans.AUDIT, "splits": {"example": {"results": {
+        name: {k: v for k, v in r.items() if k != "name"} for r in old for name in [r["name"]]}}}}
+    assert not robust.complete(recorded)
+    del recorded["splits"]["example"]["results"]["quantize: gguf-q4_0"]
+    assert robust.complete(recorded) and not robust.complete({**recorded, "settings": {}})
+
+
+def test_the_report_shows_4_bit_and_rephrasing_with_their_intervals():
+    audit = {"splits": {"example": {"results": {
+        "quantize: gguf-q4_0": {"recovery": {"nll": 0.06}, "recovery_interval": {"nll": [0.01, 0.11]}},
+        "quantize: gguf-q4_k_m": {"recovery": {"nll": 0.1}},     # audited before intervals
+        "rephrase: plain": {"recovery": {"nll": 0.19}, "recovery_interval": {"nll": [0.1, 0.3]}},
+        "rephrase: few-shot": {"recovery": {"nll": 0.32}, "recovery_interval": {"nll": [0.2, None]}}}}}}
+    assert robust_report.four_bit_cells(audit) == "0.06 [0.01, 0.11] / 0.10"
+    assert robust_report.cell(*robust_report.worst_rephrasing(audit)) == "0.32 [0.20, ?]"
+    assert robust_report.worst_rephrasing(None) == (None, None)

@@ -2,7 +2,7 @@
 q4_0 through llama.cpp and ONNX int4 where the builder takes the model, each run in its own runtime. This is
 `unlearn export`'s own parity and forgetting check (export/parity.py) on the audit's forget and retain
 examples, so the audit and a bundle's parity report give the same numbers: its nll_recovery is this
-audit's NLL recovery."""
+audit's NLL recovery. The parity report's per-prompt figures give each recovery its interval over the prompts."""
 from __future__ import annotations
 
 from export.bundle import export_run, refusals
@@ -45,7 +45,9 @@ class Quantize(Attack):
                 continue
             result = {"name": f"quantize: {name}", "nll_recovery_in_parity": report["forgetting"].get(name, {}).get("nll_recovery"),
                       "forget": {"set": "forget", "original": _figures(original, "forget"),
-                                 "unlearned": _figures(unlearned, "forget"), "attacked": _figures(scores, "forget")}}
+                                 "unlearned": _figures(unlearned, "forget"), "attacked": _figures(scores, "forget")},
+                      "forget_each": {stage: of["per_example"]["forget"] for stage, of in
+                                      (("original", original), ("unlearned", unlearned), ("attacked", scores))}}
             if "retain_nll" in scores:
                 result["retain"] = {"original": _figures(original, "retain"), "unlearned": _figures(unlearned, "retain"),
                                     "attacked": _figures(scores, "retain")}

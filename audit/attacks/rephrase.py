@@ -29,8 +29,9 @@ def plain_prompt(question: str, shots: list[Example]) -> str:
     return f"{examples}Question: {question}\nAnswer:"
 
 
-def measure_plain(model, tokenizer, examples, shots, settings) -> dict:
-    """NLL, probability and ROUGE-L recall of the answers after raw-text prompts (no chat template)."""
+def measure_plain(model, tokenizer, examples, shots, settings) -> tuple[dict, dict]:
+    """(NLL, probability and ROUGE-L recall of the answers after raw-text prompts (no chat template), the same
+    per example: {"nll": summed answer NLL, "tokens", "prob", "rougeL"} as audit/measure.py's)."""
     prompts = [tokenizer(plain_prompt(ex.prompt, shots))["input_ids"] for ex in examples]
     answers = [tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"] for ex in examples]
     items = [Encoded(input_ids=p + a, labels=[IGNORE_INDEX] * len(p) + a) for p, a in zip(prompts, answers)]
@@ -39,8 +40,11 @@ def measure_plain(model, tokenizer, examples, shots, settings) -> dict:
     generations = generate_from_ids(model, tokenizer, prompts, settings.max_new_tokens, settings.generation_batch,
                                     "rephrase: generating")
     rouge = rouge_recall([g.split("\nQuestion:")[0] for g in generations], [ex.answer for ex in examples])
-    return {"nll": float(nll.sum() / counts.sum().clamp(min=1)), "prob": float(np.mean(np.exp(-np.asarray(per)))),
-            "rougeL": float(np.mean(rouge["rougeL_recall"]))}
+    each = {"nll": nll.tolist(), "tokens": counts.tolist(), "prob": np.exp(-np.asarray(per)).tolist(),
+            "rougeL": [float(r) for r in rouge["rougeL_recall"]]}
+    figures = {"nll": float(nll.sum() / counts.sum().clamp(min=1)), "prob": float(np.mean(each["prob"])),
+               "rougeL": float(np.mean(each["rougeL"]))}
+    return figures, each
 
 
 def paraphrases(context) -> dict[str, str]:
@@ -69,27 +73,34 @@ class Rephrase(Attack):
         models, settings = context.models, context.settings
         shots = [ex for ex in (context.retain or []) if ex.is_qa][:SHOTS]
         usual = context.baseline("forget_qa", qa)
+        usual_each = context.baseline_each("forget_qa", qa)
         results = []
         mapping = paraphrases(context)
         if mapping:
             rephrased = [Example(answer=ex.answer, prompt=mapping[ex.prompt]) for ex in qa if ex.prompt in mapping]
-            asked = {name: context.measure(model, tok, rephrased, f"rephrase paraphrased {name}")
+            asked = {name: context.score(model, tok, rephrased, f"rephrase paraphrased {name}")
                      for name, (model, tok) in models.items()}
-            results.append(self._result("paraphrased", usual, asked))
+            # per-example figures line up with the usual ones only when every question has its paraphrase
+            results.append(self._result("paraphrased", usual, asked, usual_each if len(rephrased) == len(qa) else None))
         variants = {"plain": [], "few-shot": shots} if shots else {"plain": []}
         for variant, examples in variants.items():
             asked = {name: measure_plain(model, tok, qa, examples, settings) for name, (model, tok) in models.items()}
-            result = self._result(variant, usual, asked)
+            result = self._result(variant, usual, asked, usual_each)
             retain = [ex for ex in (context.retain or []) if ex.is_qa][SHOTS:] or None
             if retain:
                 result["retain"] = {**context.baseline("retain", context.retain),
                                     "attacked": measure_plain(models["unlearned"][0], models["unlearned"][1], retain,
-                                                              examples, settings)}
+                                                              examples, settings)[0]}
             results.append(result)
         return results
 
     @staticmethod
-    def _result(variant: str, usual: dict, asked: dict) -> dict:
-        return {"name": f"rephrase: {variant}", "forget": {"set": f"forget questions, {variant}", **usual,
-                                                           "attacked": asked["unlearned"],
-                                                           "attacked_original": asked["original"]}}
+    def _result(variant: str, usual: dict, asked: dict, usual_each: dict | None) -> dict:
+        """`asked`: model name -> (figures, per-example lists) under the rephrased prompt."""
+        result = {"name": f"rephrase: {variant}", "forget": {"set": f"forget questions, {variant}", **usual,
+                                                             "attacked": asked["unlearned"][0],
+                                                             "attacked_original": asked["original"][0]}}
+        if usual_each is not None:
+            result["forget_each"] = {**usual_each, "attacked": asked["unlearned"][1],
+                                     "attacked_original": asked["original"][1]}
+        return result
