@@ -304,9 +304,11 @@ MEASURED_ONCE = ("quantize", "rephrase")   # the attacks that train nothing: int
 
 def without_intervals(results: list[dict]) -> list[str]:
     """The attacks measured once whose results have no interval: audited before their per-answer figures were
-    kept, so measured again (`unlearn audit --update`: the fine-tuning attacks' results stay)."""
+    kept, so measured again (`unlearn audit --update`: the fine-tuning attacks' results stay). A result whose
+    every recovery is undefined (a model that forgot nothing: the target's sanity row) has none to give."""
     return [attack for attack in MEASURED_ONCE
-            if any(r["name"].split(":")[0] == attack and "recovery_interval" not in r for r in results)]
+            if any(r["name"].split(":")[0] == attack and "recovery_interval" not in r
+                   and any(v is not None for v in (r.get("recovery") or {}).values()) for r in results)]
 
 
 def complete(recorded: dict) -> bool:

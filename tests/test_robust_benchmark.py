@@ -146,10 +146,12 @@ def test_the_goal_needs_both_splits_below_the_threshold(group_upper, with_group)
 
 
 def test_attacks_audited_before_their_intervals_are_measured_again():
-    old = [{"name": "relearn", "residual_interval": {}}, {"name": "quantize: gguf-q4_0"},
-           {"name": "rephrase: plain", "recovery_interval": {"nll": [0.1, 0.2]}}]
+    old = [{"name": "relearn", "residual_interval": {}}, {"name": "quantize: gguf-q4_0", "recovery": {"nll": 0.1}},
+           {"name": "rephrase: plain", "recovery": {"nll": 0.2}, "recovery_interval": {"nll": [0.1, 0.3]}}]
     assert robust.without_intervals(old) == ["quantize"]
     assert robust.without_intervals(old[:1] + old[2:]) == []
+    # nothing forgotten (the target's sanity row): no figure is defined, so there is no interval to measure
+    assert robust.without_intervals([{"name": "quantize: gguf-q4_0", "recovery": {"nll": None}}]) == []
     recorded = {"settings": robust_plans.AUDIT, "splits": {"example": {"results": {
         name: {k: v for k, v in r.items() if k != "name"} for r in old for name in [r["name"]]}}}}
     assert not robust.complete(recorded)
