@@ -244,6 +244,72 @@ def plot(found: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def relearn_verdicts(audit: dict | None) -> dict[str, str]:
+    """split -> the relearn attack's verdict there (its first word), for the splits audited."""
+    splits = (audit or {}).get("splits", {})
+    return {split: found["results"]["relearn"]["verdict"].split(":")[0] for split, found in splits.items()
+            if "relearn" in found.get("results", {})}
+
+
+def relearning_outcome(audit: dict | None) -> str:
+    """What relearning did to one method, once the control is subtracted: "undone" (shallow on some split),
+    "robust" (robust on both), "partial", or "not decided" (an interval spans a threshold, or a split is
+    missing)."""
+    verdicts = relearn_verdicts(audit)
+    if "shallow" in verdicts.values():
+        return "undone"
+    if len(verdicts) < 2 or "inconclusive" in verdicts.values() or "undefined" in verdicts.values():
+        return "not decided"
+    return "robust" if set(verdicts.values()) == {"robust"} else "partial"
+
+
+OUTCOMES = {"undone": "relearning undoes it (a residual interval above 0.5 on some split)",
+            "partial": "partly (every interval at or below 0.5, some at or above 0.25)",
+            "not decided": "not decided (an interval spans 0.25 or 0.5)",
+            "robust": "robust on both splits (every interval below 0.25)"}
+SUMMARY_START, SUMMARY_END = "<!-- robust.py summary: start -->", "<!-- robust.py summary: end -->"
+
+
+def audit_summary(found: list[dict], ledger: Ledger) -> str:
+    """docs/results/audit.md's summary of the audits with control: per method the figures of robust.md's table
+    that the audit gives, and whether relearning still undoes it once the control is subtracted."""
+    from core.evaluation.report import table
+
+    audited = [row for row in found if row.get("audit")]
+    by_outcome = {outcome: [row["label"] for row in audited if relearning_outcome(row["audit"]) == outcome]
+                  for outcome in OUTCOMES}
+    control = ledger.data.get("sanity", {}).get("control")   # its relearn results hold what the control learns
+    lines = [[row["label"], cell(*figure(row["audit"], "example", "relearn")),
+              cell(*figure(row["audit"], "group", "relearn")), cell(*figure(row["audit"], "example", "benign")),
+              four_bit_cells(row["audit"]), cell(*worst_rephrasing(row["audit"])),
+              " / ".join(f"{v}" for v in relearn_verdicts(row["audit"]).values()),
+              row["audit"]["splits"].get("example", {}).get("overall", "-")] for row in audited]
+    return "\n".join([
+        SUMMARY_START,
+        f"Written by `python benchmarks/robust.py --report` ({time.strftime('%Y-%m-%d')}) from the record "
+        f"behind [robust.md](robust.md): {len(audited)} of {len(found)} methods audited with the control so far.", "",
+        "**Does relearning still undo them once the control is subtracted?** "
+        + "; ".join(f"{text}: {', '.join(by_outcome[o]) or 'none'}" for o, text in OUTCOMES.items()) + ".", "",
+        "**What the control itself learns** from the same relearning (its forget NLL on the measured answers, "
+        f"before -> after): {control_learns(control, 'example')} by example, {control_learns(control, 'group')} by "
+        "author." if control else "The control's own figures: not measured yet.", "",
+        table(["method", "relearn residual (example)", "relearn residual (group)", "benign residual",
+               "4-bit recovery (q4_0 / q4_k_m)", "rephrase recovery", "relearn verdict (example / group)",
+               "overall (example split)"], lines) if lines else "No method audited yet.",
+        SUMMARY_END])
+
+
+def refresh_summary(path: Path, summary: str) -> None:
+    """Put `summary` between the markers in `path` (a file without them is left as it is)."""
+    from core.runs import write_text_atomic
+
+    text = path.read_text() if path.is_file() else ""
+    if SUMMARY_START not in text or SUMMARY_END not in text:
+        return
+    head, rest = text.split(SUMMARY_START, 1)
+    write_text_atomic(path, head + summary + rest.split(SUMMARY_END, 1)[1])
+
+
 def write_report(ledger: Ledger, folder: Path) -> str:
     from core.runs import write_json_atomic, write_text_atomic
 
@@ -253,5 +319,6 @@ def write_report(ledger: Ledger, folder: Path) -> str:
                                                "wall_seconds": ledger.data.get("wall_seconds", 0)})
     write_text_atomic(folder / "robust.md", text)
     plot(found, folder / "robust.png")
+    refresh_summary(folder / "audit.md", audit_summary(found, ledger))
     return text
 

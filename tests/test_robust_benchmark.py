@@ -103,7 +103,15 @@ def test_the_report_reads_the_audit_back_and_judges_the_goal(swept, tmp_path):
     assert robust_report.worst_residual(row["audit"]) == (relearn["residual"]["nll"], relearn["residual_interval"]["nll"])
     assert robust_report.meets_goal(row) is False   # no 4-bit attack measured: the goal cannot be met
     assert "choice" not in rows["npo_sam"] and rows["npo_sam"]["swept"] == []
+    kept = "# Audit\n\nby hand\n\n<!-- robust.py summary: start -->\nold\n<!-- robust.py summary: end -->\n\nhistory\n"
+    (tmp_path / "audit.md").write_text(kept)
     text = robust_report.write_report(ledger, tmp_path)
+    summary = (tmp_path / "audit.md").read_text()   # audit.md's summary block is rewritten, the rest kept
+    assert summary.startswith("# Audit\n\nby hand\n\n") and summary.endswith("\n\nhistory\n") and "old" not in summary
+    assert f"| NPO+RT | {robust_report.cell(relearn['residual']['nll'], relearn['residual_interval']['nll'])} | - |" \
+        in summary and "1 of " in summary
+    outcome = "undone" if relearn["verdict"] == "shallow" else "not decided"   # one split: no other verdict
+    assert f"{robust_report.OUTCOMES[outcome]}: NPO+RT" in summary
     assert f"| NPO+RT | {variant.lrs[1]:g}, 1 | 0.5 | 0.95 |" in text
     assert "Not measured yet: NPO+SAM (swept: nothing)" in text and (tmp_path / "robust.png").is_file()
     forget = relearn["forget"]   # the control's forget NLL before and after its own relearning
@@ -168,3 +176,13 @@ def test_the_report_shows_4_bit_and_rephrasing_with_their_intervals():
     assert robust_report.four_bit_cells(audit) == "0.06 [0.01, 0.11] / 0.10"
     assert robust_report.cell(*robust_report.worst_rephrasing(audit)) == "0.32 [0.20, ?]"
     assert robust_report.worst_rephrasing(None) == (None, None)
+
+
+@pytest.mark.parametrize("example, group, outcome", [
+    ("shallow", "robust", "undone"), ("robust", "robust", "robust"), ("robust", None, "not decided"),
+    ("partial", "robust", "partial"), ("inconclusive: wide", "robust", "not decided")])
+def test_what_relearning_did_once_the_control_is_subtracted(example, group, outcome):
+    splits = {"example": example, "group": group}
+    audit = {"splits": {split: {"results": {"relearn": {"verdict": verdict}}}
+                        for split, verdict in splits.items() if verdict}}
+    assert robust_report.relearning_outcome(audit) == outcome
