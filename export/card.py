@@ -106,8 +106,21 @@ def _audit(audit: dict) -> str:
         lines += [f"Control: `{audit['control']}`, a model that never learned the forget data, fine-tuned alike. "
                   "Residual = (control attacked − unlearned attacked) / (control attacked − original): 0 relearns "
                   "no faster than never having learned, 1 back to the original.", ""]
-    lines += ["| attack | verdict | largest recovery | largest residual |", "|---|---|---|---|"]
+    lines += ["| attack | verdict | largest recovery [95 % interval] | largest residual [95 % interval] |",
+              "|---|---|---|---|"]
     for r in audit["results"]:
-        worst, residual = ("-" if v is None else f"{v:.2f}" for v in (r["worst_recovery"], r.get("worst_residual")))
-        lines.append(f"| {r['name']} | {r['verdict'].split(':')[0]} | {worst} | {residual} |")
+        lines.append(f"| {r['name']} | {r['verdict'].split(':')[0]} | {_largest(r, 'recovery')} | "
+                     f"{_largest(r, 'residual')} |")
     return "\n".join(lines + ["", "The whole report: `audit/audit.json`, `audit/audit.md`."])
+
+
+def _largest(result: dict, kind: str) -> str:
+    """An attack's largest recovery (or residual) over its figures, with that figure's interval when it has one
+    (an unbounded end: '?')."""
+    values = {f: v for f, v in (result.get(kind) or {}).items() if v is not None}
+    if not values:
+        return "-"
+    figure = max(values, key=values.get)
+    interval = (result.get(f"{kind}_interval") or {}).get(figure)
+    bounds = "" if not interval else " [" + ", ".join("?" if b is None else f"{b:.2f}" for b in interval) + "]"
+    return f"{values[figure]:.2f}{bounds}"

@@ -149,6 +149,10 @@ def test_export_carries_the_audit_into_the_bundle_card_and_manifest(lora_run, tm
     assert (tmp_path / "bundle" / "audit" / "audit.json").is_file()
     card = (tmp_path / "bundle" / "README.md").read_text()
     assert "## Robustness audit" in card and f"Overall: **{audit['overall']}**" in card
+    relearn = audit["results"][0]   # its largest recovery, with the interval of the figure it came from
+    figure = max((f for f, v in relearn["recovery"].items() if v is not None), key=relearn["recovery"].get)
+    low, high = relearn["recovery_interval"][figure]
+    assert f"| relearn | {relearn['verdict'].split(':')[0]} | {relearn['worst_recovery']:.2f} [{low:.2f}, {high:.2f}] | - |" in card
     if audit["results"][0]["verdict"] in ("shallow", "partial"):
         assert "relearn restores what was forgotten" in card
     else:
