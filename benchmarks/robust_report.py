@@ -187,7 +187,9 @@ def sanity_section(ledger: Ledger) -> list[str]:
             "after the relearn attack (at the learning rate that judged): what a model that never saw the "
             "authors learns about the measured answers from the relearned ones. The control's 4-bit recovery is "
             "that figure's noise: how far quantising alone moves the forget NLL of a model that never learned "
-            "the authors, read against the target.", "",
+            "the authors, read against the target. Verdict: the example split's overall one, which includes the "
+            "attacks that train nothing (their recovery, not a residual: the control does not pin them, and for "
+            "the control their wide intervals over 20 answers can leave it inconclusive).", "",
             table(["audited as the unlearned model", *AUDIT_COLUMNS], lines) if lines else "Not measured yet.", "",
             "## The mini-TOFU NPO+RT run, audited again with its control", "",
             "tofu_mini.py's plan mini-lr5e-5 (authors 198-199 unlearned by NPO+RT at 5e-5 from a target that "
