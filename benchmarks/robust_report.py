@@ -220,26 +220,35 @@ def worst_rephrasing(audit: dict | None) -> tuple[float | None, list | None]:
 
 
 def plot(found: list[dict], path: Path) -> None:
+    """Relearn residual against Model Utility, one colour per method: the example split filled, the group
+    split (independent facts) hollow, each with its interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(row, *worst_residual(row["audit"])) for row in found if row.get("audit")]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row, residual, interval in points:
-        if residual is None:
-            continue
-        low, high = interval if interval else (residual, residual)
-        errors = [[residual - (low if low is not None else residual)], [(high if high is not None else residual) - residual]]
-        ax.errorbar(row["mu_ratio"], residual, yerr=errors, fmt="o" if row["robust"] else "s", capsize=3,
-                    label=f"{row['label']} (lr {row['choice']['lr']:g}, ep {row['choice']['epoch']})")
+    audited = [row for row in found if row.get("audit")]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for number, row in enumerate(audited):
+        colour = f"C{number % 10}"
+        for split, filled in (("example", True), ("group", False)):
+            residual, interval = figure(row["audit"], split, "relearn")
+            if residual is None:
+                continue
+            low, high = interval if interval else (residual, residual)
+            errors = [[residual - (low if low is not None else residual)],
+                      [(high if high is not None else residual) - residual]]
+            ax.errorbar(row["mu_ratio"] + (0.0 if filled else 0.002), residual, yerr=errors,
+                        fmt="o" if row["robust"] else "s", capsize=3, color=colour,
+                        markerfacecolor=colour if filled else "white",
+                        label=f"{row['label']} (lr {row['choice']['lr']:g}, ep {row['choice']['epoch']})"
+                        if filled else None)
     ax.axhline(GOAL["residual"], color="grey", linestyle=":", linewidth=1)
     ax.axvline(GOAL["mu_ratio"], color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("Model Utility / target's")
-    ax.set_ylabel("relearn residual (worse split, NLL)")
-    ax.set_title("After the attacker's best relearning: closer to 0 = as if never learned")
-    if points:
+    ax.set_ylabel("relearn residual (NLL)")
+    ax.set_title("After the attacker's best relearning (filled: by example, hollow: by author)", fontsize=10)
+    if audited:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
