@@ -63,11 +63,6 @@ def relearn_residuals(audit: dict | None) -> list[tuple[float | None, list | Non
     return [figure(audit, split, "relearn") for split in ("example", "group")]
 
 
-def worst_residual(audit: dict | None) -> tuple[float | None, list | None]:
-    """The relearn residual of the split where the attacker did best (its upper bound decides)."""
-    return max((f for f in relearn_residuals(audit) if f[0] is not None), key=_upper, default=(None, None))
-
-
 def _upper(found: tuple[float, list | None]) -> float:
     """The interval's upper bound; infinite where the bootstrap left it unbounded (a draw's denominator under
     the noise floor), the value itself for a figure measured once."""

@@ -100,7 +100,8 @@ def test_the_report_reads_the_audit_back_and_judges_the_goal(swept, tmp_path):
     row = rows["npo_rt"]
     assert row["choice"] == choice and row["fq"] == 0.5 and row["mu_ratio"] == pytest.approx(0.95)
     relearn = next(r for r in report["results"] if r["name"] == "relearn")
-    assert robust_report.worst_residual(row["audit"]) == (relearn["residual"]["nll"], relearn["residual_interval"]["nll"])
+    assert robust_report.relearn_residuals(row["audit"]) == [(relearn["residual"]["nll"],
+                                                              relearn["residual_interval"]["nll"]), (None, None)]
     assert robust_report.meets_goal(row) is False   # no 4-bit attack measured: the goal cannot be met
     assert "choice" not in rows["npo_sam"] and rows["npo_sam"]["swept"] == []
     kept = "# Audit\n\nby hand\n\n<!-- robust.py summary: start -->\nold\n<!-- robust.py summary: end -->\n\nhistory\n"
