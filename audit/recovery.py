@@ -193,9 +193,18 @@ def judge_points(points: list[dict]) -> dict:
         sweep.append(entry)
     weakest = min(sweep, key=_weakness)
     return {"judged_by": judged_by, "sweep": sweep, "lr": weakest["lr"], "verdict": weakest["verdict"],
+            "at_edge": at_edge(weakest["lr"], [entry["lr"] for entry in sweep]),
             **{key: weakest[key] for kind in kinds for key in (kind, f"{kind}_interval")},
             "worst_recovery": _largest(weakest["recovery"]),
             **({"worst_residual": _largest(weakest["residual"])} if judged_by == "residual" else {})}
+
+
+def at_edge(worst: float, tried: list[float]) -> str | None:
+    """"highest" or "lowest" when the attacker did best at an end of several learning rates tried (a wider
+    sweep might find a stronger attack), else None."""
+    if len(set(tried)) < 2:
+        return None
+    return "highest" if worst == max(tried) else "lowest" if worst == min(tried) else None
 
 
 def _weakness(entry: dict) -> tuple:

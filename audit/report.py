@@ -87,8 +87,11 @@ def _sweep_section(results: list[dict], control: bool) -> list[str]:
     header = ["attack", "learning rate", "seeds", "verdict", "NLL recovery", "prob. recovery", "ROUGE-L recovery"]
     header += ["NLL residual", "prob. residual", "ROUGE-L residual"] if control else []
     splits = [f"{r['name']}: {r['split']} split" for r in results if r.get("split")]
+    edges = [f"{r['name']}: the attacker did best at the {r['at_edge']} learning rate tried ({r['lr']:.3g}), so a "
+             f"sweep reaching further {'up' if r['at_edge'] == 'highest' else 'down'} might find a stronger attack."
+             for r in results if r.get("at_edge")]
     return ["## Every learning rate", "", table(header, rows), "",
-            *([f"Relearn split: {'; '.join(splits)}.", ""] if splits else [])]
+            *([f"Relearn split: {'; '.join(splits)}.", ""] if splits else []), *[line + "\n" for line in edges]]
 
 
 def _options_line(options: dict | None) -> list[str]:

@@ -72,6 +72,19 @@ def _upper(found: tuple[float, list | None]) -> float:
     return math.inf if interval[1] is None else interval[1]
 
 
+HIGHEST_ATTACK_LR = max(float(lr) for lr in ATTACK_LRS.split(","))
+TRAINED = (("example", "relearn", "relearn by example"), ("group", "relearn", "relearn by author"),
+           ("example", "benign", "benign"))
+
+
+def at_the_highest_rate(audit: dict | None) -> list[str]:
+    """The fine-tuning attacks of an audit whose worst case came at the highest attack learning rate tried
+    (a sweep reaching further up might be stronger)."""
+    splits = (audit or {}).get("splits", {})
+    return [name for split, attack, name in TRAINED
+            if (splits.get(split, {}).get("results", {}).get(attack) or {}).get("lr") == HIGHEST_ATTACK_LR]
+
+
 def four_bit(audit: dict | None) -> float | None:
     values = [figure(audit, "example", name, "recovery")[0] for name in FOUR_BIT]
     values = [v for v in values if v is not None]
@@ -149,11 +162,22 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         + (f"met by {', '.join(met)}." if met else
            f"not met by any of the {len(audited)} method(s) audited so far."), "",
         table(head, lines) if lines else "No method has a complete sweep yet.", "",
+        *edge_note(found),
         *([f"Not measured yet: {'; '.join(pending)}.", ""] if pending else []),
         *sanity_section(ledger),
         "## The sweep behind each choice (each learning rate's best epoch)", "",
         table(["method", *[f"lr {i + 1}" for i in range(3)]], sweep) if sweep else "-", "",
         "![relearn residual against Model Utility](robust.png)", ""])
+
+
+def edge_note(found: list[dict]) -> list[str]:
+    """Which rows' attackers did best at the highest learning rate tried, where the sweep may stop short."""
+    at_edge = [f"{row['label']} ({', '.join(names)})" for row in found if row.get("audit")
+               for names in [at_the_highest_rate(row["audit"])] if names]
+    if not at_edge:
+        return []
+    return [f"The attacker did best at the highest learning rate tried ({HIGHEST_ATTACK_LR:g}) for: "
+            f"{'; '.join(at_edge)}. A sweep reaching further up might find a stronger attack there.", ""]
 
 
 AUDIT_COLUMNS = ["relearn residual (example)", "relearn residual (group)", "benign residual",

@@ -105,6 +105,22 @@ def test_the_array_recovery_is_the_recovery_elementwise():
             assert [None if np.isnan(g) else pytest.approx(g) for g in got] == expected
 
 
+def test_a_worst_case_at_an_end_of_the_sweep_is_flagged():
+    assert recovery.at_edge(1.5e-4, [1.5e-5, 5e-5, 1.5e-4]) == "highest"
+    assert recovery.at_edge(1.5e-5, [1.5e-5, 5e-5, 1.5e-4]) == "lowest"
+    assert recovery.at_edge(5e-5, [1.5e-5, 5e-5, 1.5e-4]) is None and recovery.at_edge(5e-5, [5e-5]) is None
+    # through the judgement and into audit.md: residual 0.1 at the low rate, 0.4 at the high one
+    each = lambda attacked: {"original": _each([1.0]), "attacked": _each([attacked]),   # noqa: E731
+                             "control_attacked": _each([0.0]), "unlearned": _each([0.0])}
+    points = [{"lr": lr, "seed": 42, "each": each(value)} for lr, value in ((1e-5, 0.1), (1e-4, 0.4))]
+    judged = recovery.judge_points(points)
+    assert judged["lr"] == 1e-4 and judged["at_edge"] == "highest"
+    from audit.report import _sweep_section
+
+    text = "\n".join(_sweep_section([{"name": "relearn", "sweep": judged["sweep"], **judged}], control=True))
+    assert "relearn: the attacker did best at the highest learning rate tried (0.0001)" in text
+
+
 def test_verdicts_rest_on_the_intervals():
     assert recovery.verdict({"nll": 0.1}, {"nll": [0.0, 0.2]}) == ("robust", 0.1)
     assert recovery.verdict({"nll": 0.1}, {"nll": [0.0, 0.3]})[0].startswith("inconclusive")

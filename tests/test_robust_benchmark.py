@@ -187,3 +187,14 @@ def test_what_relearning_did_once_the_control_is_subtracted(example, group, outc
     audit = {"splits": {split: {"results": {"relearn": {"verdict": verdict}}}
                         for split, verdict in splits.items() if verdict}}
     assert robust_report.relearning_outcome(audit) == outcome
+
+
+def test_the_report_says_where_the_attacker_did_best_at_the_highest_rate_tried():
+    highest, lowest = robust_report.HIGHEST_ATTACK_LR, 1.5e-5
+    audit = {"splits": {"example": {"results": {"relearn": {"lr": lowest}, "benign": {"lr": highest}}},
+                        "group": {"results": {"relearn": {"lr": highest}}}}}
+    assert robust_report.at_the_highest_rate(audit) == ["relearn by author", "benign"]
+    rows = [{"label": "NPO+RT", "audit": audit}, {"label": "GA", "audit": None}]
+    assert robust_report.edge_note(rows)[0].startswith(
+        f"The attacker did best at the highest learning rate tried ({highest:g}) for: NPO+RT (relearn by author, benign).")
+    assert robust_report.edge_note(rows[1:]) == []
