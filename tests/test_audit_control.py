@@ -372,3 +372,7 @@ def test_the_studio_sets_the_unlearned_model_against_the_control_in_plain_words(
     # residual (3.0 - 2.95) / (3.0 - 1.0) = 0.025; its interval over the two examples [0, 0.05]
     assert row["NLL residual [95 % interval]"] == "0.0250 [0.00, 0.05]" and row["control, attacked"] == 3.0
     assert row["verdict"] == "robust" and "no more than a model that never learned" in row["in plain words"]
+    assert "stronger one may exist" not in row["in plain words"]    # one learning rate: no end to reach past
+    second = {**point, "lr": 1e-5, "each": {**each, "attacked": {"nll": [3.0, 3.0], "tokens": [1, 1]}}}
+    swept = rejudged({"results": [{"name": "relearn", "points": [second, point]}], "control": "bundled"})
+    assert "the highest learning rate tried, so a stronger one may exist" in verdict_table(swept).iloc[0]["in plain words"]

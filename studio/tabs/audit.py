@@ -116,7 +116,11 @@ def plain_verdict(result: dict) -> str:
     """The verdict in words a non-researcher reads."""
     level = result["verdict"].split(":")[0]
     against_control = result.get("judged_by") == "residual"
-    return PLAIN_VERDICTS.get((level, against_control)) or OTHER_VERDICTS.get(level, level)
+    words = PLAIN_VERDICTS.get((level, against_control)) or OTHER_VERDICTS.get(level, level)
+    if result.get("at_edge") and level != "shallow":
+        words += (f"; but the attack did best at the {result['at_edge']} learning rate tried, so a stronger one "
+                  "may exist: add rates further out")
+    return words
 
 
 def _with_interval(values: dict | None, intervals: dict | None, figure: str = "nll") -> str:
