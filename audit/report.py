@@ -1,6 +1,8 @@
 """audit.md: the verdicts, every figure with its 95 % interval, and every point of the fine-tuning sweeps."""
 from __future__ import annotations
 
+from core.evaluation.report import interval_text
+
 from . import recovery
 
 FIGURE_NAMES = {"nll": "NLL", "prob": "prob.", "rougeL": "ROUGE-L"}
@@ -10,8 +12,7 @@ def with_interval(value: float | None, interval: list | None):
     """'0.6200 [0.41, 0.80]' (a None bound: unbounded, '?'); the bare value without an interval."""
     if value is None or not interval:
         return value
-    low, high = ("?" if bound is None else f"{bound:.2f}" for bound in interval)
-    return f"{value:.4f} [{low}, {high}]"
+    return f"{value:.4f} {interval_text(interval)}"
 
 
 def _figures(result: dict, kind: str) -> list:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from benchmarks.ledger import Ledger
+from core.evaluation.report import interval_text
 from benchmarks.robust_plans import (ATTACK_LRS, GOAL, MINI, SANITY, VARIANTS, choose, step_seconds,
                                      sweep_settings, sweep_steps)
 from benchmarks.tofu_report import clock
@@ -72,7 +73,7 @@ def _upper(found: tuple[float, list | None]) -> float:
     return math.inf if interval[1] is None else interval[1]
 
 
-HIGHEST_ATTACK_LR = max(float(lr) for lr in ATTACK_LRS.split(","))
+ATTACK_RATES = [float(lr) for lr in ATTACK_LRS.split(",")]
 TRAINED = (("example", "relearn", "relearn by example"), ("group", "relearn", "relearn by author"),
            ("example", "benign", "benign"))
 
@@ -80,9 +81,12 @@ TRAINED = (("example", "relearn", "relearn by example"), ("group", "relearn", "r
 def at_the_highest_rate(audit: dict | None) -> list[str]:
     """The fine-tuning attacks of an audit whose worst case came at the highest attack learning rate tried
     (a sweep reaching further up might be stronger)."""
+    from audit.recovery import at_edge
+
     splits = (audit or {}).get("splits", {})
-    return [name for split, attack, name in TRAINED
-            if (splits.get(split, {}).get("results", {}).get(attack) or {}).get("lr") == HIGHEST_ATTACK_LR]
+    worst = {name: (splits.get(split, {}).get("results", {}).get(attack) or {}).get("lr")
+             for split, attack, name in TRAINED}
+    return [name for name, lr in worst.items() if lr is not None and at_edge(lr, ATTACK_RATES) == "highest"]
 
 
 def four_bit(audit: dict | None) -> float | None:
@@ -107,10 +111,7 @@ def meets_goal(row: dict) -> bool | None:
 def cell(value: float | None, interval: list | None = None) -> str:
     if value is None:
         return "-"
-    if not interval:
-        return f"{value:.2f}"
-    low, high = ("?" if b is None else f"{b:.2f}" for b in interval)
-    return f"{value:.2f} [{low}, {high}]"
+    return f"{value:.2f}" if not interval else f"{value:.2f} {interval_text(interval)}"
 
 
 def markdown(found: list[dict], ledger: Ledger) -> str:
@@ -176,7 +177,7 @@ def edge_note(found: list[dict]) -> list[str]:
                for names in [at_the_highest_rate(row["audit"])] if names]
     if not at_edge:
         return []
-    return [f"The attacker did best at the highest learning rate tried ({HIGHEST_ATTACK_LR:g}) for: "
+    return [f"The attacker did best at the highest learning rate tried ({max(ATTACK_RATES):g}) for: "
             f"{'; '.join(at_edge)}. A sweep reaching further up might find a stronger attack there.", ""]
 
 

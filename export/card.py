@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from core.evaluation.report import interval_text
 from core.scoring import describe_scored_on
 
 from .formats import formats
@@ -122,5 +123,4 @@ def _largest(result: dict, kind: str) -> str:
         return "-"
     figure = max(values, key=values.get)
     interval = (result.get(f"{kind}_interval") or {}).get(figure)
-    bounds = "" if not interval else " [" + ", ".join("?" if b is None else f"{b:.2f}" for b in interval) + "]"
-    return f"{values[figure]:.2f}{bounds}"
+    return f"{values[figure]:.2f}" + (f" {interval_text(interval)}" if interval else "")

@@ -27,6 +27,12 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def interval_text(interval: list) -> str:
+    """A 95 % interval as the reports print it: '[0.41, 0.80]', an unbounded end as '?'."""
+    low, high = ("?" if bound is None else f"{bound:.2f}" for bound in interval)
+    return f"[{low}, {high}]"
+
+
 def title(summary: dict, suite: str) -> str:
     dtype = f", {summary['dtype']} weights" if summary.get("dtype") else ""   # older summaries lack it
     return f"Evaluation of {summary['model']} ({suite} suite{dtype})"
