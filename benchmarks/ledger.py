@@ -17,6 +17,26 @@ from pathlib import Path
 
 # Plan settings a record may differ in: which methods a plan runs only decides what is measured next.
 NOT_SETTINGS = ("methods",)
+# Where a stage's seconds were measured before the record said so: every stage until then ran on one machine.
+UNRECORDED_MACHINE = "not recorded (before 2026-12-07: one 2-core AVX2 machine)"
+
+
+def machine() -> str:
+    """The machine seconds are measured on, as a stage records it: CPU model, cores and widest vector unit.
+    Seconds (and their ratios, where the vector unit differs) compare only within one machine."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    unit = next((f for f in ("avx512_bf16", "avx512f", "avx2", "neon") if f in flags), platform.machine())
+    return f"{model}, {os.cpu_count()} cores, {unit}"
 
 
 class SettingsChanged(SystemExit):
@@ -30,6 +50,8 @@ class Ledger:
         self.data.setdefault("plans", {})
         self.data.setdefault("stages", {})
         self.data.setdefault("wall_seconds", 0.0)
+        for stage in self.data["stages"].values():
+            stage.setdefault("machines", {UNRECORDED_MACHINE: {k: stage[k] for k in ("wall", "cpu", "invocations")}})
 
     def hold(self) -> None:
         """Keep other invocations off this record while this one measures into it: each saves the whole
@@ -133,11 +155,12 @@ class Ledger:
 
     # ------------------------------------------------------------ time
     def add_stage(self, key: str, wall: float, cpu: float) -> None:
-        """Wall and CPU seconds per stage, summed over the invocations (and machines) that ran it."""
-        stage = self.data["stages"].setdefault(key, {"wall": 0.0, "cpu": 0.0, "invocations": 0})
-        stage["wall"] = round(stage["wall"] + wall, 1)
-        stage["cpu"] = round(stage["cpu"] + cpu, 1)
-        stage["invocations"] += 1
+        """Wall and CPU seconds per stage, summed over the invocations that ran it, in all and per machine."""
+        stage = self.data["stages"].setdefault(key, {"wall": 0.0, "cpu": 0.0, "invocations": 0, "machines": {}})
+        for total in (stage, stage["machines"].setdefault(machine(), {"wall": 0.0, "cpu": 0.0, "invocations": 0})):
+            total["wall"] = round(total["wall"] + wall, 1)
+            total["cpu"] = round(total["cpu"] + cpu, 1)
+            total["invocations"] += 1
         self.save()
 
     def add_wall(self, seconds: float) -> float:

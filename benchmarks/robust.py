@@ -20,8 +20,9 @@ fine-tuning at one learning-rate grid for every method (1.5e-5, 5e-5, 1.5e-4: x0
 repeats at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing. The group split relearns
 again on all 40 (one author's 20 answers relearned, the other's 20 measured; 2 seeds, each author relearned
 once). The control is fine-tuned once for the whole table (audit --control-cache). Each method's step cost is
-its training stage's CPU seconds per step over NPO+RT's at the same learning rate (CPU time hardly depends on
-what else the machine runs; wall time does).
+its training runs' CPU seconds per step over NPO+RT's on the same machine (CPU time hardly depends on what
+else the machine runs, wall time does; both depend on the machine, so a machine that ran no NPO+RT sweep times
+NPO+RT's protocol run once before it trains another method).
 
 UNDO is a second stage: it starts from NPO+RT's chosen checkpoint (the teacher), damages a copy with noise
 (α 0.1) and distils the teacher into it on the run's forget and retain sets, at 1e-4, 3e-4 and 9e-4 (the
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -58,8 +60,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.ledger import Ledger  # noqa: E402
-from benchmarks.robust_plans import (AUDIT, BY_KEY, EPOCH_FIGURES, MINI, ORDER, PROTOCOL_LR,  # noqa: E402
-                                     SANITY, Variant, base_plan, choose, sweep_plan, sweep_settings)
+from benchmarks.robust_plans import (AUDIT, BASELINE_TIMING, BY_KEY, EPOCH_FIGURES, MINI, ORDER,  # noqa: E402
+                                     PROTOCOL_LR, SANITY, Variant, base_plan, choose, step_seconds, sweep_plan,
+                                     sweep_settings, sweep_steps)
 from benchmarks.tofu_plans import prepare_data  # noqa: E402
 from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
 from benchmarks.tofu_stages import (Bench, Learned, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
@@ -128,6 +131,7 @@ class Robust:
                                        weights_digest(models["target"] / "model"))
         if relearned:
             self.bench.say(relearned)
+        self.time_baseline()
         learned = Learned(self.start_model(variant), models["reference"], models["retain_eval"], models["holdout"],
                           models["target_point"])
         run_dir = self.run_dir(variant, lr)
@@ -141,6 +145,19 @@ class Robust:
         self.bench.say(f"{variant.label} at lr {lr:g}: " + ", ".join(
             f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
         return points
+
+    def time_baseline(self) -> None:
+        """NPO+RT's CPU seconds per step on this machine, which step costs measured here are taken against (a
+        step's seconds compare only within one machine): its protocol run timed once, weights not kept, where
+        no NPO+RT run was timed here."""
+        from benchmarks.ledger import machine
+
+        baseline = BY_KEY["npo_rt"]
+        if machine() in step_seconds(self.bench.ledger, baseline, sweep_steps()):
+            return
+        run = self.bench.train(self.bench.root / BASELINE_TIMING, model=str(self.models()["target"] / "model"),
+                               method=baseline.method, **unlearn_settings(self.base, self.files, PROTOCOL_LR))
+        shutil.rmtree(run)
 
     def start_model(self, variant: Variant) -> Path:
         """The model a row unlearns from: the target, or for a second stage (Variant.after) the first
@@ -267,8 +284,6 @@ def checkpoint_as_run(run: Path, checkpoint: Path, out: Path) -> None:
 def model_as_run(config: dict, model: Path, out: Path) -> None:
     """A run folder `out` recording `config` whose final model is `model` (a checkpoint or model folder),
     written atomically: the model folder appears complete or not at all."""
-    import shutil
-
     from core.models import open_model
 
     loaded = open_model(str(model), "cpu", dtype="float32")

@@ -119,7 +119,24 @@ def sweep_steps() -> int:
     return plan.unlearn_epochs * -(-len(author_records(*plan.forget_authors)) // plan.unlearn_batch)
 
 
-def step_seconds(ledger: Ledger, variant: Variant, lr: float, steps: int) -> float | None:
-    """CPU seconds per optimizer step of the method's training stage at `lr` (None before it ran)."""
-    stage = ledger.data["stages"].get(f"robust/{variant.key}-lr{lr:g}")
-    return stage["cpu"] / steps if stage else None
+# NPO+RT's run timed on a machine that has no NPO+RT sweep run of its own (robust.py: Robust.time_baseline)
+BASELINE_TIMING = "robust/timing-npo_rt"
+
+
+def step_seconds(ledger: Ledger, variant: Variant, steps: int) -> dict[str, float]:
+    """CPU seconds per optimizer step of the method's training stages, per machine they ran on: the mean over
+    the learning rates run there (a step's cost hardly depends on the rate). NPO+RT's timing run counts as one
+    of its stages."""
+    keys = [f"robust/{variant.key}-lr{lr:g}" for lr in variant.lrs]
+    keys += [BASELINE_TIMING] if variant.key == "npo_rt" else []
+    per_machine: dict[str, list[float]] = {}
+    for key in keys:
+        for name, measured in ledger.data["stages"].get(key, {}).get("machines", {}).items():
+            per_machine.setdefault(name, []).append(measured["cpu"] / steps)
+    return {name: sum(values) / len(values) for name, values in per_machine.items()}
+
+
+def step_cost(ledger: Ledger, variant: Variant, baseline: Variant, steps: int) -> dict[str, float]:
+    """The method's CPU seconds per step over the baseline's, per machine that timed both."""
+    mine, theirs = step_seconds(ledger, variant, steps), step_seconds(ledger, baseline, steps)
+    return {name: mine[name] / theirs[name] for name in mine if theirs.get(name)}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmarks.ledger import Ledger
 from core.evaluation.report import interval_text
-from benchmarks.robust_plans import (ATTACK_LRS, GOAL, MINI, SANITY, VARIANTS, choose, step_seconds,
+from benchmarks.robust_plans import (ATTACK_LRS, GOAL, MINI, SANITY, VARIANTS, choose, step_cost,
                                      sweep_settings, sweep_steps)
 from benchmarks.tofu_report import clock
 
@@ -31,14 +31,13 @@ def rows(ledger: Ledger) -> list[dict]:
         point = next(p for p in curves[choice["lr"]] if p["epoch"] == choice["epoch"])
         target = curves[choice["lr"]][0]
         audit = ledger.data.get("audits", {}).get(variant.key)
-        costs = [ratio(step_seconds(ledger, variant, lr, steps), step_seconds(ledger, baseline, lr, steps))
-                 for lr in variant.lrs if lr in baseline.lrs]
-        costs = [c for c in costs if c is not None]
+        costs = step_cost(ledger, variant, baseline, steps)
         found.append({"key": variant.key, "label": variant.label, "robust": variant.robust, "choice": choice,
                       "fq": point["fq"], "mu": point["mu"], "mu_ratio": point["mu"] / target["mu"],
                       "sweep": {f"{lr:g}": _best_of(points) for lr, points in curves.items()},
                       "audit": audit if audit and audit["choice"] == choice else None,
-                      "step_cost": sum(costs) / len(costs) if costs else None})
+                      "step_cost": sum(costs.values()) / len(costs) if costs else None,
+                      "step_cost_by_machine": costs})
     return found
 
 
@@ -47,10 +46,6 @@ def _best_of(points: list[dict]) -> dict:
 
     best = best_point(points, points[0]["mu"])["evaluation"]
     return {"epoch": best["epoch"], "fq": best["fq"], "mu_ratio": best["mu"] / points[0]["mu"]}
-
-
-def ratio(value: float | None, over: float | None) -> float | None:
-    return value / over if value is not None and over else None
 
 
 def figure(audit: dict | None, split: str, attack: str, kind: str = "residual") -> tuple[float | None, list | None]:
@@ -157,7 +152,8 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         "relearns no faster than a model that never learned the facts, 1 back to the original; "
         "[95 % bootstrap interval over answers and seeds]. 4-bit and rephrasing train nothing: their recovery "
         "[interval over the answers]; rephrasing: the prompt that brought back the most. "
-        "Step cost: CPU seconds per step over NPO+RT's at the same learning rates.", "",
+        "Step cost: CPU seconds per step of the method's runs over NPO+RT's on the same machine (the mean over "
+        "machines where runs were timed on more than one; robust.json has each).", "",
         f"**The goal** (relearn residual <= {GOAL['residual']} with its interval, both splits; 4-bit recovery <= "
         f"{GOAL['quantized']}; FQ >= {GOAL['fq']}; MU >= {GOAL['mu_ratio']}x the target's): "
         + (f"met by {', '.join(met)}." if met else

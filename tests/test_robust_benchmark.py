@@ -198,3 +198,36 @@ def test_the_report_says_where_the_attacker_did_best_at_the_highest_rate_tried()
     assert robust_report.edge_note(rows)[0].startswith(
         f"The attacker did best at the highest learning rate tried ({highest:g}) for: NPO+RT (relearn by author, benign).")
     assert robust_report.edge_note(rows[1:]) == []
+
+
+def test_step_costs_compare_seconds_only_within_one_machine(tmp_path, monkeypatch):
+    """A record from before machines were named keeps its seconds under one unnamed machine; a method timed on
+    a new machine is set against NPO+RT's timing run there, never against another machine's seconds."""
+    import json
+
+    from benchmarks import ledger as ledger_module
+
+    steps = robust_plans.sweep_steps()
+    folder = tmp_path / "record"
+    folder.mkdir()
+    old = {"robust/npo_rt-lr5e-05": {"wall": 1.0, "cpu": 4.0 * steps, "invocations": 1},
+           "robust/npo_wa-lr5e-05": {"wall": 1.0, "cpu": 5.0 * steps, "invocations": 1}}
+    (folder / "record.json").write_text(json.dumps({"stages": old}))
+    ledger = Ledger(folder)
+    assert ledger.data["stages"]["robust/npo_rt-lr5e-05"]["machines"] == {
+        ledger_module.UNRECORDED_MACHINE: {"wall": 1.0, "cpu": 4.0 * steps, "invocations": 1}}
+    npo_rt, npo_wa, mudman = (robust_plans.BY_KEY[k] for k in ("npo_rt", "npo_wa", "mudman"))
+
+    monkeypatch.setattr(ledger_module, "machine", lambda: "fast machine")
+    ledger.add_stage("robust/npo_wa-lr0.0001", 1.0, 1.0 * steps)    # twice as fast here as NPO+RT below
+    ledger.add_stage("robust/mudman-lr0.001", 1.0, 3.0 * steps)
+    assert robust_plans.step_cost(ledger, mudman, npo_rt, steps) == {}   # NPO+RT not timed on this machine
+    ledger.add_stage(robust_plans.BASELINE_TIMING, 1.0, 2.0 * steps)
+    assert robust_plans.step_seconds(ledger, npo_rt, steps) == {ledger_module.UNRECORDED_MACHINE: 4.0,
+                                                                "fast machine": 2.0}
+    assert robust_plans.step_cost(ledger, mudman, npo_rt, steps) == {"fast machine": 1.5}
+    assert robust_plans.step_cost(ledger, npo_wa, npo_rt, steps) == {ledger_module.UNRECORDED_MACHINE: 1.25,
+                                                                     "fast machine": 0.5}
+    stage = Ledger(folder).data["stages"]["robust/npo_wa-lr0.0001"]   # what was saved
+    assert stage["invocations"] == 1 and stage["machines"] == {"fast machine": {"wall": 1.0, "cpu": 1.0 * steps,
+                                                                                "invocations": 1}}
