@@ -106,8 +106,13 @@ class Ledger:
                 + (json.dumps(changed) if changed else "identical"))
 
     def keep_curve(self, settings: dict, method: str, points: list[dict], diverged: str | None) -> None:
+        """The method's points under the plan; a curve measured before (another machine's) is kept aside."""
         record = self.data["plans"][_key(settings)]
         record["plan"] = _plain(settings)
+        if method in record["curves"]:
+            record.setdefault("superseded", {}).setdefault(method, []).append(
+                {"points": record["curves"][method], "measured": record.get("method_measured", {}).get(method),
+                 "replaced": _today()})
         record["curves"][method] = points
         if diverged:
             record["diverged"][method] = diverged

@@ -231,3 +231,66 @@ def test_step_costs_compare_seconds_only_within_one_machine(tmp_path, monkeypatc
     stage = Ledger(folder).data["stages"]["robust/npo_wa-lr0.0001"]   # what was saved
     assert stage["invocations"] == 1 and stage["machines"] == {"fast machine": {"wall": 1.0, "cpu": 1.0 * steps,
                                                                                 "invocations": 1}}
+
+
+def test_a_chosen_run_this_machine_lacks_is_measured_again_before_its_audit(tmp_path, monkeypatch):
+    """The record outlives the runs: where the chosen (learning rate, epoch) has no weights here, that rate is
+    measured again (the record keeping the curve it replaces), the choice made again, and the weights audited
+    are the ones the row's figures come from."""
+    variant = robust_plans.BY_KEY["npo_wa"]
+    low, middle, high = variant.lrs
+    target = point(0, 0.01, 1.0)
+    ledger = Ledger(tmp_path / "record")
+    recorded = {low: [target, point(5, 0.05, 0.95)], middle: [target, point(5, 0.9, 0.95)],
+                high: [target, point(5, 0.2, 0.95)]}
+    for lr, points in recorded.items():
+        ledger.keep_models(robust_plans.sweep_settings(lr), target, point(0, 1.0, 1.0), "digest")
+        ledger.keep_curve(robust_plans.sweep_settings(lr), variant.key, points, None)
+    bench = type("FakeBench", (), {"ledger": ledger, "say": lambda self, message: None})()
+    bench_robust = robust.Robust.__new__(robust.Robust)
+    bench_robust.bench, bench_robust.base, bench_robust.work = bench, robust_plans.base_plan(), tmp_path / "robust"
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text('{"question": "q", "answer": "a"}\n' * 40)
+    bench_robust.files = {"forget": forget}
+    # here the middle rate, measured again, falls below the high one; only the high one's run is then made
+    again = {middle: [target, point(5, 0.1, 0.95)], high: [target, point(5, 0.3, 0.95)]}
+    measured = []
+
+    def sweep(variant, lr, again_=False, **kwargs):
+        measured.append(lr)
+        points = again[lr]
+        ledger.keep_curve(robust_plans.sweep_settings(lr), variant.key, points, None)
+        if lr == high:
+            (bench_robust.run_dir(variant, lr) / "model").mkdir(parents=True)
+        return points
+
+    monkeypatch.setattr(bench_robust, "sweep", lambda variant, lr, again=False: sweep(variant, lr, again))
+    monkeypatch.setattr(bench_robust, "holds", lambda variant, choice:
+                        (bench_robust.run_dir(variant, choice["lr"]) / "model").is_dir())
+    audited = []
+    monkeypatch.setattr(bench_robust, "_audit_with_control", lambda run, label: audited.append(run) or {})
+    row = bench_robust.audit(variant, recorded)
+    assert measured == [middle, high] and audited == [bench_robust.run_dir(variant, high)]
+    assert row["choice"]["lr"] == high and ledger.data["audits"][variant.key] is row
+    superseded = ledger.plan(robust_plans.sweep_settings(middle))["superseded"][variant.key]
+    assert [entry["points"] for entry in superseded] == [recorded[middle]]
+    assert ledger.plan(robust_plans.sweep_settings(middle))["curves"][variant.key] == again[middle]
+
+
+def test_holds_finds_the_chosen_epochs_weights(tmp_path):
+    from core.checkpoint import WEIGHTS
+
+    bench_robust = robust.Robust.__new__(robust.Robust)
+    bench_robust.base, bench_robust.work = robust_plans.base_plan(), tmp_path
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text('{"question": "q", "answer": "a"}\n' * 40)   # batch 4: 10 steps per epoch
+    bench_robust.files = {"forget": forget}
+    variant = robust_plans.BY_KEY["npo_wa"]
+    run = bench_robust.run_dir(variant, variant.lrs[0])
+    epoch3 = {"lr": variant.lrs[0], "epoch": 3}
+    assert not bench_robust.holds(variant, epoch3)
+    (run / "checkpoints" / "step-000030").mkdir(parents=True)
+    assert not bench_robust.holds(variant, epoch3)    # a checkpoint whose weights were pruned
+    (run / "checkpoints" / "step-000030" / WEIGHTS).write_bytes(b"")
+    assert bench_robust.holds(variant, epoch3)
+    assert not bench_robust.holds(variant, {"lr": variant.lrs[0], "epoch": 5})
