@@ -137,7 +137,8 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
     audited = [row for row in found if row.get("audit")]
     return "\n".join([
         "# Forgetting that lasts: which method survives its own audit?", "",
-        f"{time.strftime('%Y-%m-%d')}, `python benchmarks/robust.py` on this project's 2-core CPU (fp32); "
+        f"{time.strftime('%Y-%m-%d')}, `python benchmarks/robust.py` on 2-core CPUs (fp32; the machines are "
+        "listed below the table); "
         f"wall time so far over every machine: {clock(ledger.data.get('wall_seconds', 0))}. Protocol and choices: "
         "the docstring of benchmarks/robust.py. Each method unlearns TOFU authors 198-199 from the 20-author "
         "target at three learning rates (GA, GradDiff, WGA, SatImp, CE-U and PDU, the audit's other rows, at the "
@@ -161,10 +162,32 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         table(head, lines) if lines else "No method has a complete sweep yet.", "",
         *edge_note(found),
         *([f"Not measured yet: {'; '.join(pending)}.", ""] if pending else []),
+        *provenance(ledger),
         *sanity_section(ledger),
         "## The sweep behind each choice (each learning rate's best epoch)", "",
         table(["method", *[f"lr {i + 1}" for i in range(3)]], sweep) if sweep else "-", "",
         "![relearn residual against Model Utility](robust.png)", ""])
+
+
+def provenance(ledger: Ledger) -> list[str]:
+    """Which machines measured the record, each time one learned the target again, and each learning rate
+    measured again because a later machine lacked its weights (the curve it replaced stays in the record)."""
+    from benchmarks.tofu_report import relearned_note
+
+    machines = sorted({name for stage in ledger.data["stages"].values() for name in stage.get("machines", {})})
+    lines = [f"Measured on: {'; '.join(machines)}.", ""] if machines else []
+    notes, again = {}, []
+    for variant in VARIANTS:
+        for lr in variant.lrs:
+            record = ledger.plan(sweep_settings(lr))
+            notes.update({note["target_weights"]: note for note in record.get("relearned", [])})
+            again += [f"{variant.label} at lr {lr:g} on {entry['replaced']}"
+                      for entry in record.get("superseded", {}).get(variant.key, [])]
+    lines += [line for note in notes.values() for line in (relearned_note(note), "")]
+    if again:
+        lines += ["Measured again on a machine that lacked the chosen weights (the earlier curve stays in the "
+                  f"record): {'; '.join(again)}.", ""]
+    return lines
 
 
 def edge_note(found: list[dict]) -> list[str]:

@@ -72,10 +72,15 @@ def provenance(result: dict) -> list[str]:
     if missing:
         lines += [f"**Partial: not measured yet: {', '.join(missing)}.**", ""]
     for note in result.get("relearned", []):
-        lines += [f"The target was learned again on {note['date']} (a fresh machine; other weights): "
-                  + ("its figures came out identical." if not note["target"] else
-                     "its figures that changed (then, now): " + json.dumps(note["target"]) + "."), ""]
+        lines += [relearned_note(note), ""]
     return lines
+
+
+def relearned_note(note: dict) -> str:
+    """One time a fresh machine learned the target again (a Ledger.keep_models note), in a sentence."""
+    return (f"The target was learned again on {note['date']} (a fresh machine; other weights): "
+            + ("its figures came out identical." if not note["target"] else
+               "its figures that changed (then, now): " + json.dumps(note["target"]) + "."))
 
 
 # matplotlib's ten-colour cycle (the colours the first reports used) but its grey C7, the reference lines'

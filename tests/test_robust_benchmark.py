@@ -294,3 +294,23 @@ def test_holds_finds_the_chosen_epochs_weights(tmp_path):
     (run / "checkpoints" / "step-000030" / WEIGHTS).write_bytes(b"")
     assert bench_robust.holds(variant, epoch3)
     assert not bench_robust.holds(variant, {"lr": variant.lrs[0], "epoch": 5})
+
+
+def test_the_report_says_which_machines_measured_it_and_what_a_fresh_one_measured_again(tmp_path, monkeypatch):
+    from benchmarks import ledger as ledger_module
+
+    ledger = Ledger(tmp_path / "record")
+    variant = robust_plans.BY_KEY["npo_wa"]
+    settings = robust_plans.sweep_settings(variant.lrs[1])
+    target = point(0, 0.01, 1.0)
+    ledger.keep_models(settings, target, point(0, 1.0, 1.0), "first weights")
+    ledger.keep_curve(settings, variant.key, [target, point(5, 0.9, 0.95)], None)
+    monkeypatch.setattr(ledger_module, "machine", lambda: "fresh machine")
+    ledger.add_stage("robust/npo_wa-lr5e-05", 1.0, 2.0)
+    assert "the target was learned again" in ledger.keep_models(settings, point(0, 0.02, 1.0), point(0, 1.0, 1.0),
+                                                                "other weights")
+    ledger.keep_curve(settings, variant.key, [target, point(5, 0.5, 0.95)], None)
+    text = "\n".join(robust_report.provenance(ledger))
+    assert "Measured on: fresh machine." in text
+    assert 'its figures that changed (then, now): {"fq": [0.01, 0.02]}' in text
+    assert f"NPO+WA at lr {variant.lrs[1]:g} on " in text
