@@ -80,7 +80,12 @@ def relearned_note(note: dict) -> str:
     """One time a fresh machine learned the target again (a Ledger.keep_models note), in a sentence."""
     return (f"The target was learned again on {note['date']} (a fresh machine; other weights): "
             + ("its figures came out identical." if not note["target"] else
-               "its figures that changed (then, now): " + json.dumps(note["target"]) + "."))
+               "its figures that changed: " + ", ".join(f"{figure} {_six(then)} -> {_six(now)}"
+                                                         for figure, (then, now) in note["target"].items()) + "."))
+
+
+def _six(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
 
 
 # matplotlib's ten-colour cycle (the colours the first reports used) but its grey C7, the reference lines'

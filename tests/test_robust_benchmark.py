@@ -312,5 +312,5 @@ def test_the_report_says_which_machines_measured_it_and_what_a_fresh_one_measure
     ledger.keep_curve(settings, variant.key, [target, point(5, 0.5, 0.95)], None)
     text = "\n".join(robust_report.provenance(ledger))
     assert "Measured on: fresh machine." in text
-    assert 'its figures that changed (then, now): {"fq": [0.01, 0.02]}' in text
+    assert "its figures that changed: fq 0.01 -> 0.02." in text
     assert f"NPO+WA at lr {variant.lrs[1]:g} on " in text
