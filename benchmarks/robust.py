@@ -40,7 +40,8 @@ and x4; MUDMAN's rate is its own update's step size (default 1e-3), swept x0.3, 
 
 Cached and resumable: runs, evaluations and audits live under runs/tofu_mini/robust (an interrupted run or
 audit resumes); every figure goes into docs/results/records/robust/record.json as soon as it is measured, so
-a fresh machine measures only what is missing (it learns the target and retain model again first). Once a
+a fresh machine measures only what is missing (it learns the target and retain model again first, and
+measures again the learning rate an audit or a second stage needs the weights of). Once a
 sweep's epochs are evaluated only the best epoch's weights are kept. An audit recorded before quantisation and
 rephrasing had intervals has those two attacks measured again (the rest kept). Writes
 docs/results/robust.{md,json,png} and the summary block of docs/results/audit.md.
