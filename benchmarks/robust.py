@@ -67,8 +67,8 @@ from benchmarks.robust_plans import (AUDIT, BASELINE_TIMING, BY_KEY, EPOCH_FIGUR
 from benchmarks.tofu_plans import prepare_data  # noqa: E402
 from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
 from benchmarks.tofu_stages import (Bench, Learned, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
-                                    _weights_worth_keeping, learn_settings, unlearn_curve, unlearn_settings)
-from core.errors import require  # noqa: E402
+                                    _weights_worth_keeping, learn_settings, unlearn_curve, unlearn_run,
+                                    unlearn_settings)
 from core.runs import RunDir  # noqa: E402
 
 class Robust:
@@ -173,12 +173,10 @@ class Robust:
         run = self.run_dir(first, choice["lr"])
         if not self.holds(first, choice):
             run = self.work / f"teacher-{run.name}"
-            steps_per_epoch = _steps_per_epoch(self.files["forget"], self.base.unlearn_batch)
             self.bench.say(f"{variant.label} starts from {first.label}'s chosen run, which the record holds but "
                            f"this machine does not: trained again into {run.name}")
-            self.bench.train(run, model=str(self.models()["target"] / "model"), method=first.method,
-                             **unlearn_settings(self.base, self.files, choice["lr"]), save_steps=steps_per_epoch,
-                             save_total_limit=self.base.unlearn_epochs + 5, **first.settings)
+            unlearn_run(self.bench, self.base, self.files, self.models()["target"] / "model", run, first.method,
+                        choice["lr"], **first.settings)
         return RunDir(self.as_run(run, choice["epoch"])).model_dir
 
     def holds(self, variant: Variant, choice: dict) -> bool:
@@ -188,10 +186,8 @@ class Robust:
         run = self.run_dir(variant, choice["lr"])
         if choice["epoch"] == self.base.unlearn_epochs:
             return RunDir(run).final_model_kind() is not None
-        derived = run.parent / f"{run.name}-epoch{choice['epoch']}"
-        step = choice["epoch"] * _steps_per_epoch(self.files["forget"], self.base.unlearn_batch)
-        return (RunDir(derived).final_model_kind() is not None
-                or (RunDir(run).checkpoints_dir / f"step-{step:06d}" / WEIGHTS).is_file())
+        derived, checkpoint = self.epoch_folders(run, choice["epoch"])
+        return RunDir(derived).final_model_kind() is not None or (checkpoint / WEIGHTS).is_file()
 
     def recorded_curves(self, variant: Variant) -> dict[float, list[dict] | None]:
         """Each learning rate's recorded points of the row (None where not swept yet); nothing trained."""
@@ -300,11 +296,15 @@ class Robust:
         final = self.base.unlearn_epochs
         if epoch == final:
             return run
-        derived = run.parent / f"{run.name}-epoch{epoch}"
+        derived, checkpoint = self.epoch_folders(run, epoch)
         if RunDir(derived).final_model_kind() is None:
-            step = epoch * _steps_per_epoch(self.files["forget"], self.base.unlearn_batch)
-            checkpoint_as_run(run, RunDir(run).checkpoints_dir / f"step-{step:06d}", derived)
+            checkpoint_as_run(run, checkpoint, derived)
         return derived
+
+    def epoch_folders(self, run: Path, epoch: int) -> tuple[Path, Path]:
+        """Where an earlier epoch of `run` lives: the run folder made of it (as_run) and its checkpoint."""
+        step = epoch * _steps_per_epoch(self.files["forget"], self.base.unlearn_batch)
+        return run.parent / f"{run.name}-epoch{epoch}", RunDir(run).checkpoints_dir / f"step-{step:06d}"
 
 
 def checkpoint_as_run(run: Path, checkpoint: Path, out: Path) -> None:

@@ -178,8 +178,7 @@ def unlearn_curve(bench: Bench, plan: Plan, files: dict, learned: Learned, run_d
     `figures`, as Bench.evaluate; with `final_only` only the last epoch reached): (run, points from epoch 0,
     steps per epoch, the trainer's message if the loss blew up)."""
     steps_per_epoch = _steps_per_epoch(files["forget"], plan.unlearn_batch)
-    run = bench.train(run_dir, model=str(learned.target), method=method, **unlearn_settings(plan, files, lr),
-                      save_steps=steps_per_epoch, save_total_limit=plan.unlearn_epochs + 5, **settings)
+    run = unlearn_run(bench, plan, files, learned.target, run_dir, method, lr, **settings)
     blown_up = diverged(run)
     points = [{"epoch": 0, **learned.target_point}]
     epochs = _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None)
@@ -189,6 +188,15 @@ def unlearn_curve(bench: Bench, plan: Plan, files: dict, learned: Learned, run_d
                                  learned.holdout, figures)
         points.append({"epoch": epoch, **_point(summary, evaluated)})
     return run, points, steps_per_epoch, blown_up
+
+
+def unlearn_run(bench: Bench, plan: Plan, files: dict, target: Path, run_dir: Path, method: str,
+                lr: float | None = None, **settings) -> Path:
+    """One method unlearned from `target` with the plan's budget (at `lr`, default the plan's), a checkpoint
+    kept per epoch; the run (Bench.train: cached, resumed)."""
+    return bench.train(run_dir, model=str(target), method=method, **unlearn_settings(plan, files, lr),
+                       save_steps=_steps_per_epoch(files["forget"], plan.unlearn_batch),
+                       save_total_limit=plan.unlearn_epochs + 5, **settings)
 
 
 def eval_dir(root: Path, plan: Plan) -> Path:
