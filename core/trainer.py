@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MethodType
 from typing import Callable, Iterator
 
 import torch
@@ -370,7 +371,14 @@ class Trainer:
             elif checkpoint is not None and spec.init == "current":
                 load_trained_weights(checkpoint, copy)
             weights[spec.name] = copy.train() if spec.trainable else copy.eval().requires_grad_(False)
+            self._compute_as_training_does(copy)
         return weights
+
+    def _compute_as_training_does(self, copy: torch.nn.Module) -> None:
+        """Run a copy's forward under training's bf16 autocast, as accelerate's prepare() does for the trained
+        model: a LoRA copy keeps the bf16 frozen base beside fp32 adapters and cannot run without it."""
+        if self.accelerator.mixed_precision == "bf16":
+            copy.forward = MethodType(self.accelerator.autocast()(type(copy).forward), copy)
 
     def _original(self, model, source: str) -> OriginalModel | None:
         """The original model for KL terms and hidden states: under --lora the trained model with its adapter
