@@ -215,6 +215,7 @@ def load_quantized_model(source: str, bits: int, device: torch.device, trust_rem
                       quantization_config=quantization_config(bits, device), device_map={"": device},
                       trust_remote_code=trust_remote_code)
     _copy_out_of_file_mapping(model)   # else the fp32 weights read to quantise stay resident (-300 MiB, 135M)
+    _keep_4bit_layout(model)
     with peft_quietly():   # gradient checkpointing is the trainer's, as for every run
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
@@ -227,6 +228,17 @@ def load_dequantized_model(source: str, bits: int, dtype: torch.dtype = torch.fl
     model = load_quantized_model(source, bits, torch.device("cpu"), trust_remote_code).dequantize(dtype)
     model.requires_grad_(True)   # as from_pretrained leaves a model; the k-bit preparation froze it
     return model
+
+
+def _keep_4bit_layout(model) -> None:
+    """Keep bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernel. It repacks in place on a
+    layer's first no-grad eval forward (the reference scoring, before training), then fails on a layer whose
+    input width is not a multiple of the quantisation block ("shape '[32, 0]' is invalid"), and the packed
+    layout is not what dequantising (merge, export) or moving a layer reads (bitsandbytes issue 2078). The
+    cost: 4-bit evaluation on such CPUs runs the plain dequantising kernel, as on every other CPU."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _quiet_int8_casts() -> None:

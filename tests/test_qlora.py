@@ -48,6 +48,20 @@ def test_the_base_trains_frozen_in_4bit_and_forgetting_rises(qlora_config, qlora
     assert run.final_model_kind() == "adapter" and run.config()["load_in_4bit"] is True
 
 
+def test_an_eval_forward_leaves_the_4bit_layout_as_quantised(tiny_model_dir):
+    """bitsandbytes would repack each 4-bit weight for its AVX512-BF16 kernel on the first no-grad eval forward:
+    on the tiny model's 32-wide layers (narrower than a 64 block) that fails, and dequantising misreads it."""
+    from core.models import load_quantized_model
+
+    model = load_quantized_model(str(tiny_model_dir), 4, torch.device("cpu")).eval()
+    before = {name: m.weight.detach().clone() for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    with torch.no_grad():
+        model(torch.tensor([[1, 5, 9, 200]]))
+    after = {name: m.weight for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert before and all(torch.equal(before[name], after[name]) for name in before)
+    assert not any(getattr(w.quant_state, "packing_format_for_cpu", False) for w in after.values())
+
+
 def test_a_stopped_run_resumes_exactly(qlora_config, tmp_path):
     assert train(replace(qlora_config, out=str(tmp_path / "straight")), **quiet()).state == "finished"
     stopped = replace(qlora_config, out=str(tmp_path / "stopped"))
@@ -71,7 +85,7 @@ def test_export_merges_into_the_dequantised_base_and_loads_in_plain_transformers
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from core.models import load_quantized_model
+    from core.models import load_dequantized_model
     from export.bundle import export_run
 
     manifest = export_run(qlora_run.run_dir, tmp_path / "bundle", formats=("hf",), parity_examples=1, log=lambda m: None)
@@ -79,7 +93,9 @@ def test_export_merges_into_the_dequantised_base_and_loads_in_plain_transformers
     assert "held in 4-bit nf4" in (tmp_path / "bundle" / "README.md").read_text()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "bundle" / manifest["artifacts"]["hf"]["path"]).eval()
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
-    adapted = PeftModel.from_pretrained(load_quantized_model(str(tiny_model_dir), 4, torch.device("cpu")),
+    # the adapter on the 4-bit weights dequantised to fp32 (the 4-bit layers themselves compute in bf16 on a
+    # CPU with AVX512-BF16, ~2e-3 off in logits)
+    adapted = PeftModel.from_pretrained(load_dequantized_model(str(tiny_model_dir), 4),
                                         str(RunDir(qlora_run.run_dir).model_dir)).eval()
     ids = torch.tensor([[1, 5, 9, 200, 31, 7]])
     with torch.no_grad():
