@@ -85,7 +85,9 @@ def test_the_student_starts_damaged_after_the_teachers_scores_and_is_distilled_b
                                                                                    tokenizer):
     model, files = learned
     params = {"noise_alpha": 0.2, "noise_beta": 0.1}
-    undone = train(config_for(model, files, tmp_path / "undo", max_steps=20, method_params=params), **quiet())
+    # 80 steps: at 20 the repair measured 0.47 of the damage left on an AVX-512 machine against < 1/3 on an AVX2
+    # one (fp32 and bf16 alike); the tiny model's path at lr 3e-3 depends on the CPU's kernels
+    undone = train(config_for(model, files, tmp_path / "undo", max_steps=80, method_params=params), **quiet())
     undo = RunDir(undone.run_dir)
     unlearned = train(config_for(model, files, tmp_path / "npo_rt", method="npo_rt", max_steps=1), **quiet())
     plain = RunDir(unlearned.run_dir)
