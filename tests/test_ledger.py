@@ -73,7 +73,7 @@ def test_a_target_learned_again_is_noted_with_the_figures_that_changed(tmp_path)
     result = Ledger(tmp_path / "ledger").result(asdict(plan), plan.methods)
     assert result["target"]["mu"] == 0.32   # the target the recorded methods started from
     notes = [line for line in provenance(result) if line.startswith("The target was learned again")]
-    assert len(notes) == 2 and "identical" in notes[0] and "[0.32, 0.33]" in notes[1]
+    assert len(notes) == 2 and "identical" in notes[0] and "mu 0.32 -> 0.33" in notes[1]
 
 
 def test_the_retain_models_evaluation_is_kept_whole_so_it_is_never_learned_again(tmp_path):
@@ -95,11 +95,16 @@ def test_the_retain_models_evaluation_is_kept_whole_so_it_is_never_learned_again
     assert Ledger(tmp_path / "ledger").retain_eval(asdict(plan)) is None
 
 
-def test_stage_times_add_up_over_machines(tmp_path):
+def test_stage_times_add_up_over_machines_and_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.ledger.machine", lambda: "first machine")
     Ledger(tmp_path / "ledger").add_stage("forget50-target", 600.0, 1100.0)
-    ledger = Ledger(tmp_path / "ledger")   # the next machine
+    monkeypatch.setattr("benchmarks.ledger.machine", lambda: "next machine")
+    ledger = Ledger(tmp_path / "ledger")
     ledger.add_stage("forget50-target", 60.0, 100.0)
-    assert ledger.data["stages"]["forget50-target"] == {"wall": 660.0, "cpu": 1200.0, "invocations": 2}
+    assert ledger.data["stages"]["forget50-target"] == {
+        "wall": 660.0, "cpu": 1200.0, "invocations": 2,
+        "machines": {"first machine": {"wall": 600.0, "cpu": 1100.0, "invocations": 1},
+                     "next machine": {"wall": 60.0, "cpu": 100.0, "invocations": 1}}}
     assert "| forget50-target | 11m00s | 20m00s | 2 |" in stage_table(ledger)
 
 
