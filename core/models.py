@@ -224,8 +224,9 @@ def load_dequantized_model(source: str, bits: int, dtype: torch.dtype = torch.fl
                            trust_remote_code: bool = False):
     """The base a quantised run trained on, as plain Linear layers: quantised as in training, then
     dequantised into `dtype`. Its adapter merges into these weights (what it was trained against), not
-    into the original's."""
-    model = load_quantized_model(source, bits, torch.device("cpu"), trust_remote_code).dequantize(dtype)
+    into the original's. The rest (embeddings, norms, head: fp32 for k-bit training) is cast to `dtype` too,
+    else a bf16 model would feed fp32 activations into its bf16 Linears."""
+    model = load_quantized_model(source, bits, torch.device("cpu"), trust_remote_code).dequantize(dtype).to(dtype)
     model.requires_grad_(True)   # as from_pretrained leaves a model; the k-bit preparation froze it
     return model
 

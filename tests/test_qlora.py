@@ -79,6 +79,11 @@ def test_evaluation_opens_the_adapter_merged_into_the_dequantised_base(qlora_run
     loaded = open_model(qlora_run.run_dir, device="cpu", dtype="float32")
     assert not any(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in loaded.model.modules())
     assert loaded.dtype == "float32"
+    in_bf16 = open_model(qlora_run.run_dir, device="cpu", dtype="bfloat16").model   # what `auto` opens on AVX512-BF16
+    assert {p.dtype for p in in_bf16.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        logits = in_bf16(torch.tensor([[1, 5, 9, 200]])).logits
+    assert torch.isfinite(logits).all()
 
 
 def test_export_merges_into_the_dequantised_base_and_loads_in_plain_transformers(qlora_run, tiny_model_dir, tmp_path):
