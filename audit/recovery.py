@@ -12,6 +12,10 @@ Two figures per forget measure (NLL, probability, ROUGE-L):
   the numerator and the denominator change sign together. Undefined (None) when |control_attacked − original|
   is under core.recovery.MIN_CHANGE of the figure: the control, attacked, is then as good as the original,
   and no unlearned model can be told apart from either.
+- forgotten, with a control, before any attack: (unlearned − original) / (control − original), how far
+  unlearning took the model from the original towards the never-learned control (0: still the original, 1:
+  as the control). It is not a verdict; it tells "shallow" apart from "barely forgotten to begin with"
+  (`barely_forgotten`): a model that stayed near the original reads residual ~1 after any attack.
 
 Every figure of a fine-tuning attack gets a percentile bootstrap interval over the measured examples and the
 seeds (`point_and_interval`); an attack measured once (quantisation, rephrasing), one over its examples
@@ -28,8 +32,8 @@ import numpy as np
 
 from core.recovery import FIGURES, MIN_CHANGE, recovery, recovery_array
 
-__all__ = ["FIGURES", "MIN_CHANGE", "ROBUST", "SHALLOW", "intervals_over_examples", "overall", "point_and_interval",
-           "recoveries", "recovery", "residual", "residuals", "verdict"]
+__all__ = ["FIGURES", "MIN_CHANGE", "ROBUST", "SHALLOW", "barely_forgotten", "forgotten", "intervals_over_examples",
+           "overall", "point_and_interval", "recoveries", "recovery", "residual", "residuals", "verdict"]
 
 ROBUST = 0.25
 SHALLOW = 0.5
@@ -65,6 +69,25 @@ def _residual_array(original, unlearned_attacked, control_attacked, figure: str)
         return np.where(np.abs(span) >= MIN_CHANGE[figure], (control_attacked - unlearned_attacked) / span, np.nan)
 
 
+def forgotten(original: float, unlearned: float, control: float, figure: str) -> float | None:
+    """(unlearned − original) / (control − original), before any attack; None under the noise floor."""
+    return _defined(_forgotten_array(np.float64(original), np.float64(unlearned), np.float64(control), figure))
+
+
+def _forgotten_array(original, unlearned, control, figure: str):
+    span = control - original
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.abs(span) >= MIN_CHANGE[figure], (unlearned - original) / span, np.nan)
+
+
+def barely_forgotten(result: dict) -> bool:
+    """Unlearning took the model less than halfway from the original to the control on every figure measured
+    (each figure's 95 % interval below SHALLOW): the attacks had little to undo."""
+    values, intervals = result.get("forgotten") or {}, result.get("forgotten_interval") or {}
+    highs = [_bounds(v, intervals.get(f))[1] for f, v in values.items() if v is not None]
+    return bool(highs) and all(high < SHALLOW for high in highs)
+
+
 def _asked_recovery_array(original, unlearned, attacked, attacked_original, figure: str):
     return recovery_array(original, unlearned, attacked, figure, attacked_original)
 
@@ -72,6 +95,7 @@ def _asked_recovery_array(original, unlearned, attacked, attacked_original, figu
 STATISTICS = {   # figure kind -> (the stages it reads, in order; the formula on their means)
     "recovery": (("original", "unlearned", "attacked"), recovery_array),
     "residual": (("original", "attacked", "control_attacked"), _residual_array),
+    "forgotten": (("original", "unlearned", "control"), _forgotten_array),
     # rephrasing: the attacked model set against the original asked the same way (core/recovery.py)
     "recovery_asked": (("original", "unlearned", "attacked", "attacked_original"), _asked_recovery_array),
 }
@@ -176,6 +200,8 @@ def judge_points(points: list[dict]) -> dict:
     (with a control) or the recovery; the attack takes its weakest learning rate's (the attacker's best)."""
     judged_by = "residual" if all("control_attacked" in p["each"] for p in points) else "recovery"
     kinds = ("recovery", "residual") if judged_by == "residual" else ("recovery",)
+    if judged_by == "residual" and all("control" in p["each"] for p in points):
+        kinds += ("forgotten",)   # points kept from before the unattacked control was kept per example lack it
     sweep = []
     for lr in dict.fromkeys(p["lr"] for p in points):
         chosen = [p for p in points if p["lr"] == lr]

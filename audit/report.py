@@ -60,9 +60,26 @@ def markdown(report: dict) -> str:
         "interval over the "
         "measured examples and the seeds. Rephrasing sets each prompt against the original model asked the same "
         "way (docs/audit.md); '-' where the figure moved too little to measure.", "",
-        table(header, rows), "", *_sweep_section(report["results"], control),
+        table(header, rows), "", *_barely_forgotten_lines(report["results"]), *_sweep_section(report["results"], control),
         f"Models scored in {report.get('dtype', 'float32')}{_scored_on(report)}. Wall time {report['wall_seconds']} s.",
         *_options_line(report.get("options")), ""])
+
+
+def barely_forgotten_note(result: dict) -> str | None:
+    """Why a shallow or partial verdict says little when unlearning hardly moved the model (None otherwise)."""
+    if not recovery.barely_forgotten(result):
+        return None
+    nll = with_interval(result["forgotten"].get("nll"), (result.get("forgotten_interval") or {}).get("nll"))
+    share = "" if nll is None else f" (forget NLL: {nll if isinstance(nll, str) else f'{nll:.4f}'})"
+    return (f"{result['name']}: before any attack the unlearned model was less than halfway from the original to "
+            f"the control on every figure{share}: it had barely forgotten, so its residual says it still knows the "
+            "facts, not that the attack brought them back. Unlearn further (more steps, a higher learning rate) "
+            "before judging robustness.")
+
+
+def _barely_forgotten_lines(results: list[dict]) -> list[str]:
+    notes = [note for note in map(barely_forgotten_note, results) if note]
+    return [f"**Barely forgotten.** {note}\n" for note in notes]
 
 
 def _scored_on(report: dict) -> str:

@@ -370,7 +370,7 @@ def complete(recorded: dict) -> bool:
 def summarised(report: dict) -> dict:
     """What the record keeps of one audit report: per attack its verdict and figures with intervals."""
     keep = ("verdict", "worst_recovery", "worst_residual", "recovery", "recovery_interval", "residual",
-            "residual_interval", "retain_change", "lr", "judged_by", "forget")
+            "residual_interval", "forgotten", "forgotten_interval", "retain_change", "lr", "judged_by", "forget")
     return {"overall": report["overall"], "control": report.get("control"),
             "results": {r["name"]: {k: r[k] for k in keep if k in r} for r in report["results"]}}
 

@@ -376,3 +376,37 @@ def test_the_studio_sets_the_unlearned_model_against_the_control_in_plain_words(
     second = {**point, "lr": 1e-5, "each": {**each, "attacked": {"nll": [3.0, 3.0], "tokens": [1, 1]}}}
     swept = rejudged({"results": [{"name": "relearn", "points": [second, point]}], "control": "bundled"})
     assert "the highest learning rate tried, so a stronger one may exist" in verdict_table(swept).iloc[0]["in plain words"]
+
+
+def test_the_share_forgotten_before_any_attack_by_hand():
+    # NLL 0.0 original, 2.0 for the never-learned control, 0.5 for the unlearned model: a quarter of the way
+    assert recovery.forgotten(0.0, 0.5, 2.0, "nll") == pytest.approx(0.25)
+    assert recovery.forgotten(0.9, 0.6, 0.3, "prob") == pytest.approx(0.5)   # higher = more known
+    assert recovery.forgotten(0.0, 0.0, 2.0, "nll") == 0.0 and recovery.forgotten(0.9, 0.3, 0.3, "rougeL") == 1.0
+    assert recovery.forgotten(2.0, 3.0, 2.03, "nll") is None   # the control knows as much as the original
+
+
+def _nll(*values) -> dict:
+    return {"nll": list(values), "tokens": [1] * len(values)}
+
+
+@pytest.mark.parametrize("unlearned, barely", [((1.1, 1.3), True), ((2.9, 3.1), False)])
+def test_a_model_that_barely_forgot_is_told_apart_from_one_whose_forgetting_came_back(unlearned, barely):
+    from audit import rejudged
+    from audit.report import markdown
+    from studio.tabs.audit import verdict_table
+
+    each = {"original": _nll(1.0, 1.0), "unlearned": _nll(*unlearned), "control": _nll(3.0, 3.2),
+            "attacked": _nll(1.0, 1.1), "control_attacked": _nll(2.9, 3.1)}
+    figures = {stage: {"nll": sum(v["nll"]) / 2} for stage, v in each.items()}
+    point = {"lr": 1e-4, "seed": 42, "steps": 1, "forget": figures, "each": each}
+    report = rejudged({"results": [{"name": "relearn", "points": [point]}], "control": "bundled", "run": "r",
+                       "method": "npo", "wall_seconds": 1.0})
+    result = report["results"][0]
+    # (1.2 - 1.0) / (3.1 - 1.0) = 0.095 when barely forgotten; (3.0 - 1.0) / 2.1 = 0.95 when well forgotten
+    assert result["forgotten"]["nll"] == pytest.approx(0.2 / 2.1 if barely else 2.0 / 2.1)
+    assert result["verdict"] == "shallow"   # either way the attacked model is near the original
+    words = verdict_table(report).iloc[0]["in plain words"]
+    assert ("Barely forgotten" in markdown(report)) == barely
+    assert words.startswith("barely forgotten to begin with") == barely
+    assert ("more than halfway back" in words) != barely

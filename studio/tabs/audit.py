@@ -8,6 +8,7 @@ import pandas as pd
 
 from audit.attacks import ATTACKS, attack_names, default_attacks
 from audit.attacks.base import is_step_count
+from audit.recovery import barely_forgotten
 from core.errors import require
 from core.methods.params import Param
 from core.runs import RunDir, RunState, read_json
@@ -30,6 +31,7 @@ PLAIN_VERDICTS = {   # (verdict, judged against a control) -> the verdict in pla
     ("partial", False): "partly undone: this attack brings back a quarter to half of what was forgotten",
     ("shallow", False): "shallow: this attack brings back more than half of what was forgotten",
 }
+BARELY_FORGOTTEN = "barely forgotten to begin with"
 OTHER_VERDICTS = {
     "inconclusive": "not sure: the measurement is too noisy to tell (more seeds or samples would narrow it)",
     "undefined": "nothing to judge: unlearning changed none of the figures",
@@ -116,6 +118,9 @@ def plain_verdict(result: dict) -> str:
     """The verdict in words a non-researcher reads."""
     level = result["verdict"].split(":")[0]
     against_control = result.get("judged_by") == "residual"
+    if barely_forgotten(result) and level in ("shallow", "partial", "inconclusive"):
+        return (f"{BARELY_FORGOTTEN}; before any attack it was less than halfway from what it knew to a model that "
+                "never learned the data, so the attack had little to undo: unlearn further first")
     words = PLAIN_VERDICTS.get((level, against_control)) or OTHER_VERDICTS.get(level, level)
     if result.get("at_edge") and level != "shallow":
         words += (f"; but the attack did best at the {result['at_edge']} learning rate tried, so a stronger one "
