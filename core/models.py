@@ -182,6 +182,7 @@ def check_quantized_base(bits: int, device: torch.device, engine: str = "NO") ->
     require(engine in ("NO", "MULTI_CPU", "MULTI_GPU"), f"--load-in-{bits}bit cannot be sharded by {engine} here",
             "launch with DDP (accelerate launch --multi_gpu, no FSDP/DeepSpeed config), or drop --load-in-"
             f"{bits}bit")
+    quiet_bitsandbytes()
     try:
         import bitsandbytes
     except ImportError:
@@ -210,7 +211,7 @@ def load_quantized_model(source: str, bits: int, device: torch.device, trust_rem
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    _quiet_int8_casts()
+    quiet_bitsandbytes()
     model = _hub_call(source, AutoModelForCausalLM.from_pretrained, dtype=torch.float32,
                       quantization_config=quantization_config(bits, device), device_map={"": device},
                       trust_remote_code=trust_remote_code)
@@ -242,18 +243,31 @@ def _keep_4bit_layout(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _quiet_int8_casts() -> None:
-    """LLM.int8 logs on every matmul that it casts fp32 inputs to fp16 (it always does, on a CPU too)."""
+BITSANDBYTES_NOISE = {   # logger -> what it says that needs no one's action
+    # LLM.int8, on every matmul: it casts fp32 inputs to fp16 (it always does, on a CPU too)
+    "bitsandbytes.autograd._functions": "inputs will be cast from",
+    # on import on an AVX512-BF16 CPU without the hub: its built-in kernel runs instead, and the message's advice
+    # ("set trust_remote_code=True") is not about this project's flag
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+}
+
+
+def quiet_bitsandbytes() -> None:
+    """Drop bitsandbytes' log lines that need no action; call before importing it."""
     import logging
 
-    logger = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _DropInt8Casts) for f in logger.filters):
-        logger.addFilter(_DropInt8Casts())
+    for name, words in BITSANDBYTES_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.words == words for f in logger.filters):
+            logger.addFilter(_DropMessage(words))
 
 
-class _DropInt8Casts:
+class _DropMessage:
+    def __init__(self, words: str):
+        self.words = words
+
     def filter(self, record) -> bool:
-        return "inputs will be cast from" not in record.getMessage()
+        return self.words not in record.getMessage()
 
 
 def _hub_call(source: str, loader, **kwargs):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .errors import UnlearnError
+from .models import quiet_bitsandbytes
 
 CHUNK = 1 << 20   # elements stepped at once: the fp32 temporaries stay a few MB whatever the tensor's size
 
@@ -21,6 +22,7 @@ def check_optimizer(name: str) -> None:
     """The optimizer's library is installed: checked before any model loads."""
     if name != "adamw_8bit":
         return
+    quiet_bitsandbytes()
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -38,6 +40,7 @@ def build_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Opt
 
 
 def _adamw_8bit(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    quiet_bitsandbytes()
     import bitsandbytes
 
     class AdamW8bit(bitsandbytes.optim.AdamW8bit):

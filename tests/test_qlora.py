@@ -164,3 +164,24 @@ def test_a_few_qlora_steps_on_the_bundled_model(tmp_path):
                                  lr=1e-3, save_steps=0, eval_examples=4, device="cpu", lora=True, load_in_4bit=True),
                    **quiet())
     assert result.summary["after"]["forget_nll"] > result.summary["before"]["forget_nll"]
+
+
+def test_bitsandbytes_lines_that_need_no_action_are_dropped_and_the_others_kept(caplog):
+    import logging
+    import subprocess
+    import sys
+
+    from core.models import BITSANDBYTES_NOISE, quiet_bitsandbytes
+
+    quiet_bitsandbytes()
+    for name, words in BITSANDBYTES_NOISE.items():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=name):
+            logging.getLogger(name).warning(f"{words} here")
+            logging.getLogger(name).warning("anything else")
+        assert [r.getMessage() for r in caplog.records] == ["anything else"]
+    # the import itself, in a fresh interpreter (on an AVX512-BF16 CPU it tries a hub kernel and says so)
+    imported = subprocess.run([sys.executable, "-c", "from core.models import quiet_bitsandbytes; "
+                               "quiet_bitsandbytes(); import bitsandbytes"], capture_output=True, text=True,
+                              check=True)
+    assert "gemm_4bit_forward" not in imported.stderr + imported.stdout
