@@ -32,7 +32,7 @@ from core.runs import AUDIT_REPORT, RunDir, read_json, staging_dir, usual_permis
 
 from .card import model_card
 from .progress import ParityProgress, library_noise_off
-from .parity import (GREEDY_TOKENS, build_probes, forgetting_check, goal_status, run_probes,
+from .parity import (GREEDY_TOKENS, build_probes, forgetting_check, goal_status, retain_damage_check, run_probes,
                      summarise)
 from .formats import WriteJob, format_of, formats, get_format, pick_formats
 from .hf import TorchRunner, write_hf
@@ -241,6 +241,7 @@ def _check_runtimes(source: RunSource, model, tokenizer, bundle: Path, artifacts
             if name in raws and other in raws:
                 formats_scores[name][key] = summarise(raws[name], raws[other], probes, tokenizer)
     forgetting, warnings = forgetting_check(formats_scores, unlearned, original)
+    warnings += retain_damage_check(formats_scores, unlearned, source.base_quantization)
     counts = {role: sum(p.role == role for p in probes) for role in ("forget", "retain")}
     # the PyTorch rows in float32; each artifact's row in its own runtime and weights (a quantisation's)
     basis = scored_on({role: n for role, n in counts.items() if n}, "float32", prompt_form(tokenizer))

@@ -24,6 +24,7 @@ GREEDY_TOKENS = 32
 TEXT_PROMPT_TOKENS = 16     # raw-text examples: continue from their first tokens
 RECOVERY_WARNING = 0.25     # warn when a format undoes a quarter or more of the forget-NLL gain
 ROUGE_WARNING = 0.10        # ... or its answers regain this much ROUGE-L recall toward the original's
+RETAIN_DAMAGE = 0.5         # warn when a format raises the retain NLL by this many nats (probability x0.61)
 # A greedy run may part from PyTorch's where PyTorch itself barely prefers its token: within this many logits
 # of the other token, float16 rounding decides a tie, not the export (seen on tiny random test models).
 NEAR_TIE_LOGITS = 0.05
@@ -209,6 +210,23 @@ def forgetting_check(formats: dict[str, dict], unlearned: dict, original: dict) 
                             f"ROUGE-L {scores['forget_rougeL']:.3f} vs {unlearned['forget_rougeL']:.3f} / "
                             f"{original['forget_rougeL']:.3f}")
     return checks, warnings
+
+
+def retain_damage_check(formats: dict[str, dict], unlearned: dict, base_quantization: str | None) -> list[str]:
+    """Warnings for the formats that damage what the model kept: retain NLL up by RETAIN_DAMAGE or more.
+    After QLoRA a quantised format quantises a second time (the base was 4- or 8-bit while the adapter
+    trained), which a small model can take badly: say so."""
+    warnings = []
+    for name, scores in formats.items():
+        rise = scores.get("retain_nll", 0.0) - unlearned.get("retain_nll", 0.0)
+        if "retain_nll" not in scores or "retain_nll" not in unlearned or rise < RETAIN_DAMAGE:
+            continue
+        twice = (f"; the base was already held in {base_quantization} while the adapter trained, so this format "
+                 "quantises it a second time" if base_quantization else "")
+        warnings.append(f"{name} damages what the model kept: retain NLL {scores['retain_nll']:.3f} vs "
+                        f"{unlearned['retain_nll']:.3f} unlearned (+{rise:.2f} nats){twice}; ship a less "
+                        "quantised variant (q8_0, f16, fp16)")
+    return warnings
 
 
 def goal_status(goal: tuple[bool, float] | None, scores: dict) -> dict | None:

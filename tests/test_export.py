@@ -253,6 +253,21 @@ def test_a_format_that_recovers_forgotten_answers_is_flagged():
     assert len(warnings) == 1 and warnings[0].startswith("recovered recovers forgotten knowledge")
 
 
+def test_a_format_that_damages_the_retained_answers_is_flagged_and_a_second_quantisation_named():
+    from export.parity import retain_damage_check
+
+    unlearned = {"retain_nll": 0.425}
+    # seen exporting a 3-step QLoRA run of the demo model: q8_0 kept it, q4_0 did not
+    formats = {"gguf-q8_0": {"retain_nll": 0.450}, "gguf-q4_0": {"retain_nll": 4.981}, "edge": {"retain_nll": 0.924},
+               "hf": {"retain_nll": 0.425}}
+    warnings = retain_damage_check(formats, unlearned, None)
+    assert [w.split()[0] for w in warnings] == ["gguf-q4_0"]   # +0.499 nats is under the 0.5 threshold
+    assert "retain NLL 4.981 vs 0.425 unlearned (+4.56 nats)" in warnings[0] and "second time" not in warnings[0]
+    twice = retain_damage_check(formats, unlearned, "4-bit nf4")
+    assert "already held in 4-bit nf4 while the adapter trained, so this format quantises it a second time" in twice[0]
+    assert retain_damage_check({"gguf-q4_0": {"forget_nll": 3.0}}, unlearned, None) == []   # nothing retained measured
+
+
 class ScriptedRunner(Runner):
     """Next token = a table lookup on the last token (vocabulary 8), so every agreement is hand-computable."""
 
