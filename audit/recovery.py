@@ -75,9 +75,8 @@ def forgotten(original: float, unlearned: float, control: float, figure: str) ->
 
 
 def _forgotten_array(original, unlearned, control, figure: str):
-    span = control - original
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(np.abs(span) >= MIN_CHANGE[figure], (unlearned - original) / span, np.nan)
+    # the residual's formula with the unattacked pair, read from the other end: 1 - (c − u) / (c − o)
+    return 1 - _residual_array(original, unlearned, control, figure)
 
 
 def barely_forgotten(result: dict) -> bool:

@@ -218,8 +218,10 @@ def retain_damage_check(formats: dict[str, dict], unlearned: dict, base_quantiza
     trained), which a small model can take badly: say so."""
     warnings = []
     for name, scores in formats.items():
-        rise = scores.get("retain_nll", 0.0) - unlearned.get("retain_nll", 0.0)
-        if "retain_nll" not in scores or "retain_nll" not in unlearned or rise < RETAIN_DAMAGE:
+        if "retain_nll" not in scores or "retain_nll" not in unlearned:
+            continue
+        rise = scores["retain_nll"] - unlearned["retain_nll"]
+        if rise < RETAIN_DAMAGE:
             continue
         twice = (f"; the base was already held in {base_quantization} while the adapter trained, so this format "
                  "quantises it a second time" if base_quantization else "")
