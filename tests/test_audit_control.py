@@ -344,6 +344,12 @@ def test_the_group_split_relearns_some_groups_and_measures_the_others(lora_run, 
     relearn = _relearn(report)
     assert relearn["split"] == "group" and relearn["trained_on"] == 4 and relearn["points"][0]["measured"] == 4
     assert "relearn: group split" in (tmp_path / "audit" / "audit.md").read_text()
+    # 4 groups, half relearned: 6 different splits; a larger --max-samples would not add a group
+    with pytest.raises(UnlearnError, match="4 groups allow only 6 different relearn splits") as refused:
+        run_audit(run.out, tmp_path / "never", ["relearn"], log=lambda m: None, seeds=7,
+                  **{**FAST, "options": options})
+    assert refused.value.fix == "use --seeds 6 or fewer, or forget data of more groups"
+    assert not (tmp_path / "never").exists()
 
 
 def test_the_command_line_passes_the_control_and_the_seeds(monkeypatch):

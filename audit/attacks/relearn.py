@@ -100,7 +100,8 @@ class Relearn(Attack):
         allowed = distinct_splits(units, options["relearn_fraction"])
         require(context.seeds <= allowed, f"--seeds {context.seeds}: the forget set's {units} {what} allow only "
                                           f"{allowed} different relearn splits",
-                f"use --seeds {allowed} or fewer, or a larger --max-samples")
+                f"use --seeds {allowed} or fewer, or " + ("forget data of more groups" if by_group else
+                                                          "a larger --max-samples, if the forget set has more"))
 
     def run(self, context):
         options = context.options
