@@ -18,6 +18,7 @@ from dataclasses import replace
 from .config import UnlearnConfig, cli_fields, read_config_file
 from .errors import UnlearnError
 from .paths import input_arg
+from .progress import duration
 from .runs import RunState
 
 # The settings only unlearning has: `finetune` (plain supervised training) shares every other flag of `train`.
@@ -111,6 +112,7 @@ def add_commands(commands) -> None:
 
     status = commands.add_parser("status", help="show a run's status")
     status.add_argument("run", type=input_arg, help="run directory")
+    status.add_argument("--json", action="store_true", help="print status.json as it is (for scripts)")
     status.set_defaults(handler=run_status)
 
     prepare = commands.add_parser("prepare-model", help="convert the bundled (and demo) model once; print the paths")
@@ -246,7 +248,7 @@ def format_summary(result) -> str:
                 f"continue with: unlearn {command} --out {result.run_dir} --resume")
     s = result.summary
     lines = [f"{'Fine-tuning' if finetuning else 'Unlearning'} finished: {s['steps']} steps in "
-             f"{_duration(s['wall_seconds'])}."]
+             f"{duration(s['wall_seconds'])}."]
     labels = (("forget_nll", "training-data NLL"),) if finetuning else (("forget_nll", "forget NLL"),
                                                                        ("retain_nll", "retain NLL"))
     for key, label in labels:
@@ -276,11 +278,6 @@ def _second_stage(method: str | None) -> bool:
     from .methods import METHODS
 
     return bool(getattr(METHODS.get(method), "second_stage", False))   # False for a method no longer installed
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def run_methods(args) -> int:
@@ -318,8 +315,30 @@ def run_status(args) -> int:
     run = RunDir(args.run)
     if not run.holds_run():
         raise UnlearnError(f"{args.run} is not a run directory", "name the --out directory of a run")
-    print(json.dumps(run.status(), indent=2))
+    status = run.status()
+    print(json.dumps(status, indent=2) if args.json else describe_status(status, run.config()))
     return 0
+
+
+def describe_status(status: dict, config: dict, now: float | None = None) -> str:
+    """A run's status.json in words: 'running: npo_rt, step 12 of 40 (30 %), about 1m 10s left; updated 4s
+    ago', then its message or error on lines of their own."""
+    import time
+
+    state = status.get("state", RunState.QUEUED.value)
+    method = status.get("method") or config.get("method")
+    head = f"{state}: {method}" if method else str(state)
+    if status.get("total_steps"):
+        step, total = status.get("step", 0), status["total_steps"]
+        head += f", step {step} of {total} ({100 * step / total:.0f} %)"
+    elif status.get("step") is not None:
+        head += f", step {status['step']}"
+    if state == RunState.RUNNING and status.get("eta_seconds") is not None:
+        head += f", about {duration(status['eta_seconds'])} left"
+    if status.get("updated_at") is not None:
+        head += f"; updated {duration(max(0.0, (now or time.time()) - status['updated_at']))} ago"
+    notes = [status[key] for key in ("message", "error") if status.get(key) and status[key] != "done"]
+    return "\n".join([head, *(f"  {note}" for note in notes)])
 
 
 def run_prepare_model(args) -> int:

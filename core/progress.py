@@ -5,6 +5,13 @@ from __future__ import annotations
 import sys
 
 
+def duration(seconds: float) -> str:
+    """'42s', '3m 07s' or '2h 05m': how long, in the units a person reads at a glance."""
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
 def silence_bars() -> None:
     """Hide every progress bar of this process from now on (for --quiet and --json: a script reads stdout)."""
     from functools import partialmethod

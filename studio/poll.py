@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.knowledge import warning
+from core.progress import duration
 from core.runs import RunDir, RunState, read_json
 
 LOSS_COLUMNS = ("loss",)
@@ -57,7 +58,7 @@ def status_text(run: RunDir) -> str:
     if status.get("total_steps"):
         parts.append(f"step {status.get('step', 0)} / {status['total_steps']} ({100 * status.get('progress', 0):.0f}%)")
     if status.get("eta_seconds") is not None and status.get("state") == RunState.RUNNING:
-        parts.append(f"ETA {_duration(status['eta_seconds'])}")
+        parts.append(f"ETA {duration(status['eta_seconds'])}")
     if status.get("message") and status.get("state") == RunState.RUNNING:
         parts.append(status["message"])
     text = " · ".join(parts)
@@ -78,11 +79,6 @@ def log_tail(path: Path) -> str:
     # progress bars rewrite one line with carriage returns: keep each line's last state
     lines = [line.rstrip("\r").split("\r")[-1] for line in text.split("\n")]
     return "\n".join(line for line in lines if line.strip())[-LOG_TAIL_BYTES:]
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def summary_table(run: RunDir) -> pd.DataFrame | None:

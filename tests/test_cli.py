@@ -107,10 +107,27 @@ def test_stop_and_status_commands(tmp_path):
     run = RunDir.prepare(tmp_path / "run")
     run.write_config({"method": "npo"})
     run.write_status("running", pid=os.getpid(), step=3)
-    status = unlearn("status", run.path)
+    status = unlearn("status", run.path, "--json")
     assert json.loads(status.stdout)["step"] == 3
+    assert unlearn("status", run.path).stdout.startswith("running: npo, step 3; updated ")   # words
     assert unlearn("stop", run.path).returncode == 0 and run.stop_requested()
     assert_clean_error(unlearn("stop", tmp_path / "nothing"), "not a run directory")
+
+
+def test_status_in_words_says_state_method_progress_time_left_and_age():
+    from core.cli import describe_status
+
+    running = {"state": "running", "method": "npo_rt", "step": 12, "total_steps": 40, "eta_seconds": 70.4,
+               "updated_at": 1000.0, "message": "epoch 1"}
+    assert describe_status(running, {}, now=1004.0) == \
+        "running: npo_rt, step 12 of 40 (30 %), about 1m 10s left; updated 4s ago\n  epoch 1"
+    finished = {"state": "finished", "step": 40, "total_steps": 40, "eta_seconds": 0.0, "updated_at": 0.0,
+                "message": "done"}
+    assert describe_status(finished, {"method": "ga"}, now=7500.0) == \
+        "finished: ga, step 40 of 40 (100 %); updated 2h 05m ago"
+    failed = {"state": "failed", "error": "out of memory", "updated_at": 10.0}
+    assert describe_status(failed, {}, now=10.0) == "failed; updated 0s ago\n  out of memory"
+    assert describe_status({}, {}) == "queued"
 
 
 def test_every_command_prints_its_help(capsys):

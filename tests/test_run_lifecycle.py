@@ -65,7 +65,7 @@ def test_a_sigkilled_run_is_interrupted_and_resumes_with_one_line_per_step(tiny_
     killed_at = max(row["step"] for row in run.metrics())
     assert killed_at >= 5 and run.latest_checkpoint() is None
 
-    status = unlearn("status", out)
+    status = unlearn("status", out, "--json")
     assert status.returncode == 0, status.stderr
     reported = json.loads(status.stdout)
     assert reported["state"] == "interrupted" and f"unlearn train --out {out} --resume" in reported["message"]
