@@ -219,16 +219,19 @@ def diverged(run: Path) -> str | None:
 
 
 def _prune_checkpoints(run: Path, keep_weights) -> None:
-    """Once a run's epochs are evaluated, its checkpoints' AdamW moments (twice the weights) are dead weight,
-    and only the weights `keep_weights(step)` asks for are worth the disk: a full fine-tuning checkpoint of
-    the 135M model is 0.5 GB, and --forget50 makes 70 of them. The checkpoint folders stay, so the cached
-    evaluations still line up with their epochs."""
-    from core.checkpoint import OPTIMIZER, WEIGHTS
+    """Once a run's epochs are evaluated, what only resuming needs is dead weight: the AdamW moments (twice the
+    weights) and a method's extra model copies (MUDMAN's adversary: 0.6 GB a checkpoint). Of the rest, only
+    the checkpoints `keep_weights(step)` asks for are worth the disk, with the method's tensor state (NPO+WA's
+    average is part of its model): a full fine-tuning checkpoint of the 135M model is 0.5 GB, and --forget50
+    makes 70 of them. The checkpoint folders stay, so the cached evaluations still line up with their epochs."""
+    from core.checkpoint import METHOD_TENSORS, OPTIMIZER, WEIGHTS, extra_weights_file
 
     for checkpoint in (run / "checkpoints").glob("step-*"):
-        (checkpoint / OPTIMIZER).unlink(missing_ok=True)
+        dead = [checkpoint / OPTIMIZER, *checkpoint.glob(extra_weights_file("*"))]
         if not keep_weights(int(checkpoint.name.split("-")[1])):
-            (checkpoint / WEIGHTS).unlink(missing_ok=True)
+            dead += [checkpoint / WEIGHTS, checkpoint / METHOD_TENSORS]
+        for file in dead:
+            file.unlink(missing_ok=True)
 
 
 def _weights_worth_keeping(points: list[dict], steps_per_epoch: int, keep_all: bool):

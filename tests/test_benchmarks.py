@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.tofu_stages import _prune_checkpoints, _require_weights, _weights_worth_keeping
-from core.checkpoint import OPTIMIZER, STATE, WEIGHTS
+from core.checkpoint import METHOD_TENSORS, OPTIMIZER, STATE, WEIGHTS, extra_weights_file
 
 
 def _run_with_checkpoints(root, steps):
     for step in steps:
         checkpoint = root / "checkpoints" / f"step-{step:06d}"
         checkpoint.mkdir(parents=True)
-        for name in (WEIGHTS, OPTIMIZER, STATE):
+        for name in (WEIGHTS, OPTIMIZER, STATE, METHOD_TENSORS, extra_weights_file("adversary")):
             (checkpoint / name).write_text("x")
     (root / "model").mkdir()
     (root / "model" / "model.safetensors").write_text("x")
@@ -24,7 +24,9 @@ def test_evaluated_run_keeps_only_the_best_epochs_weights_and_the_final_model(tm
                                                                   (3, 0.5, 0.99))]
     _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch=10, keep_all=False))
     kept = sorted(p.relative_to(run).as_posix() for p in run.rglob("*.safetensors"))
-    assert kept == ["checkpoints/step-000020/trainable.safetensors", "model/model.safetensors"]
+    # the method's extra copies (the adversary) only served resuming; its tensor state stays with the weights
+    assert kept == ["checkpoints/step-000020/method-state.safetensors",
+                    "checkpoints/step-000020/trainable.safetensors", "model/model.safetensors"]
     assert all((run / "checkpoints" / f"step-{s:06d}" / STATE).is_file() for s in (10, 20, 30))
 
 
@@ -49,7 +51,8 @@ def test_keep_checkpoints_keeps_every_epochs_weights_but_not_the_optimizer_state
     points = [{"epoch": 0, "mu": 1.0, "fq": 0.1}, {"epoch": 1, "mu": 1.0, "fq": 0.5}, {"epoch": 2, "mu": 1.0, "fq": 0.2}]
     _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch=10, keep_all=True))
     kept = sorted(p.relative_to(run).as_posix() for p in run.rglob("*.safetensors"))
-    assert kept == ["checkpoints/step-000010/trainable.safetensors", "checkpoints/step-000020/trainable.safetensors",
+    assert kept == ["checkpoints/step-000010/method-state.safetensors", "checkpoints/step-000010/trainable.safetensors",
+                    "checkpoints/step-000020/method-state.safetensors", "checkpoints/step-000020/trainable.safetensors",
                     "model/model.safetensors"]
 
 
