@@ -8,21 +8,22 @@ control, on the forget-50 % protocol's 10 % plan.
     python benchmarks/robust.py --report                         # only the report, from the record
 
 Protocol. The 20-author target and the 18-author retain model of `tofu_mini.py --forget50` (plan forget50-10pct:
-TOFU authors 198-199 unlearned, authors 0-9 and 190-197 as retain data, 188-189 never trained), learned into
-the same cache (runs/tofu_mini). Each method (a `Variant`: a method, maybe with a switch such as
---quant-aware) unlearns at three learning rates for the plan's five epochs, batch 4, warm-up 0.1; every epoch's
-checkpoint is evaluated with the tofu suite as tofu_mini.py does, and the existing best-checkpoint rule
+TOFU authors 198-199 unlearned, authors 0-9 and 190-197 as retain data, 188-189 never trained), learned into the
+same cache (runs/tofu_mini). Each method (a `Variant`: a method, maybe with a switch such as --quant-aware)
+unlearns at three learning rates for the plan's five epochs, batch 4, warm-up 0.1; every epoch's checkpoint is
+evaluated with the tofu suite as tofu_mini.py does, and the existing best-checkpoint rule
 (core.evaluation.selection: the highest Forget Quality with Model Utility >= 0.9x the target's) picks one
-(learning rate, epoch) per method. That checkpoint is audited (`audit.run_audit`) with the retain model as
-the control. The example split takes 20 forget answers (10 relearned, 10 measured): relearn and benign
-fine-tuning at one learning-rate grid for every method (1.5e-5, 5e-5, 1.5e-4: x0.3, x1, x3 of the protocol's
-5e-5; robust_plans.ATTACK_LRS says why not the run's own), 3 seeds (the learning rates tried on the first, the
-repeats at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing. The group split relearns
-again on all 40 (one author's 20 answers relearned, the other's 20 measured; 2 seeds, each author relearned
-once). The control is fine-tuned once for the whole table (audit --control-cache). Each method's step cost is
-its training runs' CPU seconds per step over NPO+RT's on the same machine (CPU time hardly depends on what
-else the machine runs, wall time does; both depend on the machine, so a machine that ran no NPO+RT sweep times
-NPO+RT's protocol run once before it trains another method).
+(learning rate, epoch) per method (NPO+WA: its final epoch, since its model is the weight average written when the
+run ends; an earlier checkpoint is neither that nor what a shorter run would average). That checkpoint is audited
+(`audit.run_audit`) with the retain model as the control. The example split takes 20 forget answers (10 relearned,
+10 measured): relearn and benign fine-tuning at one learning-rate grid for every method (1.5e-5, 5e-5, 1.5e-4:
+x0.3, x1, x3 of the protocol's 5e-5; robust_plans.ATTACK_LRS says why not the run's own), 3 seeds (the learning
+rates tried on the first, the repeats at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing.
+The group split relearns again on all 40 (one author's 20 answers relearned, the other's 20 measured; 2 seeds,
+each author relearned once). The control is fine-tuned once for the whole table (audit --control-cache). Each
+method's step cost is its training runs' CPU seconds per step over NPO+RT's on the same machine (CPU time hardly
+depends on what else the machine runs, wall time does; both depend on the machine, so a machine that ran no NPO+RT
+sweep times NPO+RT's protocol run once before it trains another method).
 
 UNDO is a second stage: it starts from NPO+RT's chosen checkpoint (the teacher), damages a copy with noise
 (α 0.1) and distils the teacher into it on the run's forget and retain sets, at 1e-4, 3e-4 and 9e-4 (the

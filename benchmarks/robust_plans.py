@@ -42,12 +42,19 @@ class Variant:
     after: str | None = None       # a second stage: starts from this row's chosen checkpoint, not the target
     final_only: bool = False       # only the run's final model is evaluated (and so chosen)
 
+    def epochs(self, points: list[dict]) -> list[dict]:
+        """The points the best-checkpoint rule may choose: every epoch's (epoch 0, the target, excluded), or
+        only the final model's where that is the only one the method makes."""
+        return points[-1:] if self.final_only else points[1:]
+
 
 # In the order they are measured: NPO+RT (the baseline every cost is relative to), then the new methods.
 VARIANTS = (
     Variant("npo_rt", "NPO+RT", "npo_rt"),
     Variant("npo_sam", "NPO+SAM", "npo_sam", robust=True),
-    Variant("npo_wa", "NPO+WA", "npo_wa", robust=True),
+    # NPO+WA's model is the average it takes over the run's second half, written when the run ends: an earlier
+    # epoch is neither that average nor what a shorter run would average, so only its final model is NPO+WA
+    Variant("npo_wa", "NPO+WA", "npo_wa", robust=True, final_only=True),
     Variant("mudman", "MUDMAN", "mudman", lrs=(3e-4, 1e-3, 3e-3), robust=True),
     Variant("npo_rt_qa", "NPO+RT + quant-aware", "npo_rt", settings={"quant_aware": 1.0}, robust=True),
     Variant("npo_rs", "NPO+RS", "npo_rs", robust=True),
@@ -105,7 +112,7 @@ def sweep_settings(lr: float) -> dict:
 
 def choose(variant: Variant, curves: dict[float, list[dict]]) -> dict:
     """The best-checkpoint rule over every (learning rate, epoch) of the method's sweep."""
-    candidates = [dict(p, lr=lr) for lr, points in curves.items() for p in points[1:]]
+    candidates = [dict(p, lr=lr) for lr, points in curves.items() for p in variant.epochs(points)]
     target = next(iter(curves.values()))[0]
     best = best_point([target] + candidates, target["mu"])
     return {"lr": best["evaluation"]["lr"], "epoch": best["evaluation"]["epoch"], "meets_floor": best["meets_floor"]}

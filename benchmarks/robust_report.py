@@ -34,17 +34,17 @@ def rows(ledger: Ledger) -> list[dict]:
         costs = step_cost(ledger, variant, baseline, steps)
         found.append({"key": variant.key, "label": variant.label, "robust": variant.robust, "choice": choice,
                       "fq": point["fq"], "mu": point["mu"], "mu_ratio": point["mu"] / target["mu"],
-                      "sweep": {f"{lr:g}": _best_of(points) for lr, points in curves.items()},
+                      "sweep": {f"{lr:g}": _best_of(variant, points) for lr, points in curves.items()},
                       "audit": audit if audit and audit["choice"] == choice else None,
                       "step_cost": sum(costs.values()) / len(costs) if costs else None,
                       "step_cost_by_machine": costs})
     return found
 
 
-def _best_of(points: list[dict]) -> dict:
+def _best_of(variant, points: list[dict]) -> dict:
     from benchmarks.tofu_claims import best_point
 
-    best = best_point(points, points[0]["mu"])["evaluation"]
+    best = best_point([points[0], *variant.epochs(points)], points[0]["mu"])["evaluation"]   # points[0]: the target
     return {"epoch": best["epoch"], "fq": best["fq"], "mu_ratio": best["mu"] / points[0]["mu"]}
 
 
@@ -143,7 +143,7 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         "the docstring of benchmarks/robust.py. Each method unlearns TOFU authors 198-199 from the 20-author "
         "target at three learning rates (GA, GradDiff, WGA, SatImp, CE-U and PDU, the audit's other rows, at the "
         "protocol's one, 5e-5, their final model); the best-checkpoint rule (highest FQ with MU >= 0.9x the target's) "
-        "picks one learning rate and epoch, which is audited with the 18-author retain model (never saw authors "
+        "picks one learning rate and epoch (NPO+WA: its final model, the weight average, only), which is audited with the 18-author retain model (never saw authors "
         "198-199) as the control: the example split on 20 forget answers (10 relearned, 10 measured) with 3 "
         "seeds, the group split on all 40 (one author's 20 relearned, the other's 20 measured) with 2; every "
         "fine-tuning attack at the same three learning "

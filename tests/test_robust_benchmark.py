@@ -79,6 +79,10 @@ def test_the_best_checkpoint_rule_picks_across_learning_rates():
     curves = {1e-5: [target, point(1, 0.2, 0.95), point(2, 0.3, 0.92)],
               2e-5: [target, point(1, 0.5, 0.91), point(2, 0.9, 0.5)]}   # 0.9 at MU 0.5: below the floor
     assert robust_plans.choose(robust_plans.BY_KEY["npo_rt"], curves) == {"lr": 2e-5, "epoch": 1, "meets_floor": True}
+    # NPO+WA's model is its final average: an earlier epoch (its raw weights) is never chosen, nor shown
+    assert robust_plans.choose(robust_plans.BY_KEY["npo_wa"], curves) == {"lr": 1e-5, "epoch": 2, "meets_floor": True}
+    assert robust_report._best_of(robust_plans.BY_KEY["npo_wa"], curves[2e-5])["epoch"] == 2
+    assert robust_report._best_of(robust_plans.BY_KEY["npo_rt"], curves[2e-5])["epoch"] == 1
 
 
 def test_the_report_reads_the_audit_back_and_judges_the_goal(swept, tmp_path):
