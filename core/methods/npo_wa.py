@@ -9,7 +9,8 @@ every `average_every` optimizer steps from step s = ⌈average_start · total st
 authors average every 5 steps from step 100 of runs several hundred steps long; ours are often 50 steps, so the
 start is a fraction of the run (default 0.5, ours) rather than a step number. Training itself is NPO+RT's,
 unchanged: the average only replaces the trained weights when the run finishes (`final_weights`), and the
-checkpoints keep the average and its count (a resumed run averages exactly what the uninterrupted one would).
+checkpoints keep the average and its count (a resumed run averages exactly what the uninterrupted one would;
+a checkpoint opened as a model, e.g. by `unlearn eval`, is the average so far: core.methods.model_at_checkpoint).
 Under --lora the adapter's A and B are averaged each (the average of products B·A is not B̄·Ā: an
 approximation the full fine-tuning runs do not make). Cost: no extra forward or backward; memory: one
 copy of the trained weights.
