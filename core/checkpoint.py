@@ -19,6 +19,9 @@ WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "trainer_state.json"
 METHOD_TENSORS = "method-state.safetensors"
+# A method whose model is not its trained weights (NPO+WA: their average) keeps that model in its tensor state
+# under this prefix, by parameter name: a checkpoint opened as a model takes it (method_model_weights).
+METHOD_MODEL_PREFIX = "model."
 
 
 def extra_weights_file(name: str) -> str:
@@ -116,3 +119,10 @@ def load_method_tensors(path: Path, device: torch.device | str = "cpu") -> dict[
     """The method's tensor state saved in checkpoint `path` (empty when it kept none)."""
     file = path / METHOD_TENSORS
     return load_file(str(file), device=str(device)) if file.is_file() else {}
+
+
+def method_model_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights the method's own model takes at checkpoint `path`, by parameter name (empty when its model
+    is the trained weights, as for most methods)."""
+    return {name[len(METHOD_MODEL_PREFIX):]: value for name, value in load_method_tensors(path).items()
+            if name.startswith(METHOD_MODEL_PREFIX)}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import WEIGHTS
+from .checkpoint import WEIGHTS, method_model_weights
 from .errors import UnlearnError, require
 from .runs import ADAPTER_CONFIG, RunDir, read_json, replace_with_staged, staging_dir
 
@@ -430,12 +430,9 @@ def attach_adapter(adapter_dir: Path, base: str, dtype: torch.dtype = torch.floa
 
 
 def _from_checkpoint(run: RunDir, checkpoint: Path, merge: bool, dtype, trust_remote_code: bool):
-    """A checkpoint holds only the trained weights: rebuild the run's model, then load them, and then the method's
-    own model where it has one (core.methods.model_at_checkpoint)."""
+    """A checkpoint holds the trained weights, and the method's own model where it has one: rebuild the run's
+    model, then load them."""
     from safetensors.torch import load_file
-
-    from .checkpoint import load_method_tensors
-    from .methods import model_at_checkpoint
 
     require((checkpoint / WEIGHTS).is_file(), f"{checkpoint} holds no {WEIGHTS}",
             "name a checkpoint inside a run's checkpoints/ folder")
@@ -448,10 +445,7 @@ def _from_checkpoint(run: RunDir, checkpoint: Path, merge: bool, dtype, trust_re
     require(not unknown, f"checkpoint {checkpoint} does not match the run's model ({len(unknown)} unknown weights)",
             "check that the run's config.json is the one it was trained with")
     model.load_state_dict(weights, strict=False)
-    own = model_at_checkpoint(config.get("method", ""), config.get("method_params") or {},
-                              load_method_tensors(checkpoint))
-    if own:   # the method's model is not its trained weights (NPO+WA: their average so far)
-        model.load_state_dict(own, strict=False)
+    model.load_state_dict(method_model_weights(checkpoint), strict=False)   # NPO+WA: its average so far
     return model.merge_and_unload() if merge and config.get("lora") else model
 
 

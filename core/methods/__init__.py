@@ -3,8 +3,7 @@
 Every module in this package is imported, and so registered, on first use: adding a method is adding its
 file. Methods kept elsewhere are named in UNLEARN_METHOD_MODULES (comma-separated importable modules)."""
 from ..extensions import import_extensions
-from .base import (METHODS, StepInputs, UnlearningMethod, get_method, model_at_checkpoint, parameter_names,
-                   register)
+from .base import METHODS, StepInputs, UnlearningMethod, get_method, parameter_names, register
 from .params import Param
 
 __all__ = ["METHODS", "Param", "StepInputs", "UnlearningMethod", "get_method", "parameter_names", "register",

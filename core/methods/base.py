@@ -36,18 +36,6 @@ def get_method(name: str) -> type["UnlearningMethod"]:
     return METHODS[name]
 
 
-def model_at_checkpoint(method_name: str, params: dict, tensors: dict) -> dict | None:
-    """The weights a run of `method_name` would end with had it finished at a checkpoint, from the method's
-    tensor state saved there (e.g. NPO+WA's average so far); None where the checkpoint's trained weights are its
-    model (every method whose final model is its trained weights)."""
-    method = METHODS.get(method_name)
-    if method is None or method.final_weights is UnlearningMethod.final_weights:
-        return None
-    instance = method(params)
-    instance.load_tensor_state_dict(tensors)
-    return instance.final_weights()
-
-
 def parameter_names() -> list[str]:
     """Every hyper-parameter name any registered method declares, in declaration order."""
     return list(dict.fromkeys(p.name for method in METHODS.values() for p in method.params))
@@ -164,7 +152,8 @@ class UnlearningMethod:
     def final_weights(self) -> dict[str, torch.Tensor] | None:
         """Weights the run's final model takes instead of the trained ones, by the trained model's parameter
         names (e.g. a weight average); None keeps the trained weights. Read once, when the run finishes,
-        before the final scores and the save."""
+        before the final scores and the save. Keep them in tensor_state_dict() too, under
+        core.checkpoint.METHOD_MODEL_PREFIX, so that a checkpoint opens as the model the run would end with."""
         return None
 
     def tensor_state_dict(self) -> dict[str, torch.Tensor]:

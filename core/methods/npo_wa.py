@@ -10,7 +10,7 @@ authors average every 5 steps from step 100 of runs several hundred steps long; 
 start is a fraction of the run (default 0.5, ours) rather than a step number. Training itself is NPO+RT's,
 unchanged: the average only replaces the trained weights when the run finishes (`final_weights`), and the
 checkpoints keep the average and its count (a resumed run averages exactly what the uninterrupted one would;
-a checkpoint opened as a model, e.g. by `unlearn eval`, is the average so far: core.methods.model_at_checkpoint).
+a checkpoint opened as a model, e.g. by `unlearn eval`, is the average so far: core.checkpoint.METHOD_MODEL_PREFIX).
 Under --lora the adapter's A and B are averaged each (the average of products B·A is not B̄·Ā: an
 approximation the full fine-tuning runs do not make). Cost: no extra forward or backward; memory: one
 copy of the trained weights.
@@ -21,6 +21,7 @@ import math
 
 import torch
 
+from ..checkpoint import METHOD_MODEL_PREFIX
 from .base import register
 from .npo_rt import NPORetain
 from .npo_sam import PAPER
@@ -74,12 +75,12 @@ class NPOWeightAverage(NPORetain):
     def tensor_state_dict(self) -> dict[str, torch.Tensor]:
         if not self.count:
             return {}
-        return {**{f"average.{name}": value for name, value in self.average.items()},
+        return {**{f"{METHOD_MODEL_PREFIX}{name}": value for name, value in self.average.items()},
                 COUNT: torch.tensor(self.count)}
 
     def load_tensor_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         if COUNT not in tensors:
             return
         self.count = int(tensors[COUNT])
-        self.average = {name[len("average."):]: value.clone() for name, value in tensors.items()
-                        if name.startswith("average.")}
+        self.average = {name[len(METHOD_MODEL_PREFIX):]: value.clone() for name, value in tensors.items()
+                        if name.startswith(METHOD_MODEL_PREFIX)}
