@@ -73,20 +73,21 @@ def test_listed_with_its_parameters_and_sources():
     assert "Unlearn-Smooth (every 5 steps)" in listed and "--average-start 0.5" in listed
 
 
-def test_a_checkpoint_opens_as_the_model_the_run_would_end_with_there(learned, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_checkpoint_opens_as_the_model_the_run_would_end_with_there(learned, tmp_path, lora):  # noqa: F811
     """`unlearn eval RUN/checkpoints/step-N` of an NPO+WA run: its average so far, not the raw weights (those
     are NPO+RT's); before the averaging starts, the raw weights; after the last averaged step, the final model."""
     from core.models import load_run_model
 
     model, files = learned
-    run = train(config_for(model, files, tmp_path / "wa", "npo_wa", save_steps=1, save_total_limit=STEPS,
-                           method_params={"average_every": 2, "average_start": 0.5}), **quiet()).run_dir
+    run = train(config_for(model, files, tmp_path / "wa", "npo_wa", save_steps=1, save_total_limit=STEPS, lora=lora,
+                           lora_r=4, method_params={"average_every": 2, "average_start": 0.5}), **quiet()).run_dir
     checkpoints = RunDir(run).checkpoints_dir
     raw = {step: load_file(checkpoints / f"step-{step:06d}" / WEIGHTS) for step in (2, 3, 5)}
 
-    def opened(step: int) -> dict[str, torch.Tensor]:
-        weights = load_run_model(run, checkpoints / f"step-{step:06d}").state_dict()
-        return {name: weights[name] for name in raw[2] if name in weights}
+    def opened(step: int) -> dict[str, torch.Tensor]:   # under LoRA: the adapter's A and B, before merging
+        weights = dict(load_run_model(run, checkpoints / f"step-{step:06d}", merge=False).named_parameters())
+        return {name: weights[name].detach() for name in raw[2] if name in weights}
 
     assert len(opened(2)) >= 4
     for name, value in opened(2).items():      # step 2: no average yet
@@ -94,4 +95,5 @@ def test_a_checkpoint_opens_as_the_model_the_run_would_end_with_there(learned, t
     for name, value in opened(5).items():      # steps 3 and 5 averaged
         assert torch.allclose(value, (raw[3][name] + raw[5][name]) / 2, rtol=1e-5, atol=1e-6), name
         assert not torch.allclose(value, raw[5][name]), f"{name}: the raw weights"
-        assert torch.allclose(value, final_weights(run)[name], rtol=1e-5, atol=1e-7), name   # step 6 adds none
+        if not lora:   # a LoRA run's final model is its adapter, saved under PEFT's names
+            assert torch.allclose(value, final_weights(run)[name], rtol=1e-5, atol=1e-7), name   # step 6 adds none
