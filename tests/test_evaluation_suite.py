@@ -130,6 +130,25 @@ def test_selection_figures_give_the_same_fq_and_mu_without_forget_generation_flu
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["figures_set"] == "selection"
 
 
+def test_forget_quality_figures_score_the_forget_set_alone_as_selection_does(tofu_eval, tiny_model_dir, tmp_path):
+    loaded = open_model(str(tiny_model_dir), "cpu")
+    settings = Settings(3, 4, 4)
+    chosen = tofu.run_tofu(loaded, tmp_path / "selection", settings, retain_logs=tofu_eval, figures="selection")
+    forget = tofu.run_tofu(loaded, tmp_path / "forget", settings, retain_logs=tofu_eval, figures="forget_quality")
+    assert set(forget["figures"]) == {"Forget Quality", "KS Test Forget", "Forget Prob.", "Forget Truth Ratio"}
+    for figure in forget["figures"]:
+        assert forget["figures"][figure] == chosen["figures"][figure]      # the same scoring: equal, not close
+    assert forget["figures_set"] == "forget_quality"
+    assert sorted(p.name for p in (tmp_path / "forget").glob("eval_log*.json")) == \
+        ["eval_log_aggregated.json", "eval_log_forget.json"]
+    with pytest.raises(UnlearnError, match="compares with a retain model's logs"):
+        tofu.run_tofu(loaded, tmp_path / "alone", settings, figures="forget_quality")
+    assert not (tmp_path / "alone").exists()
+    # a cached evaluation answers a request for the same figures or fewer
+    assert tofu.figures_cover("all", "selection") and tofu.figures_cover("selection", "forget_quality")
+    assert not tofu.figures_cover("forget_quality", "selection") and not tofu.figures_cover("selection", "all")
+
+
 def test_batched_generation_keeps_input_order(tiny_model_dir):
     from core.evaluation.probes import generate
 
