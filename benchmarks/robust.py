@@ -11,19 +11,20 @@ Protocol. The 20-author target and the 18-author retain model of `tofu_mini.py -
 TOFU authors 198-199 unlearned, authors 0-9 and 190-197 as retain data, 188-189 never trained), learned into the
 same cache (runs/tofu_mini). Each method (a `Variant`: a method, maybe with a switch such as --quant-aware)
 unlearns at three learning rates for the plan's five epochs, batch 4, warm-up 0.1; every epoch's checkpoint is
-evaluated with the tofu suite as tofu_mini.py does, and the existing best-checkpoint rule
-(core.evaluation.selection: the highest Forget Quality with Model Utility >= 0.9x the target's) picks one
-(learning rate, epoch) per method (NPO+WA: its final epoch, since its model is the weight average written when the
-run ends; an earlier checkpoint is neither that nor what a shorter run would average). That checkpoint is audited
-(`audit.run_audit`) with the retain model as the control. The example split takes 20 forget answers (10 relearned,
-10 measured): relearn and benign fine-tuning at one learning-rate grid for every method (1.5e-5, 5e-5, 1.5e-4:
-x0.3, x1, x3 of the protocol's 5e-5; robust_plans.ATTACK_LRS says why not the run's own), 3 seeds (the learning
-rates tried on the first, the repeats at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing.
-The group split relearns again on all 40 (one author's 20 answers relearned, the other's 20 measured; 2 seeds,
-each author relearned once). The control is fine-tuned once for the whole table (audit --control-cache). Each
-method's step cost is its training runs' CPU seconds per step over NPO+RT's on the same machine (CPU time hardly
-depends on what else the machine runs, wall time does; both depend on the machine, so a machine that ran no NPO+RT
-sweep times NPO+RT's protocol run once before it trains another method).
+evaluated with the tofu suite as tofu_mini.py does (Forget Quality first, Model Utility where the rule reads it:
+robust_plans.utility_needed), and the existing best-checkpoint rule (core.evaluation.selection: the highest Forget
+Quality with Model Utility >= 0.9x the target's) picks one (learning rate, epoch) per method (NPO+WA: its final
+epoch, since its model is the weight average written when the run ends; an earlier checkpoint is neither that nor
+what a shorter run would average). That checkpoint is audited (`audit.run_audit`) with the retain model as the
+control. The example split takes 20 forget answers (10 relearned, 10 measured): relearn and benign fine-tuning at
+one learning-rate grid for every method (1.5e-5, 5e-5, 1.5e-4: x0.3, x1, x3 of the protocol's 5e-5;
+robust_plans.ATTACK_LRS says why not the run's own), 3 seeds (the learning rates tried on the first, the repeats
+at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing. The group split relearns again on all
+40 (one author's 20 answers relearned, the other's 20 measured; 2 seeds, each author relearned once). The control
+is fine-tuned once for the whole table (audit --control-cache). Each method's step cost is its training runs' CPU
+seconds per step over NPO+RT's on the same machine (CPU time hardly depends on what else the machine runs, wall
+time does; both depend on the machine, so a machine that ran no NPO+RT sweep times NPO+RT's protocol run once
+before it trains another method).
 
 UNDO is a second stage: it starts from NPO+RT's chosen checkpoint (the teacher), damages a copy with noise
 (α 0.1) and distils the teacher into it on the run's forget and retain sets, at 1e-4, 3e-4 and 9e-4 (the
@@ -55,6 +56,7 @@ import json
 import shutil
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,11 +66,11 @@ if str(REPO) not in sys.path:
 from benchmarks.ledger import Ledger  # noqa: E402
 from benchmarks.robust_plans import (AUDIT, BASELINE_TIMING, BY_KEY, EPOCH_FIGURES, MINI, ORDER,  # noqa: E402
                                      PROTOCOL_LR, SANITY, Variant, base_plan, choose, step_seconds, sweep_plan,
-                                     sweep_settings, sweep_steps)
+                                     sweep_settings, sweep_steps, utility_needed)
 from benchmarks.tofu_plans import prepare_data  # noqa: E402
 from benchmarks.tofu_report import clock, require_plotting  # noqa: E402
 from benchmarks.tofu_stages import (Bench, Learned, _point, _prune_checkpoints, _steps_per_epoch,  # noqa: E402
-                                    _weights_worth_keeping, learn_settings, unlearn_curve, unlearn_run,
+                                    _weights_worth_keeping, curve_text, learn_settings, unlearn_curve, unlearn_run,
                                     unlearn_settings)
 from core.runs import RunDir  # noqa: E402
 
@@ -142,11 +144,11 @@ class Robust:
                                                                self.work / "eval" / run_dir.name,
                                                                method=variant.method, lr=lr,
                                                                figures=EPOCH_FIGURES, final_only=variant.final_only,
-                                                               **variant.settings)
+                                                               utility_needed=None if variant.final_only else
+                                                               partial(utility_needed, variant), **variant.settings)
         ledger.keep_curve(settings, variant.key, points, blown_up)
         _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch, keep_all=False))
-        self.bench.say(f"{variant.label} at lr {lr:g}: " + ", ".join(
-            f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
+        self.bench.say(f"{variant.label} at lr {lr:g}: {curve_text(points)}")
         return points
 
     def time_baseline(self) -> None:

@@ -99,7 +99,9 @@ def sweep_plan(lr: float) -> Plan:
 
 # Each epoch of a sweep is evaluated for what the best-checkpoint rule reads, Forget Quality and Model Utility:
 # the tofu suite's "selection" figures (no forget-answer generation, fluency or membership attack), ~40 % less
-# evaluation time on this CPU, the same FQ and MU. Part of the record's settings.
+# evaluation time on this CPU, the same FQ and MU. Part of the record's settings. Since 2026-12-07 every epoch
+# is first evaluated for Forget Quality alone (~1/5 of the time) and only the epochs the rule needs get Model
+# Utility (utility_needed): the same choice, the other points without MU.
 EPOCH_FIGURES = "selection"
 
 
@@ -116,6 +118,26 @@ def choose(variant: Variant, curves: dict[float, list[dict]]) -> dict:
     target = next(iter(curves.values()))[0]
     best = best_point([target] + candidates, target["mu"])
     return {"lr": best["evaluation"]["lr"], "epoch": best["evaluation"]["epoch"], "meets_floor": best["meets_floor"]}
+
+
+def utility_needed(variant: Variant, points: list[dict]) -> list[int]:
+    """The epochs of one learning rate's points whose Model Utility the best-checkpoint rule still reads, given
+    every epoch's Forget Quality: the epochs of the highest FQ whose MU is unknown, level by level down until a
+    level has an epoch at the MU floor; empty once the rule's choice is settled. The rule (highest FQ with MU
+    >= the floor, ties by MU; if none, the highest MU) then chooses as it would with every MU known, for this
+    learning rate and so across them: an epoch left without MU is beaten by the settled one."""
+    from core.evaluation.selection import UTILITY_FLOOR
+
+    floor = UTILITY_FLOOR * points[0]["mu"]
+    candidates = variant.epochs(points)
+    for level in sorted({p["fq"] for p in candidates}, reverse=True):
+        at = [p for p in candidates if p["fq"] == level]
+        unknown = [p["epoch"] for p in at if p["mu"] is None]
+        if unknown:
+            return unknown
+        if any(p["mu"] >= floor for p in at):
+            return []
+    return []
 
 
 def sweep_steps() -> int:

@@ -30,10 +30,13 @@ def size_matched_fq(ratios: list[float], retain: list[float], size: int, draws: 
 
 
 def best_point(points: list[dict], target_mu: float) -> dict:
-    """The existing best-checkpoint rule over one method's epochs (epoch 0, the target, excluded)."""
+    """The existing best-checkpoint rule over one method's epochs (epoch 0, the target, excluded). An epoch
+    without Model Utility was not needed by the rule (robust.py reads it only where the rule does: see
+    robust_plans.utility_needed) and is left out."""
     from core.evaluation.selection import select_best
 
-    candidates = [dict(p, **{"Forget Quality": p["fq"], "Model Utility": p["mu"]}) for p in points[1:]]
+    candidates = [dict(p, **{"Forget Quality": p["fq"], "Model Utility": p["mu"]}) for p in points[1:]
+                  if p["mu"] is not None]
     return select_best(candidates, target_mu)
 
 

@@ -76,15 +76,18 @@ class Bench:
 
     def evaluate(self, model: str, out: Path, plan: Plan, reference, retain_eval: Path | None,
                  holdout, figures: str = "all") -> dict:
-        """The tofu suite on `model` (a run, checkpoint or model dir), cached by its summary.json; `figures`
-        "selection": only Forget Quality and Model Utility (run_tofu)."""
+        """The tofu suite on `model` (a run, checkpoint or model dir), cached by its summary.json where that holds
+        `figures` (run_tofu's figure sets: "selection", only Forget Quality and Model Utility; "forget_quality",
+        the forget set alone)."""
         from core.evaluation.scores import Settings
-        from core.evaluation.suites.tofu import run_tofu
+        from core.evaluation.suites.tofu import figures_cover, run_tofu
         from core.models import open_model
 
         summary_path = out / "summary.json"
         if summary_path.is_file():
-            return json.loads(summary_path.read_text())
+            cached = json.loads(summary_path.read_text())
+            if figures_cover(cached.get("figures_set", "all"), figures):
+                return cached
         _require_weights(Path(model))
         self.say(f"evaluating {Path(model).relative_to(self.root) if Path(model).is_relative_to(self.root) else model}"
                  f" ({plan.eval_dtype})")
@@ -156,7 +159,7 @@ def run_plan(plan: Plan, bench: Bench, only: tuple[str, ...] | None = None) -> d
                                                                eval_dir(root, plan) / method, method=method)
         bench.ledger.keep_curve(settings, method, points, blown_up)
         _prune_checkpoints(run, keep_weights=_weights_worth_keeping(points, steps_per_epoch, bench.keep_checkpoints))
-        bench.say(f"{label(method)}: " + ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU {p['mu']:.3f}" for p in points))
+        bench.say(f"{label(method)}: {curve_text(points)}")
     return bench.ledger.result(settings, plan.methods)
 
 
@@ -172,22 +175,40 @@ class Learned:
 
 def unlearn_curve(bench: Bench, plan: Plan, files: dict, learned: Learned, run_dir: Path, evals: Path,
                   method: str, lr: float | None = None, figures: str = "all", final_only: bool = False,
-                  **settings) -> tuple[Path, list[dict], int, str | None]:
+                  utility_needed=None, **settings) -> tuple[Path, list[dict], int, str | None]:
     """One method unlearned from the target with the plan's budget (at `lr`, default the plan's; `settings`:
     more UnlearnConfig fields, e.g. a switch), every epoch's checkpoint evaluated into `evals`-epochN (with
     `figures`, as Bench.evaluate; with `final_only` only the last epoch reached): (run, points from epoch 0,
-    steps per epoch, the trainer's message if the loss blew up)."""
+    steps per epoch, the trainer's message if the loss blew up). With `utility_needed` (points -> the epochs
+    whose Model Utility a choice still reads), every epoch is evaluated for its forget figures first, and then
+    with `figures` only the epochs it names, until it names none: the others' points have no Model Utility."""
     steps_per_epoch = _steps_per_epoch(files["forget"], plan.unlearn_batch)
     run = unlearn_run(bench, plan, files, learned.target, run_dir, method, lr, **settings)
     blown_up = diverged(run)
-    points = [{"epoch": 0, **learned.target_point}]
     epochs = _epoch_models(run, plan.unlearn_epochs, steps_per_epoch, blown_up is not None)
-    for epoch, model in epochs[-1:] if final_only else epochs:
-        evaluated = evals.parent / f"{evals.name}-epoch{epoch}"
-        summary = bench.evaluate(str(model), evaluated, plan, learned.reference, learned.retain_eval,
-                                 learned.holdout, figures)
-        points.append({"epoch": epoch, **_point(summary, evaluated)})
+    models = dict(epochs[-1:] if final_only else epochs)
+
+    def evaluated(epoch: int, which: str) -> dict:
+        out = evals.parent / f"{evals.name}-epoch{epoch}"
+        summary = bench.evaluate(str(models[epoch]), out, plan, learned.reference, learned.retain_eval,
+                                 learned.holdout, which)
+        return {"epoch": epoch, **_point(summary, out)}
+
+    points = [{"epoch": 0, **learned.target_point},
+              *(evaluated(epoch, "forget_quality" if utility_needed else figures) for epoch in models)]
+    while utility_needed and (needed := utility_needed(points)):
+        for epoch in needed:
+            point = evaluated(epoch, figures)
+            if point["mu"] is None:
+                raise SystemExit(f"{run}: epoch {epoch}'s {figures} evaluation has no Model Utility")
+            points = [point if p["epoch"] == epoch else p for p in points]
     return run, points, steps_per_epoch, blown_up
+
+
+def curve_text(points: list[dict]) -> str:
+    """'ep1 FQ 0.054 MU 0.325, ep2 FQ 0.097 MU -' (-: Model Utility not needed, so not evaluated)."""
+    return ", ".join(f"ep{p['epoch']} FQ {p['fq']:.2g} MU " + ("-" if p["mu"] is None else f"{p['mu']:.3f}")
+                     for p in points)
 
 
 def unlearn_run(bench: Bench, plan: Plan, files: dict, target: Path, run_dir: Path, method: str,
@@ -273,12 +294,13 @@ def _point(summary: dict, evaluated: Path) -> dict:
     """What the record keeps of one evaluation: its figures, and the forget answers' truth ratios (what Forget
     Quality is computed from, so that it can be computed again over fewer answers)."""
     figures = summary["figures"]
-    fluency = summary["fluency"]   # none from a "selection" evaluation, nor Forget ROUGE
-    point = {"fq": figures.get("Forget Quality"), "mu": figures["Model Utility"],
+    fluency = summary["fluency"]   # none from a "selection" evaluation, nor Forget ROUGE; a "forget_quality"
+    # one has no Model Utility or retain figures either (None)
+    point = {"fq": figures.get("Forget Quality"), "mu": figures.get("Model Utility"),
              "forget_rouge": figures.get("Forget ROUGE"), "forget_prob": figures["Forget Prob."],
              "forget_fluency": fluency.get("Forget"), "retain_fluency": fluency.get("Retain"),
-             "retain_rouge": figures["Retain ROUGE"], "forget_truth_ratio": figures["Forget Truth Ratio"],
-             "retain_prob": figures["Retain Prob."], "retain_truth_ratio": figures["Retain Truth Ratio"],
+             "retain_rouge": figures.get("Retain ROUGE"), "forget_truth_ratio": figures["Forget Truth Ratio"],
+             "retain_prob": figures.get("Retain Prob."), "retain_truth_ratio": figures.get("Retain Truth Ratio"),
              "eval_seconds": summary.get("wall_seconds"), "forget_truth_ratios": forget_truth_ratios(evaluated)}
     if "mia" in summary:
         point.update(mia_auc=summary["mia"]["auc"], privleak=summary["mia"].get("privacy_leakage"))

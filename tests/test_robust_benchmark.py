@@ -318,3 +318,83 @@ def test_the_report_says_which_machines_measured_it_and_what_a_fresh_one_measure
     assert "Measured on: fresh machine." in text
     assert "its figures that changed: fq 0.01 -> 0.02." in text
     assert f"NPO+WA at lr {variant.lrs[1]:g} on " in text
+
+
+def test_utility_needed_settles_the_choice_every_mu_would_make():
+    """Model Utility read lazily (robust_plans.utility_needed): on random sweeps with tied FQ levels the choice
+    and each learning rate's best are those made with every MU known, from fewer MU evaluations."""
+    import random
+
+    rng = random.Random(0)
+    read, every = 0, 0
+    for variant in (robust_plans.BY_KEY["npo_rt"], robust_plans.BY_KEY["npo_wa"]):
+        for _ in range(300):
+            target = point(0, 0.01, 1.0)
+            full = {lr: [target, *(point(e, rng.choice((0.05, 0.3, 0.9, 0.99)), rng.uniform(0.5, 1.05))
+                                   for e in range(1, 6))] for lr in variant.lrs}
+            lazy = {}
+            for lr, points in full.items():
+                known = [points[0], *({**p, "mu": None} for p in points[1:])]
+                while needed := robust_plans.utility_needed(variant, known):
+                    assert all(next(p for p in known if p["epoch"] == e)["mu"] is None for e in needed)
+                    known = [next(f for f in points if f["epoch"] == p["epoch"]) if p["epoch"] in needed else p
+                             for p in known]
+                lazy[lr] = known
+                read += sum(p["mu"] is not None for p in known[1:])
+                every += len(variant.epochs(points))
+                assert robust_report._best_of(variant, known) == robust_report._best_of(variant, points)
+            assert robust_plans.choose(variant, lazy) == robust_plans.choose(variant, full)
+    assert read < 0.8 * every       # here ~71 %; on the recorded sweeps 1-4 of 15
+
+
+def test_a_sweep_reads_model_utility_only_where_the_rule_needs_it(tmp_path, monkeypatch):
+    """unlearn_curve with utility_needed: every epoch evaluated for Forget Quality first, then the ones the
+    rule reads with the full figures; the others' points keep MU None."""
+    from benchmarks import tofu_stages
+
+    run = tmp_path / "run"
+    for step in (10, 20):
+        (run / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text('{"question": "q", "answer": "a"}\n' * 40)   # batch 4: 10 steps per epoch
+    figures = {1: (0.9, 0.5), 2: (0.9, 0.95), 3: (0.3, 1.0)}      # epoch: (FQ, MU); MU floor 0.9
+    calls = []
+
+    def evaluate(model, out, plan, reference, retain_eval, holdout, which):
+        epoch = int(out.name.rsplit("epoch", 1)[1])
+        calls.append((epoch, which))
+        fq, mu = figures[epoch]
+        return {"fq": fq, "mu": None if which == "forget_quality" else mu}
+
+    bench = type("FakeBench", (), {"evaluate": staticmethod(evaluate)})()
+    monkeypatch.setattr(tofu_stages, "unlearn_run", lambda *args, **kwargs: run)
+    monkeypatch.setattr(tofu_stages, "_point", lambda summary, out: summary)
+    plan = type("Plan", (), {"unlearn_batch": 4, "unlearn_epochs": 3})()
+    learned = tofu_stages.Learned(run, None, None, None, {"fq": 0.01, "mu": 1.0})
+    variant = robust_plans.BY_KEY["npo_rt"]
+    _, points, _, _ = tofu_stages.unlearn_curve(bench, plan, {"forget": forget}, learned, run, tmp_path / "eval",
+                                                "npo_rt", figures="selection",
+                                                utility_needed=lambda p: robust_plans.utility_needed(variant, p))
+    assert calls == [(1, "forget_quality"), (2, "forget_quality"), (3, "forget_quality"), (1, "selection"),
+                     (2, "selection")]
+    assert [p["mu"] for p in points] == [1.0, 0.5, 0.95, None]
+    assert robust_plans.choose(variant, {5e-5: points}) == {"lr": 5e-5, "epoch": 2, "meets_floor": True}
+
+
+def test_a_cached_evaluation_answers_only_for_the_figures_it_holds(tmp_path):
+    import json
+
+    from benchmarks.tofu_stages import Bench
+    from core.checkpoint import STATE
+
+    checkpoint = tmp_path / "checkpoints" / "step-000010"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / STATE).write_text("{}")        # its weights dropped: evaluating it again stops with a message
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"figures": {}, "figures_set": "forget_quality"}))
+    bench = Bench(tmp_path / "runs", "cpu", Ledger(tmp_path / "record"))
+    assert bench.evaluate(str(checkpoint), out, None, None, None, None, "forget_quality")["figures_set"] == \
+        "forget_quality"
+    with pytest.raises(SystemExit, match="weights were dropped"):
+        bench.evaluate(str(checkpoint), out, None, None, None, None, "selection")
