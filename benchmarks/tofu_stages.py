@@ -90,7 +90,7 @@ class Bench:
                 return cached
         _require_weights(Path(model))
         self.say(f"evaluating {Path(model).relative_to(self.root) if Path(model).is_relative_to(self.root) else model}"
-                 f" ({plan.eval_dtype})")
+                 f" ({plan.eval_dtype}{'' if figures == 'all' else ', ' + figures + ' figures'})")
         started, cpu_started = time.time(), time.process_time()
         loaded = open_model(model, self.device, dtype=plan.eval_dtype)
         settings = Settings(max_samples=max(plan.eval_sizes.values()), max_new_tokens=plan.max_new_tokens,
