@@ -22,9 +22,10 @@ robust_plans.ATTACK_LRS says why not the run's own), 3 seeds (the learning rates
 at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing. The group split relearns again on all
 40 (one author's 20 answers relearned, the other's 20 measured; 2 seeds, each author relearned once). The control
 is fine-tuned once for the whole table (audit --control-cache). Each method's step cost is its training runs' CPU
-seconds per step over NPO+RT's on the same machine (CPU time hardly depends on what else the machine runs, wall
-time does; both depend on the machine, so a machine that ran no NPO+RT sweep times NPO+RT's protocol run once
-before it trains another method).
+seconds per step over NPO+RT's on the same machine (CPU time depends less than wall time on what else the machine
+runs, though not nothing: threads waiting for a busy core count; the median over a method's runs on a machine, so
+one crowded or resumed run moves it little; both depend on the machine, so a machine that ran no NPO+RT sweep
+times NPO+RT's protocol run once before it trains another method).
 
 UNDO is a second stage: it starts from NPO+RT's chosen checkpoint (the teacher), damages a copy with noise
 (α 0.1) and distils the teacher into it on the run's forget and retain sets, at 1e-4, 3e-4 and 9e-4 (the

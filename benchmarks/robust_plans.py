@@ -3,6 +3,8 @@ rates), the plan each learning rate is recorded under, the issue's goal, and the
 epoch) per method. The stages are in robust.py, the report in robust_report.py."""
 from __future__ import annotations
 
+import statistics
+
 from dataclasses import dataclass, field, replace
 
 from benchmarks.ledger import Ledger
@@ -153,8 +155,11 @@ BASELINE_TIMING = "robust/timing-npo_rt"
 
 
 def step_seconds(ledger: Ledger, variant: Variant, steps: int) -> dict[str, float]:
-    """CPU seconds per optimizer step of the method's training stages, per machine they ran on: the mean over
-    the learning rates run there (a step's cost hardly depends on the rate). NPO+RT's timing run counts as one
+    """CPU seconds per optimizer step of the method's training stages, per machine they ran on: the median over
+    the learning rates run there (a step's cost hardly depends on the rate). The median, since one run can be
+    off either way: a resumed run's stage holds only the steps after its restart (MUDMAN at 1e-3: 2.6 s a step
+    against 8.9 and 9.5), and a run beside other work counts CPU seconds its threads spent waiting (NPO+RT +
+    quant-aware at 1e-4, beside the test suite: 30.0 against 15.3 and 15.6). NPO+RT's timing run counts as one
     of its stages."""
     keys = [f"robust/{variant.key}-lr{lr:g}" for lr in variant.lrs]
     keys += [BASELINE_TIMING] if variant.key == "npo_rt" else []
@@ -162,7 +167,7 @@ def step_seconds(ledger: Ledger, variant: Variant, steps: int) -> dict[str, floa
     for key in keys:
         for name, measured in ledger.data["stages"].get(key, {}).get("machines", {}).items():
             per_machine.setdefault(name, []).append(measured["cpu"] / steps)
-    return {name: sum(values) / len(values) for name, values in per_machine.items()}
+    return {name: statistics.median(values) for name, values in per_machine.items()}
 
 
 def step_cost(ledger: Ledger, variant: Variant, baseline: Variant, steps: int) -> dict[str, float]:

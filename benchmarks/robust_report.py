@@ -153,8 +153,9 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         "relearns no faster than a model that never learned the facts, 1 back to the original; "
         "[95 % bootstrap interval over answers and seeds]. 4-bit and rephrasing train nothing: their recovery "
         "[interval over the answers]; rephrasing: the prompt that brought back the most. "
-        "Step cost: CPU seconds per step of the method's runs over NPO+RT's on the same machine (the mean over "
-        "machines where runs were timed on more than one; robust.json has each).", "",
+        "Step cost: CPU seconds per step of the method's runs over NPO+RT's on the same machine (per machine the "
+        "median of its runs, as a resumed or crowded run misreports; the mean over machines where runs were timed "
+        "on more than one; robust.json has each).", "",
         f"**The goal** (relearn residual <= {GOAL['residual']} with its interval, both splits; 4-bit recovery <= "
         f"{GOAL['quantized']}; FQ >= {GOAL['fq']}; MU >= {GOAL['mu_ratio']}x the target's): "
         + (f"met by {', '.join(met)}." if met else

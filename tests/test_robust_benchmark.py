@@ -232,6 +232,10 @@ def test_step_costs_compare_seconds_only_within_one_machine(tmp_path, monkeypatc
     assert robust_plans.step_cost(ledger, mudman, npo_rt, steps) == {"fast machine": 1.5}
     assert robust_plans.step_cost(ledger, npo_wa, npo_rt, steps) == {ledger_module.UNRECORDED_MACHINE: 1.25,
                                                                      "fast machine": 0.5}
+    # the median over a machine's runs: a resumed run (few steps recorded) or a crowded one moves it little
+    ledger.add_stage("robust/mudman-lr0.0003", 1.0, 0.5 * steps)
+    ledger.add_stage("robust/mudman-lr0.003", 1.0, 3.2 * steps)
+    assert robust_plans.step_cost(ledger, mudman, npo_rt, steps) == {"fast machine": 1.5}
     stage = Ledger(folder).data["stages"]["robust/npo_wa-lr0.0001"]   # what was saved
     assert stage["invocations"] == 1 and stage["machines"] == {"fast machine": {"wall": 1.0, "cpu": 1.0 * steps,
                                                                                 "invocations": 1}}
