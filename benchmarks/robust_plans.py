@@ -4,7 +4,6 @@ epoch) per method. The stages are in robust.py, the report in robust_report.py."
 from __future__ import annotations
 
 import statistics
-
 from dataclasses import dataclass, field, replace
 
 from benchmarks.ledger import Ledger

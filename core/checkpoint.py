@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .errors import require
@@ -121,8 +122,19 @@ def load_method_tensors(path: Path, device: torch.device | str = "cpu") -> dict[
     return load_file(str(file), device=str(device)) if file.is_file() else {}
 
 
+def method_model_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of a method's tensor state that are its own model, by parameter name (prefix removed)."""
+    return {name.removeprefix(METHOD_MODEL_PREFIX): value for name, value in tensors.items()
+            if name.startswith(METHOD_MODEL_PREFIX)}
+
+
 def method_model_weights(path: Path) -> dict[str, torch.Tensor]:
     """The weights the method's own model takes at checkpoint `path`, by parameter name (empty when its model
-    is the trained weights, as for most methods)."""
-    return {name[len(METHOD_MODEL_PREFIX):]: value for name, value in load_method_tensors(path).items()
-            if name.startswith(METHOD_MODEL_PREFIX)}
+    is the trained weights, as for most methods). Only those are read: a method's other state can be as large
+    as the weights (MUDMAN's retain-gradient mean)."""
+    file = path / METHOD_TENSORS
+    if not file.is_file():
+        return {}
+    with safe_open(str(file), framework="pt") as saved:
+        return method_model_part({name: saved.get_tensor(name) for name in saved.keys()
+                                  if name.startswith(METHOD_MODEL_PREFIX)})

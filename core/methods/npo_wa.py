@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..checkpoint import METHOD_MODEL_PREFIX
+from ..checkpoint import METHOD_MODEL_PREFIX, method_model_part
 from .base import register
 from .npo_rt import NPORetain
 from .npo_sam import PAPER
@@ -82,5 +82,4 @@ class NPOWeightAverage(NPORetain):
         if COUNT not in tensors:
             return
         self.count = int(tensors[COUNT])
-        self.average = {name[len(METHOD_MODEL_PREFIX):]: value.clone() for name, value in tensors.items()
-                        if name.startswith(METHOD_MODEL_PREFIX)}
+        self.average = {name: value.clone() for name, value in method_model_part(tensors).items()}
