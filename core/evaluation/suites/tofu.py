@@ -56,7 +56,7 @@ class TofuSuite(Suite):
                Param("figures", "all", "all; selection: only Forget Quality and Model Utility (to choose a "
                                        "checkpoint; no forget-answer generation, fluency or MIA, ~40 % faster); "
                                        "forget_quality: the forget set alone (its Prob., Truth Ratio and Forget "
-                                       "Quality, with --retain-logs; ~1/5 of selection's time)",
+                                       "Quality, with --retain-logs; ~1/3 of selection's time)",
                      "ours", choices=FIGURE_SETS),)
     max_samples = 300      # TOFU's ds_size
     max_new_tokens = 200   # TOFU generates up to 200 tokens
