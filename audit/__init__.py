@@ -18,7 +18,7 @@ from core.runs import AUDIT_REPORT, RunDir, RunState, read_json, write_json_atom
 
 from . import recovery
 from .attacks import AuditContext, default_attacks, get_attack, resolve_options
-from .attacks.finetune import SEEDS_AT
+from .attacks.finetune import SEEDS_AT, point_key
 from .groups import forget_groups, spread_over_groups
 from .measure import Scorer
 from .report import markdown
@@ -85,6 +85,8 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     about = {"run": str(run.path), "samples": [len(forget), len(retain or [])], "max_new_tokens": max_new_tokens,
              "dtype": dtype, "options": chosen_options, "control": control, "seeds": seeds, "seeds_at": seeds_at}
     context.kept = Kept(out / PARTIAL, about, log)
+    if earlier:
+        _offer_earlier_points(context.kept, earlier, chosen_options, control)
     try:
         report = _attack_all(context, chosen, chosen_options, status, started, progress)
         if earlier:
@@ -120,8 +122,17 @@ class Kept:
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / "about.json", about)
 
+    def offer(self, key: str, value: dict) -> None:
+        """Keep `value` under `key` unless something is kept there already."""
+        path = self._path(key)
+        if read_json(path) is None:
+            write_json_atomic(path, value)
+
+    def _path(self, key: str) -> Path:
+        return self.folder / (re.sub(r"[^\w.-]+", "_", key) + ".json")
+
     def __call__(self, key: str, compute):
-        path = self.folder / (re.sub(r"[^\w.-]+", "_", key) + ".json")
+        path = self._path(key)
         found = read_json(path)
         if found is not None:
             self.log(f"audit: {key} kept from the stopped audit")
@@ -129,6 +140,26 @@ class Kept:
         value = compute()
         write_json_atomic(path, value)
         return value
+
+
+def _offer_earlier_points(kept: Kept, earlier: dict, options: dict[str, dict], control: str | None) -> None:
+    """Under --update, the finished sweep points of the earlier audit, for each attack redone with the same
+    options apart from its learning rates and against the same control: widening a sweep (more rates, or
+    reaching further) then fine-tunes only the new points."""
+    if earlier.get("control") != control:
+        return
+    for result in earlier["results"]:
+        attack = _attack_of(result)
+        if "points" in result and attack in options and _apart_from_rates(
+                earlier.get("options", {}).get(attack, {})) == _apart_from_rates(options[attack]):
+            for point in result["points"]:
+                kept.offer(point_key(attack, point["seed"], point["lr"]), point)
+
+
+def _apart_from_rates(options: dict) -> dict:
+    """An attack's options without its learning rates and their reach, as JSON reads them back."""
+    return json.loads(json.dumps({name: value for name, value in options.items()
+                                  if not name.endswith(("_lr", "_lr_extend"))}))
 
 
 def _audited_sets(config: dict, chosen: list, options: dict, max_samples: int) -> tuple[list, list | None, list | None]:
@@ -204,7 +235,7 @@ def _attack_all(context: AuditContext, chosen: list, options: dict[str, dict], s
         log(f"audit: {attack.name} — {attack.summary}")
         counter.now_doing(attack.name, f"{attack.name}: {attack.summary}")
         context.options = options[attack.name]
-        context.tick = counter.tick
+        context.tick, context.grow = counter.tick, counter.grow
         found = context.kept(f"attack-{attack.name}", lambda: _attacked(context, attack, scratch / attack.name))
         counter.finished(units[attack.name])   # an attack taken from OUT/.partial, or one that ticked less
         results += [{**result, **judged(result)} for result in found]
@@ -225,7 +256,7 @@ class UnitCounter:
 
     def __init__(self, total: int, status: RunDir, progress=None):
         self.total, self.status, self.progress = max(1, total), status, progress
-        self.done = self.started_at = 0
+        self.done = self.started_at = self.grown = 0   # grown: units the running attack added on the way
         self.attack, self.message = None, ""
 
     def now_doing(self, attack: str, message: str) -> None:
@@ -236,8 +267,14 @@ class UnitCounter:
         self.done = min(self.total, self.done + 1)
         self._report()
 
+    def grow(self, units: int) -> None:
+        self.total += units
+        self.grown += units
+        self._report()
+
     def finished(self, units: int) -> None:
-        self.done = min(self.total, max(self.done, self.started_at + units))
+        self.done = min(self.total, max(self.done, self.started_at + units + self.grown))
+        self.grown = 0
         self._report()
 
     def _report(self) -> None:

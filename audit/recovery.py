@@ -202,7 +202,7 @@ def judge_points(points: list[dict]) -> dict:
     if judged_by == "residual" and all("control" in p["each"] for p in points):
         kinds += ("forgotten",)   # points kept from before the unattacked control was kept per example lack it
     sweep = []
-    for lr in dict.fromkeys(p["lr"] for p in points):
+    for lr in sorted({p["lr"] for p in points}):
         chosen = [p for p in points if p["lr"] == lr]
         seeds = [p["each"] for p in chosen]
         entry = {"lr": lr, "seeds": [p["seed"] for p in chosen]}
@@ -217,8 +217,10 @@ def judge_points(points: list[dict]) -> dict:
             entry["verdict"] = verdict(entry["recovery"])[0]
         sweep.append(entry)
     weakest = min(sweep, key=_weakness)
+    # a best shared with another rate (a control against itself: 0 everywhere) is no reason to look further
+    alone = sum(_weakness(entry) == _weakness(weakest) for entry in sweep) == 1
     return {"judged_by": judged_by, "sweep": sweep, "lr": weakest["lr"], "verdict": weakest["verdict"],
-            "at_edge": at_edge(weakest["lr"], [entry["lr"] for entry in sweep]),
+            "at_edge": at_edge(weakest["lr"], [entry["lr"] for entry in sweep]) if alone else None,
             **{key: weakest[key] for kind in kinds for key in (kind, f"{kind}_interval")},
             "worst_recovery": _largest(weakest["recovery"]),
             **({"worst_residual": _largest(weakest["residual"])} if judged_by == "residual" else {})}

@@ -144,7 +144,7 @@ def test_export_carries_the_audit_into_the_bundle_card_and_manifest(lora_run, tm
     manifest = export_run(run.out, tmp_path / "bundle", formats=("hf",), parity_examples=1, log=lambda m: None)
     assert manifest["audit"]["overall"] == audit["overall"]
     assert audit["options"] == {"relearn": {"relearn_fraction": 0.5, "relearn_steps": 12, "relearn_lr": [5e-2],
-                                            "relearn_split": "example"}}
+                                            "relearn_lr_extend": 1, "relearn_split": "example"}}
     assert manifest["audit"]["attacks"]["relearn"]["worst_recovery"] == audit["results"][0]["worst_recovery"]
     assert (tmp_path / "bundle" / "audit" / "audit.json").is_file()
     card = (tmp_path / "bundle" / "README.md").read_text()
@@ -167,14 +167,17 @@ def test_the_attacks_declare_their_options_and_the_flags_are_made_from_them(monk
     assert default_attacks() == ["relearn", "benign", "quantize", "rephrase"]
     assert {name: [a.name for a, _ in takers] for name, takers in declared_options().items()} == {
         "relearn_fraction": ["relearn"], "relearn_steps": ["relearn"], "relearn_lr": ["relearn"],
-        "relearn_split": ["relearn"], "benign_steps": ["benign"], "benign_lr": ["benign"]}
+        "relearn_lr_extend": ["relearn"], "relearn_split": ["relearn"], "benign_steps": ["benign"],
+        "benign_lr": ["benign"], "benign_lr_extend": ["benign"]}
     calls = []
     monkeypatch.setattr(audit, "run_audit", lambda *args, **kwargs: calls.append(args) or {})
     monkeypatch.setattr(audit, "markdown", lambda report: "")
-    assert main(["audit", "r", "--out", "o", "--relearn-steps", "7", "--relearn-lr", "1e-4"]) == 0
+    assert main(["audit", "r", "--out", "o", "--relearn-steps", "7", "--relearn-lr", "1e-4",
+                 "--benign-lr-extend", "0"]) == 0
     run, out, attacks, options = calls[0][:4]
     assert attacks == ["relearn", "benign", "quantize", "rephrase"]
-    assert options == {"relearn_steps": "7", "relearn_lr": "1e-4"}   # text: checked by each attack's declaration
+    # text: checked by each attack's declaration
+    assert options == {"relearn_steps": "7", "relearn_lr": "1e-4", "benign_lr_extend": "0"}
     with pytest.raises(TypeError, match="one name, one type"):
         register_attack(type("Clash", (Attack,), {"name": "clash", "params": (Param("relearn_steps", 0.5, "x"),)}))
 

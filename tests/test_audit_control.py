@@ -265,7 +265,8 @@ def test_seeds_at_worst_repeats_only_the_attacker_s_best_learning_rate(lora_run,
     ticks = []
     report = run_audit(lora_run.out, tmp_path / "audit", ["relearn"], log=lambda m: None, seeds=3, seeds_at="worst",
                        progress=lambda done, total: ticks.append(total),
-                       **{**FAST, "max_samples": 6, "options": {"relearn_steps": 1, "relearn_lr": "x0.3,x1,x3"}})
+                       **{**FAST, "max_samples": 6, "options": {"relearn_steps": 1, "relearn_lr": "x0.3,x1,x3",
+                                                                "relearn_lr_extend": 0}})
     relearn = _relearn(report)
     first = [(lr, seed) for lr, seed in trained if seed == 42]
     assert len(first) == 3 and len(trained) == 5 and ticks[-1] == 5      # 3 learning rates, then 2 repeats
@@ -279,6 +280,81 @@ def test_seeds_at_worst_repeats_only_the_attacker_s_best_learning_rate(lora_run,
         run_audit(lora_run.out, tmp_path / "bad", ["relearn"], log=lambda m: None, seeds_at="best", **ONE_ATTACK)
 
 
+def _residual_sweep(monkeypatch, residual_at, seeds=2, seeds_at="worst", reach=2, rates=(1e-5, 3e-5, 9e-5)):
+    """finetune.sweep over made-up points whose NLL residual is residual_at(lr): (points, rates tried in
+    order, units the sweep added to the progress bar)."""
+    from audit.attacks import finetune
+    from audit.attacks.base import AuditContext
+
+    tried, grown = [], []
+
+    def point(context, attack, seed, lr, *rest):
+        tried.append((lr, seed))
+        value = residual_at(lr)   # control attacked 1, original 0: residual = 1 - attacked
+        stages = {"original": [0.0], "unlearned": [2.0], "control": [1.0], "control_attacked": [1.0],
+                  "attacked": [1.0 - value]}
+        return {"lr": lr, "seed": seed, "each": {stage: {"nll": v, "tokens": [1]} for stage, v in stages.items()}}
+    monkeypatch.setattr(finetune, "_point", point)
+    context = AuditContext(run=Path("."), config={"lr": 3e-5}, work=Path("."), forget=[], retain=None, measure=None,
+                           baseline=None, log=lambda m: None, seeds=seeds, seeds_at=seeds_at, control="c",
+                           options={"relearn_lr": list(rates), "relearn_lr_extend": reach})
+    context.kept, context.grow = (lambda key, compute: compute()), grown.append
+    plans = [(42 + n, [], "held out", []) for n in range(seeds)]
+    return finetune.sweep(context, "relearn", plans, 1, None), tried, grown
+
+
+def test_a_sweep_whose_worst_case_is_at_its_top_reaches_further_up(monkeypatch):
+    # the residual grows with the rate up to 8.1e-4, then falls: the grid 1e-5..9e-5 (ratio 3) reaches 2.7e-4,
+    # then 8.1e-4, and stops at its reach of 2 (8.1e-4 still the worst, so the report says it is at the edge)
+    points, tried, grown = _residual_sweep(monkeypatch, lambda lr: min(lr, 8.1e-4) * 1000, reach=2)
+    assert tried == [(1e-5, 42), (3e-5, 42), (9e-5, 42), (2.7e-4, 42), (8.1e-4, 42), (8.1e-4, 43)]
+    assert grown == [2, 2]        # one point each, for the unlearned model and the control
+    judged = recovery.judge_points(points)
+    assert judged["lr"] == 8.1e-4 and judged["at_edge"] == "highest"
+    assert [e["lr"] for e in judged["sweep"]] == [1e-5, 3e-5, 9e-5, 2.7e-4, 8.1e-4]
+    # a peak inside the reach: 2.7e-4 tried, then 8.1e-4 does worse, so the repeats run at 2.7e-4
+    points, tried, _ = _residual_sweep(monkeypatch, lambda lr: 0.9 - abs(lr - 2.7e-4) * 1000, reach=3)
+    assert [lr for lr, _ in tried] == [1e-5, 3e-5, 9e-5, 2.7e-4, 8.1e-4, 2.7e-4]
+    assert recovery.judge_points(points)["at_edge"] is None
+
+
+def test_a_sweep_reaches_down_as_well_and_not_at_all_when_told_or_when_the_best_is_inside(monkeypatch):
+    _, tried, _ = _residual_sweep(monkeypatch, lambda lr: 1 - lr * 1000, reach=1, seeds=1)
+    assert [lr for lr, _ in tried] == [1e-5, 3e-5, 9e-5, 3.33e-6]   # 1e-5 / (3e-5 / 1e-5), to 3 digits
+    _, tried, grown = _residual_sweep(monkeypatch, lambda lr: lr * 1000, reach=0)
+    assert [lr for lr, _ in tried] == [1e-5, 3e-5, 9e-5, 9e-5] and grown == []
+    _, tried, _ = _residual_sweep(monkeypatch, lambda lr: 0.5 - abs(lr - 3e-5) * 1000)
+    assert [lr for lr, _ in tried] == [1e-5, 3e-5, 9e-5, 3e-5]
+    # every rate alike (the control against itself): no end is the attacker's best, nothing is added
+    _, tried, _ = _residual_sweep(monkeypatch, lambda lr: 0.0)
+    assert len(tried) == 4
+    # --seeds-at all: the reach is tried with every seed
+    _, tried, grown = _residual_sweep(monkeypatch, lambda lr: min(lr, 2.7e-4) * 1000, seeds_at="all")
+    assert tried[-4:] == [(2.7e-4, 42), (2.7e-4, 43), (8.1e-4, 42), (8.1e-4, 43)] and grown == [4, 4]
+
+
+def test_an_update_widening_the_sweep_trains_only_the_new_points(lora_run, tmp_path, monkeypatch):
+    from audit.attacks import finetune
+
+    out = tmp_path / "audit"
+    options = {"relearn_steps": 1, "relearn_lr": "x1,x3", "relearn_lr_extend": 0}
+    first = run_audit(lora_run.out, out, ["relearn"], log=lambda m: None, **{**ONE_ATTACK, "options": options})
+    trained = []
+    real = finetune.finetuned
+    monkeypatch.setattr(finetune, "finetuned", lambda context, start, examples, steps, lr, seed, name:
+                        trained.append(lr) or real(context, start, examples, steps, lr, seed, name))
+    wider = run_audit(lora_run.out, out, ["relearn"], log=lambda m: None, update=True,
+                      **{**ONE_ATTACK, "options": {**options, "relearn_lr": "x1,x3,x9"}})
+    assert trained == [pytest.approx(9 * lora_run.lr)]
+    assert _relearn(wider)["points"][:2] == _relearn(first)["points"]
+    assert [p["lr"] for p in _relearn(wider)["points"]] == pytest.approx([lora_run.lr * k for k in (1, 3, 9)])
+    # another budget is another attack: nothing is taken from the earlier one
+    trained[:] = []
+    run_audit(lora_run.out, out, ["relearn"], log=lambda m: None, update=True,
+              **{**ONE_ATTACK, "options": {**options, "relearn_steps": 2}})
+    assert len(trained) == 2
+
+
 def test_a_control_cache_fine_tunes_the_control_once_across_audits(lora_run, tmp_path, tokenizer, monkeypatch):
     from audit.attacks import finetune
 
@@ -290,7 +366,7 @@ def test_a_control_cache_fine_tunes_the_control_once_across_audits(lora_run, tmp
     real = finetune.finetuned
     monkeypatch.setattr(finetune, "finetuned", lambda context, start, *a, **k: trained.append(start) or
                         real(context, start, *a, **k))
-    options = {**ONE_ATTACK, "options": {"relearn_steps": 1, "relearn_lr": "x1,x3"}}
+    options = {**ONE_ATTACK, "options": {"relearn_steps": 1, "relearn_lr": "x1,x3", "relearn_lr_extend": 0}}
     first = run_audit(lora_run.out, tmp_path / "first", ["relearn"], log=lambda m: None, control=str(control),
                       control_cache=cache, **options)
     assert len(trained) == 4 and len(list(cache.glob("control-*.json"))) == 2     # 2 lrs x (unlearned, control)

@@ -195,13 +195,34 @@ def test_what_relearning_did_once_the_control_is_subtracted(example, group, outc
 
 def test_the_report_says_where_the_attacker_did_best_at_the_highest_rate_tried():
     highest, lowest = max(robust_report.ATTACK_RATES), 1.5e-5
+    # recorded before the sweep reached: judged against the grid
     audit = {"splits": {"example": {"results": {"relearn": {"lr": lowest}, "benign": {"lr": highest}}},
                         "group": {"results": {"relearn": {"lr": highest}}}}}
-    assert robust_report.at_the_highest_rate(audit) == ["relearn by author", "benign"]
+    assert robust_report.at_the_highest_rate(audit) == ["relearn by author at 0.00015", "benign at 0.00015"]
     rows = [{"label": "NPO+RT", "audit": audit}, {"label": "GA", "audit": None}]
-    assert robust_report.edge_note(rows)[0].startswith(
-        f"The attacker did best at the highest learning rate tried ({highest:g}) for: NPO+RT (relearn by author, benign).")
+    assert robust_report.edge_note(rows)[0].startswith("The attacker did best at the highest learning rate tried "
+                                                       "for: NPO+RT (relearn by author at 0.00015, benign at 0.00015).")
     assert robust_report.edge_note(rows[1:]) == []
+    # recorded with the rates tried: the audit's own judgement, after the reach (1.35e-3 still the worst,
+    # 4.5e-4 a peak inside)
+    reached = {"splits": {"example": {"results": {
+        "relearn": {"lr": 4.5e-4, "at_edge": None, "rates": [1.5e-5, 5e-5, 1.5e-4, 4.5e-4, 1.35e-3]},
+        "benign": {"lr": 1.35e-3, "at_edge": "highest", "rates": [1.5e-5, 5e-5, 1.5e-4, 4.5e-4, 1.35e-3]}}}}}
+    assert robust_report.at_the_highest_rate(reached) == ["benign at 0.00135"]
+
+
+def test_a_split_audited_before_the_sweep_reached_is_widened_not_redone(swept, tmp_path):
+    run, control = swept
+    options = {"relearn_steps": 1, "relearn_lr": "x1,x3", "relearn_lr_extend": 0}
+    run_audit(run, tmp_path / "audit", ["relearn"], control=str(control), log=lambda m: None, options=options,
+              **FAST)
+    same = {"seeds": 1, "attacks": ["relearn"], "max_samples": FAST["max_samples"]}
+    wider = {**options, "relearn_lr_extend": 2}
+    assert robust.finished_split(tmp_path / "audit", control, same, wider) is None
+    assert robust.finished_split(tmp_path / "audit", control, same, wider, apart_from_reach=True) is not None
+    assert robust.finished_split(tmp_path / "audit", control, same, {**wider, "relearn_steps": 2},
+                                 apart_from_reach=True) is None
+    assert robust.fine_tuning(["relearn", "benign", "quantize", "rephrase"]) == ["relearn", "benign"]
 
 
 def test_step_costs_compare_seconds_only_within_one_machine(tmp_path, monkeypatch):

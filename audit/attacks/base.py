@@ -40,6 +40,7 @@ class AuditContext:
     kept: object = None             # callable(key, compute) -> compute()'s dict, kept in OUT until the audit ends
     groups: list | None = None      # each forget example's group, when an attack splits by group
     tick: object = lambda: None     # callable(): one unit of work (Attack.units) finished, for the progress bar
+    grow: object = lambda units: None   # callable(units): work found on the way (a sweep reaching further)
     control_cache: Path | None = None   # keeps the control's attacked figures across audits (finetune.py)
     control_digest: str | None = None   # the control's weights by content, worked out when first needed
 
@@ -176,3 +177,12 @@ def learning_rates(attack: str) -> Sweep:
     return Sweep(f"{attack}_lr", "x0.3,x1,x3", f"learning rates of the {attack} attack, each tried",
                  "the run's own learning rate and 0.3x / 3x of it: the attacker's best of three, as UNDO and "
                  "Deeb & Roger 2024 sweep the attacker's rate and take the worst case (docs/audit.md)")
+
+
+def learning_rate_reach(attack: str) -> Param:
+    """How far an attack's learning-rate sweep may reach past its ends, `<attack>_lr_extend`: while the
+    attacker does best at the highest (lowest) rate tried, the next one up (down) by the sweep's own step."""
+    return Param(f"{attack}_lr_extend", 1, f"more learning rates the {attack} attack may try beyond its sweep's "
+                 "ends, one step of the sweep's own ratio at a time, while the attacker does best at an end",
+                 "a worst case at the end of the grid is not yet the attacker's best: UNDO sweeps 1e-6..1e-3 and "
+                 "Deeb & Roger 2024 a grid wide enough to bracket it (docs/audit.md)", low=0, high=4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from core.errors import require
 
-from .base import Attack, fine_tuning_steps, learning_rates, register_attack
+from .base import Attack, fine_tuning_steps, learning_rate_reach, learning_rates, register_attack
 from .finetune import sweep, sweep_units
 
 
@@ -15,7 +15,7 @@ class Benign(Attack):
     order = 20
     params = (fine_tuning_steps("benign", 30, "fine-tuning steps on retain data (benign)",
                                 "the relearn attack's budget, so the two compare (docs/audit.md)"),
-              learning_rates("benign"))
+              learning_rates("benign"), learning_rate_reach("benign"))
 
     def units(self, context):
         return sweep_units(context, self.name)

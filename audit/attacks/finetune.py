@@ -63,31 +63,64 @@ def finetuned(context, start: str, examples, steps: int, lr: float, seed: int, n
 
 def sweep_units(context, attack: str) -> int:
     """Fine-tunings of a sweep: one per learning rate and seed (with --seeds-at worst: every learning rate on
-    the first seed, one for each other seed) and model trained (the unlearned, the control)."""
+    the first seed, one for each other seed) and model trained (the unlearned, the control). Rates the sweep
+    reaches past its ends add theirs when tried (context.grow)."""
     rates = len(_rates(context, attack))
     points = rates + context.seeds - 1 if context.seeds_at == "worst" else rates * context.seeds
-    return points * (2 if context.control else 1)
+    return points * _models_trained(context)
+
+
+def _models_trained(context) -> int:
+    return 2 if context.control else 1
+
+
+def point_key(attack: str, seed: int, lr: float) -> str:
+    """The name a finished sweep point is kept under (OUT/.partial), so a stopped or widened audit reuses it."""
+    return f"{attack}-seed{seed}-lr{lr:.4g}"
 
 
 def sweep(context, attack: str, plans: list[tuple], steps: int, retain: list | None) -> list[dict]:
     """Every point: each plan (seed, examples trained on, name of the measured set, examples measured) at
     each of the attack's learning rates (`<attack>_lr`, "xK" of the run's own). With --seeds-at worst the
     first plan is tried at every learning rate and the others only at the attacker's best of those (the
-    learning rate the verdict would take): the sweep finds the worst case, the repeats put its interval."""
+    learning rate the verdict would take): the sweep finds the worst case, the repeats put its interval.
+    While the attacker does best at the highest or lowest rate tried, the sweep reaches one step further
+    that way, up to `<attack>_lr_extend` times: a worst case at the grid's end is not yet the attacker's best."""
     rates = _rates(context, attack)
 
     def point(plan, lr):
         seed, trained, name, measured = plan
-        return context.kept(f"{attack}-seed{seed}-lr{lr:.4g}",
+        return context.kept(point_key(attack, seed, lr),
                             lambda: _point(context, attack, seed, lr, trained, (name, measured), steps, retain))
 
-    if context.seeds_at != "worst" or len(rates) == 1:
-        return [point(plan, lr) for plan in plans for lr in rates]
-    screened = [point(plans[0], lr) for lr in rates]
+    tried = plans[:1] if context.seeds_at == "worst" else plans
+    screened = [point(plan, lr) for plan in tried for lr in rates]
+    for _ in range(context.options.get(f"{attack}_lr_extend", 0)):
+        edge = judge_points(screened)["at_edge"]
+        if edge is None:
+            break
+        lr = beyond(rates, edge)
+        context.log(f"{attack}: the attacker did best at the {edge} learning rate tried; trying {lr:.3g} too")
+        context.grow(len(tried) * _models_trained(context))
+        rates = sorted([*rates, lr])
+        screened += [point(plan, lr) for plan in tried]
+    if len(tried) == len(plans):
+        return screened
     best = judge_points(screened)["lr"]
     context.log(f"{attack}: the attacker did best at lr {best:.4g} on seed {plans[0][0]}; the other seeds "
                 "repeat only that one")
     return screened + [point(plan, best) for plan in plans[1:]]
+
+
+def beyond(rates: list[float], edge: str) -> float:
+    """The next learning rate past the `edge` ("highest" or "lowest") of `rates` (two or more), by the ratio
+    between the two rates at that end; rounded to 3 significant digits, so it reads (and is kept) as written."""
+    ordered = sorted(rates)
+    if edge == "highest":
+        next_rate = ordered[-1] * ordered[-1] / ordered[-2]
+    else:
+        next_rate = ordered[0] * ordered[0] / ordered[1]
+    return float(f"{next_rate:.3g}")
 
 
 def _rates(context, attack: str) -> list[float]:

@@ -11,7 +11,7 @@ import random
 from core.errors import require
 from core.methods.params import Param
 
-from .base import Attack, fine_tuning_steps, learning_rates, register_attack
+from .base import Attack, fine_tuning_steps, learning_rate_reach, learning_rates, register_attack
 from .finetune import sweep, sweep_units
 
 SPLITS = ("example", "group")
@@ -77,6 +77,7 @@ class Relearn(Attack):
                           "(Hu et al. 2024); it restored 0.62-0.92 of what five methods removed "
                           "(docs/results/audit.md)"),
         learning_rates("relearn"),
+        learning_rate_reach("relearn"),
         Param("relearn_split", "example", "what is held out: examples, or whole groups (subjects: TOFU authors, "
               "or the data's `group` field)", "Deeb & Roger 2024 split independent facts (group); example is "
               "the audit's first protocol", choices=SPLITS),
