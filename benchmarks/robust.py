@@ -18,7 +18,8 @@ epoch, since its model is the weight average written when the run ends; an earli
 what a shorter run would average). That checkpoint is audited (`audit.run_audit`) with the retain model as the
 control. The example split takes 20 forget answers (10 relearned, 10 measured): relearn and benign fine-tuning at
 one learning-rate grid for every method (1.5e-5, 5e-5, 1.5e-4: x0.3, x1, x3 of the protocol's 5e-5;
-robust_plans.ATTACK_LRS says why not the run's own), 3 seeds (the learning rates tried on the first, the repeats
+robust_plans.ATTACK_LRS says why not the run's own), reaching up to two steps (x3) past an end of it where the
+attacker did best (robust_plans.REACH; an audit made before the reach is widened, its points reused), 3 seeds (the learning rates tried on the first, the repeats
 at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing. The group split relearns again on all
 40 (one author's 20 answers relearned, the other's 20 measured; 2 seeds, each author relearned once). The control
 is fine-tuned once for the whole table (audit --control-cache). Each method's step cost is its training runs' CPU
@@ -283,8 +284,14 @@ class Robust:
                 self.bench.say(f"cached: {label}, {split} split ({folder})")
                 reports[split] = found
                 continue
-            self.bench.say(f"auditing {label}, {split} split" if found is None else
-                           f"measuring {', '.join(redo)} of {label}, {split} split, again: for their intervals")
+            narrower = None if found else finished_split(folder, control, setting, options, apart_from_reach=True)
+            if narrower:   # its finished points are reused: only the rates the sweep reaches to are trained
+                found, redo = narrower, sorted({*without_intervals(narrower["results"]),
+                                                *fine_tuning(setting["attacks"] or narrower["attacks"])})
+                self.bench.say(f"widening the learning-rate sweeps of {label}, {split} split ({', '.join(redo)})")
+            else:
+                self.bench.say(f"auditing {label}, {split} split" if found is None else
+                               f"measuring {', '.join(redo)} of {label}, {split} split, again: for their intervals")
             reports[split] = run_audit(audited, folder, attacks=redo or setting["attacks"], update=bool(redo),
                                        options=options, max_samples=setting["max_samples"], seeds=setting["seeds"],
                                        seeds_at=AUDIT["seeds_at"], device=self.bench.device, dtype=AUDIT["dtype"],
@@ -332,9 +339,11 @@ def model_as_run(config: dict, model: Path, out: Path) -> None:
     staging.rename(RunDir(out).model_dir)
 
 
-def finished_split(folder: Path, control: Path, setting: dict, options: dict) -> dict | None:
+def finished_split(folder: Path, control: Path, setting: dict, options: dict,
+                   apart_from_reach: bool = False) -> dict | None:
     """The split's audit report when one was written in `folder` with these settings (a benchmark stopped
-    between two splits does not audit the first again), judged by the current rules; else None."""
+    between two splits does not audit the first again), judged by the current rules; else None.
+    `apart_from_reach`: also one whose sweeps reached less far past their ends (`*_lr_extend`), to widen."""
     from audit import default_attacks, get_attack, rejudged, resolve_options
     from core.runs import read_json
 
@@ -349,7 +358,19 @@ def finished_split(folder: Path, control: Path, setting: dict, options: dict) ->
     expected["forget_answers"], found["forget_answers"] = setting["max_samples"], report.get("samples", {}).get("forget")
     # a report keeps only the attacks' options that are not empty
     expected["options"] = {name: chosen for name, chosen in expected["options"].items() if chosen}
-    return rejudged(report) if found == json.loads(json.dumps(expected)) else None
+    expected, found = json.loads(json.dumps(expected)), json.loads(json.dumps(found))
+    if apart_from_reach:
+        for settings in (expected, found):
+            settings["options"] = {attack: {k: v for k, v in chosen.items() if not k.endswith("_lr_extend")}
+                                   for attack, chosen in (settings["options"] or {}).items()}
+    return rejudged(report) if found == expected else None
+
+
+def fine_tuning(attacks: list[str]) -> list[str]:
+    """The attacks among `attacks` that sweep learning rates."""
+    from audit import get_attack
+
+    return [name for name in attacks if any(p.name.endswith("_lr_extend") for p in get_attack(name).params)]
 
 
 MEASURED_ONCE = ("quantize", "rephrase")   # the attacks that train nothing: intervals over their answers only
@@ -374,9 +395,12 @@ def complete(recorded: dict) -> bool:
 def summarised(report: dict) -> dict:
     """What the record keeps of one audit report: per attack its verdict and figures with intervals."""
     keep = ("verdict", "worst_recovery", "worst_residual", "recovery", "recovery_interval", "residual",
-            "residual_interval", "forgotten", "forgotten_interval", "retain_change", "lr", "judged_by", "forget")
+            "residual_interval", "forgotten", "forgotten_interval", "retain_change", "lr", "judged_by", "forget",
+            "at_edge")
     return {"overall": report["overall"], "control": report.get("control"),
-            "results": {r["name"]: {k: r[k] for k in keep if k in r} for r in report["results"]}}
+            "results": {r["name"]: {**{k: r[k] for k in keep if k in r},
+                                    **({"rates": [e["lr"] for e in r["sweep"]]} if "sweep" in r else {})}
+                        for r in report["results"]}}
 
 
 def main(argv=None) -> int:

@@ -24,9 +24,14 @@ ATTACK_LRS = "1.5e-05,5e-05,0.00015"
 # group residual, [-0.10, 0.28], was too wide to call against the goal's 0.25). The learning rates are
 # tried on the first seed and the repeats run at the attacker's best (--seeds-at worst): 14 fine-tunings of
 # the unlearned model per method instead of 24, ~45 min less on this CPU.
-# Scored in fp32 on every machine (the audit's default, auto, takes bf16 where the CPU has it: one table, one
-# precision).
-AUDIT = {"seeds_at": "worst", "dtype": "float32", "options": {"relearn_lr": ATTACK_LRS, "benign_lr": ATTACK_LRS},
+# Where the attacker does best at the grid's top (or bottom) rate, the sweep reaches up to two steps further
+# (x3: 4.5e-4, then 1.35e-3): at three rates the group split's and the benign attack's worst case was the
+# highest rate on every row. Scored in fp32 on every machine (the audit's default, auto, takes bf16 where the
+# CPU has it: one table, one precision).
+REACH = 2
+AUDIT = {"seeds_at": "worst", "dtype": "float32",
+         "options": {"relearn_lr": ATTACK_LRS, "benign_lr": ATTACK_LRS, "relearn_lr_extend": REACH,
+                     "benign_lr_extend": REACH},
          "splits": {"example": {"max_samples": 20, "seeds": 3, "attacks": None},
                     "group": {"max_samples": 40, "seeds": 2, "attacks": ["relearn"]}}}
 GOAL = {"residual": 0.25, "quantized": 0.10, "fq": 0.1, "mu_ratio": 0.9}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmarks.ledger import Ledger
 from core.evaluation.report import interval_text
-from benchmarks.robust_plans import (ATTACK_LRS, GOAL, MINI, SANITY, VARIANTS, choose, step_cost,
+from benchmarks.robust_plans import (ATTACK_LRS, GOAL, MINI, REACH, SANITY, VARIANTS, choose, step_cost,
                                      sweep_settings, sweep_steps)
 from benchmarks.tofu_report import clock
 
@@ -74,14 +74,20 @@ TRAINED = (("example", "relearn", "relearn by example"), ("group", "relearn", "r
 
 
 def at_the_highest_rate(audit: dict | None) -> list[str]:
-    """The fine-tuning attacks of an audit whose worst case came at the highest attack learning rate tried
-    (a sweep reaching further up might be stronger)."""
+    """The fine-tuning attacks of an audit whose worst case came at the highest attack learning rate tried,
+    after the sweep's reach (a sweep reaching further up might be stronger), each with that rate."""
     from audit.recovery import at_edge
 
     splits = (audit or {}).get("splits", {})
-    worst = {name: (splits.get(split, {}).get("results", {}).get(attack) or {}).get("lr")
-             for split, attack, name in TRAINED}
-    return [name for name, lr in worst.items() if lr is not None and at_edge(lr, ATTACK_RATES) == "highest"]
+    found = []
+    for split, attack, name in TRAINED:
+        result = splits.get(split, {}).get("results", {}).get(attack) or {}
+        if "lr" not in result:
+            continue
+        edge = result["at_edge"] if "rates" in result else at_edge(result["lr"], ATTACK_RATES)   # older records
+        if edge == "highest":
+            found.append(f"{name} at {result['lr']:g}")
+    return found
 
 
 def four_bit(audit: dict | None) -> float | None:
@@ -147,7 +153,8 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         "with the 18-author retain model (never saw authors 198-199) as the control: the example split on 20 forget answers (10 relearned, 10 measured) with 3 "
         "seeds, the group split on all 40 (one author's 20 relearned, the other's 20 measured) with 2; every "
         "fine-tuning attack at the same three learning "
-        f"rates for every method ({ATTACK_LRS.replace(',', ', ')}), tried on the first seed, the other seeds "
+        f"rates for every method ({ATTACK_LRS.replace(',', ', ')}), reaching up to {REACH} steps (x3) further "
+        "where the attacker did best at an end, tried on the first seed, the other seeds "
         "repeating the attacker's best one (shown).", "",
         "Residual (docs/audit.md) = (control attacked − unlearned attacked) / (control attacked − original): 0 "
         "relearns no faster than a model that never learned the facts, 1 back to the original; "
@@ -197,8 +204,8 @@ def edge_note(found: list[dict]) -> list[str]:
                for names in [at_the_highest_rate(row["audit"])] if names]
     if not at_edge:
         return []
-    return [f"The attacker did best at the highest learning rate tried ({max(ATTACK_RATES):g}) for: "
-            f"{'; '.join(at_edge)}. A sweep reaching further up might find a stronger attack there.", ""]
+    return [f"The attacker did best at the highest learning rate tried for: {'; '.join(at_edge)}. A sweep "
+            "reaching further up might find a stronger attack there.", ""]
 
 
 AUDIT_COLUMNS = ["relearn residual (example)", "relearn residual (group)", "benign residual",
