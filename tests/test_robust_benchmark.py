@@ -423,3 +423,17 @@ def test_a_cached_evaluation_answers_only_for_the_figures_it_holds(tmp_path):
         "forget_quality"
     with pytest.raises(SystemExit, match="weights were dropped"):
         bench.evaluate(str(checkpoint), out, None, None, None, None, "selection")
+
+
+def test_a_sanity_row_audited_before_the_sweep_reached_stays_but_a_method_row_does_not():
+    import json
+
+    from benchmarks.robust_plans import AUDIT
+
+    before = json.loads(json.dumps(AUDIT))
+    before["options"] = {k: v for k, v in before["options"].items() if not k.endswith("_lr_extend")}
+    recorded = {"settings": before, "splits": {"example": {"results": {"relearn": {"residual": {"nll": 1.0}}}}}}
+    assert not robust.complete(recorded) and robust.complete(recorded, reach_matters=False)
+    assert robust.complete({**recorded, "settings": AUDIT})
+    other = {**before, "seeds_at": "all"}
+    assert not robust.complete({**recorded, "settings": other}, reach_matters=False)
