@@ -23,7 +23,7 @@ from .runs import RunState
 
 # The settings only unlearning has: `finetune` (plain supervised training) shares every other flag of `train`.
 UNLEARNING_ONLY = ("method", "forget", "retain", "normal", "retain_columns", "normal_columns", "kl_positions",
-                   "salient_modules", "quant_aware")
+                   "salient_modules", "quant_aware", "quant_aware_format")
 
 
 def main(argv: list[str] | None = None) -> int:

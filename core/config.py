@@ -86,6 +86,10 @@ class UnlearnConfig:
         0.0, "quantisation-aware forgetting: each step also takes the method's forget terms on the q4_0 "
              "fake-quantised model (straight-through gradient), times this weight, so the forgetting survives "
              "4-bit export; 0 = off; 1.5-1.9x the step's cost (measured on NPO+RT: core/quantization.py)")
+    quant_aware_format: str = _opt(
+        "q4_0", "the GGUF file type --quant-aware simulates, weight by weight as llama.cpp stores it: q4_0, or "
+                "q4_k_m (q4_K / q6_K, and q5_0 / q8_0 where a row is not a multiple of 256; its scale search "
+                "costs more per step)")
     device: str = _opt("auto", "auto, cpu or cuda")
     dtype: str = _opt("auto", "auto (bf16 mixed precision on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX, fp32 elsewhere), float32 or bfloat16")
     trust_remote_code: bool = _opt(False, "allow a hub/local model to run its own Python code (off: safer)")
@@ -162,6 +166,10 @@ class UnlearnConfig:
         require(self.quant_aware >= 0 and math.isfinite(self.quant_aware),
                 f"quant_aware must be 0 (off) or a positive weight, got {self.quant_aware}",
                 "use for example --quant-aware 1, or 0 for off")
+        from .ggml_formats import FILE_TYPES
+
+        require(self.quant_aware_format in FILE_TYPES, f"unknown quant_aware_format {self.quant_aware_format!r}",
+                f"use --quant-aware-format {' or '.join(FILE_TYPES)}")
         require(self.kl_positions in KL_POSITIONS, f"unknown kl_positions {self.kl_positions!r}",
                 "use --kl-positions answer (ours) or all (open-unlearning's)")
         self._validate_memory_savers()

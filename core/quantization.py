@@ -6,12 +6,13 @@ quantised weights as well pushes the update across bins. The straight-through fo
 Q(w), the backward treats Q as the identity) follows DurableUn (arXiv 2605.02196, abstract); the exact term
 is ours: `--quant-aware W` adds W x (each forget term of the method, on Q(θ)), named quant_<term>.
 
-Q is llama.cpp's q4_0 reference rule (ggml `quantize_row_q4_0_ref`), per row of an [out, in] Linear weight
-in blocks of 32 input features: d = (the block's element of largest |w|, sign kept) / -8, q = min(15,
-floor(w/d + 8.5)), dequantised (q - 8) x fp16(d). It stands in for the exports' q4_0 exactly and for q4_k_m
-only roughly. As llama.cpp, it leaves alone 1-D tensors, embeddings, the output head (kept at a higher type)
-and weights whose input size is not a multiple of 32. Under LoRA the merged weight W + s·BA is quantised
-(what export quantises), and the straight-through gradient reaches A and B.
+Q is llama.cpp's own quantisation of each weight under a GGUF file type (`--quant-aware-format`): q4_0
+(every Linear in q4_0, the default) or q4_k_m (the per-tensor mix llama.cpp writes: q4_K, q6_K, and q5_0 /
+q8_0 where a row is not a multiple of 256, which on SmolLM2-135M is most weights). The formats and the choice
+are core/ggml_formats.py, pinned against ggml itself. As llama.cpp, it leaves alone 1-D tensors, embeddings,
+the output head (kept at a higher type) and weights whose input size is not a multiple of 32. Under LoRA the
+merged weight W + s·BA is quantised (what export quantises), and the straight-through gradient reaches A
+and B.
 
 Cost: one more forward and backward of the forget batch per micro-batch plus a fake-quantisation of every
 Linear weight per forward, O(parameters): on NPO+RT, measured 1.93x a step under LoRA (the merged weight is
@@ -24,46 +25,39 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from .ggml_formats import QK, roundtrip, tensor_type
 from .methods.base import StepInputs
-
-Q4_0_BLOCK = 32
 
 
 def q4_0_roundtrip(weight: torch.Tensor) -> torch.Tensor:
-    """dequantise(quantise(weight)) by the q4_0 reference rule, computed in fp32, returned in weight's dtype;
-    rows of `weight` in blocks of 32 consecutive elements (its last dimension must be a multiple of 32)."""
-    blocks = weight.detach().float().reshape(-1, Q4_0_BLOCK)
-    largest = blocks.abs().argmax(dim=1, keepdim=True)   # the first one on ties, as ggml's strict `<`
-    scale = blocks.gather(1, largest) / -8
-    inverse = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
-    codes = torch.floor(blocks * inverse + 8.5).clamp(0, 15)   # ggml truncates a positive number: floor
-    stored_scale = scale.half().float()                         # the block's scale is kept in fp16
-    return ((codes - 8) * stored_scale).reshape(weight.shape).to(weight.dtype)
+    """dequantise(quantise(weight)) by ggml's q4_0 reference rule (core/ggml_formats.py)."""
+    return roundtrip(weight, "q4_0")
 
 
-def fake_quantize(weight: torch.Tensor) -> torch.Tensor:
-    """q4_0_roundtrip(weight) in the forward, the identity in the backward (straight-through estimator)."""
-    return weight + (q4_0_roundtrip(weight) - weight).detach()
+def fake_quantize(weight: torch.Tensor, kind: str = "q4_0") -> torch.Tensor:
+    """The round trip through format `kind` in the forward, the identity in the backward (straight-through)."""
+    return weight + (roundtrip(weight, kind) - weight).detach()
 
 
 def quantizable(weight: torch.Tensor) -> bool:
-    return weight.dim() == 2 and weight.shape[1] % Q4_0_BLOCK == 0
+    return weight.dim() == 2 and weight.shape[1] % QK == 0
 
 
 class FakeQuantizer:
     """A context in which every quantisable Linear of `model` (a LoRA layer: its merged weight) runs on its
-    fake-quantised weight. `paused()` lets the full-precision model through for a moment (the original
-    model under LoRA, which is the same modules with the adapter off)."""
+    weight fake-quantised as llama.cpp would store it under `file_type`. `paused()` lets the full-precision
+    model through for a moment (the original model under LoRA, which is the same modules with the adapter
+    off)."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, file_type: str = "q4_0"):
+        self.model, self.file_type = model, file_type
         self.active = False
         self._saved: dict[torch.nn.Module, object] = {}
 
     def __enter__(self) -> "FakeQuantizer":
-        for module in quantized_modules(self.model):
+        for module, kind in quantized_kinds(self.model, self.file_type).items():
             self._saved[module] = module.__dict__.get("forward")   # a hook library may have set one
-            module.forward = _quantized_forward(module, module.forward, self)
+            module.forward = _quantized_forward(module, module.forward, self, kind)
         self.active = True
         return self
 
@@ -91,14 +85,29 @@ class _Paused:
 
 
 def quantized_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The Linear layers q4_0 would quantise: LoRA layers (as one merged weight) and plain Linears outside
-    them, but not the output head."""
+    """The Linear layers llama.cpp would quantise in blocks: LoRA layers (as one merged weight) and plain
+    Linears outside them, but not the output head."""
+    return list(quantized_kinds(model, "q4_0"))
+
+
+def quantized_kinds(model: torch.nn.Module, file_type: str) -> dict[torch.nn.Module, str]:
+    """{Linear layer: the format llama.cpp stores its weight in under `file_type`} (core/ggml_formats.py)."""
     root = getattr(model, "module", model)   # under DDP
     head = root.get_output_embeddings() if hasattr(root, "get_output_embeddings") else None
+    names = {id(m): name for name, m in root.named_modules()}
     lora = [m for m in root.modules() if _is_lora_linear(m)]
     inside_lora = {id(sub) for m in lora for sub in m.modules()}
     plain = [m for m in root.modules() if isinstance(m, torch.nn.Linear) and id(m) not in inside_lora]
-    return [m for m in lora + plain if m is not head and quantizable(_base(m).weight)]
+    layers = getattr(getattr(root, "config", None), "num_hidden_layers", 0) or 0
+    kinds = {}
+    for module in lora + plain:
+        weight = _base(module).weight
+        if module is head or weight.dim() != 2:
+            continue
+        kind = tensor_type(names[id(module)], weight.shape[1], file_type, layers)
+        if kind is not None:
+            kinds[module] = kind
+    return kinds
 
 
 def _is_lora_linear(module) -> bool:
@@ -120,12 +129,12 @@ def merged_weight(module) -> torch.Tensor:
     return weight
 
 
-def _quantized_forward(module, full_precision, quantizer: FakeQuantizer):
+def _quantized_forward(module, full_precision, quantizer: FakeQuantizer, kind: str):
     def forward(x, *args, **kwargs):
         if not quantizer.active or (_is_lora_linear(module) and module.disable_adapters):
             return full_precision(x, *args, **kwargs)
         bias = _base(module).bias
-        weight = fake_quantize(merged_weight(module))
+        weight = fake_quantize(merged_weight(module), kind)
         return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
     return forward
 
@@ -169,12 +178,13 @@ class ForgetOnlyInputs(StepInputs):
             return super().original_hidden(view, layer)
 
 
-def quant_aware_terms(method, inputs: StepInputs, weight: float) -> Iterator[tuple[str, torch.Tensor]]:
+def quant_aware_terms(method, inputs: StepInputs, weight: float,
+                      file_type: str = "q4_0") -> Iterator[tuple[str, torch.Tensor]]:
     """The method's forget terms (names starting with "forget", yielded before any other view is read)
     once more on the fake-quantised model, times `weight`, as quant_<name>. The weights stay swapped while
     each term is backpropagated (the trainer's backward runs at the yield), so recomputed activations
     (gradient checkpointing) see the same weights."""
-    quantizer = FakeQuantizer(inputs.model)
+    quantizer = FakeQuantizer(inputs.model, file_type)
     again = inputs.fresh(ForgetOnlyInputs)
     again.quantizer = quantizer
     with quantizer:

@@ -543,7 +543,7 @@ class Trainer:
         """The method's terms, then (--quant-aware) its forget terms on the fake-quantised model."""
         yield from self.method.loss_terms(inputs)
         if self.cfg.quant_aware:
-            yield from quant_aware_terms(self.method, inputs, self.cfg.quant_aware)
+            yield from quant_aware_terms(self.method, inputs, self.cfg.quant_aware, self.cfg.quant_aware_format)
 
     def _retain_nll(self, inputs: StepInputs) -> float | None:
         """Retain NLL for the log: free when the method forwards retain, else a no-grad pass on log steps."""

@@ -176,3 +176,26 @@ def test_a_run_raises_the_forget_nll_of_the_quantised_model_too(tiny_config, tin
     before = quantized_forget_nll(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer)
     after = quantized_forget_nll(load_run_model(result.run_dir), tokenizer)
     assert after[0] > before[0] + 0.1 and after[1] > before[1] + 0.1   # plain and quantised both rose
+
+
+def test_under_q4_k_m_each_linear_runs_on_the_format_llama_cpp_gives_it(tokenizer, tiny_config):
+    """The tiny model's rows (32 and 64 wide) are not multiples of 256: under q4_k_m llama.cpp stores q4_K
+    weights as q5_0 and q6_K ones (v and down in the layers given more bits) as q8_0; a run takes the term."""
+    from core.ggml_formats import roundtrip
+    from core.quantization import quantized_kinds
+    from core.trainer import train
+
+    model = build_tiny_model(tokenizer)
+    kinds = quantized_kinds(model, "q4_k_m")
+    layers = model.model.layers
+    assert kinds[layers[0].self_attn.q_proj] == "q5_0" and kinds[layers[1].mlp.down_proj] == "q8_0"
+    layer, x = layers[0].mlp.up_proj, torch.randn(3, 32)
+    with FakeQuantizer(model, "q4_k_m"):
+        inside = layer(x)
+    assert torch.allclose(inside, F.linear(x, roundtrip(layer.weight, kinds[layer])))
+    assert not torch.allclose(inside, F.linear(x, q4_0_roundtrip(layer.weight)))
+    from core.runs import RunDir
+
+    result = train(replace(tiny_config, quant_aware=1.0, quant_aware_format="q4_k_m", max_steps=2), **quiet())
+    rows = [json.loads(line) for line in RunDir(result.run_dir).metrics_path.read_text().splitlines()]
+    assert all("loss_quant_forget_npo" in row for row in rows)
