@@ -159,7 +159,9 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         "Residual (docs/audit.md) = (control attacked − unlearned attacked) / (control attacked − original): 0 "
         "relearns no faster than a model that never learned the facts, 1 back to the original; "
         "[95 % bootstrap interval over answers and seeds]. 4-bit and rephrasing train nothing: their recovery "
-        "[interval over the answers]; rephrasing: the prompt that brought back the most. "
+        "[interval over the answers]; rephrasing: the prompt that brought back the most. On this model llama.cpp's "
+        "q4_k_m file is not 4-bit for most weights: rows of 576 are not a multiple of 256, so its q4_K falls back "
+        "to q5_0 and its q6_K to q8_0; only the MLP's down projection is q4_K / q6_K (core/ggml_formats.py). "
         "Step cost: CPU seconds per step of the method's runs over NPO+RT's on the same machine (per machine the "
         "median of its runs, as a resumed or crowded run misreports; the mean over machines where runs were timed "
         "on more than one; robust.json has each).", "",

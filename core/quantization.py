@@ -16,7 +16,8 @@ and B.
 
 Cost: one more forward and backward of the forget batch per micro-batch plus a fake-quantisation of every
 Linear weight per forward, O(parameters): on NPO+RT, measured 1.93x a step under LoRA (the merged weight is
-quantised per forward) and 1.55x in full fine-tuning (docs/results/step_cost.md).
+quantised per forward) and 1.55x in full fine-tuning (docs/results/step_cost.md); with q4_k_m, whose K formats
+search their scales, 2.30x and 2.00x where q4_0 measured 1.86x and 1.75x in the same run (docs/benchmarks.md).
 """
 from __future__ import annotations
 
