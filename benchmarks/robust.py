@@ -40,7 +40,8 @@ their final models evaluated and audited as the first audit took them. Last, the
 
 The learning rates: x0.5, x1 and x2 of the protocol's 5e-5, except for the methods that hardly moved at 5e-5
 in docs/results/tofu_forget50.md (SimNPO, RMU, SURE, UNDIAL: FQ at or below the target's), which sweep x1, x2
-and x4; MUDMAN's rate is its own update's step size (default 1e-3), swept x0.3, x1, x3.
+and x4, as does NPO+RT with the q4_k_m-aware term (the q4_0 term chose its top rate); MUDMAN's rate is its own
+update's step size (default 1e-3), swept x0.3, x1, x3.
 
 Cached and resumable: runs, evaluations and audits live under runs/tofu_mini/robust (an interrupted run or
 audit resumes); every figure goes into docs/results/records/robust/record.json as soon as it is measured, so
