@@ -24,7 +24,8 @@ def start(client, **overrides):
 
     form = dict.fromkeys(form_names())   # the method's hyper-parameters blank: its defaults
     form.update(model=TINY, hub_id="", run_name="", method="npo_rt", max_steps=6, lr=1e-3, batch_size=4,
-                lora=False, grad_accum=1, max_length=256, lora_r=16, lora_alpha=32, seed=42, warmup_ratio=0.1)
+                lora=False, grad_accum=1, max_length=256, lora_r=16, lora_alpha=32, seed=42, warmup_ratio=0.1,
+                quant_aware=0, quant_aware_format="q4_0")
     form.update(overrides)
     return client.predict(*form.values(), api_name="/start")
 
@@ -106,7 +107,8 @@ def test_a_finished_run_shows_before_after_and_second_start_is_refused(studio_se
     studio, url = studio_server
     client = new_client(url)
     client.predict(api_name="/example_tofu")
-    start(client, run_name="quick", max_steps=3)
+    _, command = start(client, run_name="quick", max_steps=3, quant_aware=1.0, quant_aware_format="q4_k_m")
+    assert "--quant-aware 1.0 --quant-aware-format q4_k_m" in command   # the 4-bit switch reaches the run
     with pytest.raises(Exception, match="already training"):
         start(client, run_name="second", max_steps=3)
     run = run_named(studio, "quick")
@@ -117,6 +119,8 @@ def test_a_finished_run_shows_before_after_and_second_start_is_refused(studio_se
     basis = summary["value"]["data"][0][3]   # what the figures were computed on
     assert basis.startswith("first ") and " retain examples, " in basis and basis.endswith("prompts")
     assert not list(studio.workspace.root.glob("studio/*/runs/second"))   # the refused run left nothing
+    assert (run.config()["quant_aware"], run.config()["quant_aware_format"]) == (1.0, "q4_k_m")
+    assert any("loss_quant_forget_npo" in line for line in run.metrics_path.read_text().splitlines())
 
 
 def test_sessions_do_not_see_each_others_runs(studio_server):
@@ -164,7 +168,8 @@ def test_bad_uploads_show_a_message_and_keep_the_page_working(studio_server, tmp
 @pytest.mark.parametrize("overrides,fragment", [({"lr": -1.0}, "learning rate must be positive"),
                                                 ({"batch_size": 0}, "batch_size must be at least 1"),
                                                 ({"beta": 0.0}, "beta must be > 0"),
-                                                ({"run_name": "../escape"}, "not a usable run name")])
+                                                ({"run_name": "../escape"}, "not a usable run name"),
+                                                ({"quant_aware": -1.0}, "less than minimum value 0")])
 def test_nonsense_settings_are_refused_before_anything_starts(studio_server, overrides, fragment):
     studio, url = studio_server
     client = new_client(url)

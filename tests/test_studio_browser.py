@@ -152,6 +152,11 @@ def test_advanced_settings_follow_the_method(page):
     page.get_by_role("option", name="npo", exact=True).click()
     page.locator("#retain-weight").wait_for(state="hidden", timeout=30_000)   # NPO has no retain term
     assert page.locator("#beta input").is_visible()
+    # the 4-bit switch is any method's: off by default, against q4_0 unless the user picks q4_k_m
+    assert page.locator("#quant-aware input").input_value() == "0"
+    page.locator("#quant-aware-format input").click()
+    page.get_by_role("option", name="q4_k_m", exact=True).click()
+    assert page.locator("#quant-aware-format input").input_value() == "q4_k_m"
 
 
 def test_memory_estimate_and_method_help_follow_the_form(page):

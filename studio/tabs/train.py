@@ -8,6 +8,7 @@ import gradio as gr
 
 from core.config import UnlearnConfig
 from core.errors import UnlearnError, require
+from core.ggml_formats import FILE_TYPES
 from core.methods import parameter_names, unlearning_methods
 from core.models import HUB_PREFIX
 
@@ -27,7 +28,7 @@ from ..workspace import default_run_name
 DEFAULTS = {"method": "npo_rt", "max_steps": 40, "lr": 5e-4, "batch_size": 4, "lora": True}
 METHOD_DEFAULTS = {"npo_rt": {"retain_weight": 6.0}}   # studio settings that differ from the paper's
 SETTINGS = ("model", "hub_id", "run_name", "method", "max_steps", "lr", "batch_size", "lora", "grad_accum",
-            "max_length", "lora_r", "lora_alpha", "seed", "warmup_ratio")
+            "max_length", "lora_r", "lora_alpha", "seed", "warmup_ratio", "quant_aware", "quant_aware_format")
 LOSS_TITLE = "Loss terms"
 NLL_TITLE = "Forget vs retain NLL (forget should rise, retain stay)"
 
@@ -152,6 +153,11 @@ def _method_defaults(name: str) -> dict:
     return methods[name].defaults() if name in methods else {}
 
 
+def _help(setting: str) -> str:
+    """A training setting's help text, as `unlearn train --help` prints it."""
+    return next(f.metadata["help"] for f in fields(UnlearnConfig) if f.name == setting)
+
+
 def _param_field(name: str, field: dict):
     """A hyper-parameter's input: a number, or a text box for a text-valued one (e.g. a module name)."""
     from core.methods import METHODS
@@ -190,6 +196,11 @@ def create_train_tab(studio: Studio, session, data, run_key):
             lora_alpha = gr.Number(32, label="LoRA alpha", precision=0)
             seed = gr.Number(42, label="seed", precision=0)
             warmup_ratio = gr.Number(0.1, label="warm-up ratio")
+        with gr.Row():   # any method: its forget loss also taken on the weights as a 4-bit export stores them
+            quant_aware = gr.Number(0, label="quant-aware weight (0 = off)", minimum=0, elem_id="quant-aware",
+                                    info=_help("quant_aware"))
+            quant_aware_format = gr.Dropdown(list(FILE_TYPES), value="q4_0", label="…against the GGUF file type",
+                                             elem_id="quant-aware-format", info=_help("quant_aware_format"))
     with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="start")
         stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -207,7 +218,7 @@ def create_train_tab(studio: Studio, session, data, run_key):
     timer = gr.Timer(1.0)
 
     form = [model, hub_id, run_name, method, max_steps, lr, batch_size, lora, grad_accum, max_length, lora_r,
-            lora_alpha, seed, warmup_ratio, *param_fields]
+            lora_alpha, seed, warmup_ratio, quant_aware, quant_aware_format, *param_fields]
     names = form_names()
 
     @guarded
