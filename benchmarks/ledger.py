@@ -159,13 +159,18 @@ class Ledger:
         return self.folder / _key(learned) / "retain-eval"
 
     # ------------------------------------------------------------ time
-    def add_stage(self, key: str, wall: float, cpu: float) -> None:
-        """Wall and CPU seconds per stage, summed over the invocations that ran it, in all and per machine."""
+    def add_stage(self, key: str, wall: float, cpu: float, steps: int | None = None) -> None:
+        """Wall and CPU seconds per stage, summed over the invocations that ran it, in all and per machine; with
+        `steps` (a run's optimizer steps in this invocation), those too and how many invocations counted them,
+        so a stage whose every invocation counted its steps gives its seconds per step exactly."""
         stage = self.data["stages"].setdefault(key, {"wall": 0.0, "cpu": 0.0, "invocations": 0, "machines": {}})
         for total in (stage, stage["machines"].setdefault(machine(), {"wall": 0.0, "cpu": 0.0, "invocations": 0})):
             total["wall"] = round(total["wall"] + wall, 1)
             total["cpu"] = round(total["cpu"] + cpu, 1)
             total["invocations"] += 1
+            if steps is not None:
+                total["steps"] = total.get("steps", 0) + steps
+                total["counted"] = total.get("counted", 0) + 1
         self.save()
 
     def add_wall(self, seconds: float) -> float:

@@ -174,8 +174,16 @@ def step_seconds(ledger: Ledger, variant: Variant, steps: int) -> dict[str, floa
     per_machine: dict[str, list[float]] = {}
     for key in keys:
         for name, measured in ledger.data["stages"].get(key, {}).get("machines", {}).items():
-            per_machine.setdefault(name, []).append(measured["cpu"] / steps)
+            per_machine.setdefault(name, []).append(measured["cpu"] / _steps_taken(measured, steps))
     return {name: statistics.median(values) for name, values in per_machine.items()}
+
+
+def _steps_taken(measured: dict, steps: int) -> int:
+    """The steps a stage's CPU seconds paid for: as counted where every invocation counted them (a resumed run
+    then shows the steps after its restart), else the run's whole `steps` (stages recorded before they were
+    counted)."""
+    counted = measured.get("counted") == measured["invocations"] and measured.get("steps", 0) > 0
+    return measured["steps"] if counted else steps
 
 
 def step_cost(ledger: Ledger, variant: Variant, baseline: Variant, steps: int) -> dict[str, float]:

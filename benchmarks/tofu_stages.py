@@ -50,6 +50,7 @@ class Bench:
         self.say(f"{'resuming' if resume else 'training'} {out.name} ({settings.get('method')})")
         started, cpu_started = time.time(), time.process_time()
         config = UnlearnConfig(out=str(out), resume=True) if resume else self.config(out, **settings)
+        result = None
         try:
             result = train(config, show_progress=False, log=lambda m: None)
         except UnlearnError:
@@ -58,8 +59,9 @@ class Bench:
                 raise
             self.say(f"{out.name} diverged: {blown_up}")   # a result too: evaluate the epochs it reached
             return out
-        finally:
-            self.record_stage(out, time.time() - started, time.process_time() - cpu_started)
+        finally:   # the steps are known only when the run returned: a stopped or failed one counts none
+            self.record_stage(out, time.time() - started, time.process_time() - cpu_started,
+                              steps=result.steps_run if result else None)
         assert result.state == RunState.FINISHED, f"{out} ended {result.state}"
         return out
 
@@ -69,10 +71,10 @@ class Bench:
 
         return UnlearnConfig(out=str(out), device=self.device, eval_examples=8, logging_steps=5, **settings)
 
-    def record_stage(self, path: Path, seconds: float, cpu_seconds: float) -> None:
-        """Wall and CPU seconds per stage (a run or an evaluation). CPU time (this process, all threads) hardly
-        depends on what else the machine runs."""
-        self.ledger.add_stage(str(path.relative_to(self.root)), seconds, cpu_seconds)
+    def record_stage(self, path: Path, seconds: float, cpu_seconds: float, steps: int | None = None) -> None:
+        """Wall and CPU seconds per stage (a run or an evaluation), and a run's optimizer steps taken in them.
+        CPU time (this process, all threads) hardly depends on what else the machine runs."""
+        self.ledger.add_stage(str(path.relative_to(self.root)), seconds, cpu_seconds, steps)
 
     def evaluate(self, model: str, out: Path, plan: Plan, reference, retain_eval: Path | None,
                  holdout, figures: str = "all") -> dict:

@@ -80,6 +80,7 @@ class TrainResult:
     step: int
     summary: dict = field(default_factory=dict)
     is_main_process: bool = True   # under `accelerate launch`, only rank 0 reports
+    steps_run: int = 0             # optimizer steps this invocation took (a resumed run: from its checkpoint)
 
 
 @dataclass(frozen=True)
@@ -674,7 +675,8 @@ class Trainer:
         self._status(outcome, step=progress.step,
                      message=done if outcome == RunState.FINISHED else "stopped; resume with --resume")
         self.accelerator.wait_for_everyone()
-        return TrainResult(self.run_dir.path, outcome, progress.step, summary, self.is_main)
+        return TrainResult(self.run_dir.path, outcome, progress.step, summary, self.is_main,
+                           steps_run=progress.step - progress.start_step)
 
     def _take_final_weights(self, model) -> None:
         """The method's own final model (final_weights(): e.g. its weight average) replaces the trained weights."""

@@ -260,6 +260,17 @@ def test_step_costs_compare_seconds_only_within_one_machine(tmp_path, monkeypatc
     stage = Ledger(folder).data["stages"]["robust/npo_wa-lr0.0001"]   # what was saved
     assert stage["invocations"] == 1 and stage["machines"] == {"fast machine": {"wall": 1.0, "cpu": 1.0 * steps,
                                                                                 "invocations": 1}}
+    # a stage whose invocations counted their steps: a run stopped after 10 steps and resumed from its
+    # checkpoint at step 8 took 10 + (steps - 8); its seconds per step are over those, not over `steps`
+    ledger.add_stage("robust/npo_sam-lr5e-05", 1.0, 3.0 * 10, steps=10)
+    ledger.add_stage("robust/npo_sam-lr5e-05", 1.0, 3.0 * (steps - 8), steps=steps - 8)
+    assert robust_plans.step_seconds(ledger, robust_plans.BY_KEY["npo_sam"], steps) == {
+        "fast machine": pytest.approx(3.0)}
+    # one invocation that did not count (recorded before, or one that failed) leaves the whole run's steps
+    ledger.add_stage("robust/npo_sam-lr0.0001", 1.0, 3.0 * steps)
+    ledger.add_stage("robust/npo_sam-lr0.0001", 1.0, 0.0, steps=0)
+    assert robust_plans._steps_taken(ledger.data["stages"]["robust/npo_sam-lr0.0001"]["machines"]["fast machine"],
+                                     steps) == steps
 
 
 def test_a_chosen_run_this_machine_lacks_is_measured_again_before_its_audit(tmp_path, monkeypatch):

@@ -72,7 +72,7 @@ def test_a_sigkilled_run_is_interrupted_and_resumes_with_one_line_per_step(tiny_
     assert json.loads(run.status_path.read_text())["state"] == "interrupted"   # recorded for every reader
 
     result = train(UnlearnConfig(out=str(out), resume=True), **quiet())
-    assert result.state == "finished"
+    assert result.state == "finished" and result.steps_run == 60   # no checkpoint: it started again from 0
     assert [row["step"] for row in run.metrics()] == list(range(1, 61))
 
 
@@ -105,8 +105,9 @@ def test_a_run_written_before_the_parameter_specs_resumes_evaluates_and_exports(
               "mismatch_weight": None, "mismatch_k": None, "max_forget_loss": None,
               "method_params": {"forget_weight": params["forget_weight"], "retain_weight": params["kl_weight"]}}
     (run.path / "config.json").write_text(json.dumps(legacy))
+    resumed_from = int(run.latest_checkpoint().name.split("-")[1])
     result = train(UnlearnConfig(out=config.out, resume=True), **quiet())
-    assert result.state == "finished" and result.step == 4
+    assert result.state == "finished" and result.step == 4 and result.steps_run == 4 - resumed_from > 0
     assert [row["step"] for row in run.metrics()] == [1, 2, 3, 4]
     assert main(["eval", config.out, "--suite", "quick", "--out", str(tmp_path / "eval"), "--max-samples", "2",
                  "--max-new-tokens", "2", "--device", "cpu"]) == 0
