@@ -189,6 +189,12 @@ def test_under_q4_k_m_each_linear_runs_on_the_format_llama_cpp_gives_it(tokenize
     kinds = quantized_kinds(model, "q4_k_m")
     layers = model.model.layers
     assert kinds[layers[0].self_attn.q_proj] == "q5_0" and kinds[layers[1].mlp.down_proj] == "q8_0"
+    from core.models import add_lora
+
+    adapted = add_lora(build_tiny_model(tokenizer), 4, 8, 0.0, "all-linear")   # the layer count read through peft
+    under_lora = {name: kind for module, kind in quantized_kinds(adapted, "q4_k_m").items()
+                  for name, m in adapted.named_modules() if m is module}
+    assert under_lora["base_model.model.model.layers.1.mlp.down_proj"] == "q8_0" and len(under_lora) == 14
     layer, x = layers[0].mlp.up_proj, torch.randn(3, 32)
     with FakeQuantizer(model, "q4_k_m"):
         inside = layer(x)
