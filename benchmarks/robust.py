@@ -399,7 +399,9 @@ def complete(recorded: dict, reach_matters: bool = True) -> bool:
 
 
 def _apart_from_reach(settings: dict) -> dict:
+    """The settings that decide what was measured: without the sweep's reach and the rule it was judged by."""
     settings = json.loads(json.dumps(settings))
+    settings.pop("judged", None)
     settings["options"] = {k: v for k, v in settings["options"].items() if not k.endswith("_lr_extend")}
     return settings
 

@@ -29,7 +29,9 @@ ATTACK_LRS = "1.5e-05,5e-05,0.00015"
 # highest rate on every row. Scored in fp32 on every machine (the audit's default, auto, takes bf16 where the
 # CPU has it: one table, one precision).
 REACH = 2
-AUDIT = {"seeds_at": "worst", "dtype": "float32",
+# "judged": the rule a recorded audit was judged by; a record judged by another is judged again from its
+# audit.json (nothing measured again): the verdict among the rates measured with every seed (audit/recovery.py)
+AUDIT = {"seeds_at": "worst", "dtype": "float32", "judged": "rates with every seed",
          "options": {"relearn_lr": ATTACK_LRS, "benign_lr": ATTACK_LRS, "relearn_lr_extend": REACH,
                      "benign_lr_extend": REACH},
          "splits": {"example": {"max_samples": 20, "seeds": 3, "attacks": None},

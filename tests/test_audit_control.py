@@ -492,3 +492,18 @@ def test_a_model_that_barely_forgot_is_told_apart_from_one_whose_forgetting_came
     assert ("Barely forgotten" in markdown(report)) == barely
     assert words.startswith("barely forgotten to begin with") == barely
     assert ("more than halfway back" in words) != barely
+
+
+def test_with_repeats_at_the_worst_rate_the_verdict_is_taken_there_not_at_a_one_seed_rate():
+    # seed 42 at three rates, seeds 43 and 44 at 5e-5 (the first seed's worst): 1.5e-4 reads higher on its one
+    # seed (0.6) than 5e-5 over three (0.5, 0.4, 0.3), but the verdict and its interval are 5e-5's, over 3 seeds
+    each = lambda attacked: {"original": _each([0.0]), "attacked": _each([attacked]),   # noqa: E731
+                             "control_attacked": _each([1.0]), "unlearned": _each([1.0])}
+    points = [{"lr": lr, "seed": seed, "each": each(1 - value)} for lr, seed, value in
+              ((1.5e-5, 42, 0.2), (5e-5, 42, 0.5), (1.5e-4, 42, 0.6), (5e-5, 43, 0.4), (5e-5, 44, 0.3))]
+    judged = recovery.judge_points(points)
+    assert judged["lr"] == 5e-5 and judged["residual"]["rougeL"] == pytest.approx(0.4)
+    assert {e["lr"]: e["seeds"] for e in judged["sweep"]}[5e-5] == [42, 43, 44]
+    # every rate on every seed (--seeds-at all): the worst of all
+    points += [{"lr": lr, "seed": seed, "each": each(1 - 0.6)} for lr in (1.5e-5, 1.5e-4) for seed in (43, 44)]
+    assert recovery.judge_points(points)["lr"] == 1.5e-4
