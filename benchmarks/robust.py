@@ -19,9 +19,10 @@ what a shorter run would average). That checkpoint is audited (`audit.run_audit`
 control. The example split takes 20 forget answers (10 relearned, 10 measured): relearn and benign fine-tuning at
 one learning-rate grid for every method (1.5e-5, 5e-5, 1.5e-4: x0.3, x1, x3 of the protocol's 5e-5;
 robust_plans.ATTACK_LRS says why not the run's own), reaching up to two steps (x3) past an end of it where the
-attacker did best (robust_plans.REACH; an audit made before the reach is widened, its points reused), 3 seeds (the learning rates tried on the first, the repeats
-at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0) and rephrasing. The group split relearns again on all
-40 (one author's 20 answers relearned, the other's 20 measured; 2 seeds, each author relearned once). The control
+attacker did best (robust_plans.REACH; an audit made before the reach is widened, its points reused), 3 seeds
+(the learning rates tried on the first, the repeats at the attacker's best), 4-bit export (q8_0, q4_k_m, q4_0)
+and rephrasing. The group split relearns again on all 40 (one author's 20 answers relearned, the other's 20
+measured; 2 seeds, each author relearned once). The control
 is fine-tuned once for the whole table (audit --control-cache). Each method's step cost is its training runs' CPU
 seconds per step over NPO+RT's on the same machine (CPU time depends less than wall time on what else the machine
 runs, though not nothing: threads waiting for a busy core count; the median over a method's runs on a machine, so
@@ -362,7 +363,7 @@ def finished_split(folder: Path, control: Path, setting: dict, options: dict,
     expected, found = json.loads(json.dumps(expected)), json.loads(json.dumps(found))
     if apart_from_reach:
         for settings in (expected, found):
-            settings["options"] = {attack: {k: v for k, v in chosen.items() if not k.endswith("_lr_extend")}
+            settings["options"] = {attack: _without_reach(chosen)
                                    for attack, chosen in (settings["options"] or {}).items()}
     return rejudged(report) if found == expected else None
 
@@ -402,8 +403,13 @@ def _apart_from_reach(settings: dict) -> dict:
     """The settings that decide what was measured: without the sweep's reach and the rule it was judged by."""
     settings = json.loads(json.dumps(settings))
     settings.pop("judged", None)
-    settings["options"] = {k: v for k, v in settings["options"].items() if not k.endswith("_lr_extend")}
+    settings["options"] = _without_reach(settings["options"])
     return settings
+
+
+def _without_reach(options: dict) -> dict:
+    """Attack options without how far their learning-rate sweeps may reach (`*_lr_extend`)."""
+    return {name: value for name, value in options.items() if not name.endswith("_lr_extend")}
 
 
 def summarised(report: dict) -> dict:

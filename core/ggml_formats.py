@@ -74,7 +74,8 @@ def q8_0(weight: torch.Tensor) -> torch.Tensor:
 
 def _scale_and_min(x: torch.Tensor, nmax: int = 15, rmin: float = -1.0, rdelta: float = 0.1,
                    nstep: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """make_qkx2_quants over rows of `x` [S, n]: (scale, min as a positive offset), each [S, 1]; w ≈ scale·q - min."""
+    """make_qkx2_quants over rows of `x` [S, n]: (scale, min as a positive offset), each [S, 1];
+    w ≈ scale·q - min."""
     mean_square = _sum(x * x) / x.shape[1]
     weights = mean_square.sqrt() + x.abs()
     low = x.amin(1, keepdim=True).clamp(max=0)

@@ -26,7 +26,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .ggml_formats import QK, roundtrip, tensor_type
+from .ggml_formats import roundtrip, tensor_type
 from .methods.base import StepInputs
 
 
@@ -38,10 +38,6 @@ def q4_0_roundtrip(weight: torch.Tensor) -> torch.Tensor:
 def fake_quantize(weight: torch.Tensor, kind: str = "q4_0") -> torch.Tensor:
     """The round trip through format `kind` in the forward, the identity in the backward (straight-through)."""
     return weight + (roundtrip(weight, kind) - weight).detach()
-
-
-def quantizable(weight: torch.Tensor) -> bool:
-    return weight.dim() == 2 and weight.shape[1] % QK == 0
 
 
 class FakeQuantizer:
@@ -102,10 +98,10 @@ def quantized_kinds(model: torch.nn.Module, file_type: str) -> dict[torch.nn.Mod
     layers = getattr(getattr(root, "config", None), "num_hidden_layers", 0) or 0
     kinds = {}
     for module in lora + plain:
-        weight = _base(module).weight
-        if module is head or weight.dim() != 2:
+        if module is head:
             continue
-        kind = tensor_type(names[id(module)], weight.shape[1], file_type, layers)
+        # tensor_type leaves out a row not in blocks of 32
+        kind = tensor_type(names[id(module)], _base(module).weight.shape[1], file_type, layers)
         if kind is not None:
             kinds[module] = kind
     return kinds
