@@ -11,7 +11,7 @@ from core.models import bundled_model_dir, load_tokenizer
 
 from .context import Studio
 from .tabs.audit import create_audit_tab
-from .tabs.data import create_data_tab
+from .tabs.data import SELECTION_QUEUE, create_data_tab
 from .tabs.evaluate import create_evaluate_tab
 from .tabs.export import create_export_tab
 from .tabs.probe import create_probe_tab
@@ -66,7 +66,9 @@ def build_app(studio: Studio) -> gr.Blocks:
             own = [k for k in studio.workspace.visible_runs(session_id) if session_id in k]
             return session_id, session_id, own[0] if own else "", runs["refresh"](session_id)
 
-        app.load(on_load, browser_session, [session, browser_session, run_key, runs["table"]], api_name="session")
+        # The selection's queue: a file dropped while this runs waits for the session instead of being refused.
+        app.load(on_load, browser_session, [session, browser_session, run_key, runs["table"]], api_name="session",
+                 concurrency_id=SELECTION_QUEUE, concurrency_limit=1)
     return app
 
 
