@@ -182,7 +182,6 @@ def check_quantized_base(bits: int, device: torch.device, engine: str = "NO") ->
     require(engine in ("NO", "MULTI_CPU", "MULTI_GPU"), f"--load-in-{bits}bit cannot be sharded by {engine} here",
             "launch with DDP (accelerate launch --multi_gpu, no FSDP/DeepSpeed config), or drop --load-in-"
             f"{bits}bit")
-    quiet_bitsandbytes()
     try:
         import bitsandbytes
     except ImportError:
@@ -211,7 +210,6 @@ def load_quantized_model(source: str, bits: int, device: torch.device, trust_rem
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    quiet_bitsandbytes()
     model = _hub_call(source, AutoModelForCausalLM.from_pretrained, dtype=torch.float32,
                       quantization_config=quantization_config(bits, device), device_map={"": device},
                       trust_remote_code=trust_remote_code)
@@ -253,7 +251,7 @@ BITSANDBYTES_NOISE = {   # logger -> what it says that needs no one's action
 
 
 def quiet_bitsandbytes() -> None:
-    """Drop bitsandbytes' log lines that need no action; call before importing it."""
+    """Drop bitsandbytes' log lines that need no action (once per logger: calling again adds nothing)."""
     import logging
 
     for name, words in BITSANDBYTES_NOISE.items():
@@ -268,6 +266,11 @@ class _DropMessage:
 
     def filter(self, record) -> bool:
         return self.words not in record.getMessage()
+
+
+# At import, not before each import of bitsandbytes: importing peft (any LoRA run, any audit's fine-tuning)
+# imports bitsandbytes too, and its CPU-kernel line was printed there.
+quiet_bitsandbytes()
 
 
 def _hub_call(source: str, loader, **kwargs):

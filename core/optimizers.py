@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from . import models  # noqa: F401  (its import filters bitsandbytes' log lines that need no action)
 from .errors import UnlearnError
-from .models import quiet_bitsandbytes
 
 CHUNK = 1 << 20   # elements stepped at once: the fp32 temporaries stay a few MB whatever the tensor's size
 
@@ -22,7 +22,6 @@ def check_optimizer(name: str) -> None:
     """The optimizer's library is installed: checked before any model loads."""
     if name != "adamw_8bit":
         return
-    quiet_bitsandbytes()
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -40,7 +39,6 @@ def build_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Opt
 
 
 def _adamw_8bit(groups: list[dict], lr: float) -> torch.optim.Optimizer:
-    quiet_bitsandbytes()
     import bitsandbytes
 
     class AdamW8bit(bitsandbytes.optim.AdamW8bit):
