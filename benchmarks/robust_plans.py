@@ -59,6 +59,10 @@ class Variant:
 # In the order they are measured: NPO+RT (the baseline every cost is relative to), then the new methods.
 VARIANTS = (
     Variant("npo_rt", "NPO+RT", "npo_rt"),
+    # UNDO distils NPO+RT's chosen model into a damaged copy of it (α 0.1): the paper's distillation rate 9e-4
+    # and two lower, as the repair here sees only the run's examples. Measured right after NPO+RT: its paper
+    # finds it the most robust to relearning, so its row is the one most likely to answer the goal
+    Variant("undo", "NPO+RT, then UNDO", "undo", lrs=(1e-4, 3e-4, 9e-4), robust=True, after="npo_rt"),
     Variant("npo_sam", "NPO+SAM", "npo_sam", robust=True),
     # NPO+WA's model is the average it takes over the run's second half, written when the run ends: an earlier
     # epoch is neither that average nor what a shorter run would average, so only its final model is NPO+WA
@@ -69,10 +73,6 @@ VARIANTS = (
     # q4_0 term left q4_k_m's recovery at 0.18. Swept a step higher, as the q4_0 term chose its top rate, 1e-4
     Variant("npo_rt_qa_km", "NPO+RT + quant-aware (q4_k_m)", "npo_rt", lrs=HIGHER,
             settings={"quant_aware": 1.0, "quant_aware_format": "q4_k_m"}, robust=True),
-    # UNDO distils NPO+RT's chosen model into a damaged copy of it (α 0.1): the paper's distillation rate 9e-4
-    # and two lower, as the repair here sees only the run's examples. Before NPO+RS: its paper finds it the
-    # most robust to relearning, so its row is the one most likely to answer the goal
-    Variant("undo", "NPO+RT, then UNDO", "undo", lrs=(1e-4, 3e-4, 9e-4), robust=True, after="npo_rt"),
     Variant("npo_rs", "NPO+RS", "npo_rs", robust=True),
     Variant("npo", "NPO", "npo"),
     Variant("simnpo", "SimNPO", "simnpo", lrs=HIGHER),

@@ -118,7 +118,7 @@ def test_the_report_reads_the_audit_back_and_judges_the_goal(swept, tmp_path):
     outcome = "undone" if relearn["verdict"] == "shallow" else "not decided"   # one split: no other verdict
     assert f"{robust_report.OUTCOMES[outcome]}: NPO+RT" in summary
     assert f"| NPO+RT | {variant.lrs[1]:g}, 1 | 0.5 | 0.95 |" in text
-    assert "Not measured yet: NPO+SAM (swept: nothing)" in text and (tmp_path / "robust.png").is_file()
+    assert "Not measured yet: NPO+RT, then UNDO (swept: nothing); NPO+SAM (swept: nothing)" in text and (tmp_path / "robust.png").is_file()
     forget = relearn["forget"]   # the control's forget NLL before and after its own relearning
     learned = f"{forget['control']['nll']:.2f} -> {forget['control_attacked']['nll']:.2f}"
     assert f"| {robust_plans.SANITY['control']} | {robust_report.cell(relearn['residual']['nll'])}" in text
