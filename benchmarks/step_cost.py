@@ -31,6 +31,7 @@ REFERENCE = "npo_rt"
 # benchmark uses it
 VARIANTS = {"npo_rt": ("npo_rt", {}), "npo_rt+quant_aware": ("npo_rt", {"quant_aware": 1.0}),
             "npo_rt+quant_aware_q4_k_m": ("npo_rt", {"quant_aware": 1.0, "quant_aware_format": "q4_k_m"}),
+            "npo_rt+quant_aware_both": ("npo_rt", {"quant_aware": 1.0, "quant_aware_format": "q4_0,q4_k_m"}),
             "npo_sam": ("npo_sam", {}), "npo_rs": ("npo_rs", {}), "npo_wa": ("npo_wa", {}),
             "mudman": ("mudman", {}), "undo": ("undo", {})}
 MODES = {"lora": {"lora": True}, "full": {"lora": False}}

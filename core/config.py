@@ -89,7 +89,8 @@ class UnlearnConfig:
     quant_aware_format: str = _opt(
         "q4_0", "the GGUF file type --quant-aware simulates, weight by weight as llama.cpp stores it: q4_0, or "
                 "q4_k_m (q4_K / q6_K, and q5_0 / q8_0 where a row is not a multiple of 256; 2.0x a step "
-                "in full fine-tuning against q4_0's 1.75x)")
+                "in full fine-tuning against q4_0's 1.75x), or both, q4_0,q4_k_m (one term each: each term "
+                "protects only the file it simulates)")
     device: str = _opt("auto", "auto, cpu or cuda")
     dtype: str = _opt("auto", "auto (bf16 mixed precision on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX, fp32 elsewhere), float32 or bfloat16")
     trust_remote_code: bool = _opt(False, "allow a hub/local model to run its own Python code (off: safer)")
@@ -166,10 +167,13 @@ class UnlearnConfig:
         require(self.quant_aware >= 0 and math.isfinite(self.quant_aware),
                 f"quant_aware must be 0 (off) or a positive weight, got {self.quant_aware}",
                 "use for example --quant-aware 1, or 0 for off")
-        from .ggml_formats import FILE_TYPES
+        from .ggml_formats import FILE_TYPES, file_types
 
-        require(self.quant_aware_format in FILE_TYPES, f"unknown quant_aware_format {self.quant_aware_format!r}",
-                f"use --quant-aware-format {' or '.join(FILE_TYPES)}")
+        named = file_types(self.quant_aware_format)
+        require(all(kind in FILE_TYPES for kind in named) and len(set(named)) == len(named),
+                f"unknown quant_aware_format {self.quant_aware_format!r}",
+                f"use --quant-aware-format {' or '.join(FILE_TYPES)}, or several separated by commas "
+                f"({','.join(FILE_TYPES)}), each once")
         require(self.kl_positions in KL_POSITIONS, f"unknown kl_positions {self.kl_positions!r}",
                 "use --kl-positions answer (ours) or all (open-unlearning's)")
         self._validate_memory_savers()

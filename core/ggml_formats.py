@@ -179,6 +179,12 @@ BLOCKS = {"q4_0": QK, "q5_0": QK, "q8_0": QK, "q4_K": QK_K, "q6_K": QK_K}
 FILE_TYPES = ("q4_0", "q4_k_m")   # what --quant-aware-format names: a llama.cpp file type
 
 
+def file_types(spec: str) -> tuple[str, ...]:
+    """The file types a --quant-aware-format value names: one, or several separated by commas ("q4_0,q4_k_m":
+    one term per file, for a model shipped in both)."""
+    return tuple(part.strip() for part in spec.split(","))
+
+
 def roundtrip(weight: torch.Tensor, kind: str) -> torch.Tensor:
     """dequantise(quantise(weight)) in format `kind`, computed in fp32, returned in weight's dtype."""
     return ROUNDTRIPS[kind](weight.detach().float()).reshape(weight.shape).to(weight.dtype)

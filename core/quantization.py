@@ -26,6 +26,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from .ggml_formats import file_types as file_types_of
 from .ggml_formats import roundtrip, tensor_type
 from .methods.base import StepInputs
 
@@ -176,11 +177,20 @@ class ForgetOnlyInputs(StepInputs):
 
 
 def quant_aware_terms(method, inputs: StepInputs, weight: float,
-                      file_type: str = "q4_0") -> Iterator[tuple[str, torch.Tensor]]:
+                      file_types: str = "q4_0") -> Iterator[tuple[str, torch.Tensor]]:
     """The method's forget terms (names starting with "forget", yielded before any other view is read)
-    once more on the fake-quantised model, times `weight`, as quant_<name>. The weights stay swapped while
+    once more on the model fake-quantised as each file type in `file_types` (comma-separated), times `weight`
+    each, as quant_<name> (one type) or quant_<type>_<name> (several). The weights stay swapped while
     each term is backpropagated (the trainer's backward runs at the yield), so recomputed activations
     (gradient checkpointing) see the same weights."""
+    named = file_types_of(file_types)
+    for file_type in named:
+        prefix = "quant_" if len(named) == 1 else f"quant_{file_type}_"
+        yield from _terms_on(method, inputs, weight, file_type, prefix)
+
+
+def _terms_on(method, inputs: StepInputs, weight: float, file_type: str,
+              prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
     quantizer = FakeQuantizer(inputs.model, file_type)
     again = inputs.fresh(ForgetOnlyInputs)
     again.quantizer = quantizer
@@ -190,7 +200,7 @@ def quant_aware_terms(method, inputs: StepInputs, weight: float,
             for name, term in terms:
                 if not name.startswith("forget"):
                     break
-                yield f"quant_{name}", weight * term
+                yield prefix + name, weight * term
                 again.release_graphs()
         except _OtherView:
             pass

@@ -138,6 +138,23 @@ def test_only_the_forget_terms_are_run_again_and_nothing_else_is_forwarded(token
     assert torch.allclose(term, 2.0 * npo_loss(nll, batch["forget"]["ref_nll"], 0.1))
 
 
+def test_several_file_types_take_one_term_each_as_the_single_ones_would(tokenizer):
+    """--quant-aware-format q4_0,q4_k_m: a model shipped in both files gets both terms, each the one a run
+    against that file alone takes (each term protects only the file it simulates: docs/results/robust.md)."""
+    from core.methods import StepInputs, get_method
+
+    model = build_tiny_model(tokenizer)
+    batch = forget_batch(tokenizer)
+    npo_rt = get_method("npo_rt")(get_method("npo_rt").resolve_params({"beta": 0.1}))
+    alone = {kind: term for kind in ("q4_0", "q4_k_m")
+             for (_, term), in [list(quant_aware_terms(npo_rt, StepInputs(model, batch), 2.0, kind))]}
+    assert not torch.allclose(alone["q4_0"], alone["q4_k_m"])     # the two files differ on this model
+    both = dict(quant_aware_terms(npo_rt, StepInputs(model, batch), 2.0, "q4_0,q4_k_m"))
+    assert list(both) == ["quant_q4_0_forget_npo", "quant_q4_k_m_forget_npo"]
+    for kind, term in alone.items():
+        assert torch.allclose(both[f"quant_{kind}_forget_npo"], term)
+
+
 def test_quant_aware_is_validated_and_a_flag():
     from core.cli import build_parser
     from core.config import UnlearnConfig

@@ -144,6 +144,10 @@ def test_the_format_is_validated_and_a_flag(tiny_config):
     with pytest.raises(UnlearnError, match="quant_aware_format"):
         replace(tiny_config, quant_aware=1.0, quant_aware_format="q3_k").validate()
     replace(tiny_config, quant_aware=1.0, quant_aware_format="q4_k_m").validate()
+    replace(tiny_config, quant_aware=1.0, quant_aware_format="q4_0,q4_k_m").validate()   # both files
+    for wrong in ("q4_0,q4_0", "q4_0,q3_k", "q4_0,"):
+        with pytest.raises(UnlearnError, match="quant_aware_format"):
+            replace(tiny_config, quant_aware=1.0, quant_aware_format=wrong).validate()
     from core.cli import build_parser
 
     args = build_parser().parse_args(["train", "--method", "npo", "--forget", "f.jsonl", "--out", "o",

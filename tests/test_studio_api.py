@@ -107,8 +107,8 @@ def test_a_finished_run_shows_before_after_and_second_start_is_refused(studio_se
     studio, url = studio_server
     client = new_client(url)
     client.predict(api_name="/example_tofu")
-    _, command = start(client, run_name="quick", max_steps=3, quant_aware=1.0, quant_aware_format="q4_k_m")
-    assert "--quant-aware 1.0 --quant-aware-format q4_k_m" in command   # the 4-bit switch reaches the run
+    _, command = start(client, run_name="quick", max_steps=3, quant_aware=1.0, quant_aware_format="q4_0,q4_k_m")
+    assert "--quant-aware 1.0 --quant-aware-format q4_0,q4_k_m" in command   # the 4-bit switch reaches the run
     with pytest.raises(Exception, match="already training"):
         start(client, run_name="second", max_steps=3)
     run = run_named(studio, "quick")
@@ -119,8 +119,9 @@ def test_a_finished_run_shows_before_after_and_second_start_is_refused(studio_se
     basis = summary["value"]["data"][0][3]   # what the figures were computed on
     assert basis.startswith("first ") and " retain examples, " in basis and basis.endswith("prompts")
     assert not list(studio.workspace.root.glob("studio/*/runs/second"))   # the refused run left nothing
-    assert (run.config()["quant_aware"], run.config()["quant_aware_format"]) == (1.0, "q4_k_m")
-    assert any("loss_quant_forget_npo" in line for line in run.metrics_path.read_text().splitlines())
+    assert (run.config()["quant_aware"], run.config()["quant_aware_format"]) == (1.0, "q4_0,q4_k_m")
+    logged = run.metrics_path.read_text()
+    assert "loss_quant_q4_0_forget_npo" in logged and "loss_quant_q4_k_m_forget_npo" in logged   # both files
 
 
 def test_sessions_do_not_see_each_others_runs(studio_server):

@@ -199,7 +199,8 @@ def create_train_tab(studio: Studio, session, data, run_key):
         with gr.Row():   # any method: its forget loss also taken on the weights as a 4-bit export stores them
             quant_aware = gr.Number(0, label="quant-aware weight (0 = off)", minimum=0, elem_id="quant-aware",
                                     info=_help("quant_aware"))
-            quant_aware_format = gr.Dropdown(list(FILE_TYPES), value="q4_0", label="…against the GGUF file type",
+            formats = [*FILE_TYPES, (f"both: {','.join(FILE_TYPES)}", ",".join(FILE_TYPES))]
+            quant_aware_format = gr.Dropdown(formats, value="q4_0", label="…against the GGUF file type",
                                              elem_id="quant-aware-format", info=_help("quant_aware_format"))
     with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="start")
