@@ -16,6 +16,8 @@ lora               LoRA (default rank) on the full-precision base
 lora_gc            LoRA + gradient checkpointing
 qlora_4bit         LoRA on the base held in 4-bit nf4 (--load-in-4bit)
 qlora_4bit_gc      the same + gradient checkpointing
+full_quant_aware   full fine-tuning with --quant-aware 1 (q4_0): the forget term again on fake-quantised weights
+lora_quant_aware   LoRA with --quant-aware 1
 
 Each runs in its own fresh interpreter (benchmarks/trainer.py's child pattern and meters: peak RSS =
 VmHWM up to the end of the loop; seconds per step from metrics.jsonl, the warm-up steps dropped). The
@@ -51,6 +53,8 @@ VARIANTS = {
     "lora_gc": {"lora": True, "gradient_checkpointing": True},
     "qlora_4bit": {"lora": True, "load_in_4bit": True},
     "qlora_4bit_gc": {"lora": True, "load_in_4bit": True, "gradient_checkpointing": True},
+    "full_quant_aware": {"quant_aware": 1.0},
+    "lora_quant_aware": {"lora": True, "quant_aware": 1.0},
 }
 CURVE_OPTIMIZERS = ("adamw", "adamw_8bit", "adamw_bf16")
 CURVE_EVAL = 8   # forget/retain examples scored before and after a curve's run (and the knowledge check's)

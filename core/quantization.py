@@ -17,10 +17,14 @@ and B.
 Cost: one more forward and backward of the forget batch per micro-batch plus a fake-quantisation of every
 Linear weight per forward, O(parameters): on NPO+RT, measured 1.93x a step under LoRA (the merged weight is
 quantised per forward) and 1.55x in full fine-tuning (docs/results/step_cost.md); with q4_k_m, whose K formats
-search their scales, 2.30x and 2.00x where q4_0 measured 1.86x and 1.75x in the same run (docs/benchmarks.md).
+search their scales (in the forward and again in the backward), 2.69x and 2.44x where q4_0 measured 1.96x and
+1.64x in the same run; both files at once 3.73x and 3.21x (docs/benchmarks.md).
+Memory: the quantised weights are not kept for the backward (_StraightThroughLinear quantises again there);
+kept, they were an fp32 copy of every quantised weight, +0.7-1.0 GiB peak on SmolLM2-135M (docs/benchmarks.md).
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import torch
@@ -131,10 +135,37 @@ def _quantized_forward(module, full_precision, quantizer: FakeQuantizer, kind: s
     def forward(x, *args, **kwargs):
         if not quantizer.active or (_is_lora_linear(module) and module.disable_adapters):
             return full_precision(x, *args, **kwargs)
-        bias = _base(module).bias
-        weight = fake_quantize(merged_weight(module), kind)
-        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        return _StraightThroughLinear.apply(x, merged_weight(module), _base(module).bias,
+                                            functools.partial(merged_weight, module), kind)
     return forward
+
+
+class _StraightThroughLinear(torch.autograd.Function):
+    """x · Q(W)ᵀ + b, with the straight-through gradient (the weight's is the one Q(W) gets), that keeps x for
+    the backward but not Q(W): kept, Q(W) was an fp32 copy of every quantised weight held from the term's
+    forward to its backward (405 MiB on SmolLM2-135M, 4 bytes a weight on any model, under LoRA too). The
+    backward quantises the weight again, rebuilt by `rebuild` (the weights do not change between a term's
+    forward and backward: the optimizer steps after both); W itself, under LoRA the merged W + s·BA, is an
+    input only so that its gradient reaches the parameters it is made of."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, rebuild, kind):
+        ctx.rebuild, ctx.kind, ctx.weight_dtype = rebuild, kind, weight.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(x)
+        quantized = roundtrip(weight.detach(), kind).to(x.dtype)
+        return F.linear(x, quantized, None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, = ctx.saved_tensors
+        with torch.no_grad():
+            quantized = roundtrip(ctx.rebuild(), ctx.kind).to(grad.dtype)
+        rows, inputs = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1]).to(grad.dtype)
+        grad_x = (grad @ quantized).to(x.dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = (rows.T @ inputs).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        grad_bias = rows.sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 # ---------------------------------------------------------------- the switch: --quant-aware W
