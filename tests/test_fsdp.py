@@ -138,6 +138,8 @@ def test_a_killed_process_ends_the_run_interrupted_and_it_resumes(tiny_model_dir
     ("kl_adapter_off", ["--method", "npo_kl", "--lora"]),
     ("rmu_hidden_states", ["--method", "rmu", "--layer", "1", "--steering-coeff", "20"]),
     ("sure_masked_gradients", ["--method", "sure"]),
+    # the straight-through layer quantises each weight again in its backward: read while FSDP has it unsharded
+    ("quant_aware_both_files", ["--method", "npo_rt", "--quant-aware", "1", "--quant-aware-format", "q4_0,q4_k_m"]),
 ])
 def test_each_method_family_trains_sharded(tiny_model_dir, tmp_path, family, args):
     out, shards = tmp_path / "run", tmp_path / "shards"
@@ -153,6 +155,8 @@ def test_each_method_family_trains_sharded(tiny_model_dir, tmp_path, family, arg
     assert summary["after"]["forget_nll"] != summary["before"]["forget_nll"]
     if family == "sure_masked_gradients":
         assert 0 < run.metrics()[-1]["salient_share"] < 1
+    if family == "quant_aware_both_files":
+        assert {"loss_quant_q4_0_forget_npo", "loss_quant_q4_k_m_forget_npo"} <= set(run.metrics()[-1])
     if family == "kl_adapter_off":
         assert (out / "model" / "adapter_model.safetensors").is_file()
 
