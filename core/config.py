@@ -88,8 +88,8 @@ class UnlearnConfig:
              "4-bit export; 0 = off; 1.5-1.9x the step's cost (measured on NPO+RT: core/quantization.py)")
     quant_aware_format: str = _opt(
         "q4_0", "the GGUF file type --quant-aware simulates, weight by weight as llama.cpp stores it: q4_0, or "
-                "q4_k_m (q4_K / q6_K, and q5_0 / q8_0 where a row is not a multiple of 256; 2.4x a step "
-                "in full fine-tuning against q4_0's 1.6x), or both, q4_0,q4_k_m (one term each, 3.2x: each "
+                "q4_k_m (q4_K / q6_K, and q5_0 / q8_0 where a row is not a multiple of 256; 1.9x a step "
+                "in full fine-tuning against q4_0's 1.6x), or both, q4_0,q4_k_m (one term each, 2.5x: each "
                 "term protects only the file it simulates)")
     device: str = _opt("auto", "auto, cpu or cuda")
     dtype: str = _opt("auto", "auto (bf16 mixed precision on a CUDA GPU with bf16 or a CPU with AVX512-BF16/AMX, fp32 elsewhere), float32 or bfloat16")

@@ -24,6 +24,7 @@ weight whose row is not a multiple of 256 falls back (q4_K -> q5_0, q6_K -> q8_0
 from __future__ import annotations
 
 import re
+from functools import partial
 
 import torch
 
@@ -46,29 +47,26 @@ def _signed_largest(blocks: torch.Tensor) -> torch.Tensor:
     return blocks.gather(1, blocks.abs().argmax(dim=1, keepdim=True))
 
 
-def _offset_binary(weight: torch.Tensor, levels: int) -> torch.Tensor:
-    """q4_0 (levels 16) and q5_0 (32): d = signed max / -(levels/2), q = min(levels-1, floor(w/d + levels/2 + .5))."""
+def _offset_binary_scale(weight: torch.Tensor, levels: int) -> tuple[torch.Tensor]:
+    """q4_0 (levels 16) and q5_0 (32): each block's d = signed max / -(levels/2)."""
+    return (_signed_largest(weight.reshape(-1, QK)) / -(levels // 2),)
+
+
+def _offset_binary(weight: torch.Tensor, scale: torch.Tensor, levels: int) -> torch.Tensor:
+    """q = min(levels-1, floor(w/d + levels/2 + .5)); w ≈ (q - levels/2) x fp16(d)."""
     half = levels // 2
-    blocks = weight.reshape(-1, QK)
-    scale = _signed_largest(blocks) / -half
     inverse = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
-    codes = torch.floor(blocks * inverse + (half + 0.5)).clamp(0, levels - 1)   # ggml truncates: floor here
+    codes = torch.floor(weight.reshape(-1, QK) * inverse + (half + 0.5)).clamp(0, levels - 1)   # ggml truncates
     return (codes - half) * _fp16(scale)
 
 
-def q4_0(weight: torch.Tensor) -> torch.Tensor:
-    return _offset_binary(weight, 16)
+def _q8_0_scale(weight: torch.Tensor) -> tuple[torch.Tensor]:
+    return (weight.reshape(-1, QK).abs().amax(dim=1, keepdim=True) / 127,)
 
 
-def q5_0(weight: torch.Tensor) -> torch.Tensor:
-    return _offset_binary(weight, 32)
-
-
-def q8_0(weight: torch.Tensor) -> torch.Tensor:
-    blocks = weight.reshape(-1, QK)
-    scale = blocks.abs().amax(dim=1, keepdim=True) / 127
+def _q8_0(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     inverse = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
-    scaled = blocks * inverse
+    scaled = weight.reshape(-1, QK) * inverse
     return torch.sign(scaled) * torch.floor(scaled.abs() + 0.5) * _fp16(scale)   # roundf: half away from 0
 
 
@@ -123,13 +121,16 @@ def _six_bit(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _fp16(largest / 63), torch.round(inverse * values).clamp(max=63)
 
 
-def q4_K(weight: torch.Tensor) -> torch.Tensor:
-    subs = weight.reshape(-1, 32)
-    scales, mins = _scale_and_min(subs)
+def _q4_K_scales(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sub-block of 32's step d and offset, the searched scale and minimum quantised to 6 bits."""
+    scales, mins = _scale_and_min(weight.reshape(-1, 32))
     step, scale_codes = _six_bit(scales.reshape(-1, QK_K // 32))
     min_step, min_codes = _six_bit(mins.reshape(-1, QK_K // 32))
-    d = (step * scale_codes).reshape(-1, 1)
-    offset = (min_step * min_codes).reshape(-1, 1)
+    return (step * scale_codes).reshape(-1, 1), (min_step * min_codes).reshape(-1, 1)
+
+
+def _q4_K(weight: torch.Tensor, d: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    subs = weight.reshape(-1, 32)
     safe = torch.where(d != 0, d, torch.ones_like(d))
     codes = torch.round((subs + offset) / safe).clamp(0, 15)
     # a sub-block whose scale quantised to 0 decodes to -offset whatever its codes
@@ -160,22 +161,29 @@ def _signed_scale(x: torch.Tensor, nmax: int = 32) -> torch.Tensor:
     return torch.where(tiny, torch.zeros_like(scale), scale)
 
 
-def q6_K(weight: torch.Tensor) -> torch.Tensor:
-    subs = weight.reshape(-1, 16)
-    scales = _signed_scale(subs).reshape(-1, QK_K // 16)
+def _q6_K_scale(weight: torch.Tensor) -> tuple[torch.Tensor]:
+    """Each sub-block of 16's step d: the searched scale quantised to 8 bits against the super-block's largest."""
+    scales = _signed_scale(weight.reshape(-1, 16)).reshape(-1, QK_K // 16)
     largest = _signed_largest(scales)
     empty = largest.abs() < 1e-15
     inverse = -128 / torch.where(empty, torch.ones_like(largest), largest)
     step = _fp16(1 / inverse)
     codes_of_scales = torch.round(inverse * scales).clamp(max=127)
-    d = torch.where(empty, torch.zeros_like(step), step * codes_of_scales).reshape(-1, 1)
+    return (torch.where(empty, torch.zeros_like(step), step * codes_of_scales).reshape(-1, 1),)
+
+
+def _q6_K(weight: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    subs = weight.reshape(-1, 16)
     safe = torch.where(d != 0, d, torch.ones_like(d))
     codes = torch.round(subs / safe).clamp(-32, 31)
     return torch.where(d != 0, d * codes, torch.zeros_like(subs))
 
 
-ROUNDTRIPS = {"q4_0": q4_0, "q5_0": q5_0, "q8_0": q8_0, "q4_K": q4_K, "q6_K": q6_K}
-BLOCKS = {"q4_0": QK, "q5_0": QK, "q8_0": QK, "q4_K": QK_K, "q6_K": QK_K}
+# Each format as (the search: its per-block steps and offsets from the weight, the costly part of the K formats;
+# the round trip given those). The quant-aware term keeps the steps from its forward for its backward.
+FORMATS = {"q4_0": (partial(_offset_binary_scale, levels=16), partial(_offset_binary, levels=16)),
+           "q5_0": (partial(_offset_binary_scale, levels=32), partial(_offset_binary, levels=32)),
+           "q8_0": (_q8_0_scale, _q8_0), "q4_K": (_q4_K_scales, _q4_K), "q6_K": (_q6_K_scale, _q6_K)}
 FILE_TYPES = ("q4_0", "q4_k_m")   # what --quant-aware-format names: a llama.cpp file type
 
 
@@ -185,9 +193,19 @@ def file_types(spec: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in spec.split(","))
 
 
-def roundtrip(weight: torch.Tensor, kind: str) -> torch.Tensor:
-    """dequantise(quantise(weight)) in format `kind`, computed in fp32, returned in weight's dtype."""
-    return ROUNDTRIPS[kind](weight.detach().float()).reshape(weight.shape).to(weight.dtype)
+def block_steps(weight: torch.Tensor, kind: str) -> tuple[torch.Tensor, ...]:
+    """The per-block steps (and offsets) format `kind` finds for `weight`: 1/32 (q4_0, q5_0, q8_0) or 1/16 (q4_K,
+    q6_K) as many numbers as it has."""
+    search, _ = FORMATS[kind]
+    return search(weight.detach().float())
+
+
+def roundtrip(weight: torch.Tensor, kind: str, steps: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    """dequantise(quantise(weight)) in format `kind`, computed in fp32, returned in weight's dtype; with the
+    `steps` block_steps found for this same weight, without searching again."""
+    _, decode = FORMATS[kind]
+    steps = block_steps(weight, kind) if steps is None else steps
+    return decode(weight.detach().float(), *steps).reshape(weight.shape).to(weight.dtype)
 
 
 def use_more_bits(layer: int, layers: int) -> bool:

@@ -17,10 +17,11 @@ and B.
 Cost: one more forward and backward of the forget batch per micro-batch plus a fake-quantisation of every
 Linear weight per forward, O(parameters): on NPO+RT, measured 1.93x a step under LoRA (the merged weight is
 quantised per forward) and 1.55x in full fine-tuning (docs/results/step_cost.md); with q4_k_m, whose K formats
-search their scales (in the forward and again in the backward), 2.69x and 2.44x where q4_0 measured 1.96x and
-1.64x in the same run; both files at once 3.73x and 3.21x (docs/benchmarks.md).
-Memory: the quantised weights are not kept for the backward (_StraightThroughLinear quantises again there);
-kept, they were an fp32 copy of every quantised weight, +0.7-1.0 GiB peak on SmolLM2-135M (docs/benchmarks.md).
+search their scales, 1.88x and 2.31x in full fine-tuning and under LoRA; both files at once 2.48x and 3.08x
+(docs/benchmarks.md).
+Memory: the quantised weights are not kept for the backward, only their blocks' steps (_StraightThroughLinear
+quantises again there with them); kept, they were an fp32 copy of every quantised weight, +0.7-1.0 GiB peak on
+SmolLM2-135M (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .ggml_formats import file_types as file_types_of
-from .ggml_formats import roundtrip, tensor_type
+from .ggml_formats import block_steps, roundtrip, tensor_type
 from .methods.base import StepInputs
 
 
@@ -141,26 +142,28 @@ def _quantized_forward(module, full_precision, quantizer: FakeQuantizer, kind: s
 
 
 class _StraightThroughLinear(torch.autograd.Function):
-    """x · Q(W)ᵀ + b, with the straight-through gradient (the weight's is the one Q(W) gets), that keeps x for
-    the backward but not Q(W): kept, Q(W) was an fp32 copy of every quantised weight held from the term's
-    forward to its backward (405 MiB on SmolLM2-135M, 4 bytes a weight on any model, under LoRA too). The
-    backward quantises the weight again, rebuilt by `rebuild` (the weights do not change between a term's
-    forward and backward: the optimizer steps after both); W itself, under LoRA the merged W + s·BA, is an
-    input only so that its gradient reaches the parameters it is made of."""
+    """x · Q(W)ᵀ + b, with the straight-through gradient (the weight's is the one Q(W) gets), that keeps for
+    the backward x and the blocks' steps that quantising W found, not Q(W): kept, Q(W) was an fp32 copy of every
+    quantised weight held from the term's forward to its backward (405 MiB on SmolLM2-135M, 4 bytes a weight on
+    any model, under LoRA too); the steps are 1/32-1/16 of that. The backward quantises the weight again with
+    those steps (no search), rebuilt by `rebuild` (the weights do not change between a term's forward and
+    backward: the optimizer steps after both); W itself, under LoRA the merged W + s·BA, is an input only so
+    that its gradient reaches the parameters it is made of."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, rebuild, kind):
         ctx.rebuild, ctx.kind, ctx.weight_dtype = rebuild, kind, weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.save_for_backward(x)
-        quantized = roundtrip(weight.detach(), kind).to(x.dtype)
+        steps = block_steps(weight, kind)
+        ctx.save_for_backward(x, *steps)
+        quantized = roundtrip(weight, kind, steps).to(x.dtype)
         return F.linear(x, quantized, None if bias is None else bias.to(x.dtype))
 
     @staticmethod
     def backward(ctx, grad):
-        x, = ctx.saved_tensors
+        x, *steps = ctx.saved_tensors
         with torch.no_grad():
-            quantized = roundtrip(ctx.rebuild(), ctx.kind).to(grad.dtype)
+            quantized = roundtrip(ctx.rebuild(), ctx.kind, tuple(steps)).to(grad.dtype)
         rows, inputs = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1]).to(grad.dtype)
         grad_x = (grad @ quantized).to(x.dtype) if ctx.needs_input_grad[0] else None
         grad_weight = (rows.T @ inputs).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None

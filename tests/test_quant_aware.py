@@ -102,8 +102,8 @@ def test_the_quantised_forward_keeps_no_copy_of_the_weights_and_its_gradient_is_
     from core.quantization import quantized_kinds
 
     """A kept Q(W) was a 4-byte copy of every quantised weight until the term's backward (405 MiB on
-    SmolLM2-135M): the backward quantises W again instead. The gradients are those of x · (W + (Q(W) - W)
-    detached)ᵀ + b, the straight-through estimator written out."""
+    SmolLM2-135M): the backward quantises W again instead, with the blocks' steps found in the forward. The
+    gradients are those of x · (W + (Q(W) - W) detached)ᵀ + b, the straight-through estimator written out."""
     model = build_tiny_model(tokenizer)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     ids = torch.randint(0, 100, (2, 12))
@@ -112,8 +112,9 @@ def test_the_quantised_forward_keeps_no_copy_of_the_weights_and_its_gradient_is_
         return sum(n for ptr, n in saved_bytes(lambda: model(ids).logits.sum()).items() if ptr not in params)
 
     plain = kept_bytes()
+    weights = sum(module.weight.numel() * 4 for module in quantized_kinds(model, "q4_k_m"))
     with FakeQuantizer(model, "q4_k_m"):
-        assert kept_bytes() == plain
+        assert 0 < kept_bytes() - plain <= weights / 16      # the blocks' steps (fp32, one per 16 or 32 weights)
     layer = model.model.layers[0].mlp.down_proj
     layer.bias = torch.nn.Parameter(torch.randn(32) * 0.1)      # a bias's gradient too
     x, upstream = torch.randn(2, 3, 64, requires_grad=True), torch.randn(2, 3, 32)

@@ -12,7 +12,7 @@ import torch
 
 from core import ggml_formats
 from core.errors import UnlearnError
-from core.ggml_formats import roundtrip, tensor_type, use_more_bits
+from core.ggml_formats import block_steps, roundtrip, tensor_type, use_more_bits
 
 gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -74,6 +74,15 @@ def test_the_k_formats_are_ggml_s_search_summed_in_its_order(weight, kind, monke
     # summed one by one, as ggml's C loops do, every value is ggml's
     monkeypatch.setattr(ggml_formats, "_sum", _one_by_one)
     assert torch.equal(roundtrip(weight, kind), theirs)
+
+
+@pytest.mark.parametrize("kind, per", [("q4_0", 32), ("q5_0", 32), ("q8_0", 32), ("q4_K", 16), ("q6_K", 16)])
+def test_a_round_trip_with_the_steps_found_once_is_the_searched_one(weight, kind, per):
+    """The quant-aware term keeps each block's steps from its forward and decodes the weight again in its
+    backward without searching: the same values, from 1/32 or 1/16 as many numbers as the weight has."""
+    steps = block_steps(weight, kind)
+    assert sum(step.numel() for step in steps) == weight.numel() // per
+    assert torch.equal(roundtrip(weight, kind, steps), roundtrip(weight, kind))
 
 
 def test_the_k_formats_decode_as_ggml_writes_them_by_hand():
