@@ -156,6 +156,7 @@ def test_advanced_settings_follow_the_method(page):
     # the 4-bit switch is any method's: off by default, against q4_0 unless the user picks q4_k_m
     assert page.locator("#quant-aware input").input_value() == "0"
     page.locator("#quant-aware-format input").click()
+    assert page.get_by_role("option", name="both: q4_0,q4_k_m", exact=True).is_visible()   # a model shipped in both
     page.get_by_role("option", name="q4_k_m", exact=True).click()
     assert page.locator("#quant-aware-format input").input_value() == "q4_k_m"
 
