@@ -170,8 +170,10 @@ class UnlearnConfig:
         from .ggml_formats import FILE_TYPES, file_types
 
         named = file_types(self.quant_aware_format)
-        require(all(kind in FILE_TYPES for kind in named) and len(set(named)) == len(named),
-                f"unknown quant_aware_format {self.quant_aware_format!r}",
+        unknown = [kind for kind in named if kind not in FILE_TYPES]
+        twice = sorted({kind for kind in named if named.count(kind) > 1})
+        wrong = f"an unknown file type {unknown[0]!r}" if unknown else f"{twice[0]!r} twice" if twice else ""
+        require(not wrong, f"quant_aware_format {self.quant_aware_format!r} names {wrong}",
                 f"use --quant-aware-format {' or '.join(FILE_TYPES)}, or several separated by commas "
                 f"({','.join(FILE_TYPES)}), each once")
         require(self.kl_positions in KL_POSITIONS, f"unknown kl_positions {self.kl_positions!r}",
