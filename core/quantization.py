@@ -36,16 +36,6 @@ from .ggml_formats import block_steps, roundtrip, tensor_type
 from .methods.base import StepInputs
 
 
-def q4_0_roundtrip(weight: torch.Tensor) -> torch.Tensor:
-    """dequantise(quantise(weight)) by ggml's q4_0 reference rule (core/ggml_formats.py)."""
-    return roundtrip(weight, "q4_0")
-
-
-def fake_quantize(weight: torch.Tensor, kind: str = "q4_0") -> torch.Tensor:
-    """The round trip through format `kind` in the forward, the identity in the backward (straight-through)."""
-    return weight + (roundtrip(weight, kind) - weight).detach()
-
-
 class FakeQuantizer:
     """A context in which every quantisable Linear of `model` (a LoRA layer: its merged weight) runs on its
     weight fake-quantised as llama.cpp would store it under `file_type`. `paused()` lets the full-precision

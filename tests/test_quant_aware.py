@@ -11,8 +11,19 @@ import torch.nn.functional as F
 
 from conftest import build_tiny_model, quiet
 from core.errors import UnlearnError
-from core.quantization import (FakeQuantizer, fake_quantize, q4_0_roundtrip, quant_aware_terms,
-                               quantized_modules)
+from core.ggml_formats import roundtrip
+from core.quantization import FakeQuantizer, quant_aware_terms, quantized_modules
+
+
+def q4_0_roundtrip(weight: torch.Tensor) -> torch.Tensor:
+    """dequantise(quantise(weight)) by ggml's q4_0 reference rule (core/ggml_formats.py)."""
+    return roundtrip(weight, "q4_0")
+
+
+def fake_quantize(weight: torch.Tensor, kind: str = "q4_0") -> torch.Tensor:
+    """The straight-through estimator written out: the round trip in the forward, the identity in the backward.
+    The term's layer (_StraightThroughLinear) must give the gradients this gives."""
+    return weight + (roundtrip(weight, kind) - weight).detach()
 
 
 def ggml_q4_0(row: list[float]) -> list[float]:
@@ -61,13 +72,17 @@ def test_the_scale_is_stored_in_fp16():
 
 
 def test_straight_through_gradient_is_the_identity():
+    """A Linear runs on Q(W) in the forward; its weight's gradient is the one Q(W) gets (dL/dy)ᵀ x, as if Q were
+    the identity, and its input's is (dL/dy) Q(W)."""
     torch.manual_seed(1)
-    weight = (torch.randn(2, 32) * 0.1).requires_grad_()
-    upstream = torch.randn(2, 32)
-    quantized = fake_quantize(weight)
-    assert torch.equal(quantized.detach(), q4_0_roundtrip(weight))
-    (quantized * upstream).sum().backward()
-    assert torch.equal(weight.grad, upstream)
+    layer = torch.nn.Linear(32, 2, bias=False)
+    x, upstream = torch.randn(3, 32, requires_grad=True), torch.randn(3, 2)
+    with FakeQuantizer(torch.nn.Sequential(layer)):
+        out = layer(x)
+    quantized = q4_0_roundtrip(layer.weight)
+    assert torch.allclose(out, x @ quantized.T) and not torch.allclose(out, layer(x))
+    (out * upstream).sum().backward()
+    assert torch.allclose(layer.weight.grad, upstream.T @ x) and torch.allclose(x.grad, upstream @ quantized)
 
 
 def test_every_linear_but_the_head_runs_quantised_inside_the_context_only(tokenizer):
@@ -248,7 +263,6 @@ def test_a_run_raises_the_forget_nll_of_the_quantised_model_too(tiny_config, tin
 def test_under_q4_k_m_each_linear_runs_on_the_format_llama_cpp_gives_it(tokenizer, tiny_config):
     """The tiny model's rows (32 and 64 wide) are not multiples of 256: under q4_k_m llama.cpp stores q4_K
     weights as q5_0 and q6_K ones (v and down in the layers given more bits) as q8_0; a run takes the term."""
-    from core.ggml_formats import roundtrip
     from core.quantization import quantized_kinds
     from core.trainer import train
 
