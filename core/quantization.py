@@ -31,8 +31,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .ggml_formats import file_types as file_types_of
-from .ggml_formats import block_steps, roundtrip, tensor_type
+from .ggml_formats import block_steps, file_types, roundtrip, tensor_type
 from .methods.base import StepInputs
 
 
@@ -152,10 +151,12 @@ class _StraightThroughLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, *steps = ctx.saved_tensors
-        with torch.no_grad():
-            quantized = roundtrip(ctx.rebuild(), ctx.kind, tuple(steps)).to(grad.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:   # not for a first layer whose input needs none: no weight rebuilt for it
+            with torch.no_grad():
+                quantized = roundtrip(ctx.rebuild(), ctx.kind, tuple(steps)).to(grad.dtype)
+            grad_x = (grad @ quantized).to(x.dtype)
         rows, inputs = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1]).to(grad.dtype)
-        grad_x = (grad @ quantized).to(x.dtype) if ctx.needs_input_grad[0] else None
         grad_weight = (rows.T @ inputs).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
         grad_bias = rows.sum(0).to(ctx.bias_dtype) if ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias, None, None
@@ -201,13 +202,13 @@ class ForgetOnlyInputs(StepInputs):
 
 
 def quant_aware_terms(method, inputs: StepInputs, weight: float,
-                      file_types: str = "q4_0") -> Iterator[tuple[str, torch.Tensor]]:
+                      formats: str = "q4_0") -> Iterator[tuple[str, torch.Tensor]]:
     """The method's forget terms (names starting with "forget", yielded before any other view is read)
-    once more on the model fake-quantised as each file type in `file_types` (comma-separated), times `weight`
+    once more on the model fake-quantised as each file type in `formats` (comma-separated), times `weight`
     each, as quant_<name> (one type) or quant_<type>_<name> (several). The weights stay swapped while
     each term is backpropagated (the trainer's backward runs at the yield), so recomputed activations
     (gradient checkpointing) see the same weights."""
-    named = file_types_of(file_types)
+    named = file_types(formats)
     for file_type in named:
         prefix = "quant_" if len(named) == 1 else f"quant_{file_type}_"
         yield from _terms_on(method, inputs, weight, file_type, prefix)

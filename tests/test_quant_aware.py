@@ -100,8 +100,8 @@ def test_every_linear_but_the_head_runs_quantised_inside_the_context_only(tokeni
     assert torch.equal(layer(x), plain) and "forward" not in layer.__dict__
 
 
-def saved_bytes(forward) -> int:
-    """Bytes autograd keeps for the backward of `forward()`, parameters (held anyway) left out."""
+def saved_bytes(forward) -> dict[int, int]:
+    """{storage address: bytes} of every tensor autograd keeps for the backward of `forward()`."""
     kept = {}
 
     def pack(tensor):
@@ -114,11 +114,12 @@ def saved_bytes(forward) -> int:
 
 
 def test_the_quantised_forward_keeps_no_copy_of_the_weights_and_its_gradient_is_straight_through(tokenizer):
-    from core.quantization import quantized_kinds
-
     """A kept Q(W) was a 4-byte copy of every quantised weight until the term's backward (405 MiB on
     SmolLM2-135M): the backward quantises W again instead, with the blocks' steps found in the forward. The
-    gradients are those of x · (W + (Q(W) - W) detached)ᵀ + b, the straight-through estimator written out."""
+    gradients are those of x · (W + (Q(W) - W) detached)ᵀ + b, the straight-through estimator written out;
+    parameters, held anyway, are left out of the bytes kept."""
+    from core.quantization import quantized_kinds
+
     model = build_tiny_model(tokenizer)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     ids = torch.randint(0, 100, (2, 12))

@@ -232,7 +232,8 @@ def test_forget_and_retain_dropped_together_while_the_page_loads_are_both_kept(p
         try:
             page.wait_for_function(both, timeout=60_000)
         except PlaywrightTimeout:
-            pytest.fail(f"attempt {attempt}: a set was lost; the status says {page.locator('#data-status').inner_text()!r}")
+            status = page.locator("#data-status").inner_text()
+            pytest.fail(f"attempt {attempt}: a set was lost; the status says {status!r}")
         text = page.locator("#data-status").inner_text()
         assert "8 question/answer examples" in text and "16 question/answer examples" in text, text
 
