@@ -18,7 +18,7 @@ from core.runs import AUDIT_REPORT, RunDir, RunState, read_json, write_json_atom
 
 from . import recovery
 from .attacks import AuditContext, default_attacks, get_attack, resolve_options
-from .attacks.finetune import SEEDS_AT, point_key
+from .attacks.finetune import SEEDS_AT, point_key, settled, swept_rates
 from .groups import forget_groups, spread_over_groups
 from .measure import Scorer
 from .report import markdown
@@ -336,6 +336,25 @@ def rejudged(report: dict) -> dict:
     """The report's recoveries and verdicts worked out again from its measured figures with the current
     definitions (audit/recovery.py), so that a changed rule needs no new measurement."""
     return {**report, **_summed_up([{**r, **judged(r)} for r in report["results"]])}
+
+
+def unsettled_sweeps(report: dict) -> list[str]:
+    """The fine-tuning attacks of a finished audit whose sweeps today's rules would take further (another
+    learning rate as the attacker's best, so the repeats or the reach go elsewhere): `--update` with these
+    attacks measures only the missing points."""
+    config = RunDir(report["run"]).config()
+    seeds = [config.get("seed", 42) + number for number in range(report.get("seeds", 1))]
+    unsettled = []
+    for result in report["results"]:
+        attack = _attack_of(result)
+        if "points" not in result or attack in unsettled:
+            continue
+        options = report.get("options", {}).get(attack, {})
+        rates = swept_rates(options, config, attack)
+        if not settled(result["points"], seeds, rates, report.get("seeds_at", "all"),
+                       options.get(f"{attack}_lr_extend", 0)):
+            unsettled.append(attack)
+    return unsettled
 
 
 def _summed_up(results: list[dict]) -> dict:

@@ -272,7 +272,7 @@ class Robust:
                             control_name: str = "18-author retain model (forget50-10pct/retain)") -> dict:
         """Both splits of AUDIT on the run in `audited`, against `control` (default the retain model): what the
         record keeps."""
-        from audit import run_audit
+        from audit import run_audit, unsettled_sweeps
 
         control = control or self.models()["retain"]
         started, cpu = time.time(), time.process_time()
@@ -281,7 +281,8 @@ class Robust:
             options = {**AUDIT["options"], "relearn_split": split}
             folder = audited / f"audit-{split}"
             found = finished_split(folder, control, setting, options)
-            redo = without_intervals(found["results"]) if found else None
+            moved = unsettled_sweeps(found) if found else []
+            redo = [*without_intervals(found["results"]), *moved] if found else None
             if found is not None and not redo:
                 self.bench.say(f"cached: {label}, {split} split ({folder})")
                 reports[split] = found
@@ -291,6 +292,9 @@ class Robust:
                 found, redo = narrower, sorted({*without_intervals(narrower["results"]),
                                                 *fine_tuning(setting["attacks"] or narrower["attacks"])})
                 self.bench.say(f"widening the learning-rate sweeps of {label}, {split} split ({', '.join(redo)})")
+            elif moved:   # today's rules take another rate as the attacker's best: only its missing points
+                self.bench.say(f"the attacker's best moved under today's rules for {', '.join(moved)} of {label}, "
+                               f"{split} split: measuring the missing points")
             else:
                 self.bench.say(f"auditing {label}, {split} split" if found is None else
                                f"measuring {', '.join(redo)} of {label}, {split} split, again: for their intervals")

@@ -30,8 +30,10 @@ ATTACK_LRS = "1.5e-05,5e-05,0.00015"
 # CPU has it: one table, one precision).
 REACH = 2
 # "judged": the rule a recorded audit was judged by; a record judged by another is judged again from its
-# audit.json (nothing measured again): the verdict among the rates measured with every seed (audit/recovery.py)
-AUDIT = {"seeds_at": "worst", "dtype": "float32", "judged": "rates with every seed",
+# audit.json, and a sweep whose attacker's best moves under the new rule gets only its missing points measured
+# (the repeats at the new best rate, the reach past it): the verdict among the rates measured with every seed,
+# verdicts ordered by how far up their evidence reaches (audit/recovery.py)
+AUDIT = {"seeds_at": "worst", "dtype": "float32", "judged": "rates with every seed; evidence reaching highest",
          "options": {"relearn_lr": ATTACK_LRS, "benign_lr": ATTACK_LRS, "relearn_lr_extend": REACH,
                      "benign_lr_extend": REACH},
          "splits": {"example": {"max_samples": 20, "seeds": 3, "attacks": None},

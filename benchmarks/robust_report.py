@@ -305,27 +305,31 @@ def plot(found: list[dict], path: Path) -> None:
 
 
 def relearn_verdicts(audit: dict | None) -> dict[str, str]:
-    """split -> the relearn attack's verdict there (its first word), for the splits audited."""
+    """split -> the relearn attack's verdict there, for the splits audited."""
     splits = (audit or {}).get("splits", {})
-    return {split: found["results"]["relearn"]["verdict"].split(":")[0] for split, found in splits.items()
+    return {split: found["results"]["relearn"]["verdict"] for split, found in splits.items()
             if "relearn" in found.get("results", {})}
 
 
 def relearning_outcome(audit: dict | None) -> str:
-    """What relearning did to one method, once the control is subtracted: "undone" (shallow on some split),
-    "robust" (robust on both), "partial", or "not decided" (an interval spans a threshold, or a split is
-    missing)."""
+    """What relearning did to one method, once the control is subtracted, by the weaker split (audit/recovery.py's
+    order): "undone" (shallow on some split), "robust" (robust on both), "partial" (partial on some split, the
+    other at most an interval spanning only 0.25), or "not decided" (an interval that may reach the next level
+    up, or a split missing)."""
+    from audit.recovery import overall
+
     verdicts = relearn_verdicts(audit)
-    if "shallow" in verdicts.values():
+    weakest = overall(verdicts)
+    if weakest == "shallow":
         return "undone"
-    if len(verdicts) < 2 or "inconclusive" in verdicts.values() or "undefined" in verdicts.values():
+    if len(verdicts) < 2 or weakest in ("inconclusive", "undefined"):
         return "not decided"
-    return "robust" if set(verdicts.values()) == {"robust"} else "partial"
+    return weakest
 
 
 OUTCOMES = {"undone": "relearning undoes it (a residual interval above 0.5 on some split)",
             "partial": "partly (every interval at or below 0.5, some at or above 0.25)",
-            "not decided": "not decided (an interval spans 0.25 or 0.5)",
+            "not decided": "not decided (an interval spans 0.5, or spans 0.25 where no other is partial)",
             "robust": "robust on both splits (every interval below 0.25)"}
 SUMMARY_START, SUMMARY_END = "<!-- robust.py summary: start -->", "<!-- robust.py summary: end -->"
 
@@ -342,7 +346,7 @@ def audit_summary(found: list[dict], ledger: Ledger) -> str:
     lines = [[row["label"], cell(*figure(row["audit"], "example", "relearn")),
               cell(*figure(row["audit"], "group", "relearn")), cell(*figure(row["audit"], "example", "benign")),
               four_bit_cells(row["audit"]), cell(*worst_rephrasing(row["audit"])),
-              " / ".join(f"{v}" for v in relearn_verdicts(row["audit"]).values()),
+              " / ".join(v.split(":")[0] for v in relearn_verdicts(row["audit"]).values()),
               row["audit"]["splits"].get("example", {}).get("overall", "-")] for row in audited]
     return "\n".join([
         SUMMARY_START,

@@ -130,6 +130,61 @@ def test_verdicts_rest_on_the_intervals():
     assert recovery.verdict({"nll": 0.1}, {"nll": [None, 0.2]})[0] == "robust"       # unbounded below
     assert recovery.verdict({"nll": 0.1}, {"nll": [0.0, None]})[0].startswith("inconclusive")
     assert recovery.overall({"a": "robust", "b": "inconclusive: x", "c": "partial"}) == "inconclusive"
+    # an interval spanning 0.5 may be shallow; one spanning only 0.25 is partial or robust
+    assert recovery.verdict({"nll": 0.23}, {"nll": [0.09, 0.28]})[0] == recovery.INCONCLUSIVE_ROBUST
+    assert recovery.verdict({"nll": 0.45}, {"nll": [0.3, 0.6]})[0] == recovery.INCONCLUSIVE_SHALLOW
+    assert recovery.verdict({"nll": 0.3}, {"nll": [0.1, 0.6]})[0] == recovery.INCONCLUSIVE_SHALLOW
+
+
+@pytest.mark.parametrize("verdicts, weakest", [
+    (("robust", recovery.INCONCLUSIVE_ROBUST), "inconclusive"),
+    (("partial", recovery.INCONCLUSIVE_ROBUST), "partial"),      # partial beyond doubt; the other at most that
+    (("partial", recovery.INCONCLUSIVE_SHALLOW), "inconclusive"),   # the other may be shallow
+    (("shallow", recovery.INCONCLUSIVE_SHALLOW), "shallow"),
+    (("partial", "inconclusive: written before the two were told apart"), "inconclusive"),
+    (("undefined: nothing moved", "robust"), "robust"), (("undefined: nothing moved",), "undefined")])
+def test_the_overall_verdict_is_the_one_whose_evidence_reaches_highest(verdicts, weakest):
+    assert recovery.overall(dict(enumerate(verdicts))) == weakest
+
+
+def test_the_attacker_s_best_rate_is_a_partial_one_over_one_that_only_may_reach_a_quarter():
+    # found in the benchmark (NPO+RT, group split, seed 42): residual 0.23 [0.09, 0.28] at 1.5e-4 and
+    # 0.33 [0.26, 0.45] at 4.5e-4; the repeats and the reach must follow 4.5e-4. Two examples a point: the
+    # bootstrap interval of two values a, b is [a, b] (every draw's mean lies between them)
+    # ROUGE-L (higher: more known): original 1, unlearned and control attacked 0, so the residual is `attacked`
+    each = lambda residuals: {"original": _each([1.0, 1.0]), "attacked": _each(residuals),   # noqa: E731
+                              "control_attacked": _each([0.0, 0.0]), "unlearned": _each([0.0, 0.0])}
+    points = [{"lr": 1.5e-4, "seed": 42, "each": each([0.09, 0.37])},
+              {"lr": 4.5e-4, "seed": 42, "each": each([0.26, 0.40])}]
+    judged = recovery.judge_points(points)
+    by_rate = {entry["lr"]: entry for entry in judged["sweep"]}
+    assert by_rate[1.5e-4]["verdict"] == recovery.INCONCLUSIVE_ROBUST and by_rate[4.5e-4]["verdict"] == "partial"
+    assert by_rate[1.5e-4]["residual_interval"]["rougeL"][1] > 0.25
+    assert judged["lr"] == 4.5e-4 and judged["verdict"] == "partial" and judged["at_edge"] == "highest"
+    # within one verdict the larger figure wins, as before
+    points[1] = {"lr": 4.5e-4, "seed": 42, "each": each([0.10, 0.30])}
+    assert recovery.judge_points(points)["lr"] == 1.5e-4
+
+
+def test_a_sweep_recorded_under_the_old_order_is_unsettled_until_the_new_best_s_points_are_measured():
+    from audit.attacks.finetune import settled
+
+    each = lambda low, high: {"original": _each([1.0, 1.0]), "attacked": _each([low, high]),   # noqa: E731
+                              "control_attacked": _each([0.0, 0.0]), "unlearned": _each([0.0, 0.0])}
+    grid = [1.5e-5, 5e-5, 1.5e-4]
+    # what the old order measured: the reach to 4.5e-4, then 1.5e-4 (0.23, inconclusive) taken over 4.5e-4
+    # (0.33, partial), so the reach stopped and seed 43 repeated 1.5e-4
+    points = [{"lr": lr, "seed": 42, "each": each(*values)} for lr, values in
+              ((1.5e-5, (0.0, 0.1)), (5e-5, (0.05, 0.15)), (1.5e-4, (0.09, 0.37)), (4.5e-4, (0.26, 0.40)))]
+    points.append({"lr": 1.5e-4, "seed": 43, "each": each(0.1, 0.3)})
+    assert not settled(points, [42, 43], grid, "worst", 2)
+    # today's order reaches past 4.5e-4 (1.35e-3 reads lower), then repeats 4.5e-4
+    points.append({"lr": 1.35e-3, "seed": 42, "each": each(0.1, 0.2)})
+    assert not settled(points, [42, 43], grid, "worst", 2)
+    points.append({"lr": 4.5e-4, "seed": 43, "each": each(0.3, 0.4)})
+    assert settled(points, [42, 43], grid, "worst", 2)
+    assert not settled(points, [42, 43, 44], grid, "worst", 2)      # a third seed's repeat is missing
+    assert not settled(points, [42, 43], grid, "all", 2)             # every rate on every seed
 
 
 def test_a_sweep_takes_several_learning_rates_and_refuses_a_non_positive_one():
@@ -458,6 +513,11 @@ def test_the_studio_sets_the_unlearned_model_against_the_control_in_plain_words(
     second = {**point, "lr": 1e-5, "each": {**each, "attacked": {"nll": [3.0, 3.0], "tokens": [1, 1]}}}
     swept = rejudged({"results": [{"name": "relearn", "points": [second, point]}], "control": "bundled"})
     assert "the highest learning rate tried, so a stronger one may exist" in verdict_table(swept).iloc[0]["in plain words"]
+    # residuals 0.1 and 0.4 over two examples: [0.1, 0.4] spans 0.25 only, so it is at most partly undone
+    noisy = {**each, "attacked": {"nll": [2.8, 2.2], "tokens": [1, 1]}}
+    words = verdict_table(rejudged({"results": [{"name": "relearn", "points": [{**point, "each": noisy}]}],
+                                    "control": "bundled"})).iloc[0]["in plain words"]
+    assert words.startswith("not sure") and "at most partly undone" in words
 
 
 def test_the_share_forgotten_before_any_attack_by_hand():

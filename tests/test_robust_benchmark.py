@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from audit import run_audit
+from audit import recovery, run_audit
 from benchmarks import robust, robust_plans, robust_report
 from benchmarks.ledger import Ledger
 from conftest import train_tiny_run
@@ -185,7 +185,10 @@ def test_the_report_shows_4_bit_and_rephrasing_with_their_intervals():
 
 @pytest.mark.parametrize("example, group, outcome", [
     ("shallow", "robust", "undone"), ("robust", "robust", "robust"), ("robust", None, "not decided"),
-    ("partial", "robust", "partial"), ("inconclusive: wide", "robust", "not decided")])
+    ("partial", "robust", "partial"), ("inconclusive: wide", "robust", "not decided"),
+    # an interval spanning only 0.25 beside a partial split: partial either way; beside a robust one, undecided
+    ("partial", recovery.INCONCLUSIVE_ROBUST, "partial"), (recovery.INCONCLUSIVE_ROBUST, "robust", "not decided"),
+    ("partial", recovery.INCONCLUSIVE_SHALLOW, "not decided")])
 def test_what_relearning_did_once_the_control_is_subtracted(example, group, outcome):
     splits = {"example": example, "group": group}
     audit = {"splits": {split: {"results": {"relearn": {"verdict": verdict}}}
@@ -449,3 +452,50 @@ def test_a_sanity_row_audited_before_the_sweep_reached_stays_but_a_method_row_do
     assert robust.complete({**recorded, "settings": AUDIT})
     other = {**before, "seeds_at": "all"}
     assert not robust.complete({**recorded, "settings": other}, reach_matters=False)
+
+
+def test_a_sweep_whose_attacker_s_best_moved_under_today_s_rules_gets_only_its_missing_points(swept, tmp_path,
+                                                                                              monkeypatch):
+    """A recorded audit is judged again when the rule for the attacker's best changes; where the new rule
+    takes another rate, the repeats there (and any reach past it) are measured, the other points reused."""
+    import json
+
+    from audit import unsettled_sweeps
+    from audit.attacks import finetune
+
+    import shutil
+
+    run, control = tmp_path / "run", Path(swept[1])
+    shutil.copytree(swept[0], run)      # the audit's folders go inside the run
+    options = {"relearn_steps": 1, "relearn_lr": "x1,x3", "relearn_lr_extend": 0}
+    monkeypatch.setattr(robust, "AUDIT", {**robust.AUDIT, "options": options, "splits": {
+        "example": {"max_samples": FAST["max_samples"], "seeds": 2, "attacks": ["relearn"]}}})
+    said, trained = [], []
+    bench = type("FakeBench", (), {"say": lambda self, message: said.append(message), "device": "cpu",
+                                   "record_stage": lambda self, *args: None})()
+    bench_robust = robust.Robust.__new__(robust.Robust)
+    bench_robust.bench, bench_robust.work = bench, tmp_path / "robust"
+    real_finetuned = finetune.finetuned
+    monkeypatch.setattr(finetune, "finetuned", lambda context, start, examples, steps, lr, seed, name:
+                        trained.append((seed, lr)) or real_finetuned(context, start, examples, steps, lr, seed, name))
+    bench_robust._audit_with_control(run, "tiny", control=control)
+    path = run / "audit-example" / "audit.json"
+    report = json.loads(path.read_text())
+    relearn = report["results"][0]
+    best, = {p["lr"] for p in relearn["points"] if p["seed"] == 43}
+    other, = {p["lr"] for p in relearn["points"]} - {best}
+    assert relearn["lr"] == best and unsettled_sweeps(report) == [] and len(trained) == 6   # 3 points, 2 models
+    # as if judged by a rule that took the other rate: seed 43 repeated there
+    for p in relearn["points"]:
+        if p["seed"] == 43:
+            p["lr"] = other
+    path.write_text(json.dumps(report))
+    assert unsettled_sweeps(json.loads(path.read_text())) == ["relearn"]
+    trained.clear()
+    summary = bench_robust._audit_with_control(run, "tiny", control=control)
+    assert any("the attacker's best moved under today's rules for relearn" in m for m in said)
+    assert trained == [(43, best)]   # the unlearned model only: the control's point is in the control cache
+    updated = json.loads(path.read_text())
+    assert sorted((p["seed"], p["lr"]) for p in updated["results"][0]["points"]) == \
+        sorted([(42, best), (42, other), (43, best)])
+    assert unsettled_sweeps(updated) == [] and summary["splits"]["example"]["results"]["relearn"]["lr"] == best

@@ -65,7 +65,7 @@ def sweep_units(context, attack: str) -> int:
     """Fine-tunings of a sweep: one per learning rate and seed (with --seeds-at worst: every learning rate on
     the first seed, one for each other seed) and model trained (the unlearned, the control). Rates the sweep
     reaches past its ends add theirs when tried (context.grow)."""
-    rates = len(_rates(context, attack))
+    rates = len(swept_rates(context.options, context.config, attack))
     points = rates + context.seeds - 1 if context.seeds_at == "worst" else rates * context.seeds
     return points * _models_trained(context)
 
@@ -86,30 +86,65 @@ def sweep(context, attack: str, plans: list[tuple], steps: int, retain: list | N
     learning rate the verdict would take): the sweep finds the worst case, the repeats put its interval.
     While the attacker does best at the highest or lowest rate tried, the sweep reaches one step further
     that way, up to `<attack>_lr_extend` times: a worst case at the grid's end is not yet the attacker's best."""
-    rates = _rates(context, attack)
-
     def point(plan, lr):
         seed, trained, name, measured = plan
         return context.kept(point_key(attack, seed, lr),
                             lambda: _point(context, attack, seed, lr, trained, (name, measured), steps, retain))
 
-    tried = plans[:1] if context.seeds_at == "worst" else plans
+    def reached(edge, lr, tried):
+        context.log(f"{attack}: the attacker did best at the {edge} learning rate tried; trying {lr:.3g} too")
+        context.grow(tried * _models_trained(context))
+
+    def repeated(best):
+        context.log(f"{attack}: the attacker did best at lr {best:.4g} on seed {plans[0][0]}; the other seeds "
+                    "repeat only that one")
+
+    return swept(point, plans, swept_rates(context.options, context.config, attack), context.seeds_at,
+                 context.options.get(f"{attack}_lr_extend", 0), reached, repeated)
+
+
+def swept(point, plans: list, rates: list[float], seeds_at: str, extend: int, reached=None, repeated=None) -> list:
+    """The sweep's course (see `sweep`), given `point(plan, lr)` -> its judged point; `reached(edge, lr, plans
+    tried)` and `repeated(best rate)` are told each step past an end and the rate the repeats take."""
+    tried = plans[:1] if seeds_at == "worst" else plans
     screened = [point(plan, lr) for plan in tried for lr in rates]
-    for _ in range(context.options.get(f"{attack}_lr_extend", 0)):
+    for _ in range(extend):
         edge = judge_points(screened)["at_edge"]
         if edge is None:
             break
         lr = beyond(rates, edge)
-        context.log(f"{attack}: the attacker did best at the {edge} learning rate tried; trying {lr:.3g} too")
-        context.grow(len(tried) * _models_trained(context))
+        if reached:
+            reached(edge, lr, len(tried))
         rates = sorted([*rates, lr])
         screened += [point(plan, lr) for plan in tried]
     if len(tried) == len(plans):
         return screened
     best = judge_points(screened)["lr"]
-    context.log(f"{attack}: the attacker did best at lr {best:.4g} on seed {plans[0][0]}; the other seeds "
-                "repeat only that one")
+    if repeated:
+        repeated(best)
     return screened + [point(plan, best) for plan in plans[1:]]
+
+
+def settled(points: list[dict], seeds: list[int], rates: list[float], seeds_at: str, extend: int) -> bool:
+    """Whether a finished sweep's `points` hold every point the sweep would ask for under today's rules (how
+    the attacker's best is chosen, how far it reaches): when not, `unlearn audit --update` adds the missing
+    ones and reuses these."""
+    by_key = {(p["seed"], p["lr"]): p for p in points}
+
+    def recorded(seed, lr):
+        if (seed, lr) not in by_key:
+            raise _Unsettled
+        return by_key[(seed, lr)]
+
+    try:
+        swept(recorded, seeds, rates, seeds_at, extend)
+    except _Unsettled:
+        return False
+    return True
+
+
+class _Unsettled(Exception):
+    """A point the sweep asks for was not measured."""
 
 
 def beyond(rates: list[float], edge: str) -> float:
@@ -123,9 +158,9 @@ def beyond(rates: list[float], edge: str) -> float:
     return float(f"{next_rate:.3g}")
 
 
-def _rates(context, attack: str) -> list[float]:
-    """The attack's learning rates (`<attack>_lr`), "xK" taken as K times the run's own."""
-    return swept_values(context.options[f"{attack}_lr"], context.config.get("lr") or 1e-5)
+def swept_rates(options: dict, config: dict, attack: str) -> list[float]:
+    """The attack's learning rates (`<attack>_lr` among its options), "xK" taken as K times the run's own."""
+    return swept_values(options[f"{attack}_lr"], config.get("lr") or 1e-5)
 
 
 SEEDS_AT = ("all", "worst")   # --seeds-at: every seed at every learning rate, or the repeats at the worst one

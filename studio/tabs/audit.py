@@ -8,7 +8,7 @@ import pandas as pd
 
 from audit.attacks import ATTACKS, attack_names, default_attacks
 from audit.attacks.base import is_step_count
-from audit.recovery import barely_forgotten
+from audit.recovery import INCONCLUSIVE_ROBUST, barely_forgotten
 from core.errors import require
 from core.methods.params import Param
 from core.runs import RunDir, RunState, read_json
@@ -122,6 +122,8 @@ def plain_verdict(result: dict) -> str:
         return (f"{BARELY_FORGOTTEN}; before any attack it was less than halfway from what it knew to a model that "
                 "never learned the data, so the attack had little to undo: unlearn further first")
     words = PLAIN_VERDICTS.get((level, against_control)) or OTHER_VERDICTS.get(level, level)
+    if result["verdict"] == INCONCLUSIVE_ROBUST:   # noisy, but below halfway back either way
+        words += "; at most partly undone (never more than halfway back)"
     if result.get("at_edge") and level != "shallow":
         words += (f"; but the attack did best at the {result['at_edge']} learning rate tried, so a stronger one "
                   "may exist: add rates further out")
