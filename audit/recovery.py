@@ -39,7 +39,8 @@ import numpy as np
 from core.recovery import FIGURES, MIN_CHANGE, recovery, recovery_array
 
 __all__ = ["FIGURES", "MIN_CHANGE", "ROBUST", "SHALLOW", "barely_forgotten", "forgotten", "intervals_over_examples",
-           "overall", "point_and_interval", "recoveries", "recovery", "residual", "residuals", "verdict"]
+           "overall", "point_and_interval", "recoveries", "recovery", "residual", "residuals", "severity", "verdict",
+           "verdict_label"]
 
 ROBUST = 0.25
 SHALLOW = 0.5
@@ -204,6 +205,13 @@ def overall(verdicts: dict[str, str]) -> str:
         return "undefined"
     weakest = max(verdicts.values(), key=severity)
     return weakest.split(":")[0] if severity(weakest) >= 0 else "undefined"
+
+
+def verdict_label(verdict_text: str) -> str:
+    """The verdict as a table shows it: its level, an inconclusive one with the threshold its interval spans."""
+    spans = {INCONCLUSIVE_SHALLOW: SHALLOW, INCONCLUSIVE_ROBUST: ROBUST}.get(verdict_text)
+    level = verdict_text.split(":")[0]
+    return f"{level} (spans {spans})" if spans is not None else level
 
 
 def severity(verdict_text: str) -> int:

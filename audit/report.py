@@ -39,7 +39,7 @@ def markdown(report: dict) -> str:
     rows = []
     for r in report["results"]:
         f = r["forget"]
-        row = [r["name"], r["verdict"].split(":")[0], r["worst_recovery"], *_figures(r, "recovery"),
+        row = [r["name"], recovery.verdict_label(r["verdict"]), r["worst_recovery"], *_figures(r, "recovery"),
                f["original"].get("nll"), (f.get("attacked_original") or {}).get("nll"),
                f["unlearned"].get("nll"), f["attacked"].get("nll"), (r.get("retain_change") or {}).get("nll")]
         if control:
@@ -97,7 +97,7 @@ def _sweep_section(results: list[dict], control: bool) -> list[str]:
     rows = []
     for r in results:
         for entry in r.get("sweep", []):
-            row = [r["name"], f"{entry['lr']:.3g}", ", ".join(map(str, entry["seeds"])), entry["verdict"].split(":")[0],
+            row = [r["name"], f"{entry['lr']:.3g}", ", ".join(map(str, entry["seeds"])), recovery.verdict_label(entry["verdict"]),
                    *_figures(entry, "recovery")]
             rows.append(row + (_figures(entry, "residual") if control else []))
     if not rows:

@@ -337,6 +337,7 @@ SUMMARY_START, SUMMARY_END = "<!-- robust.py summary: start -->", "<!-- robust.p
 def audit_summary(found: list[dict], ledger: Ledger) -> str:
     """docs/results/audit.md's summary of the audits with control: per method the figures of robust.md's table
     that the audit gives, and whether relearning still undoes it once the control is subtracted."""
+    from audit.recovery import verdict_label
     from core.evaluation.report import table
 
     audited = [row for row in found if row.get("audit")]
@@ -346,7 +347,7 @@ def audit_summary(found: list[dict], ledger: Ledger) -> str:
     lines = [[row["label"], cell(*figure(row["audit"], "example", "relearn")),
               cell(*figure(row["audit"], "group", "relearn")), cell(*figure(row["audit"], "example", "benign")),
               four_bit_cells(row["audit"]), cell(*worst_rephrasing(row["audit"])),
-              " / ".join(v.split(":")[0] for v in relearn_verdicts(row["audit"]).values()),
+              " / ".join(verdict_label(v) for v in relearn_verdicts(row["audit"]).values()),
               row["audit"]["splits"].get("example", {}).get("overall", "-")] for row in audited]
     return "\n".join([
         SUMMARY_START,

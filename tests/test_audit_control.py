@@ -134,6 +134,10 @@ def test_verdicts_rest_on_the_intervals():
     assert recovery.verdict({"nll": 0.23}, {"nll": [0.09, 0.28]})[0] == recovery.INCONCLUSIVE_ROBUST
     assert recovery.verdict({"nll": 0.45}, {"nll": [0.3, 0.6]})[0] == recovery.INCONCLUSIVE_SHALLOW
     assert recovery.verdict({"nll": 0.3}, {"nll": [0.1, 0.6]})[0] == recovery.INCONCLUSIVE_SHALLOW
+    assert recovery.verdict_label(recovery.INCONCLUSIVE_ROBUST) == "inconclusive (spans 0.25)"
+    assert recovery.verdict_label(recovery.INCONCLUSIVE_SHALLOW) == "inconclusive (spans 0.5)"
+    assert recovery.verdict_label("inconclusive: written before") == "inconclusive"
+    assert recovery.verdict_label("partial") == "partial"
 
 
 @pytest.mark.parametrize("verdicts, weakest", [
@@ -518,6 +522,9 @@ def test_the_studio_sets_the_unlearned_model_against_the_control_in_plain_words(
     words = verdict_table(rejudged({"results": [{"name": "relearn", "points": [{**point, "each": noisy}]}],
                                     "control": "bundled"})).iloc[0]["in plain words"]
     assert words.startswith("not sure") and "at most partly undone" in words
+    table = verdict_table(rejudged({"results": [{"name": "relearn", "points": [{**point, "each": noisy}]}],
+                                    "control": "bundled"}))
+    assert table.iloc[0]["verdict"] == "inconclusive (spans 0.25)"
 
 
 def test_the_share_forgotten_before_any_attack_by_hand():

@@ -8,7 +8,7 @@ import pandas as pd
 
 from audit.attacks import ATTACKS, attack_names, default_attacks
 from audit.attacks.base import is_step_count
-from audit.recovery import INCONCLUSIVE_ROBUST, barely_forgotten
+from audit.recovery import INCONCLUSIVE_ROBUST, barely_forgotten, verdict_label
 from core.errors import require
 from core.methods.params import Param
 from core.runs import RunDir, RunState, read_json
@@ -148,7 +148,7 @@ def verdict_table(report: dict | None) -> pd.DataFrame:
     for r in report["results"]:
         forget = r["forget"]
         rows.append(dict(zip(columns, [
-            r["name"], r["verdict"].split(":")[0], plain_verdict(r),
+            r["name"], verdict_label(r["verdict"]), plain_verdict(r),
             "-" if r.get("worst_recovery") is None else round(r["worst_recovery"], 3),
             _with_interval(r.get("recovery"), r.get("recovery_interval")),
             _with_interval(r.get("residual"), r.get("residual_interval")) if "residual" in r else "-",
