@@ -220,8 +220,9 @@ def severity(verdict_text: str) -> int:
     if verdict_text in SEVERITY:
         return SEVERITY.index(verdict_text)
     level = verdict_text.split(":")[0]
-    return SEVERITY.index(INCONCLUSIVE_SHALLOW if level == "inconclusive" else level) if (
-        level == "inconclusive" or level in SEVERITY) else -1
+    if level == "inconclusive":
+        return SEVERITY.index(INCONCLUSIVE_SHALLOW)
+    return SEVERITY.index(level) if level in SEVERITY else -1
 
 
 def judge_points(points: list[dict]) -> dict:
