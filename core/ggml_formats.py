@@ -215,6 +215,12 @@ def use_more_bits(layer: int, layers: int) -> bool:
 
 
 _LAYER = re.compile(r"\blayers?\.(\d+)\.|\bh\.(\d+)\.|\bblocks?\.(\d+)\.")
+# The Linear weights llama.cpp's _M types give q6_K on those layers: the Hugging Face names its converter turns
+# into attn_v, attn_qkv (a fused query-key-value) and ffn_down tensors. Pinned against real q4_k_m files of a
+# Llama (v_proj, down_proj; Qwen2, Mistral and Gemma name them alike) and a GPT-NeoX (query_key_value,
+# dense_4h_to_h: before, every layer of theirs read q4_K) in tests/test_quant_formats.py; Phi-3's qkv_proj,
+# MPT's Wqkv and Phi-2's fc2 by the tensor they become, not by a file of theirs.
+_MORE_BITS_ROLES = re.compile(r"\.(v_proj|query_key_value|qkv_proj|Wqkv|down_proj|dense_4h_to_h|fc2)$")
 
 
 def tensor_type(name: str, row: int, file_type: str, layers: int) -> str | None:
@@ -227,5 +233,5 @@ def tensor_type(name: str, row: int, file_type: str, layers: int) -> str | None:
     found = _LAYER.search(name)
     layer = int(next(g for g in found.groups() if g is not None)) if found else 0
     more = use_more_bits(layer, layers) if layers else False
-    kind = "q6_K" if more and re.search(r"(v_proj|down_proj)$", name) else "q4_K"
+    kind = "q6_K" if more and _MORE_BITS_ROLES.search(name) else "q4_K"
     return FALLBACK[kind] if row % QK_K else kind

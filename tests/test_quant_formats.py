@@ -116,36 +116,45 @@ def test_each_weight_gets_the_type_llama_cpp_gives_it(name, row, file_type, expe
     assert tensor_type(name, row, file_type, 30) == expected
 
 
-def test_the_q4_k_m_choice_matches_a_real_llama_cpp_quantisation(tokenizer, tmp_path):
-    """A Llama of 8 layers, rows of 288 (not a multiple of 256: q4_K falls back to q5_0, q6_K to q8_0) and an
+LLAMA_PARTS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+               "mlp.down_proj": "ffn_down"}
+NEOX_PARTS = {"attention.query_key_value": "attn_qkv", "attention.dense": "attn_output", "mlp.dense_h_to_4h": "ffn_up",
+              "mlp.dense_4h_to_h": "ffn_down"}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_the_q4_k_m_choice_matches_a_real_llama_cpp_quantisation(family, tokenizer, tmp_path):
+    """A model of 8 layers, rows of 288 (not a multiple of 256: q4_K falls back to q5_0, q6_K to q8_0) and an
     MLP of 512 (down_proj's rows: K types), converted and quantised to q4_k_m by llama.cpp; every Linear's type
-    in the file is the one quantized_kinds gives it."""
+    in the file is the one quantized_kinds gives it. GPT-NeoX names its fused query-key-value and its down
+    projection otherwise (attn_qkv, ffn_down in the file: q6_K on the layers given more bits, as attn_v)."""
     from gguf import GGUFReader
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
     from core.quantization import quantized_kinds
     from export.formats.gguf import convert, quantize
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=288, intermediate_size=512, num_hidden_layers=8,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
+    shared = dict(vocab_size=len(tokenizer), hidden_size=288, intermediate_size=512, num_hidden_layers=8,
+                  num_attention_heads=4, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if family == "llama":
+        model_class, config, parts = LlamaForCausalLM, LlamaConfig(num_key_value_heads=2, **shared), LLAMA_PARTS
+    else:
+        model_class, config, parts = GPTNeoXForCausalLM, GPTNeoXConfig(**shared), NEOX_PARTS
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    model = model_class(config)
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     f16 = convert(tmp_path / "model", tmp_path / "model-f16.gguf")
     quantize(f16, tmp_path / "model-q4_k_m.gguf", "q4_k_m")
     written = {t.name: t.tensor_type.name for t in GGUFReader(tmp_path / "model-q4_k_m.gguf").tensors}
-    gguf_name = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-                 "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-                 "mlp.down_proj": "ffn_down"}
     names = {id(m): n for n, m in model.named_modules()}
     ours = {}
     for module, kind in quantized_kinds(model, "q4_k_m").items():
         _, _, layer, part = names[id(module)].split(".", 3)
-        ours[f"blk.{layer}.{gguf_name[part]}.weight"] = kind.upper()
-    assert len(ours) == 8 * 7 and {name: written[name] for name in ours} == ours
+        ours[f"blk.{layer}.{parts[part]}.weight"] = kind.upper()
+    assert len(ours) == 8 * len(parts) and {name: written[name] for name in ours} == ours
     assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0"} == set(ours.values())
 
 
