@@ -155,7 +155,8 @@ def markdown(found: list[dict], ledger: Ledger) -> str:
         "fine-tuning attack at the same three learning "
         f"rates for every method ({ATTACK_LRS.replace(',', ', ')}), reaching up to {REACH} steps (x3) further "
         "where the attacker did best at an end, tried on the first seed, the other seeds "
-        "repeating the attacker's best one (shown).", "",
+        "repeating the attacker's best one (shown; the attacker's best: the rate whose residual interval reaches "
+        "highest, then the largest residual).", "",
         "Residual (docs/audit.md) = (control attacked − unlearned attacked) / (control attacked − original): 0 "
         "relearns no faster than a model that never learned the facts, 1 back to the original; "
         "[95 % bootstrap interval over answers and seeds]. 4-bit and rephrasing train nothing: their recovery "
