@@ -6,6 +6,8 @@ recovery fraction per figure and a verdict per attack and overall follow (audit/
 files are only read; everything an attack builds lives in a scratch folder removed afterwards."""
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import re
@@ -330,6 +332,23 @@ def _merged(earlier: dict, report: dict) -> dict:
     options = {**earlier.get("options", {}), **report["options"]}
     return {**rejudged({**report, "results": results}), "attacks": attacks, "options": options, "updated": updated,
             "wall_seconds": round(earlier["wall_seconds"] + report["wall_seconds"], 1)}
+
+
+def read_report(path) -> dict | None:
+    """The audit report at `path` judged by today's rules (one written before a rule changed reads as it would
+    now; nothing is measured), or None when there is none. Kept per file version: the studio reads it every
+    second while an audit runs."""
+    try:
+        found = Path(path).stat()
+    except OSError:
+        return None
+    return copy.deepcopy(_judged_report(str(path), found.st_mtime_ns, found.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _judged_report(path: str, modified: int, size: int) -> dict | None:
+    report = read_json(Path(path))
+    return rejudged(report) if report and report.get("results") else report
 
 
 def rejudged(report: dict) -> dict:

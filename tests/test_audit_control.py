@@ -574,3 +574,31 @@ def test_with_repeats_at_the_worst_rate_the_verdict_is_taken_there_not_at_a_one_
     # every rate on every seed (--seeds-at all): the worst of all
     points += [{"lr": lr, "seed": seed, "each": each(1 - 0.6)} for lr in (1.5e-5, 1.5e-4) for seed in (43, 44)]
     assert recovery.judge_points(points)["lr"] == 1.5e-4
+
+
+def test_a_report_written_under_an_older_rule_reads_as_today_s_rules_judge_it(tmp_path):
+    """The studio and the export read audit.json through read_report: the NPO+RT-by-author case, written as the
+    old order judged it (1.5e-4, inconclusive), reads as 4.5e-4, partial; a rewritten file is read again."""
+    import json
+
+    from audit import read_report, rejudged
+
+    each = lambda low, high: {"original": _each([1.0, 1.0]), "attacked": _each([low, high]),   # noqa: E731
+                              "control_attacked": _each([0.0, 0.0]), "unlearned": _each([0.0, 0.0])}
+    points = [{"lr": lr, "seed": 42, "each": each(*values)} for lr, values in ((1.5e-4, (0.09, 0.37)),
+                                                                              (4.5e-4, (0.26, 0.40)))]
+    for point in points:   # a point's mean figures, as the audit keeps them beside the per-example ones
+        point["forget"] = {stage: {"rougeL": sum(v["rougeL"]) / 2} for stage, v in point["each"].items()}
+    report = rejudged({"results": [{"name": "relearn", "points": points}], "control": "bundled"})
+    as_written = json.loads(json.dumps(report))
+    as_written["results"][0].update(lr=1.5e-4, verdict="inconclusive: a 95 % interval spans 0.25 or 0.5")
+    as_written["overall"] = "inconclusive"
+    path = tmp_path / "audit.json"
+    path.write_text(json.dumps(as_written))
+    found = read_report(path)
+    assert found["results"][0]["lr"] == 4.5e-4 and found["results"][0]["verdict"] == "partial"
+    assert found["overall"] == "partial"
+    found["overall"] = "changed by a caller"          # a copy: the next read is not affected
+    assert read_report(path)["overall"] == "partial"
+    path.write_text(json.dumps({**as_written, "results": []}))
+    assert read_report(path)["results"] == [] and read_report(tmp_path / "none.json") is None

@@ -6,12 +6,13 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
+from audit import read_report
 from audit.attacks import ATTACKS, attack_names, default_attacks
 from audit.attacks.base import is_step_count
 from audit.recovery import INCONCLUSIVE_ROBUST, barely_forgotten, verdict_label
 from core.errors import require
 from core.methods.params import Param
-from core.runs import RunDir, RunState, read_json
+from core.runs import RunDir, RunState
 
 from ..context import Studio, guarded, message, public_text
 
@@ -41,7 +42,7 @@ OTHER_VERDICTS = {
 def audit_status(run: RunDir) -> tuple[str, dict | None]:
     """(status line, the report when there is one) of a run's audit folder."""
     folder = RunDir(run.audit_dir)   # an audit folder keeps its status.json the way a run does
-    report = read_json(run.audit_report_path)
+    report = read_report(run.audit_report_path)
     if not folder.status_path.is_file():
         return "No audit of this run yet.", report
     status = folder.status()
