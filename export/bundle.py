@@ -253,11 +253,8 @@ def _check_runtimes(source: RunSource, model, tokenizer, bundle: Path, artifacts
 # ---------------------------------------------------------------- audit
 
 def run_audit(source: RunSource) -> dict | None:
-    """The run's own audit (`unlearn audit RUN`, written to RUN/audit as docs/audit.md advises), judged by
-    today's rules."""
-    from audit import read_report
-
-    return read_report(RunDir(source.run_dir).audit_report_path)
+    """The run's own audit (`unlearn audit RUN`, written to RUN/audit as docs/audit.md advises)."""
+    return read_json(RunDir(source.run_dir).audit_report_path)
 
 
 def audit_summary(audit: dict) -> dict:
