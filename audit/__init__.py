@@ -84,7 +84,8 @@ def run_audit(run_dir, out, attacks=None, options: dict | None = None, max_sampl
     out.mkdir(parents=True, exist_ok=True)
     status = RunDir(out)   # audit/status.json: the studio follows (and outlives) the audit through it
     status.write_status(RunState.RUNNING, pid=os.getpid(), message="starting the attacks")
-    about = {"run": str(run.path), "samples": [len(forget), len(retain or [])], "max_new_tokens": max_new_tokens,
+    about = {"run": str(run.path), "original": before_unlearning(run.base_model()),
+             "samples": [len(forget), len(retain or [])], "max_new_tokens": max_new_tokens,
              "dtype": dtype, "options": chosen_options, "control": control, "seeds": seeds, "seeds_at": seeds_at}
     context.kept = Kept(out / PARTIAL, about, log)
     if earlier:
@@ -203,6 +204,22 @@ def check_control(run: RunDir, control: str) -> None:
             f"name a control of the run's model family, with the tokenizer of {target}")
 
 
+def before_unlearning(spec: str) -> str:
+    """The model that knew the data: a run's base, followed back through runs whose base is another run's final
+    model (a second stage, as UNDO, starts from an unlearned model: measured against that one, nothing was
+    forgotten and every recovery is undefined)."""
+    from core.models import resolve_model
+
+    seen = set()
+    path = Path(spec)
+    while path.is_dir() and RunDir(path.parent).holds_run() and RunDir(path.parent).model_dir.resolve() == \
+            path.resolve() and path.resolve() not in seen:
+        seen.add(path.resolve())
+        spec = resolve_model(RunDir(path.parent).base_model())
+        path = Path(spec)
+    return spec
+
+
 def _same_model(source: str, target: str) -> bool:
     paths = [Path(p) for p in (source, target)]
     if all(p.exists() for p in paths):
@@ -217,7 +234,7 @@ def _attack_all(context: AuditContext, chosen: list, options: dict[str, dict], s
 
     run, config, log, scratch = context.run, context.config, context.log, context.work
     unlearned = open_model(str(run), context.device, dtype=context.dtype)
-    original = open_model(unlearned.original, context.device, dtype=context.dtype)
+    original = open_model(before_unlearning(unlearned.original), context.device, dtype=context.dtype)
     context.models = {"original": (original.model, original.tokenizer),
                       "unlearned": (unlearned.model, unlearned.tokenizer)}
     scored = dict(context.models)

@@ -602,3 +602,19 @@ def test_a_report_written_under_an_older_rule_reads_as_today_s_rules_judge_it(tm
     assert read_report(path)["overall"] == "partial"
     path.write_text(json.dumps({**as_written, "results": []}))
     assert read_report(path)["results"] == [] and read_report(tmp_path / "none.json") is None
+
+
+def test_a_second_stage_run_is_audited_against_the_model_that_knew_the_data(lora_run, tmp_path):
+    """A run whose base is another run's final model (UNDO starts from an unlearned model) is measured against
+    the first run's base: against its own base, nothing was forgotten and every recovery is undefined."""
+    from audit import before_unlearning
+    from core.models import resolve_model
+    from core.runs import RunDir
+
+    first = RunDir(lora_run.out)
+    second = tmp_path / "second"
+    RunDir(second).write_config({**first.config(), "model": str(first.model_dir), "resolved_model": {}})
+    assert RunDir(second).base_model() == str(first.model_dir)
+    assert before_unlearning(str(first.model_dir)) == resolve_model(first.base_model())
+    assert before_unlearning(resolve_model(first.base_model())) == resolve_model(first.base_model())
+    assert before_unlearning("bundled") == "bundled" and before_unlearning(str(tmp_path)) == str(tmp_path)
