@@ -205,19 +205,25 @@ def check_control(run: RunDir, control: str) -> None:
 
 
 def before_unlearning(spec: str) -> str:
-    """The model that knew the data: a run's base, followed back through runs whose base is another run's final
-    model (a second stage, as UNDO, starts from an unlearned model: measured against that one, nothing was
-    forgotten and every recovery is undefined)."""
+    """The model that knew the data: a run's base, followed back through unlearning runs whose final model it is
+    (a second stage, as UNDO, starts from an unlearned model: measured against that one, nothing was forgotten
+    and every recovery is undefined). A learning run's final model (method sft: a target that learned the data)
+    is where it stops."""
     from core.models import resolve_model
 
     seen = set()
     path = Path(spec)
-    while path.is_dir() and RunDir(path.parent).holds_run() and RunDir(path.parent).model_dir.resolve() == \
-            path.resolve() and path.resolve() not in seen:
+    while _unlearned_by_a_run(path) and path.resolve() not in seen:
         seen.add(path.resolve())
         spec = resolve_model(RunDir(path.parent).base_model())
         path = Path(spec)
     return spec
+
+
+def _unlearned_by_a_run(path: Path) -> bool:
+    run = RunDir(path.parent)
+    return (path.is_dir() and run.holds_run() and run.model_dir.resolve() == path.resolve()
+            and run.config().get("method", "sft") != "sft")
 
 
 def _same_model(source: str, target: str) -> bool:

@@ -604,17 +604,24 @@ def test_a_report_written_under_an_older_rule_reads_as_today_s_rules_judge_it(tm
     assert read_report(path)["results"] == [] and read_report(tmp_path / "none.json") is None
 
 
-def test_a_second_stage_run_is_audited_against_the_model_that_knew_the_data(lora_run, tmp_path):
-    """A run whose base is another run's final model (UNDO starts from an unlearned model) is measured against
-    the first run's base: against its own base, nothing was forgotten and every recovery is undefined."""
+def test_a_second_stage_run_is_audited_against_the_model_that_knew_the_data(tmp_path):
+    """A run whose base is another unlearning run's final model (UNDO starts from an unlearned model) is measured
+    against that run's base: against its own, nothing was forgotten and every recovery is undefined. The chain
+    stops at a learning run's model (a target that learned the data by sft), and at a model that is no run's."""
     from audit import before_unlearning
-    from core.models import resolve_model
     from core.runs import RunDir
 
-    first = RunDir(lora_run.out)
-    second = tmp_path / "second"
-    RunDir(second).write_config({**first.config(), "model": str(first.model_dir), "resolved_model": {}})
-    assert RunDir(second).base_model() == str(first.model_dir)
-    assert before_unlearning(str(first.model_dir)) == resolve_model(first.base_model())
-    assert before_unlearning(resolve_model(first.base_model())) == resolve_model(first.base_model())
+    def run(name, method, model):
+        folder = tmp_path / name
+        RunDir(folder).write_config({"method": method, "model": str(model)})
+        RunDir(folder).model_dir.mkdir(parents=True)
+        (RunDir(folder).model_dir / "config.json").write_text('{"model_type": "llama"}')   # a model folder
+        return RunDir(folder).model_dir
+
+    target = run("target", "sft", "bundled")           # learned the data
+    unlearned = run("npo_rt", "npo_rt", target)         # forgot it
+    second = run("undo", "undo", unlearned)             # the second stage's own model
+    assert Path(before_unlearning(str(unlearned))).resolve() == target.resolve()
+    assert Path(before_unlearning(str(second))).resolve() == target.resolve()
+    assert before_unlearning(str(target)) == str(target)
     assert before_unlearning("bundled") == "bundled" and before_unlearning(str(tmp_path)) == str(tmp_path)
