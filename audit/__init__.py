@@ -20,6 +20,7 @@ from core.runs import AUDIT_REPORT, RunDir, RunState, read_json, write_json_atom
 
 from . import recovery
 from .attacks import AuditContext, default_attacks, get_attack, resolve_options
+from .attacks.base import seeds_of
 from .attacks.finetune import SEEDS_AT, point_key, settled, swept_rates
 from .groups import forget_groups, spread_over_groups
 from .measure import Scorer
@@ -385,7 +386,7 @@ def unsettled_sweeps(report: dict) -> list[str]:
     learning rate as the attacker's best, so the repeats or the reach go elsewhere): `--update` with these
     attacks measures only the missing points."""
     config = RunDir(report["run"]).config()
-    seeds = [config.get("seed", 42) + number for number in range(report.get("seeds", 1))]
+    seeds = seeds_of(config, report.get("seeds", 1))
     unsettled = []
     for result in report["results"]:
         attack = _attack_of(result)

@@ -46,8 +46,13 @@ class AuditContext:
 
     def run_seeds(self) -> list[int]:
         """The run's own seed, then the next ones: one per repeat (--seeds)."""
-        first = self.config.get("seed", 42)
-        return [first + number for number in range(self.seeds)]
+        return seeds_of(self.config, self.seeds)
+
+
+def seeds_of(config: dict, count: int) -> list[int]:
+    """The seeds an audit of a run with `config` uses for `count` repeats: the run's own, then the next ones."""
+    first = config.get("seed", 42)
+    return [first + number for number in range(count)]
 
 
 class Attack:
